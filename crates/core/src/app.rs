@@ -1,0 +1,294 @@
+//! [`App`]: what a service hands to caracal-core (routes, checks, workers), and how it is
+//! served and drained.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::MetricsAuth;
+use crate::check::Check;
+use crate::config::{Config, ConfigError};
+use crate::evaluator::Evaluator;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::probes::{self, Probes};
+use crate::{Error, env, layers};
+
+type Worker = (String, Pin<Box<dyn Future<Output = ()> + Send>>);
+
+/// A service being assembled: its configuration, metrics registry, checks, routes and
+/// background workers. [`App::start`] serves it; [`crate::main`] does that for a binary.
+pub struct App {
+    name: &'static str,
+    version: &'static str,
+    config: Config,
+    auth: MetricsAuth,
+    registry: Registry,
+    metrics: Metrics,
+    checks: Vec<Check>,
+    routes: Router,
+    workers: Vec<Worker>,
+    lifecycle: Arc<Lifecycle>,
+    /// Cancelled after the listener has closed and in-flight requests are done.
+    stop_workers: CancellationToken,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("name", &self.name).field("checks", &self.checks).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Starts assembling service `name` at `version` with loaded configuration.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the metrics bearer settings are unusable (file missing, empty...).
+    pub fn new(name: &'static str, version: &'static str, config: Config) -> Result<Self, Error> {
+        let auth = MetricsAuth::from_config(&config.core)?;
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.set_build(name, version, config.core.mode.as_str());
+        Ok(Self {
+            name,
+            version,
+            config,
+            auth,
+            registry,
+            metrics,
+            checks: Vec::new(),
+            routes: Router::new(),
+            workers: Vec::new(),
+            lifecycle: Arc::new(Lifecycle::default()),
+            stop_workers: CancellationToken::new(),
+        })
+    }
+
+    /// The loaded configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// caracal-core's metric families (built-in checks record into them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The registry, for a service's own `caracal_<service>_*` metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The lifecycle flags (draining, forced unhealthy).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
+    }
+
+    /// Adds a readiness check.
+    pub fn check(mut self, check: Check) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Adds the service's own routes (merged with any added before).
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// Adds a background worker: `work` gets a token cancelled at shutdown, after in-flight
+    /// requests have finished, and should return soon after.
+    pub fn worker<F, Fut>(mut self, name: impl Into<String>, work: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let future = work(self.stop_workers.clone());
+        self.workers.push((name.into(), Box::pin(future)));
+        self
+    }
+
+    /// A lazily connecting PostgreSQL pool for `DATABASE_URL`; connecting waits for first use,
+    /// so start-up never blocks on the database (readiness reports it instead).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `DATABASE_URL` is unset or not a PostgreSQL URL.
+    pub fn postgres(&self) -> Result<sqlx::PgPool, Error> {
+        let url = required(self.config.core.database_url.as_ref(), "database_url", env::DATABASE_URL)?;
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(url)
+            .map_err(|e| bad_url("database_url", env::DATABASE_URL, &e).into())
+    }
+
+    /// A Redis connection manager for `REDIS_URL`; it connects on first use and reconnects by
+    /// itself after Redis restarts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `REDIS_URL` is unset or not a Redis URL.
+    pub fn redis(&self) -> Result<redis::aio::ConnectionManager, Error> {
+        let url = required(self.config.core.redis_url.as_ref(), "redis_url", env::REDIS_URL)?;
+        let client = redis::Client::open(url).map_err(|e| bad_url("redis_url", env::REDIS_URL, &e))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| Error::startup("create the Redis connection manager", e))
+    }
+
+    /// Serves the app on `listener`: starts the checks and workers and returns at once.
+    pub fn start(self, listener: TcpListener) -> Running {
+        let addr = listener.local_addr().ok();
+        let core = &self.config.core;
+        let evaluator = Arc::new(Evaluator::new(self.name, self.checks, &core.checks, self.metrics.clone()));
+        let stop_checks = CancellationToken::new();
+        let check_tasks = evaluator.spawn(stop_checks.clone());
+        let probes = Arc::new(Probes {
+            service: self.name,
+            version: self.version,
+            evaluator: Arc::clone(&evaluator),
+            lifecycle: Arc::clone(&self.lifecycle),
+            auth: self.auth,
+            registry: self.registry,
+        });
+        let service_routes = self.routes.fallback(not_found);
+        let router = layers::probe_stack(probes::routes(probes)).merge(layers::service_stack(service_routes, self.metrics, &core.http));
+        let stop_accepting = CancellationToken::new();
+        let server = tokio::spawn(
+            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_accepting.clone().cancelled_owned()).into_future(),
+        );
+        let mut workers = JoinSet::new();
+        for (name, work) in self.workers {
+            workers.spawn(async move {
+                work.await;
+                tracing::debug!(worker = %name, "worker stopped");
+            });
+        }
+        let drain = Drain {
+            lifecycle: Arc::clone(&self.lifecycle),
+            evaluator,
+            drain_delay: core.drain_delay(),
+            timeout: core.shutdown.timeout,
+            stop_accepting,
+            stop_workers: self.stop_workers,
+            stop_checks,
+        };
+        let task = tokio::spawn(drain.run(server, workers, check_tasks));
+        Running { addr, lifecycle: self.lifecycle, task }
+    }
+}
+
+/// A served app: its address, its lifecycle, and the task that drains it.
+#[derive(Debug)]
+pub struct Running {
+    addr: Option<SocketAddr>,
+    lifecycle: Arc<Lifecycle>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Starts draining, as SIGTERM does.
+    pub fn drain(&self) {
+        self.lifecycle.drain();
+    }
+
+    /// The lifecycle flags.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
+    }
+
+    /// Waits until the app has drained and stopped.
+    ///
+    /// # Errors
+    /// When the server failed before draining started.
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await.map_err(|e| Error::startup("join the server task", e))?
+    }
+}
+
+/// The shutdown sequence, in the order DESIGN.md gives.
+struct Drain {
+    lifecycle: Arc<Lifecycle>,
+    evaluator: Arc<Evaluator>,
+    drain_delay: Duration,
+    timeout: Duration,
+    stop_accepting: CancellationToken,
+    stop_workers: CancellationToken,
+    stop_checks: CancellationToken,
+}
+
+impl Drain {
+    async fn run(self, mut server: JoinHandle<std::io::Result<()>>, mut workers: JoinSet<()>, mut checks: JoinSet<()>) -> Result<(), Error> {
+        tokio::select! {
+            () = self.lifecycle.drain_started() => {}
+            ended = &mut server => {
+                self.stop_workers.cancel();
+                self.stop_checks.cancel();
+                let error = match ended {
+                    Ok(Ok(())) => std::io::Error::other("the server stopped by itself"),
+                    Ok(Err(e)) => e,
+                    Err(e) => std::io::Error::other(e),
+                };
+                return Err(Error::Io { what: "keep serving", source: error });
+            }
+        }
+        // 1. Readiness already fails (the flag is set); the gauge follows.
+        self.evaluator.set_unready();
+        tracing::info!(drain_delay = ?self.drain_delay, "draining: /ready fails; the listener closes after the drain delay");
+        // 2. Load balancers need a moment to see the failing readiness and stop routing here.
+        tokio::time::sleep(self.drain_delay).await;
+        // 3. Stop accepting; in-flight requests get `shutdown.timeout` to finish.
+        self.stop_accepting.cancel();
+        match tokio::time::timeout(self.timeout, &mut server).await {
+            Ok(_) => tracing::info!("listener closed; in-flight requests finished"),
+            Err(_) => {
+                server.abort();
+                tracing::warn!(timeout = ?self.timeout, "in-flight requests did not finish in time and were dropped");
+            }
+        }
+        // 4. Workers stop through their token, within the same timeout.
+        self.stop_workers.cancel();
+        self.stop_checks.cancel();
+        if tokio::time::timeout(self.timeout, async { while workers.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!("workers did not stop in time");
+            workers.abort_all();
+        }
+        checks.abort_all();
+        while checks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": { "code": "not_found", "message": "no such route" } })))
+}
+
+fn required<'a>(value: Option<&'a crate::config::Secret>, key: &str, name: &str) -> Result<&'a str, ConfigError> {
+    value.map(crate::config::Secret::expose).ok_or_else(|| ConfigError {
+        key: key.into(),
+        origin: format!("environment variable `{name}`"),
+        message: "required by this service, but not set".into(),
+    })
+}
+
+fn bad_url(key: &str, name: &str, error: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError { key: key.into(), origin: format!("environment variable `{name}` (or config key)"), message: format!("not a usable URL: {error}") }
+}

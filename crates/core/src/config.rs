@@ -1,0 +1,324 @@
+//! Configuration: built-in defaults ← `caracal.toml` ← `CARACAL_*` ← well-known names.
+//!
+//! [`Config::load`] layers the sources with figment, extracts the settings every service
+//! shares ([`CoreConfig`]) and keeps the layered figment so a service can extract its own
+//! section with [`Config::section`]. Every error names the key, where its value came from and
+//! what was expected, and makes the binary exit with status 2.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::env;
+
+/// How strict a deployment is. Blank means `stable`; any other value is a start-up error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Local development: metrics open unless a bearer is configured, details shown, human logs.
+    Dev,
+    /// Release candidate: as strict as `stable`.
+    Rc,
+    /// Production.
+    #[default]
+    Stable,
+}
+
+impl Mode {
+    /// The name as written in config and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dev => "dev",
+            Mode::Rc => "rc",
+            Mode::Stable => "stable",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim() {
+            "dev" => Ok(Mode::Dev),
+            "rc" => Ok(Mode::Rc),
+            "" | "stable" => Ok(Mode::Stable),
+            other => Err(serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(other),
+                &"one of `dev`, `rc`, `stable` (blank means `stable`)",
+            )),
+        }
+    }
+}
+
+/// A secret string (token, URL with a password): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The settings every Caracal service shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoreConfig {
+    /// `dev`, `rc` or `stable`.
+    pub mode: Mode,
+    /// Address to listen on.
+    pub bind: IpAddr,
+    /// Port to listen on; probes and metrics share it with the service's own routes.
+    pub port: u16,
+    /// PostgreSQL URL, when the service uses PostgreSQL.
+    pub database_url: Option<Secret>,
+    /// Redis URL, when the service uses Redis.
+    pub redis_url: Option<Secret>,
+    /// Who may read `/metrics` and readiness details.
+    pub metrics: MetricsConfig,
+    /// Draining on SIGTERM.
+    pub shutdown: ShutdownConfig,
+    /// Defaults for checks that do not set their own timing.
+    pub checks: CheckDefaults,
+    /// Limits applied to every request.
+    pub http: HttpConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Metrics bearer settings; see [`crate::auth`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetricsConfig {
+    /// The bearer token itself.
+    pub bearer: Option<Secret>,
+    /// A file holding one token, or two during a rotation (one per line).
+    pub bearer_file: Option<PathBuf>,
+}
+
+/// Draining settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownConfig {
+    /// How long `/ready` fails before the listener stops accepting; 5 s by default, 0 in dev.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Option<Duration>,
+    /// How long in-flight requests get to finish after the listener stops.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Default timing for checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckDefaults {
+    /// Time between two runs of a check (jittered by up to ±10 %).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one run may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failures before a passing check reports failing.
+    pub failure_threshold: u32,
+    /// Consecutive successes before a failing check reports passing.
+    pub success_threshold: u32,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpConfig {
+    /// A request that takes longer is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Larger request bodies are answered 413.
+    pub body_limit_bytes: usize,
+}
+
+/// Logging and tracing settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryConfig {
+    /// Log filter (`tracing-subscriber` syntax).
+    pub log: String,
+    /// OTLP/HTTP endpoint; spans are exported only when set.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl CoreConfig {
+    /// Built-in defaults for a service listening on `port`.
+    pub fn defaults(port: u16) -> Self {
+        Self {
+            mode: Mode::Stable,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port,
+            database_url: None,
+            redis_url: None,
+            metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig { drain_delay: None, timeout: Duration::from_secs(15) },
+            checks: CheckDefaults {
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                failure_threshold: 1,
+                success_threshold: 1,
+            },
+            http: HttpConfig { request_timeout: Duration::from_secs(30), body_limit_bytes: 1024 * 1024 },
+            telemetry: TelemetryConfig { log: "info".into(), otlp_endpoint: None },
+        }
+    }
+
+    /// The drain delay in force: the configured one, else 0 in dev and 5 s elsewhere.
+    pub fn drain_delay(&self) -> Duration {
+        self.shutdown.drain_delay.unwrap_or(match self.mode {
+            Mode::Dev => Duration::ZERO,
+            Mode::Rc | Mode::Stable => Duration::from_secs(5),
+        })
+    }
+}
+
+/// Loaded configuration: the shared settings and the layered sources for service sections.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service shares.
+    pub core: CoreConfig,
+    figment: Figment,
+}
+
+impl Config {
+    /// Loads configuration for a service whose default port is `default_port`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad key, its source and what was expected.
+    pub fn load(default_port: u16) -> Result<Self, ConfigError> {
+        let figment = layered(default_port)?;
+        let core: CoreConfig = figment.extract().map_err(ConfigError::from_figment)?;
+        validate(&core)?;
+        Ok(Self { core, figment })
+    }
+
+    /// Configuration from values built in code, with no file or environment: for embedding
+    /// and tests. `sections` become the tables [`section`](Self::section) reads.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when `core` fails the same validation as loaded configuration.
+    pub fn from_core(core: CoreConfig, sections: serde_json::Value) -> Result<Self, ConfigError> {
+        validate(&core)?;
+        let figment = Figment::from(Serialized::defaults(&core)).merge(Serialized::defaults(sections));
+        Ok(Self { core, figment })
+    }
+
+    /// Extracts a service's own settings from the `[name]` table (or `CARACAL_<NAME>__*`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the bad key, as for [`load`](Self::load).
+    pub fn section<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, ConfigError> {
+        self.figment.extract_inner(name).map_err(ConfigError::from_figment)
+    }
+}
+
+fn layered(default_port: u16) -> Result<Figment, ConfigError> {
+    let (file, named) = match std::env::var_os(env::CARACAL_CONFIG) {
+        Some(path) => (PathBuf::from(path), true),
+        None => (PathBuf::from("caracal.toml"), false),
+    };
+    if named && !file.is_file() {
+        return Err(ConfigError {
+            key: "(config file)".into(),
+            origin: format!("environment variable `{}`", env::CARACAL_CONFIG),
+            message: format!("the file {} does not exist or is not a file", file.display()),
+        });
+    }
+    let well_known: Vec<&str> = env::WELL_KNOWN.iter().map(|(name, _)| *name).collect();
+    let mut figment = Figment::from(Serialized::defaults(CoreConfig::defaults(default_port)));
+    if file.is_file() {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    Ok(figment
+        .merge(Env::prefixed(env::PREFIX).split("__").ignore(&["config", "mode"]))
+        .merge(Env::raw().only(&well_known).map(|name| {
+            let key = env::WELL_KNOWN.iter().find(|(n, _)| name == *n).map_or("", |(_, key)| key);
+            key.into()
+        })))
+}
+
+fn validate(core: &CoreConfig) -> Result<(), ConfigError> {
+    let env_source = |name: &str| format!("environment variable `{name}` (or config key)");
+    if core.checks.failure_threshold == 0 || core.checks.success_threshold == 0 {
+        return Err(ConfigError {
+            key: "checks.failure_threshold / checks.success_threshold".into(),
+            origin: "configuration".into(),
+            message: "expected a whole number of at least 1".into(),
+        });
+    }
+    if core.checks.timeout.is_zero() || core.checks.interval.is_zero() {
+        return Err(ConfigError {
+            key: "checks.interval / checks.timeout".into(),
+            origin: "configuration".into(),
+            message: "expected a duration above zero, such as `2s`".into(),
+        });
+    }
+    if core.metrics.bearer.as_ref().is_some_and(|b| b.expose().trim().is_empty()) {
+        return Err(ConfigError {
+            key: "metrics.bearer".into(),
+            origin: env_source(env::METRICS_BEARER),
+            message: "the bearer is set but empty; unset it or give a token".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A configuration value that cannot be used: which key, from where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: `{key}` from {origin}: {message}")]
+pub struct ConfigError {
+    /// The setting, as a dotted config key (or the env var name for well-known ones).
+    pub key: String,
+    /// Where the value came from: a file path, an environment variable, the defaults.
+    pub origin: String,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn from_figment(error: figment::Error) -> Self {
+        let path = error.path.join(".");
+        let key = if path.is_empty() { "(root)".to_string() } else { path.clone() };
+        let source = match &error.metadata {
+            Some(md) => match &md.source {
+                Some(figment::Source::File(file)) => format!("file {}", file.display()),
+                _ if md.name.contains("environment") => format!("environment variable `{}`", env_var_for(&path)),
+                _ => md.name.to_string(),
+            },
+            None => "configuration".into(),
+        };
+        Self { key, origin: source, message: error.kind.to_string() }
+    }
+}
+
+/// The environment variable that sets config key `key`: a well-known name when one is set,
+/// else `CARACAL_<KEY>` with `__` for dots.
+fn env_var_for(key: &str) -> String {
+    env::WELL_KNOWN
+        .iter()
+        .find(|(name, k)| *k == key && std::env::var_os(name).is_some())
+        .map(|(name, _)| (*name).to_string())
+        .unwrap_or_else(|| format!("{}{}", env::PREFIX, key.replace('.', "__").to_ascii_uppercase()))
+}

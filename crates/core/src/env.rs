@@ -1,0 +1,38 @@
+//! Every environment variable name caracal-core reads, declared once.
+//!
+//! Besides these well-known names, any setting can be given as `CARACAL_<KEY>` with `__`
+//! between nested keys (`CARACAL_SHUTDOWN__DRAIN_DELAY=2s`).
+
+/// PostgreSQL connection URL (config key `database_url`).
+pub const DATABASE_URL: &str = "DATABASE_URL";
+/// Redis connection URL (config key `redis_url`).
+pub const REDIS_URL: &str = "REDIS_URL";
+/// Listening port (config key `port`).
+pub const PORT: &str = "PORT";
+/// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).
+pub const CARACAL_MODE: &str = "CARACAL_MODE";
+/// The metrics bearer token itself (config key `metrics.bearer`).
+pub const METRICS_BEARER: &str = "METRICS_BEARER";
+/// A file holding the metrics bearer, one or two tokens, one per line (config key
+/// `metrics.bearer_file`).
+pub const METRICS_BEARER_FILE: &str = "METRICS_BEARER_FILE";
+/// OTLP/HTTP endpoint for spans (config key `telemetry.otlp_endpoint`).
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Path of the TOML config file; `caracal.toml` in the working directory when unset.
+pub const CARACAL_CONFIG: &str = "CARACAL_CONFIG";
+/// Prefix of the generic `CARACAL_<KEY>` variables.
+pub const PREFIX: &str = "CARACAL_";
+/// Log filter in `tracing-subscriber` syntax (config key `telemetry.log`).
+pub const RUST_LOG: &str = "RUST_LOG";
+
+/// Well-known variable names and the config key each one sets; they win over `CARACAL_*`.
+pub const WELL_KNOWN: &[(&str, &str)] = &[
+    (DATABASE_URL, "database_url"),
+    (REDIS_URL, "redis_url"),
+    (PORT, "port"),
+    (CARACAL_MODE, "mode"),
+    (METRICS_BEARER, "metrics.bearer"),
+    (METRICS_BEARER_FILE, "metrics.bearer_file"),
+    (OTEL_EXPORTER_OTLP_ENDPOINT, "telemetry.otlp_endpoint"),
+    (RUST_LOG, "telemetry.log"),
+];

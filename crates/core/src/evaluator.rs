@@ -1,0 +1,175 @@
+//! Runs every check in the background and publishes the snapshot `/ready` reads.
+//!
+//! One task per check: it runs the probe on a jittered interval, with a timeout, never two at
+//! once (a run is awaited, or aborted at its timeout, before the next starts). A check whose
+//! rung is closed (a lower rung fails) does not run; it waits until the rung opens and then
+//! runs at once, so recovery does not wait a whole interval per rung.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{Check, Failure, ProbeResult, Rung, Timing};
+use crate::config::CheckDefaults;
+use crate::ladder::{self, CheckState, Status};
+use crate::metrics::{CheckLabels, CheckRungLabels, Metrics, ServiceLabels};
+
+/// The checks of one service, their states, and the published snapshot.
+#[derive(Debug)]
+pub(crate) struct Evaluator {
+    service: String,
+    checks: Vec<Check>,
+    /// Each check's state, written only by its own task.
+    states: Vec<Mutex<CheckState>>,
+    /// The latest copy of all states; `/ready` loads it without locking anything.
+    snapshot: ArcSwap<Vec<CheckState>>,
+    /// The highest rung whose checks may run.
+    open: watch::Sender<Rung>,
+    metrics: Metrics,
+}
+
+impl Evaluator {
+    pub(crate) fn new(service: &str, checks: Vec<Check>, defaults: &CheckDefaults, metrics: Metrics) -> Self {
+        let states: Vec<CheckState> = checks
+            .iter()
+            .map(|c| CheckState::new(c.name.clone(), c.rung, c.required, c.component_type, c.timing(defaults)))
+            .collect();
+        for s in &states {
+            metrics.check_up.get_or_create(&CheckRungLabels { check: s.name.clone(), rung: s.rung.as_str().into() }).set(0);
+        }
+        metrics.ready.get_or_create(&ServiceLabels { service: service.into() }).set(0);
+        // Rungs with no required check are open from the start.
+        let open = ladder::open_rung(&states, Instant::now());
+        Self {
+            service: service.into(),
+            checks,
+            snapshot: ArcSwap::from_pointee(states.clone()),
+            states: states.into_iter().map(Mutex::new).collect(),
+            open: watch::Sender::new(open),
+            metrics,
+        }
+    }
+
+    /// The latest published states.
+    pub(crate) fn snapshot(&self) -> Arc<Vec<CheckState>> {
+        self.snapshot.load_full()
+    }
+
+    /// Spawns one task per check; they stop when `stop` is cancelled.
+    pub(crate) fn spawn(self: &Arc<Self>, stop: CancellationToken) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for index in 0..self.checks.len() {
+            let this = Arc::clone(self);
+            let stop = stop.clone();
+            tasks.spawn(async move { this.run_check(index, stop).await });
+        }
+        tasks
+    }
+
+    async fn run_check(&self, index: usize, stop: CancellationToken) {
+        let check = &self.checks[index];
+        let timing = self.timing(index);
+        let mut open = self.open.subscribe();
+        loop {
+            if check.rung <= *open.borrow_and_update() {
+                let started = Instant::now();
+                let result = tokio::select! {
+                    r = run_once(check, timing.timeout) => r,
+                    () = stop.cancelled() => return,
+                };
+                self.record(index, result, started.elapsed());
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(timing.interval)) => {}
+                    () = stop.cancelled() => return,
+                }
+            } else {
+                self.skip(index);
+                tokio::select! {
+                    changed = open.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    fn timing(&self, index: usize) -> Timing {
+        self.snapshot.load()[index].timing
+    }
+
+    fn record(&self, index: usize, result: ProbeResult, took: Duration) {
+        let passed = result.is_ok();
+        let (flipped, state) = {
+            let Ok(mut state) = self.states[index].lock() else { return };
+            let flipped = state.record(result, Instant::now());
+            (flipped, state.clone())
+        };
+        let labels = CheckLabels { check: state.name.clone() };
+        self.metrics.check_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        if passed {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            self.metrics.check_last_success.get_or_create(&labels).set(now);
+        }
+        if flipped {
+            self.metrics.check_transitions.get_or_create(&labels).inc();
+            if state.up == Some(true) {
+                tracing::info!(check = %state.name, "check passing again");
+            } else {
+                tracing::warn!(check = %state.name, output = state.output.as_deref().unwrap_or(""), "check failing");
+            }
+        }
+        self.publish();
+    }
+
+    fn skip(&self, index: usize) {
+        let changed = self.states[index].lock().map(|mut s| s.skip()).unwrap_or(false);
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Copies every state into a new snapshot, updates the gauges, and opens or closes rungs.
+    fn publish(&self) {
+        let states: Vec<CheckState> = self.states.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect();
+        let now = Instant::now();
+        let report = ladder::report(&states, now);
+        for c in &report.checks {
+            let up = i64::from(c.status == Status::Pass);
+            self.metrics.check_up.get_or_create(&CheckRungLabels { check: c.state.name.clone(), rung: c.state.rung.as_str().into() }).set(up);
+        }
+        let ready = i64::from(report.status != Status::Fail);
+        self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(ready);
+        let open = ladder::open_rung(&states, now);
+        self.snapshot.store(Arc::new(states));
+        self.open.send_if_modified(|current| std::mem::replace(current, open) != open);
+    }
+
+    /// Marks the service unready in the gauge (while draining).
+    pub(crate) fn set_unready(&self) {
+        self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(0);
+    }
+}
+
+/// Runs the probe once as its own task, so a panic becomes a failure and a timeout aborts it
+/// (a hung query is dropped, never left running beside the next run).
+async fn run_once(check: &Check, timeout: Duration) -> ProbeResult {
+    let task = tokio::spawn((check.probe)());
+    let abort = task.abort_handle();
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) if join.is_panic() => Err(Failure::new("the check panicked")),
+        Ok(Err(_)) => Err(Failure::new("the check was cancelled")),
+        Err(_) => {
+            abort.abort();
+            Err(Failure::new(format!("timed out after {}", humantime::format_duration(timeout))))
+        }
+    }
+}
+
+/// `interval` ± 10 %, so checks of many replicas do not hit a dependency in step.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+}

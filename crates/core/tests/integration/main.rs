@@ -1,0 +1,12 @@
+//! caracal-core's integration tests: one binary, real PostgreSQL and Redis from the testkit,
+//! real HTTP over loopback.
+
+mod auth;
+mod checks;
+mod config;
+mod drain;
+mod endpoints;
+mod faults;
+mod ladder;
+mod storm;
+mod support;

@@ -1,0 +1,64 @@
+//! `caracal-testkit`: real servers and processes for Caracal's tests.
+//!
+//! Tests in this workspace never mock PostgreSQL or Redis. This crate starts the machine's own
+//! server binaries as child processes on free loopback ports, in throw-away directories, and
+//! hands out connection URLs plus fault injection (`stop`, `start`, `restart`, `pause`,
+//! `resume`). A missing server binary is a loud error saying what to install.
+//!
+//! # Layout
+//! - [`postgres`]: [`Postgres`], a PostgreSQL cluster (`initdb` + `postgres`).
+//! - [`redis`]: [`Redis`], a `redis-server`.
+//! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
+//! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
+//! - `spawn` (private): the long-lived spawner thread and the scratch directory.
+//!
+//! Children are started with `PR_SET_PDEATHSIG`, so a test binary that exits (or crashes)
+//! takes its servers with it; scratch directories of dead test processes are removed the next
+//! time the toolkit starts.
+
+pub mod error;
+pub mod poll;
+pub mod postgres;
+pub mod process;
+pub mod redis;
+mod spawn;
+
+pub use error::Error;
+pub use poll::wait_for;
+pub use postgres::Postgres;
+pub use process::ServiceProcess;
+pub use redis::Redis;
+/// Signals for [`ServiceProcess::signal`], re-exported so tests need no `nix` of their own.
+pub use nix::sys::signal::Signal;
+
+/// A name unique within this machine for the life of the test run (`prefix_<pid>_<n>`), for
+/// databases and key prefixes, so tests sharing one server never see each other's data.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}_{}_{n}", std::process::id())
+}
+
+/// A free TCP port on 127.0.0.1 right now (the OS picks it; it may be taken again later, but
+/// the window is short and servers here bind it at once).
+///
+/// # Errors
+/// When no loopback socket can be bound.
+pub fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io("bind a free port"))?;
+    Ok(listener.local_addr().map_err(Error::io("read a bound address"))?.port())
+}
+
+/// Raises this process's open-file limit to its hard limit, for tests that hold thousands of
+/// sockets at once (both ends of every loopback connection count).
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> Result<u64, Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let to_io = |e: nix::Error| std::io::Error::from(e);
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::Io { action: "read the open-file limit".into(), source: to_io(e) })?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| Error::Io { action: "raise the open-file limit".into(), source: to_io(e) })?;
+    Ok(hard)
+}

@@ -1,0 +1,187 @@
+//! A real `redis-server` for one test binary (or one fault-injection test).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::spawn::{self, find_binary};
+use crate::Error;
+
+const INSTALL: &str = "apt-get install -y redis-server";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Options for a [`Redis`] server; `RedisBuilder::default().start()` is the usual use.
+#[derive(Debug, Default, Clone)]
+pub struct RedisBuilder {
+    persistent: bool,
+}
+
+impl RedisBuilder {
+    /// Keeps data across [`Redis::restart`] with an fsync-always append-only file, for tests
+    /// that restart Redis and then count what survived.
+    pub fn persistent(mut self, yes: bool) -> Self {
+        self.persistent = yes;
+        self
+    }
+
+    /// Starts `redis-server` on a free loopback port.
+    ///
+    /// # Errors
+    /// [`Error::MissingBinary`] when `redis-server` is not installed, or it does not answer
+    /// `PING` within 20 s.
+    pub fn start(self) -> Result<Redis, Error> {
+        let binary = find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")], INSTALL)?;
+        let mut redis = Redis { binary, dir: spawn::scratch_dir("redis")?, port: crate::free_port()?, persistent: self.persistent, child: None };
+        redis.start()?;
+        Ok(redis)
+    }
+}
+
+/// A running (or deliberately stopped or paused) Redis; killed and removed on drop.
+#[derive(Debug)]
+pub struct Redis {
+    binary: PathBuf,
+    /// Scratch directory: the log, and the append-only file when persistent.
+    dir: PathBuf,
+    port: u16,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts a non-persistent server; see [`RedisBuilder::start`].
+    ///
+    /// # Errors
+    /// As [`RedisBuilder::start`].
+    pub fn start_default() -> Result<Self, Error> {
+        RedisBuilder::default().start()
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The connection URL (`redis://127.0.0.1:<port>/`).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop); a no-op while it runs.
+    ///
+    /// # Errors
+    /// When it does not answer `PING` within 20 s.
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = self.log_path();
+        let out = OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the redis log"))?;
+        let err = out.try_clone().map_err(Error::io("open the redis log"))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        self.child = Some(spawn::spawn(command).map_err(Error::io("start redis-server"))?);
+        if crate::poll::wait_for_blocking(START_TIMEOUT, Duration::from_millis(10), || ping(self.port)) {
+            Ok(())
+        } else {
+            Err(Error::NotReady { what: "redis-server".into(), seconds: START_TIMEOUT.as_secs(), log })
+        }
+    }
+
+    /// Stops the server (SIGTERM); a persistent server keeps its data for the next start.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            spawn::stop_child(&mut child, Signal::SIGTERM, Duration::from_secs(10));
+        }
+    }
+
+    /// [`stop`](Self::stop), then [`start`](Self::start) on the same port.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.stop();
+        self.start()
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open and hang.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            spawn::signal_group(child, Signal::SIGSTOP);
+        }
+    }
+
+    /// Undoes [`pause`](Self::pause).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            spawn::signal_group(child, Signal::SIGCONT);
+        }
+    }
+
+    /// Sends one inline command (e.g. `INFO commandstats`) and returns the raw reply, for tests
+    /// that read the server's own counters.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub fn command(&self, line: &str) -> Result<String, Error> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(Error::io("connect to redis"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(Error::io("set a read timeout"))?;
+        stream.write_all(format!("{line}\r\n").as_bytes()).map_err(Error::io("write to redis"))?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Bulk replies start with `$<len>`; read until the announced length has arrived.
+        loop {
+            let n = stream.read(&mut buf).map_err(Error::io("read from redis"))?;
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || reply_complete(&reply) {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        crate::postgres::keep_or_remove(&self.dir, "redis", &format!("{} --port {} --dir {}", self.binary.display(), self.port, self.dir.display()));
+    }
+}
+
+/// Whether a RESP reply in `buf` is whole (simple, error, integer or bulk string).
+fn reply_complete(buf: &[u8]) -> bool {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else { return false };
+    if buf.first() != Some(&b'$') {
+        return true;
+    }
+    let len: i64 = std::str::from_utf8(&buf[1..line_end]).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
+    len < 0 || buf.len() >= line_end + 2 + len as usize + 2
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
