@@ -22,10 +22,7 @@ fn main() -> std::process::ExitCode {
     caracal_core::main("example", env!("CARGO_PKG_VERSION"), 8000, |app: App| async move {
         let pg = app.postgres()?;
         let redis = app.redis()?;
-        Ok(app
-            .check(checks::postgres(pg))
-            .check(checks::redis(redis))
-            .routes(Router::new().route("/work", get(work))))
+        Ok(app.check(checks::postgres(pg)).check(checks::redis(redis)).routes(Router::new().route("/work", get(work))))
     })
 }
 

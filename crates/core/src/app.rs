@@ -156,19 +156,20 @@ impl App {
         let evaluator = Arc::new(Evaluator::new(self.name, self.checks, &core.checks, self.metrics.clone()));
         let stop_checks = CancellationToken::new();
         let check_tasks = evaluator.spawn(stop_checks.clone());
-        let probes = Arc::new(Probes {
-            service: self.name,
-            version: self.version,
-            evaluator: Arc::clone(&evaluator),
-            lifecycle: Arc::clone(&self.lifecycle),
-            auth: self.auth,
-            registry: self.registry,
-        });
+        let lifecycle = Arc::clone(&self.lifecycle);
+        let probes =
+            Arc::new(Probes::new(self.name, self.version, Arc::clone(&evaluator), lifecycle, self.auth, self.registry));
         let service_routes = self.routes.fallback(not_found);
-        let router = layers::probe_stack(probes::routes(probes)).merge(layers::service_stack(service_routes, self.metrics, &core.http));
+        let router = layers::probe_stack(probes::routes(probes)).merge(layers::service_stack(
+            service_routes,
+            self.metrics,
+            &core.http,
+        ));
         let stop_accepting = CancellationToken::new();
         let server = tokio::spawn(
-            axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_accepting.clone().cancelled_owned()).into_future(),
+            axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+                .into_future(),
         );
         let mut workers = JoinSet::new();
         for (name, work) in self.workers {
@@ -236,7 +237,12 @@ struct Drain {
 }
 
 impl Drain {
-    async fn run(self, mut server: JoinHandle<std::io::Result<()>>, mut workers: JoinSet<()>, mut checks: JoinSet<()>) -> Result<(), Error> {
+    async fn run(
+        self,
+        mut server: JoinHandle<std::io::Result<()>>,
+        mut workers: JoinSet<()>,
+        mut checks: JoinSet<()>,
+    ) -> Result<(), Error> {
         tokio::select! {
             () = self.lifecycle.drain_started() => {}
             ended = &mut server => {
@@ -278,7 +284,10 @@ impl Drain {
 }
 
 async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": { "code": "not_found", "message": "no such route" } })))
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({ "error": { "code": "not_found", "message": "no such route" } })),
+    )
 }
 
 fn required<'a>(value: Option<&'a crate::config::Secret>, key: &str, name: &str) -> Result<&'a str, ConfigError> {
@@ -290,5 +299,9 @@ fn required<'a>(value: Option<&'a crate::config::Secret>, key: &str, name: &str)
 }
 
 fn bad_url(key: &str, name: &str, error: &dyn std::fmt::Display) -> ConfigError {
-    ConfigError { key: key.into(), origin: format!("environment variable `{name}` (or config key)"), message: format!("not a usable URL: {error}") }
+    ConfigError {
+        key: key.into(),
+        origin: format!("environment variable `{name}` (or config key)"),
+        message: format!("not a usable URL: {error}"),
+    }
 }

@@ -71,7 +71,11 @@ impl MetricsAuth {
             (Some(_), Some(_)) => {
                 return Err(ConfigError {
                     key: "metrics.bearer / metrics.bearer_file".into(),
-                    origin: format!("environment variables `{}` and `{}` (or config keys)", env::METRICS_BEARER, env::METRICS_BEARER_FILE),
+                    origin: format!(
+                        "environment variables `{}` and `{}` (or config keys)",
+                        env::METRICS_BEARER,
+                        env::METRICS_BEARER_FILE
+                    ),
                     message: "set one of the two, not both".into(),
                 });
             }
@@ -82,7 +86,10 @@ impl MetricsAuth {
                     origin: format!("environment variable `{}` (or config key)", env::METRICS_BEARER_FILE),
                     message,
                 })?;
-                Bearer::File(BearerFile { path: path.clone(), cache: Mutex::new(FileCache { stamp: Some(stamp), digests }) })
+                Bearer::File(BearerFile {
+                    path: path.clone(),
+                    cache: Mutex::new(FileCache { stamp: Some(stamp), digests }),
+                })
             }
             (None, None) => Bearer::None,
         };
@@ -152,7 +159,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     }
     let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
     let token = token.trim_start();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(char::is_whitespace)).then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(char::is_whitespace))
+        .then_some(token)
 }
 
 fn digest(token: &str) -> TokenDigest {

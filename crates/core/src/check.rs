@@ -106,7 +106,11 @@ pub struct Check {
 
 impl fmt::Debug for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Check").field("name", &self.name).field("rung", &self.rung).field("required", &self.required).finish_non_exhaustive()
+        f.debug_struct("Check")
+            .field("name", &self.name)
+            .field("rung", &self.rung)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
     }
 }
 
@@ -198,7 +202,8 @@ pub(crate) struct Timing {
 }
 
 fn valid_name(name: &str) -> bool {
-    let part_ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+    let part_ok =
+        |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
     matches!(name.split_once(':'), Some((component, measurement)) if part_ok(component) && part_ok(measurement))
 }
 

@@ -251,12 +251,12 @@ fn layered(default_port: u16) -> Result<Figment, ConfigError> {
     if file.is_file() {
         figment = figment.merge(Toml::file_exact(file));
     }
-    Ok(figment
-        .merge(Env::prefixed(env::PREFIX).split("__").ignore(&["config", "mode"]))
-        .merge(Env::raw().only(&well_known).map(|name| {
+    Ok(figment.merge(Env::prefixed(env::PREFIX).split("__").ignore(&["config", "mode"])).merge(
+        Env::raw().only(&well_known).map(|name| {
             let key = env::WELL_KNOWN.iter().find(|(n, _)| name == *n).map_or("", |(_, key)| key);
             key.into()
-        })))
+        }),
+    ))
 }
 
 fn validate(core: &CoreConfig) -> Result<(), ConfigError> {

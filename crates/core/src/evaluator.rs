@@ -26,9 +26,10 @@ pub(crate) struct Evaluator {
     /// Each check's state, written only by its own task.
     states: Vec<Mutex<CheckState>>,
     /// The latest copy of all states; `/ready` loads it without locking anything.
-    snapshot: ArcSwap<Vec<CheckState>>,
+    snapshot: ArcSwap<Snapshot>,
     /// The highest rung whose checks may run.
     open: watch::Sender<Rung>,
+    publishing: Mutex<()>,
     metrics: Metrics,
 }
 
@@ -39,7 +40,10 @@ impl Evaluator {
             .map(|c| CheckState::new(c.name.clone(), c.rung, c.required, c.component_type, c.timing(defaults)))
             .collect();
         for s in &states {
-            metrics.check_up.get_or_create(&CheckRungLabels { check: s.name.clone(), rung: s.rung.as_str().into() }).set(0);
+            metrics
+                .check_up
+                .get_or_create(&CheckRungLabels { check: s.name.clone(), rung: s.rung.as_str().into() })
+                .set(0);
         }
         metrics.ready.get_or_create(&ServiceLabels { service: service.into() }).set(0);
         // Rungs with no required check are open from the start.
@@ -47,15 +51,16 @@ impl Evaluator {
         Self {
             service: service.into(),
             checks,
-            snapshot: ArcSwap::from_pointee(states.clone()),
+            snapshot: ArcSwap::from_pointee(Snapshot { generation: 0, states: states.clone() }),
             states: states.into_iter().map(Mutex::new).collect(),
             open: watch::Sender::new(open),
+            publishing: Mutex::new(()),
             metrics,
         }
     }
 
     /// The latest published states.
-    pub(crate) fn snapshot(&self) -> Arc<Vec<CheckState>> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
@@ -97,7 +102,7 @@ impl Evaluator {
     }
 
     fn timing(&self, index: usize) -> Timing {
-        self.snapshot.load()[index].timing
+        self.snapshot.load().states[index].timing
     }
 
     fn record(&self, index: usize, result: ProbeResult, took: Duration) {
@@ -133,17 +138,24 @@ impl Evaluator {
 
     /// Copies every state into a new snapshot, updates the gauges, and opens or closes rungs.
     fn publish(&self) {
+        // Serialized, so a slower publisher cannot store an older copy over a newer one.
+        let Ok(_publishing) = self.publishing.lock() else { return };
         let states: Vec<CheckState> = self.states.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect();
         let now = Instant::now();
         let report = ladder::report(&states, now);
         for c in &report.checks {
             let up = i64::from(c.status == Status::Pass);
-            self.metrics.check_up.get_or_create(&CheckRungLabels { check: c.state.name.clone(), rung: c.state.rung.as_str().into() }).set(up);
+            self.metrics
+                .check_up
+                .get_or_create(&CheckRungLabels { check: c.state.name.clone(), rung: c.state.rung.as_str().into() })
+                .set(up);
         }
         let ready = i64::from(report.status != Status::Fail);
         self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(ready);
         let open = ladder::open_rung(&states, now);
-        self.snapshot.store(Arc::new(states));
+        // The generation tells readers (the rendered `/ready` body cache) that something changed.
+        let generation = self.snapshot.load().generation + 1;
+        self.snapshot.store(Arc::new(Snapshot { generation, states }));
         self.open.send_if_modified(|current| std::mem::replace(current, open) != open);
     }
 
@@ -151,6 +163,13 @@ impl Evaluator {
     pub(crate) fn set_unready(&self) {
         self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(0);
     }
+}
+
+/// Every check's state at one moment, numbered so readers can cache what they derive from it.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) states: Vec<CheckState>,
 }
 
 /// Runs the probe once as its own task, so a panic becomes a failure and a timeout aborts it

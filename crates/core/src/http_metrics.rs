@@ -29,7 +29,11 @@ pub(crate) async fn track(State(metrics): State<Metrics>, request: Request, next
     let elapsed = started.elapsed().as_secs_f64();
     metrics
         .http_requests
-        .get_or_create(&RequestLabels { method: method.into(), route: route.clone(), status: response.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method: method.into(),
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
         .inc();
     metrics.http_duration.get_or_create(&RouteLabels { method: method.into(), route }).observe(elapsed);
     response

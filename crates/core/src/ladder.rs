@@ -122,8 +122,7 @@ impl CheckState {
     }
 
     fn stale(&self, now: Instant) -> bool {
-        let limit = self.timing.interval * 3 + self.timing.timeout;
-        self.evaluated_at.is_some_and(|at| now.saturating_duration_since(at) > limit)
+        self.evaluated_at.is_some_and(|at| now.saturating_duration_since(at) > stale_after(self))
     }
 }
 
@@ -172,7 +171,9 @@ pub(crate) fn report(states: &[CheckState], now: Instant) -> Report<'_> {
             } else {
                 let why = match (&state.up, &state.output) {
                     (None, _) => "not evaluated yet".to_string(),
-                    (Some(true), _) => format!("stale: no result for more than {}", humantime::format_duration(stale_after(state))),
+                    (Some(true), _) => {
+                        format!("stale: no result for more than {}", humantime::format_duration(stale_after(state)))
+                    }
                     (Some(false), Some(output)) => output.clone(),
                     (Some(false), None) => "failing".to_string(),
                 };
@@ -188,6 +189,12 @@ pub(crate) fn report(states: &[CheckState], now: Instant) -> Report<'_> {
         })
         .collect();
     Report { status, checks }
+}
+
+/// The first instant at which a passing check in `states` turns stale, so anything derived
+/// from the states stays true until then (`None`: nothing can turn stale).
+pub(crate) fn fresh_until(states: &[CheckState]) -> Option<Instant> {
+    states.iter().filter(|s| s.up == Some(true)).filter_map(|s| Some(s.evaluated_at? + stale_after(s))).min()
 }
 
 fn stale_after(state: &CheckState) -> Duration {

@@ -1,7 +1,5 @@
 //! The standard tower layers, composed in one place.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -48,14 +46,11 @@ pub(crate) fn service_stack(routes: Router, metrics: Metrics, http: &HttpConfig)
     )
 }
 
-/// Wraps the probe endpoints: only panic safety and a short timeout (they never wait on
-/// anything, so a slow probe means an overloaded process, and a fast 408 is the honest answer).
+/// The probe endpoints get no layers at all: they never wait on anything (a timeout would
+/// only add a timer per request to the hottest path in the process), hold no `unwrap`, and
+/// a panic in a handler would end only that connection's task, never the process.
 pub(crate) fn probe_stack(routes: Router) -> Router {
-    routes.layer(
-        ServiceBuilder::new()
-            .layer(CatchPanicLayer::custom(panic_response))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(5))),
-    )
+    routes
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -58,7 +58,11 @@ impl Signals {
     /// # Errors
     /// When the OS refuses a handler (must be called inside a tokio runtime).
     pub fn install() -> std::io::Result<Self> {
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, usr1: signal(SignalKind::user_defined1())? })
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
     }
 
     /// Handles signals for the life of the process: the first SIGTERM/SIGINT drains, SIGUSR1

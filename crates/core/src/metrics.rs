@@ -137,13 +137,29 @@ impl Metrics {
             "Unix time of the check's last passing run",
             m.check_last_success.clone(),
         );
-        registry.register("caracal_check_transitions", "Changes of the check between passing and failing", m.check_transitions.clone());
+        registry.register(
+            "caracal_check_transitions",
+            "Changes of the check between passing and failing",
+            m.check_transitions.clone(),
+        );
         registry.register("http_server_requests", "HTTP requests served, by matched route", m.http_requests.clone());
-        registry.register("http_server_request_duration_seconds", "HTTP request latency, by matched route", m.http_duration.clone());
+        registry.register(
+            "http_server_request_duration_seconds",
+            "HTTP request latency, by matched route",
+            m.http_duration.clone(),
+        );
         registry.register("http_server_requests_in_flight", "HTTP requests being served now", m.http_in_flight.clone());
         registry.register_collector(Box::new(Arc::clone(&m.outbox)));
-        registry.register("caracal_stream_lag", "Entries in the stream not yet delivered to the group", m.stream_lag.clone());
-        registry.register("caracal_stream_pending", "Entries delivered to the group but not acknowledged", m.stream_pending.clone());
+        registry.register(
+            "caracal_stream_lag",
+            "Entries in the stream not yet delivered to the group",
+            m.stream_lag.clone(),
+        );
+        registry.register(
+            "caracal_stream_pending",
+            "Entries delivered to the group but not acknowledged",
+            m.stream_pending.clone(),
+        );
         registry.register(
             "caracal_stream_oldest_pending_age_seconds",
             "Idle time of the group's oldest unacknowledged entry",
@@ -187,7 +203,12 @@ impl Collector for OutboxGauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(f) = self.latest.lock().ok().and_then(|l| *l) else { return Ok(()) };
         let pending = ConstGauge::new(f.pending);
-        pending.encode(encoder.encode_descriptor("caracal_outbox_pending", "Outbox rows not yet dispatched", None, pending.metric_type())?)?;
+        pending.encode(encoder.encode_descriptor(
+            "caracal_outbox_pending",
+            "Outbox rows not yet dispatched",
+            None,
+            pending.metric_type(),
+        )?)?;
         let age = ConstGauge::new(f.oldest_age_seconds);
         age.encode(encoder.encode_descriptor(
             "caracal_outbox_oldest_pending_age_seconds",
@@ -196,7 +217,12 @@ impl Collector for OutboxGauges {
             age.metric_type(),
         )?)?;
         let dead = ConstGauge::new(f.dead);
-        dead.encode(encoder.encode_descriptor("caracal_outbox_dead", "Outbox rows given up on after too many attempts", None, dead.metric_type())?)?;
+        dead.encode(encoder.encode_descriptor(
+            "caracal_outbox_dead",
+            "Outbox rows given up on after too many attempts",
+            None,
+            dead.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -212,11 +238,26 @@ impl Collector for ProcessCollector {
         let ticks = procfs::ticks_per_second() as f64;
         if let Ok(stat) = process.stat() {
             let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
-            cpu.encode(encoder.encode_descriptor("process_cpu_seconds", "User and system CPU time spent", None, cpu.metric_type())?)?;
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent",
+                None,
+                cpu.metric_type(),
+            )?)?;
             let rss = ConstGauge::new((stat.rss * procfs::page_size()) as i64);
-            rss.encode(encoder.encode_descriptor("process_resident_memory_bytes", "Resident memory size", None, rss.metric_type())?)?;
+            rss.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                None,
+                rss.metric_type(),
+            )?)?;
             let virt = ConstGauge::new(stat.vsize as i64);
-            virt.encode(encoder.encode_descriptor("process_virtual_memory_bytes", "Virtual memory size", None, virt.metric_type())?)?;
+            virt.encode(encoder.encode_descriptor(
+                "process_virtual_memory_bytes",
+                "Virtual memory size",
+                None,
+                virt.metric_type(),
+            )?)?;
             if let Ok(boot) = procfs::boot_time_secs() {
                 let start = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
                 start.encode(encoder.encode_descriptor(
@@ -229,13 +270,23 @@ impl Collector for ProcessCollector {
         }
         if let Ok(fds) = process.fd_count() {
             let open = ConstGauge::new(fds as i64);
-            open.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, open.metric_type())?)?;
+            open.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                open.metric_type(),
+            )?)?;
         }
         if let Ok(limits) = process.limits()
             && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
         {
             let max = ConstGauge::new(max as i64);
-            max.encode(encoder.encode_descriptor("process_max_fds", "Limit on open file descriptors", None, max.metric_type())?)?;
+            max.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Limit on open file descriptors",
+                None,
+                max.metric_type(),
+            )?)?;
         }
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +36,27 @@ pub(crate) struct Probes {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) auth: MetricsAuth,
     pub(crate) registry: Registry,
+    /// `/health` bodies, rendered once: passing, failing.
+    pub(crate) health_bodies: [Bytes; 2],
+    /// The latest rendered `/ready` bodies.
+    pub(crate) rendered: ArcSwapOption<Rendered>,
+}
+
+impl Probes {
+    /// Probe state for `service` at `version`.
+    pub(crate) fn new(
+        service: &'static str,
+        version: &'static str,
+        evaluator: Arc<Evaluator>,
+        lifecycle: Arc<Lifecycle>,
+        auth: MetricsAuth,
+        registry: Registry,
+    ) -> Self {
+        let body =
+            |status: &str| Bytes::from(json!({ "status": status, "service": service, "version": version }).to_string());
+        let health_bodies = [body("pass"), body("fail")];
+        Self { service, version, evaluator, lifecycle, auth, registry, health_bodies, rendered: ArcSwapOption::empty() }
+    }
 }
 
 /// The probe endpoints, with their state.
@@ -48,47 +71,103 @@ pub(crate) fn routes(probes: Arc<Probes>) -> Router {
 }
 
 async fn health(State(p): State<Arc<Probes>>) -> Response {
-    let (code, status) = if p.lifecycle.is_unhealthy() { (StatusCode::SERVICE_UNAVAILABLE, "fail") } else { (StatusCode::OK, "pass") };
-    health_json(code, json!({ "status": status, "service": p.service, "version": p.version }))
+    if p.lifecycle.is_unhealthy() {
+        typed(StatusCode::SERVICE_UNAVAILABLE, HEALTH_JSON, p.health_bodies[1].clone())
+    } else {
+        typed(StatusCode::OK, HEALTH_JSON, p.health_bodies[0].clone())
+    }
 }
 
 async fn ready(State(p): State<Arc<Probes>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    let states = p.evaluator.snapshot();
-    let report = ladder::report(&states, Instant::now());
-    let draining = p.lifecycle.is_draining();
-    let status = if draining { Status::Fail } else { report.status };
-    let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let details = p.auth.allows_details(&headers);
-    let verbose = query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose=")));
-    if verbose {
-        let mut text = String::new();
-        if draining {
-            text.push_str("[-]draining\n");
+    let verbose =
+        query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose=")));
+    let draining = p.lifecycle.is_draining();
+    if verbose || draining {
+        // Rare answers: rendered on demand.
+        let snapshot = p.evaluator.snapshot();
+        let report = ladder::report(&snapshot.states, Instant::now());
+        let status = if draining { Status::Fail } else { report.status };
+        let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        if verbose {
+            return typed(code, "text/plain; charset=utf-8", verbose_text(&report, status, draining, details).into());
         }
-        for c in &report.checks {
-            text.push_str(&verbose_line(c, details));
-        }
-        text.push_str(if status == Status::Fail { "ready check failed\n" } else { "ready check passed\n" });
-        return typed(code, "text/plain; charset=utf-8", text);
-    }
-    let checks: BTreeMap<&str, Value> = report.checks.iter().map(|c| (c.state.name.as_str(), json!([check_json(c, details)]))).collect();
-    let mut body = json!({ "status": status.as_str(), "service": p.service, "version": p.version, "checks": checks });
-    if draining {
+        let mut body = ready_json(&p, &report, details);
+        body["status"] = json!("fail");
         body["output"] = json!("draining");
+        return health_json(code, body);
     }
-    health_json(code, body)
+    let rendered = p.rendered();
+    typed(rendered.code, HEALTH_JSON, if details { rendered.detailed.clone() } else { rendered.public.clone() })
+}
+
+impl Probes {
+    /// The `/ready` bodies for the current snapshot, rendered once per snapshot (and again when
+    /// a check turns stale), so each probe in a storm costs a pointer load and a cheap clone.
+    fn rendered(&self) -> Arc<Rendered> {
+        let now = Instant::now();
+        let snapshot = self.evaluator.snapshot();
+        if let Some(cached) = self.rendered.load_full()
+            && cached.generation == snapshot.generation
+            && cached.fresh_until.is_none_or(|until| now < until)
+        {
+            return cached;
+        }
+        let report = ladder::report(&snapshot.states, now);
+        let code = if report.status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        let rendered = Arc::new(Rendered {
+            generation: snapshot.generation,
+            fresh_until: ladder::fresh_until(&snapshot.states),
+            code,
+            public: ready_json(self, &report, false).to_string().into(),
+            detailed: ready_json(self, &report, true).to_string().into(),
+        });
+        self.rendered.store(Some(Arc::clone(&rendered)));
+        rendered
+    }
+}
+
+/// `/ready` bodies for one snapshot.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    generation: u64,
+    fresh_until: Option<Instant>,
+    code: StatusCode,
+    public: Bytes,
+    detailed: Bytes,
+}
+
+fn ready_json(p: &Probes, report: &ladder::Report<'_>, details: bool) -> Value {
+    let checks: BTreeMap<&str, Value> =
+        report.checks.iter().map(|c| (c.state.name.as_str(), json!([check_json(c, details)]))).collect();
+    json!({ "status": report.status.as_str(), "service": p.service, "version": p.version, "checks": checks })
+}
+
+fn verbose_text(report: &ladder::Report<'_>, status: Status, draining: bool, details: bool) -> String {
+    let mut text = String::new();
+    if draining {
+        text.push_str("[-]draining\n");
+    }
+    for c in &report.checks {
+        text.push_str(&verbose_line(c, details));
+    }
+    text.push_str(if status == Status::Fail { "ready check failed\n" } else { "ready check passed\n" });
+    text
 }
 
 async fn ready_one(State(p): State<Arc<Probes>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    let states = p.evaluator.snapshot();
-    let report = ladder::report(&states, Instant::now());
+    let snapshot = p.evaluator.snapshot();
+    let report = ladder::report(&snapshot.states, Instant::now());
     let Some(c) = report.checks.iter().find(|c| c.state.name == name) else {
         let body = json!({ "error": { "code": "unknown_check", "message": "no check of that name" } });
         return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
     };
     let code = if c.status == Status::Pass { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let details = p.auth.allows_details(&headers);
-    health_json(code, json!({ "status": c.status.as_str(), "service": p.service, "checks": { name: [check_json(c, details)] } }))
+    health_json(
+        code,
+        json!({ "status": c.status.as_str(), "service": p.service, "checks": { name: [check_json(c, details)] } }),
+    )
 }
 
 async fn metrics_text(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Response {
@@ -96,7 +175,7 @@ async fn metrics_text(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Respo
         return unauthorized();
     }
     match encode(&p.registry) {
-        Ok(text) => typed(StatusCode::OK, OPENMETRICS, text),
+        Ok(text) => typed(StatusCode::OK, OPENMETRICS, text.into()),
         Err(()) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
@@ -106,21 +185,29 @@ async fn metrics_json(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Respo
         return unauthorized();
     }
     match encode(&p.registry) {
-        Ok(text) => typed(StatusCode::OK, "application/json", crate::metrics_json::from_openmetrics(&text).to_string()),
+        Ok(text) => {
+            typed(StatusCode::OK, "application/json", crate::metrics_json::from_openmetrics(&text).to_string().into())
+        }
         Err(()) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
 fn encode(registry: &Registry) -> Result<String, ()> {
     let mut text = String::with_capacity(16 * 1024);
-    prometheus_client::encoding::text::encode(&mut text, registry).map_err(|_| tracing::error!("encoding metrics failed"))?;
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .map_err(|_| tracing::error!("encoding metrics failed"))?;
     Ok(text)
 }
 
 /// 401 with `WWW-Authenticate: Bearer`, and nothing about why.
 fn unauthorized() -> Response {
     let body = json!({ "error": { "code": "unauthorized", "message": "a valid bearer token is required" } });
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"caracal\""))], axum::Json(body)).into_response()
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"caracal\""))],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 fn check_json(c: &CheckReport<'_>, details: bool) -> Value {
@@ -160,11 +247,11 @@ fn verbose_line(c: &CheckReport<'_>, details: bool) -> String {
 }
 
 fn health_json(code: StatusCode, body: Value) -> Response {
-    typed(code, HEALTH_JSON, body.to_string())
+    typed(code, HEALTH_JSON, body.to_string().into())
 }
 
 /// A response with exactly this content type, never cached by a proxy.
-fn typed(code: StatusCode, content_type: &'static str, body: String) -> Response {
+fn typed(code: StatusCode, content_type: &'static str, body: Bytes) -> Response {
     let mut response = (code, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -24,12 +24,12 @@ pub mod redis;
 mod spawn;
 
 pub use error::Error;
+/// Signals for [`ServiceProcess::signal`], re-exported so tests need no `nix` of their own.
+pub use nix::sys::signal::Signal;
 pub use poll::wait_for;
 pub use postgres::Postgres;
 pub use process::ServiceProcess;
 pub use redis::Redis;
-/// Signals for [`ServiceProcess::signal`], re-exported so tests need no `nix` of their own.
-pub use nix::sys::signal::Signal;
 
 /// A name unique within this machine for the life of the test run (`prefix_<pid>_<n>`), for
 /// databases and key prefixes, so tests sharing one server never see each other's data.
@@ -58,7 +58,9 @@ pub fn free_port() -> Result<u16, Error> {
 pub fn raise_fd_limit() -> Result<u64, Error> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let to_io = |e: nix::Error| std::io::Error::from(e);
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::Io { action: "read the open-file limit".into(), source: to_io(e) })?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| Error::Io { action: "raise the open-file limit".into(), source: to_io(e) })?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| Error::Io { action: "read the open-file limit".into(), source: to_io(e) })?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .map_err(|e| Error::Io { action: "raise the open-file limit".into(), source: to_io(e) })?;
     Ok(hard)
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::spawn::{self, find_binary};
 use crate::Error;
+use crate::spawn::{self, find_binary};
 
 const INSTALL: &str = "apt-get install -y postgresql";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,10 +37,13 @@ impl PostgresBuilder {
         let owner = server_user()?;
         let data = dir.join("data");
         if let Some((uid, gid)) = owner {
-            nix::unistd::chown(&dir, Some(uid), Some(gid))
-                .map_err(|e| Error::Io { action: format!("give {} to the postgres user", dir.display()), source: e.into() })?;
+            nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(|e| Error::Io {
+                action: format!("give {} to the postgres user", dir.display()),
+                source: e.into(),
+            })?;
         }
-        let mut pg = Postgres { bin_dir, dir, data, port: crate::free_port()?, owner, child: None, settings: self.settings };
+        let mut pg =
+            Postgres { bin_dir, dir, data, port: crate::free_port()?, owner, child: None, settings: self.settings };
         pg.initdb()?;
         pg.start()?;
         Ok(pg)
@@ -96,7 +99,15 @@ impl Postgres {
     pub fn fresh_database(&self, prefix: &str) -> Result<String, Error> {
         let name = crate::unique_name(prefix);
         let port = self.port.to_string();
-        run(Command::new(self.bin_dir.join("createdb")).args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &name]))?;
+        run(Command::new(self.bin_dir.join("createdb")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            &name,
+        ]))?;
         Ok(self.url_for(&name))
     }
 
@@ -107,7 +118,19 @@ impl Postgres {
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, Error> {
         let port = self.port.to_string();
         run(Command::new(self.bin_dir.join("psql")).args([
-            "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
         ]))
     }
 
@@ -120,11 +143,14 @@ impl Postgres {
             return Ok(());
         }
         let log = self.log_path();
-        let out = OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the postgres log"))?;
+        let out =
+            OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the postgres log"))?;
         let err = out.try_clone().map_err(Error::io("open the postgres log"))?;
         let mut command = self.command("postgres");
         command.arg("-D").arg(&self.data).args(["-p", &self.port.to_string()]);
-        for (name, value) in default_settings().iter().map(|(n, v)| (n.to_string(), v.to_string())).chain(self.settings.clone()) {
+        for (name, value) in
+            default_settings().iter().map(|(n, v)| (n.to_string(), v.to_string())).chain(self.settings.clone())
+        {
             command.arg("-c").arg(format!("{name}={value}"));
         }
         command.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -180,11 +206,17 @@ impl Postgres {
     }
 
     fn initdb(&self) -> Result<(), Error> {
-        run(self
-            .command("initdb")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]))
+        run(self.command("initdb").arg("-D").arg(&self.data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]))
         .map(drop)
     }
 
@@ -203,7 +235,11 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
-        keep_or_remove(&self.dir, "postgres", &format!("{} -D {} -p {}", self.bin_dir.join("postgres").display(), self.data.display(), self.port));
+        keep_or_remove(
+            &self.dir,
+            "postgres",
+            &format!("{} -D {} -p {}", self.bin_dir.join("postgres").display(), self.data.display(), self.port),
+        );
     }
 }
 
@@ -247,7 +283,11 @@ fn server_user() -> Result<Option<(nix::unistd::Uid, nix::unistd::Gid)>, Error> 
     }
     match nix::unistd::User::from_name("postgres") {
         Ok(Some(user)) => Ok(Some((user.uid, user.gid))),
-        _ => Err(Error::MissingBinary { binary: "postgres (the system user)", looked_in: "/etc/passwd".into(), install: INSTALL }),
+        _ => Err(Error::MissingBinary {
+            binary: "postgres (the system user)",
+            looked_in: "/etc/passwd".into(),
+            install: INSTALL,
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::{spawn, Error};
+use crate::{Error, spawn};
 
 /// A child process whose stdout and stderr go to files in its scratch directory; killed on drop.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::spawn::{self, find_binary};
 use crate::Error;
+use crate::spawn::{self, find_binary};
 
 const INSTALL: &str = "apt-get install -y redis-server";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,8 +35,15 @@ impl RedisBuilder {
     /// [`Error::MissingBinary`] when `redis-server` is not installed, or it does not answer
     /// `PING` within 20 s.
     pub fn start(self) -> Result<Redis, Error> {
-        let binary = find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")], INSTALL)?;
-        let mut redis = Redis { binary, dir: spawn::scratch_dir("redis")?, port: crate::free_port()?, persistent: self.persistent, child: None };
+        let binary =
+            find_binary("redis-server", &[PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")], INSTALL)?;
+        let mut redis = Redis {
+            binary,
+            dir: spawn::scratch_dir("redis")?,
+            port: crate::free_port()?,
+            persistent: self.persistent,
+            child: None,
+        };
         redis.start()?;
         Ok(redis)
     }
@@ -162,7 +169,11 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
-        crate::postgres::keep_or_remove(&self.dir, "redis", &format!("{} --port {} --dir {}", self.binary.display(), self.port, self.dir.display()));
+        crate::postgres::keep_or_remove(
+            &self.dir,
+            "redis",
+            &format!("{} --port {} --dir {}", self.binary.display(), self.port, self.dir.display()),
+        );
     }
 }
 

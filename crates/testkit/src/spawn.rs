@@ -49,9 +49,7 @@ fn spawn_here(command: &mut Command) -> io::Result<Child> {
     // SAFETY: the closure runs between fork and exec and calls only prctl(2) through nix,
     // which is async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
-        });
+        command.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from));
     }
     command.spawn()
 }
@@ -72,7 +70,10 @@ pub(crate) fn scratch_dir(kind: &str) -> Result<PathBuf, Error> {
             Ok(mine)
         })
         .clone()
-        .map_err(|e| Error::Io { action: "create the testkit scratch directory".into(), source: io::Error::other(e) })?;
+        .map_err(|e| Error::Io {
+            action: "create the testkit scratch directory".into(),
+            source: io::Error::other(e),
+        })?;
     let dir = base.join(crate::unique_name(kind));
     create_traversable(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
     Ok(dir)
@@ -98,16 +99,20 @@ fn remove_stale(root: &Path) {
 
 /// Finds `binary` in the first of `dirs` that has it, else on `PATH`.
 pub(crate) fn find_binary(binary: &'static str, dirs: &[PathBuf], install: &'static str) -> Result<PathBuf, Error> {
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
-    dirs.iter()
-        .chain(path_dirs.iter())
-        .map(|d| d.join(binary))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::MissingBinary {
+    let path_dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.iter().chain(path_dirs.iter()).map(|d| d.join(binary)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::MissingBinary {
             binary,
-            looked_in: dirs.iter().map(|d| d.display().to_string()).chain(["$PATH".to_string()]).collect::<Vec<_>>().join(", "),
+            looked_in: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .chain(["$PATH".to_string()])
+                .collect::<Vec<_>>()
+                .join(", "),
             install,
-        })
+        }
+    })
 }
 
 /// Sends `signal` to the process group led by `child`, and to every descendant of `child`

@@ -47,7 +47,12 @@ pub fn outbox(pool: PgPool, metrics: &Metrics, table: &str, max_age: Duration) -
                 let observed = Observed::new(f.oldest_age, "s");
                 if f.oldest_age > max_age.as_secs_f64() {
                     return Err(Failure::with(
-                        format!("oldest of {} pending rows is {:.1}s old (limit {:.1}s)", f.pending, f.oldest_age, max_age.as_secs_f64()),
+                        format!(
+                            "oldest of {} pending rows is {:.1}s old (limit {:.1}s)",
+                            f.pending,
+                            f.oldest_age,
+                            max_age.as_secs_f64()
+                        ),
                         observed,
                     ));
                 }
@@ -63,7 +68,10 @@ pub fn outbox(pool: PgPool, metrics: &Metrics, table: &str, max_age: Duration) -
                 let f = measure(&pool, &metrics, &sql).await?;
                 let observed = Observed::new(f.dead as f64, "rows");
                 if f.dead > 0 {
-                    return Err(Failure::with(format!("{} outbox rows are dead (gave up delivering them)", f.dead), observed));
+                    return Err(Failure::with(
+                        format!("{} outbox rows are dead (gave up delivering them)", f.dead),
+                        observed,
+                    ));
                 }
                 Ok(observed)
             }

@@ -11,7 +11,10 @@ pub fn postgres(pool: sqlx::PgPool) -> Check {
         async move {
             let start = Instant::now();
             let mut conn = pool.acquire().await.map_err(|e| Failure::new(format!("cannot get a connection: {e}")))?;
-            sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(|e| Failure::new(format!("SELECT 1 failed: {e}")))?;
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| Failure::new(format!("SELECT 1 failed: {e}")))?;
             Ok(Observed::new(super::elapsed_ms(start), "ms"))
         }
     })

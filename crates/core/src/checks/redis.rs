@@ -12,7 +12,10 @@ pub fn redis(connection: ConnectionManager) -> Check {
         let mut connection = connection.clone();
         async move {
             let start = Instant::now();
-            let reply: String = redis::cmd("PING").query_async(&mut connection).await.map_err(|e| Failure::new(format!("PING failed: {e}")))?;
+            let reply: String = redis::cmd("PING")
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| Failure::new(format!("PING failed: {e}")))?;
             if reply != "PONG" {
                 return Err(Failure::new(format!("PING answered {reply:?}")));
             }

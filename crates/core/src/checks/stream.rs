@@ -73,17 +73,29 @@ fn judge(spec: &StreamGroup, f: &Figures) -> Result<Observed, Failure> {
     if let Some(lag) = f.lag
         && lag > spec.max_lag
     {
-        return Err(Failure::with(format!("group `{}` is {lag} entries behind (limit {})", spec.group, spec.max_lag), observed));
+        return Err(Failure::with(
+            format!("group `{}` is {lag} entries behind (limit {})", spec.group, spec.max_lag),
+            observed,
+        ));
     }
     if f.lag.is_none() && f.behind > spec.max_age {
         return Err(Failure::with(
-            format!("group `{}` is {} behind the newest entry (limit {})", spec.group, secs(f.behind), secs(spec.max_age)),
+            format!(
+                "group `{}` is {} behind the newest entry (limit {})",
+                spec.group,
+                secs(f.behind),
+                secs(spec.max_age)
+            ),
             observed,
         ));
     }
     if f.oldest_pending_idle > spec.max_age {
         return Err(Failure::with(
-            format!("oldest unacknowledged entry idle for {} (limit {})", secs(f.oldest_pending_idle), secs(spec.max_age)),
+            format!(
+                "oldest unacknowledged entry idle for {} (limit {})",
+                secs(f.oldest_pending_idle),
+                secs(spec.max_age)
+            ),
             observed,
         ));
     }
@@ -95,11 +107,10 @@ async fn measure(connection: &mut ConnectionManager, spec: &StreamGroup) -> Resu
         .xinfo_groups(&spec.stream)
         .await
         .map_err(|e| Failure::new(format!("XINFO GROUPS {} failed: {e}", spec.stream)))?;
-    let group = groups
-        .groups
-        .into_iter()
-        .find(|g| g.name == spec.group)
-        .ok_or_else(|| Failure::new(format!("consumer group `{}` does not exist on `{}`", spec.group, spec.stream)))?;
+    let group =
+        groups.groups.into_iter().find(|g| g.name == spec.group).ok_or_else(|| {
+            Failure::new(format!("consumer group `{}` does not exist on `{}`", spec.group, spec.stream))
+        })?;
     let stream: StreamInfoStreamReply =
         connection.xinfo_stream(&spec.stream).await.map_err(|e| Failure::new(format!("XINFO STREAM failed: {e}")))?;
     // When the group's position was trimmed away, the oldest undelivered entry is the
@@ -159,7 +170,8 @@ mod tests {
 
     #[test]
     fn an_old_pending_entry_fails() {
-        let f = Figures { lag: Some(0), behind: Duration::ZERO, pending: 1, oldest_pending_idle: Duration::from_secs(60) };
+        let f =
+            Figures { lag: Some(0), behind: Duration::ZERO, pending: 1, oldest_pending_idle: Duration::from_secs(60) };
         assert!(judge(&spec(), &f).is_err());
     }
 

@@ -3,7 +3,12 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn timing(failure: u32, success: u32) -> Timing {
-    Timing { interval: Duration::from_secs(1), timeout: Duration::from_millis(500), failure_threshold: failure, success_threshold: success }
+    Timing {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        failure_threshold: failure,
+        success_threshold: success,
+    }
 }
 
 fn state(name: &str, rung: Rung, required: bool) -> CheckState {
@@ -67,7 +72,11 @@ fn checks_above_a_failing_rung_are_skipped() {
 #[test]
 fn an_optional_failure_warns_and_does_not_block_the_rungs_above() {
     let now = Instant::now();
-    let mut states = vec![state("postgres:connectivity", Rung::Storage, true), state("outbox:dead", Rung::Storage, false), state("app:thing", Rung::Service, true)];
+    let mut states = vec![
+        state("postgres:connectivity", Rung::Storage, true),
+        state("outbox:dead", Rung::Storage, false),
+        state("app:thing", Rung::Service, true),
+    ];
     states[0].record(ok(), now);
     states[1].record(bad(), now);
     states[2].record(ok(), now);

@@ -32,7 +32,8 @@ enum Ask {
 
 const TOKEN: &str = "tok-A.1_x~";
 const SECOND: &str = "tok-B.2_y~";
-const ASKS: [Ask; 6] = [Ask::NoHeader, Ask::WrongScheme, Ask::WrongToken, Ask::RightToken, Ask::TrailingWhitespace, Ask::SecondToken];
+const ASKS: [Ask; 6] =
+    [Ask::NoHeader, Ask::WrongScheme, Ask::WrongToken, Ask::RightToken, Ask::TrailingWhitespace, Ask::SecondToken];
 
 fn header(ask: Ask) -> Option<String> {
     match ask {
@@ -58,8 +59,11 @@ fn expected(mode: Mode, bearer: Bearer, ask: Ask) -> u16 {
 }
 
 /// The mode as written in configuration goes through the real deserializer.
-fn core_with_mode(raw: &str) -> Result<CoreConfig, figment::Error> {
-    Figment::from(Serialized::defaults(support::core_config(Mode::Stable))).merge(Serialized::default("mode", raw)).extract()
+fn core_with_mode(raw: &str) -> Result<CoreConfig, Box<figment::Error>> {
+    Figment::from(Serialized::defaults(support::core_config(Mode::Stable)))
+        .merge(Serialized::default("mode", raw))
+        .extract()
+        .map_err(Box::new)
 }
 
 fn configure(core: &mut CoreConfig, bearer: Bearer, dir: &Path) {
@@ -108,7 +112,10 @@ async fn every_cell_of_the_auth_matrix() {
                 let error = app.expect_err("an unusable bearer file must stop start-up");
                 assert_eq!(error.exit_code(), 2);
                 let text = error.to_string();
-                assert!(text.contains("metrics.bearer_file") && text.contains(&dir.path().display().to_string()), "{text}");
+                assert!(
+                    text.contains("metrics.bearer_file") && text.contains(&dir.path().display().to_string()),
+                    "{text}"
+                );
                 cells += ASKS.len();
                 continue;
             }
@@ -122,7 +129,8 @@ async fn every_cell_of_the_auth_matrix() {
                 let want = expected(mode, bearer, ask);
                 assert_eq!(response.status().as_u16(), want, "mode {raw:?} bearer {bearer:?} request {ask:?}");
                 if want == 401 {
-                    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let challenge =
+                        response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
                     assert!(challenge.starts_with("Bearer"), "401 carries WWW-Authenticate: Bearer, got {challenge:?}");
                 } else {
                     let text = response.text().await.expect("body");

@@ -22,10 +22,12 @@ async fn stream_group_lag_pending_age_and_null_lag() {
     core.redis_url = Some(Secret::new(redis.url()));
     let app = support::app(core);
     let conn = app.redis().expect("redis");
-    let spec = |s: &str| StreamGroup { stream: s.into(), group: "audit".into(), max_lag: 5, max_age: Duration::from_secs(2) };
+    let spec =
+        |s: &str| StreamGroup { stream: s.into(), group: "audit".into(), max_lag: 5, max_age: Duration::from_secs(2) };
     let lag = checks::stream_group(conn.clone(), app.metrics(), spec(&stream));
     let served = support::serve(app.check(checks::redis(conn)).check(lag)).await;
-    let body = served.wait_for_check("stream:lag", "pass", Duration::from_secs(5)).await.expect("an empty group passes");
+    let body =
+        served.wait_for_check("stream:lag", "pass", Duration::from_secs(5)).await.expect("an empty group passes");
     assert_eq!(body["checks"]["stream:lag"][0]["observedValue"], 0.0);
     assert_eq!(body["checks"]["stream:lag"][0]["observedUnit"], "entries");
 
@@ -40,8 +42,12 @@ async fn stream_group_lag_pending_age_and_null_lag() {
     // Delivered but never acknowledged: lag 0, pending 10, and then too old.
     redis.command(&format!("XREADGROUP GROUP audit c1 COUNT 100 STREAMS {stream} >")).expect("read");
     served.wait_for_check("stream:lag", "pass", Duration::from_secs(5)).await.expect("delivered entries are not lag");
-    let body = served.wait_for_check("stream:lag", "fail", Duration::from_secs(10)).await.expect("pending entries age out");
-    assert!(body["checks"]["stream:lag"][0]["output"].as_str().unwrap_or("").contains("oldest unacknowledged"), "{body}");
+    let body =
+        served.wait_for_check("stream:lag", "fail", Duration::from_secs(10)).await.expect("pending entries age out");
+    assert!(
+        body["checks"]["stream:lag"][0]["output"].as_str().unwrap_or("").contains("oldest unacknowledged"),
+        "{body}"
+    );
     let text = scrape(&served).await;
     assert!(text.contains(&format!("caracal_stream_pending{labels} 10")), "{text}");
     assert!(text.contains(&format!("caracal_stream_oldest_pending_age_seconds{labels} ")), "{text}");
@@ -54,7 +60,10 @@ async fn stream_group_lag_pending_age_and_null_lag() {
     redis.command(&format!("XGROUP CREATE {nulled} audit 0")).expect("group");
     redis.command(&format!("XDEL {nulled} 50000-1")).expect("xdel");
     let info = redis.command(&format!("XINFO GROUPS {nulled}")).expect("xinfo");
-    assert!(info.contains("lag\r\n_") || info.contains("lag\r\n$-1") || info.contains("lag\r\n*-1"), "Redis reports a nil lag: {info:?}");
+    assert!(
+        info.contains("lag\r\n_") || info.contains("lag\r\n$-1") || info.contains("lag\r\n*-1"),
+        "Redis reports a nil lag: {info:?}"
+    );
     let mut core = support::core_config(Mode::Dev);
     core.redis_url = Some(Secret::new(redis.url()));
     let app = support::app(core);
@@ -80,7 +89,9 @@ async fn outbox_backlog_age_and_dead_rows_on_a_large_table() {
          dispatched_at timestamptz, dead_at timestamptz, payload jsonb NOT NULL DEFAULT '{}')",
     );
     psql(&checks::OUTBOX_INDEXES.replace("{table}", "outbox"));
-    psql("INSERT INTO outbox (created_at, dispatched_at) SELECT now() - interval '1 day', now() FROM generate_series(1, 200000)");
+    psql(
+        "INSERT INTO outbox (created_at, dispatched_at) SELECT now() - interval '1 day', now() FROM generate_series(1, 200000)",
+    );
     psql("INSERT INTO outbox (created_at) SELECT now() - interval '10 seconds' FROM generate_series(1, 3)");
     psql("ANALYZE outbox");
     let plan = psql(&format!("EXPLAIN {}", checks::outbox_query("outbox")));
@@ -93,7 +104,8 @@ async fn outbox_backlog_age_and_dead_rows_on_a_large_table() {
     let [age, dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", Duration::from_secs(5));
     let served = support::serve(app.check(checks::postgres(pool)).check(age).check(dead)).await;
 
-    let body = served.wait_for_check("outbox:oldest_pending_age", "fail", Duration::from_secs(5)).await.expect("10 s > 5 s");
+    let body =
+        served.wait_for_check("outbox:oldest_pending_age", "fail", Duration::from_secs(5)).await.expect("10 s > 5 s");
     let observed = body["checks"]["outbox:oldest_pending_age"][0]["observedValue"].as_f64().expect("observed age");
     assert!((9.0..60.0).contains(&observed), "oldest pending age {observed}");
     assert_eq!(check_status(&body, "outbox:dead"), "pass");
@@ -104,7 +116,10 @@ async fn outbox_backlog_age_and_dead_rows_on_a_large_table() {
 
     psql("UPDATE outbox SET dispatched_at = now() WHERE dispatched_at IS NULL");
     psql("INSERT INTO outbox (created_at, dead_at) VALUES (now(), now())");
-    let body = served.wait_for_check("outbox:oldest_pending_age", "pass", Duration::from_secs(5)).await.expect("backlog cleared");
+    let body = served
+        .wait_for_check("outbox:oldest_pending_age", "pass", Duration::from_secs(5))
+        .await
+        .expect("backlog cleared");
     let body = if check_status(&body, "outbox:dead") == "warn" {
         body
     } else {

@@ -19,7 +19,10 @@ fn fails_with(env: &[(&str, &str)]) -> String {
 #[test]
 fn bad_values_exit_2_naming_key_source_and_expectation() {
     let stderr = fails_with(&[("CARACAL_MODE", "production")]);
-    assert!(stderr.contains("`mode`") && stderr.contains("`CARACAL_MODE`") && stderr.contains("`dev`, `rc`, `stable`"), "{stderr}");
+    assert!(
+        stderr.contains("`mode`") && stderr.contains("`CARACAL_MODE`") && stderr.contains("`dev`, `rc`, `stable`"),
+        "{stderr}"
+    );
 
     let stderr = fails_with(&[("PORT", "eighty")]);
     assert!(stderr.contains("`port`") && stderr.contains("`PORT`") && stderr.contains("u16"), "{stderr}");
@@ -45,9 +48,16 @@ fn bad_values_exit_2_naming_key_source_and_expectation() {
     assert!(stderr.contains("CARACAL_CONFIG") && stderr.contains("/nonexistent/caracal.toml"), "{stderr}");
 
     let stderr = fails_with(&[("CARACAL_MODE", "dev")]);
-    assert!(stderr.contains("DATABASE_URL") && stderr.contains("not set"), "a missing URL names its variable: {stderr}");
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("not set"),
+        "a missing URL names its variable: {stderr}"
+    );
 
-    let stderr = fails_with(&[("CARACAL_MODE", "dev"), ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"), ("REDIS_URL", "not a url")]);
+    let stderr = fails_with(&[
+        ("CARACAL_MODE", "dev"),
+        ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+        ("REDIS_URL", "not a url"),
+    ]);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
 }
 

@@ -45,8 +45,16 @@ async fn ready_hides_details_unless_the_bearer_is_presented() {
     assert_eq!(check["status"], "warn");
     assert!(check.get("output").is_none() && check.get("observedValue").is_none(), "no details in public: {body}");
 
-    let private: serde_json::Value =
-        served.http.get(served.url("/ready")).bearer_auth(BEARER).send().await.expect("request").json().await.expect("json");
+    let private: serde_json::Value = served
+        .http
+        .get(served.url("/ready"))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(private["checks"]["app:dependency"][0]["output"], "switched off");
     assert!(private["checks"]["app:dependency"][0]["time"].as_str().is_some_and(|t| t.ends_with('Z')));
 
@@ -73,12 +81,24 @@ async fn golden_signals_use_route_templates_and_skip_probes() {
     assert_eq!(nope["error"]["code"], "not_found");
     assert!(served.get("/items/9").await.headers().contains_key("x-request-id"));
 
-    let text = served.http.get(served.url("/metrics")).bearer_auth(BEARER).send().await.expect("scrape").text().await.expect("text");
+    let text = served
+        .http
+        .get(served.url("/metrics"))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="/items/{id}",status="200"} 4"#), "{text}");
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="unmatched",status="404"} 2"#), "{text}");
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="/boom",status="500"} 1"#), "{text}");
     assert!(text.contains(r#"http_server_requests_total{method="POST",route="/echo",status="413"} 1"#), "{text}");
-    assert!(text.contains(r#"http_server_request_duration_seconds_count{method="GET",route="/items/{id}"} 4"#), "{text}");
+    assert!(
+        text.contains(r#"http_server_request_duration_seconds_count{method="GET",route="/items/{id}"} 4"#),
+        "{text}"
+    );
     for probe in ["/health", "/ready", "/metrics"] {
         assert!(!text.contains(&format!("route=\"{probe}")), "probe {probe} must not be counted");
     }
@@ -97,9 +117,22 @@ async fn golden_signals_use_route_templates_and_skip_probes() {
     }
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
-    let json: serde_json::Value =
-        served.http.get(served.url("/metrics.json")).bearer_auth(BEARER).send().await.expect("scrape").json().await.expect("json");
-    let ready = json["metrics"].as_array().expect("metrics").iter().find(|m| m["name"] == "caracal_ready").expect("caracal_ready");
+    let json: serde_json::Value = served
+        .http
+        .get(served.url("/metrics.json"))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .expect("scrape")
+        .json()
+        .await
+        .expect("json");
+    let ready = json["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .find(|m| m["name"] == "caracal_ready")
+        .expect("caracal_ready");
     assert_eq!(ready["type"], "gauge");
     assert_eq!(ready["samples"][0]["labels"]["service"], "test");
     assert_eq!(ready["samples"][0]["value"], 1.0);
@@ -112,7 +145,16 @@ async fn check_transitions_and_last_success_are_recorded() {
     served.wait_for_check("app:dependency", "pass", Duration::from_secs(5)).await.expect("passes");
     failing.set(false);
     served.wait_for_check("app:dependency", "warn", Duration::from_secs(5)).await.expect("fails again");
-    let text = served.http.get(served.url("/metrics")).bearer_auth(BEARER).send().await.expect("scrape").text().await.expect("text");
+    let text = served
+        .http
+        .get(served.url("/metrics"))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
     let transitions = text
         .lines()
         .find_map(|l| l.strip_prefix("caracal_check_transitions_total{check=\"app:dependency\"} "))

@@ -41,7 +41,10 @@ async fn redis_stopped_then_restarted() {
     assert_eq!(served.get("/health").await.status(), 200, "liveness never depends on Redis");
 
     redis.start().expect("restart redis");
-    served.wait_ready_status(200, INTERVAL + TIMEOUT + SLACK + Duration::from_secs(2)).await.expect("ready again without a restart");
+    served
+        .wait_ready_status(200, INTERVAL + TIMEOUT + SLACK + Duration::from_secs(2))
+        .await
+        .expect("ready again without a restart");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,7 +59,10 @@ async fn postgres_stopped_then_restarted() {
     assert_eq!(check_status(&body, "redis:connectivity"), "pass", "{body}");
 
     postgres.start().expect("restart postgres");
-    served.wait_ready_status(200, INTERVAL + TIMEOUT + SLACK + Duration::from_secs(3)).await.expect("ready again without a restart");
+    served
+        .wait_ready_status(200, INTERVAL + TIMEOUT + SLACK + Duration::from_secs(3))
+        .await
+        .expect("ready again without a restart");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,6 +92,9 @@ async fn postgres_frozen_times_out_while_probes_answer_promptly() {
     assert_eq!(check_status(&body, "postgres:connectivity"), "fail", "{body}");
     let output = body["checks"]["postgres:connectivity"][0]["output"].as_str().unwrap_or("");
     assert!(output.contains("timed out") || output.contains("connection"), "{output}");
-    assert!(slowest < Duration::from_millis(500), "probes answered within {slowest:?}; they must never wait on the database");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "probes answered within {slowest:?}; they must never wait on the database"
+    );
     served.wait_ready_status(200, Duration::from_secs(10)).await.expect("ready again after resume");
 }

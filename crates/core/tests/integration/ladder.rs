@@ -37,7 +37,8 @@ async fn rungs_above_a_failing_rung_are_skipped_and_not_run() {
 
     // Break the process rung: everything above it is skipped, and stops running.
     process.set(false);
-    let body = served.wait_ready_status(503, Duration::from_secs(5)).await.expect("unready once the process rung fails");
+    let body =
+        served.wait_ready_status(503, Duration::from_secs(5)).await.expect("unready once the process rung fails");
     assert_eq!(check_status(&body, "config:loaded"), "fail");
     for name in ["postgres:connectivity", "redis:connectivity", "outbox:fake", "app:thing"] {
         assert_eq!(check_status(&body, name), "skipped", "{name} in {body}");

@@ -10,3 +10,4 @@ mod faults;
 mod ladder;
 mod storm;
 mod support;
+mod telemetry;

@@ -46,7 +46,8 @@ async fn two_thousand_concurrent_ready_requests_cost_no_extra_dependency_calls()
     let redis_before = ping_calls(&redis);
     let started = Instant::now();
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(60)).build().expect("client");
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(60)).build().expect("client");
     let barrier = Arc::new(tokio::sync::Barrier::new(REQUESTS));
     let url = served.url("/ready");
     let mut tasks = tokio::task::JoinSet::new();

@@ -115,7 +115,11 @@ impl Switch {
             let s = s.clone();
             async move {
                 s.runs.fetch_add(1, Ordering::SeqCst);
-                if s.pass.load(Ordering::SeqCst) { Ok(Observed::new(1.0, "units")) } else { Err(Failure::new("switched off")) }
+                if s.pass.load(Ordering::SeqCst) {
+                    Ok(Observed::new(1.0, "units"))
+                } else {
+                    Err(Failure::new("switched off"))
+                }
             }
         })
     }
@@ -138,7 +142,12 @@ pub fn example_binary() -> PathBuf {
 
 impl Served {
     /// Polls `/ready` until check `name` reports `status`.
-    pub async fn wait_for_check(&self, name: &str, status: &str, within: Duration) -> Result<serde_json::Value, String> {
+    pub async fn wait_for_check(
+        &self,
+        name: &str,
+        status: &str,
+        within: Duration,
+    ) -> Result<serde_json::Value, String> {
         let last = std::sync::Mutex::new(String::new());
         caracal_testkit::wait_for(within, Duration::from_millis(20), || async {
             let (code, body) = self.get_json("/ready").await;
