@@ -153,7 +153,13 @@ impl App {
     pub fn start(self, listener: TcpListener) -> Running {
         let addr = listener.local_addr().ok();
         let core = &self.config.core;
-        let evaluator = Arc::new(Evaluator::new(self.name, self.checks, &core.checks, self.metrics.clone()));
+        let evaluator = Arc::new(Evaluator::new(
+            self.name,
+            self.checks,
+            &core.checks,
+            self.metrics.clone(),
+            Arc::clone(&self.lifecycle),
+        ));
         let stop_checks = CancellationToken::new();
         let check_tasks = evaluator.spawn(stop_checks.clone());
         let lifecycle = Arc::clone(&self.lifecycle);

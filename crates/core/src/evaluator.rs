@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check::{Check, Failure, ProbeResult, Rung, Timing};
 use crate::config::CheckDefaults;
 use crate::ladder::{self, CheckState, Status};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{CheckLabels, CheckRungLabels, Metrics, ServiceLabels};
 
 /// The checks of one service, their states, and the published snapshot.
@@ -31,10 +32,18 @@ pub(crate) struct Evaluator {
     open: watch::Sender<Rung>,
     publishing: Mutex<()>,
     metrics: Metrics,
+    /// Read so that `caracal_ready` stays 0 once draining has started.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Evaluator {
-    pub(crate) fn new(service: &str, checks: Vec<Check>, defaults: &CheckDefaults, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        service: &str,
+        checks: Vec<Check>,
+        defaults: &CheckDefaults,
+        metrics: Metrics,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         let states: Vec<CheckState> = checks
             .iter()
             .map(|c| CheckState::new(c.name.clone(), c.rung, c.required, c.component_type, c.timing(defaults)))
@@ -56,6 +65,7 @@ impl Evaluator {
             open: watch::Sender::new(open),
             publishing: Mutex::new(()),
             metrics,
+            lifecycle,
         }
     }
 
@@ -150,7 +160,7 @@ impl Evaluator {
                 .get_or_create(&CheckRungLabels { check: c.state.name.clone(), rung: c.state.rung.as_str().into() })
                 .set(up);
         }
-        let ready = i64::from(report.status != Status::Fail);
+        let ready = i64::from(report.status != Status::Fail && !self.lifecycle.is_draining());
         self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(ready);
         let open = ladder::open_rung(&states, now);
         // The generation tells readers (the rendered `/ready` body cache) that something changed.

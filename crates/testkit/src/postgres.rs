@@ -2,13 +2,13 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::Error;
-use crate::spawn::{self, find_binary};
+use crate::spawn::{self, Supervised, find_binary};
 
 const INSTALL: &str = "apt-get install -y postgresql";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,8 +42,15 @@ impl PostgresBuilder {
                 source: e.into(),
             })?;
         }
-        let mut pg =
-            Postgres { bin_dir, dir, data, port: crate::free_port()?, owner, child: None, settings: self.settings };
+        let mut pg = Postgres {
+            bin_dir,
+            dir,
+            data,
+            port: crate::free_port()?,
+            owner,
+            process: Supervised::new(Signal::SIGINT),
+            settings: self.settings,
+        };
         pg.initdb()?;
         pg.start()?;
         Ok(pg)
@@ -63,8 +70,8 @@ pub struct Postgres {
     port: u16,
     /// uid/gid the server runs as: `postgres` when we are root (initdb refuses root).
     owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-    /// The postmaster, leader of its own process group (backends included).
-    child: Option<Child>,
+    /// The postmaster; a fast shutdown (SIGINT) disconnects clients and stops it.
+    process: Supervised,
     settings: Vec<(String, String)>,
 }
 
@@ -95,19 +102,10 @@ impl Postgres {
     /// Creates a new, empty database with a unique name and returns its URL.
     ///
     /// # Errors
-    /// When `createdb` fails (server stopped or paused, say).
+    /// When the server refuses the statement (stopped or paused, say).
     pub fn fresh_database(&self, prefix: &str) -> Result<String, Error> {
         let name = crate::unique_name(prefix);
-        let port = self.port.to_string();
-        run(Command::new(self.bin_dir.join("createdb")).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            &name,
-        ]))?;
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
         Ok(self.url_for(&name))
     }
 
@@ -139,7 +137,7 @@ impl Postgres {
     /// # Errors
     /// When the server does not accept connections within 30 s.
     pub fn start(&mut self) -> Result<(), Error> {
-        if self.child.is_some() {
+        if self.process.is_running() {
             return Ok(());
         }
         let log = self.log_path();
@@ -154,7 +152,7 @@ impl Postgres {
             command.arg("-c").arg(format!("{name}={value}"));
         }
         command.stdin(Stdio::null()).stdout(out).stderr(err);
-        self.child = Some(spawn::spawn(command).map_err(Error::io("start postgres"))?);
+        self.process.started(spawn::spawn(command).map_err(Error::io("start postgres"))?);
         let isready = self.bin_dir.join("pg_isready");
         let port = self.port.to_string();
         let ready = crate::poll::wait_for_blocking(START_TIMEOUT, Duration::from_millis(25), || {
@@ -172,9 +170,7 @@ impl Postgres {
 
     /// Stops the server with a fast shutdown (clients are disconnected); the data is kept.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            spawn::stop_child(&mut child, Signal::SIGINT, Duration::from_secs(10));
-        }
+        self.process.stop();
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start) on the same port and data.
@@ -188,16 +184,12 @@ impl Postgres {
 
     /// Freezes the server and all its backends with SIGSTOP: connections stay open and hang.
     pub fn pause(&self) {
-        if let Some(child) = &self.child {
-            spawn::signal_group(child, Signal::SIGSTOP);
-        }
+        self.process.pause();
     }
 
     /// Undoes [`pause`](Self::pause).
     pub fn resume(&self) {
-        if let Some(child) = &self.child {
-            spawn::signal_group(child, Signal::SIGCONT);
-        }
+        self.process.resume();
     }
 
     /// The server's log file.

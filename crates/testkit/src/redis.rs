@@ -4,13 +4,13 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::Error;
-use crate::spawn::{self, find_binary};
+use crate::spawn::{self, Supervised, find_binary};
 
 const INSTALL: &str = "apt-get install -y redis-server";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,7 +42,7 @@ impl RedisBuilder {
             dir: spawn::scratch_dir("redis")?,
             port: crate::free_port()?,
             persistent: self.persistent,
-            child: None,
+            process: Supervised::new(Signal::SIGTERM),
         };
         redis.start()?;
         Ok(redis)
@@ -57,7 +57,8 @@ pub struct Redis {
     dir: PathBuf,
     port: u16,
     persistent: bool,
-    child: Option<Child>,
+    /// `redis-server`; SIGTERM stops it (after writing its append-only file when persistent).
+    process: Supervised,
 }
 
 impl Redis {
@@ -84,7 +85,7 @@ impl Redis {
     /// # Errors
     /// When it does not answer `PING` within 20 s.
     pub fn start(&mut self) -> Result<(), Error> {
-        if self.child.is_some() {
+        if self.process.is_running() {
             return Ok(());
         }
         let log = self.log_path();
@@ -100,7 +101,7 @@ impl Redis {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        self.child = Some(spawn::spawn(command).map_err(Error::io("start redis-server"))?);
+        self.process.started(spawn::spawn(command).map_err(Error::io("start redis-server"))?);
         if crate::poll::wait_for_blocking(START_TIMEOUT, Duration::from_millis(10), || ping(self.port)) {
             Ok(())
         } else {
@@ -110,9 +111,7 @@ impl Redis {
 
     /// Stops the server (SIGTERM); a persistent server keeps its data for the next start.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            spawn::stop_child(&mut child, Signal::SIGTERM, Duration::from_secs(10));
-        }
+        self.process.stop();
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start) on the same port.
@@ -126,16 +125,12 @@ impl Redis {
 
     /// Freezes the server with SIGSTOP: connections stay open and hang.
     pub fn pause(&self) {
-        if let Some(child) = &self.child {
-            spawn::signal_group(child, Signal::SIGSTOP);
-        }
+        self.process.pause();
     }
 
     /// Undoes [`pause`](Self::pause).
     pub fn resume(&self) {
-        if let Some(child) = &self.child {
-            spawn::signal_group(child, Signal::SIGCONT);
-        }
+        self.process.resume();
     }
 
     /// Sends one inline command (e.g. `INFO commandstats`) and returns the raw reply, for tests
@@ -195,4 +190,19 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 16];
     matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_complete;
+
+    #[test]
+    fn resp_replies_are_complete_only_when_whole() {
+        assert!(reply_complete(b"+PONG\r\n"));
+        assert!(reply_complete(b":42\r\n"));
+        assert!(!reply_complete(b"+PON"));
+        assert!(reply_complete(b"$5\r\nhello\r\n"));
+        assert!(!reply_complete(b"$5\r\nhel"), "a bulk string waits for its announced length");
+        assert!(reply_complete(b"$-1\r\n"), "a nil bulk string is whole");
+    }
 }

@@ -167,3 +167,77 @@ pub(crate) fn stop_child(child: &mut Child, signal: nix::sys::signal::Signal, gr
     // Workers of the group (PostgreSQL backends) may outlive a killed leader for a moment.
     signal_group(child, Signal::SIGKILL);
 }
+
+/// A server's child process: stopped politely (then by force), paused and resumed as a whole.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    child: Option<Child>,
+    /// The signal that asks this server to shut down cleanly.
+    stop_signal: nix::sys::signal::Signal,
+}
+
+impl Supervised {
+    pub(crate) fn new(stop_signal: nix::sys::signal::Signal) -> Self {
+        Self { child: None, stop_signal }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub(crate) fn started(&mut self, child: Child) {
+        self.child = Some(child);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, self.stop_signal, std::time::Duration::from_secs(10));
+        }
+    }
+
+    pub(crate) fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal_group(child, nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    pub(crate) fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal_group(child, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    #[test]
+    fn a_missing_binary_says_what_to_install() {
+        let error =
+            super::find_binary("caracal-no-such-server", &["/nonexistent".into()], "apt-get install -y something")
+                .expect_err("not installed");
+        let text = error.to_string();
+        assert!(text.contains("caracal-no-such-server") && text.contains("apt-get install -y something"), "{text}");
+        assert!(text.contains("/nonexistent") && text.contains("$PATH"), "says where it looked: {text}");
+    }
+
+    #[test]
+    fn descendants_include_grandchildren() {
+        // sh -> sleep: the shell is a child of the test, sleep a grandchild.
+        let mut child = super::spawn({
+            let mut c = Command::new("sh");
+            c.args(["-c", "sleep 30 & wait"]);
+            c
+        })
+        .expect("spawn sh");
+        let found = crate::poll::wait_for_blocking(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(10),
+            || !super::descendants(child.id()).is_empty(),
+        );
+        assert!(found, "the sleeping grandchild is found through /proc");
+        super::stop_child(&mut child, nix::sys::signal::Signal::SIGTERM, std::time::Duration::from_secs(2));
+        assert!(super::descendants(child.id()).is_empty(), "stopping the group leaves no descendant");
+    }
+}

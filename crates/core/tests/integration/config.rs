@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use caracal_testkit::ServiceProcess;
 
-use crate::support;
+use crate::support::{self, Example};
 
 /// Runs the example with `env` and expects it to exit 2 quickly; returns its stderr.
 fn fails_with(env: &[(&str, &str)]) -> String {
@@ -63,40 +63,18 @@ fn bad_values_exit_2_naming_key_source_and_expectation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_reach_the_logs() {
-    let shared = support::shared();
-    let port = caracal_testkit::free_port().expect("port").to_string();
-    let (url, redis) = (shared.postgres.url(), shared.redis.url());
-    let env = [
-        ("PORT", port.as_str()),
-        ("DATABASE_URL", &url),
-        ("REDIS_URL", &redis),
-        ("CARACAL_MODE", "rc"),
-        ("METRICS_BEARER", "do-not-log-me"),
-        ("RUST_LOG", "debug"),
-    ];
-    let mut process = ServiceProcess::spawn(&support::example_binary(), &[], &env).expect("spawn");
-    let client = support::client();
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || async {
-        client.get(format!("{base}/ready")).send().await.ok().filter(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready.is_ok(), "example became ready; stderr: {}", process.stderr());
-    let scrape = client.get(format!("{base}/metrics")).bearer_auth("do-not-log-me").send().await.expect("scrape");
+    let database_url = support::shared().postgres.url();
+    let example =
+        Example::start(&[("CARACAL_MODE", "rc"), ("METRICS_BEARER", "do-not-log-me"), ("RUST_LOG", "debug")]).await;
+    let scrape = example.http.get(example.url("/metrics")).bearer_auth("do-not-log-me").send().await.expect("scrape");
     assert_eq!(scrape.status(), 200);
-    let work = client.get(format!("{base}/work?ms=1")).bearer_auth("do-not-log-me").send().await.expect("work");
+    let work = example.http.get(example.url("/work?ms=1")).bearer_auth("do-not-log-me").send().await.expect("work");
     assert_eq!(work.status(), 200);
-    process.signal(caracal_testkit::Signal::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || {
-        let status = process.wait_timeout(Duration::from_secs(30));
-        (status, process)
-    })
-    .await
-    .expect("join");
-    let (status, process) = status;
+    example.process.signal(caracal_testkit::Signal::SIGTERM);
+    let (status, process) = example.exit_within(Duration::from_secs(30)).await;
     assert!(status.expect("exits after SIGTERM").success());
     let logs = format!("{}{}", process.stdout(), process.stderr());
     assert!(logs.contains("\"level\""), "rc mode logs JSON: {logs}");
     assert!(!logs.contains("do-not-log-me"), "the bearer appeared in the logs");
-    assert!(!logs.contains(&url), "the database URL appeared in the logs");
+    assert!(!logs.contains(&database_url), "the database URL appeared in the logs");
 }

@@ -2,58 +2,27 @@
 
 use std::time::{Duration, Instant};
 
-use caracal_testkit::{ServiceProcess, Signal};
+use caracal_testkit::Signal;
 
-use crate::support;
+use crate::support::Example;
 
-struct Example {
-    process: ServiceProcess,
-    base: String,
-    http: reqwest::Client,
-}
-
-/// Starts the example against the shared servers and waits until it is ready.
+/// Starts the example in rc mode with the given drain settings.
 async fn start(drain_delay: &str, timeout: &str) -> Example {
-    let shared = support::shared();
-    let port = caracal_testkit::free_port().expect("port").to_string();
-    let (url, redis) = (shared.postgres.url(), shared.redis.url());
-    let env = [
-        ("PORT", port.as_str()),
-        ("DATABASE_URL", &url),
-        ("REDIS_URL", &redis),
+    Example::start(&[
         ("CARACAL_MODE", "rc"),
         ("METRICS_BEARER", "drain-test"),
         ("CARACAL_SHUTDOWN__DRAIN_DELAY", drain_delay),
         ("CARACAL_SHUTDOWN__TIMEOUT", timeout),
         ("CARACAL_CHECKS__INTERVAL", "200ms"),
-    ];
-    let process = ServiceProcess::spawn(&support::example_binary(), &[], &env).expect("spawn example");
-    let example = Example { process, base: format!("http://127.0.0.1:{port}"), http: support::client() };
-    let ready = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || async {
-        example.status("/ready").await.filter(|s| *s == 200)
-    })
-    .await;
-    assert!(ready.is_ok(), "example never became ready; stderr: {}", example.process.stderr());
-    example
-}
-
-impl Example {
-    async fn status(&self, path: &str) -> Option<u16> {
-        self.http.get(format!("{}{path}", self.base)).send().await.ok().map(|r| r.status().as_u16())
-    }
-
-    /// Waits off the runtime for the process to exit.
-    async fn exit_within(self, within: Duration) -> (Option<std::process::ExitStatus>, ServiceProcess) {
-        let mut process = self.process;
-        tokio::task::spawn_blocking(move || (process.wait_timeout(within), process)).await.expect("join")
-    }
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_fails_readiness_at_once_finishes_in_flight_work_and_exits_0() {
     let example = start("1s", "10s").await;
     let slow = {
-        let request = example.http.get(format!("{}/work?ms=2500", example.base));
+        let request = example.http.get(example.url("/work?ms=2500"));
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -45,16 +45,7 @@ async fn ready_hides_details_unless_the_bearer_is_presented() {
     assert_eq!(check["status"], "warn");
     assert!(check.get("output").is_none() && check.get("observedValue").is_none(), "no details in public: {body}");
 
-    let private: serde_json::Value = served
-        .http
-        .get(served.url("/ready"))
-        .bearer_auth(BEARER)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let private: serde_json::Value = serde_json::from_str(&scrape(&served, "/ready").await).expect("json");
     assert_eq!(private["checks"]["app:dependency"][0]["output"], "switched off");
     assert!(private["checks"]["app:dependency"][0]["time"].as_str().is_some_and(|t| t.ends_with('Z')));
 
@@ -81,16 +72,7 @@ async fn golden_signals_use_route_templates_and_skip_probes() {
     assert_eq!(nope["error"]["code"], "not_found");
     assert!(served.get("/items/9").await.headers().contains_key("x-request-id"));
 
-    let text = served
-        .http
-        .get(served.url("/metrics"))
-        .bearer_auth(BEARER)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&served, "/metrics").await;
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="/items/{id}",status="200"} 4"#), "{text}");
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="unmatched",status="404"} 2"#), "{text}");
     assert!(text.contains(r#"http_server_requests_total{method="GET",route="/boom",status="500"} 1"#), "{text}");
@@ -117,16 +99,7 @@ async fn golden_signals_use_route_templates_and_skip_probes() {
     }
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
-    let json: serde_json::Value = served
-        .http
-        .get(served.url("/metrics.json"))
-        .bearer_auth(BEARER)
-        .send()
-        .await
-        .expect("scrape")
-        .json()
-        .await
-        .expect("json");
+    let json: serde_json::Value = serde_json::from_str(&scrape(&served, "/metrics.json").await).expect("json");
     let ready = json["metrics"]
         .as_array()
         .expect("metrics")
@@ -145,29 +118,24 @@ async fn check_transitions_and_last_success_are_recorded() {
     served.wait_for_check("app:dependency", "pass", Duration::from_secs(5)).await.expect("passes");
     failing.set(false);
     served.wait_for_check("app:dependency", "warn", Duration::from_secs(5)).await.expect("fails again");
-    let text = served
-        .http
-        .get(served.url("/metrics"))
-        .bearer_auth(BEARER)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
-    let transitions = text
-        .lines()
-        .find_map(|l| l.strip_prefix("caracal_check_transitions_total{check=\"app:dependency\"} "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("transitions counter");
+    let text = scrape(&served, "/metrics").await;
+    let transitions = sample(&text, "caracal_check_transitions_total{check=\"app:dependency\"}");
     assert!(transitions >= 2.0, "fail -> pass -> fail is two transitions, got {transitions}");
-    let last_success = text
-        .lines()
-        .find_map(|l| l.strip_prefix("caracal_check_last_success_timestamp_seconds{check=\"app:dependency\"} "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("last success timestamp");
+    let last_success = sample(&text, "caracal_check_last_success_timestamp_seconds{check=\"app:dependency\"}");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     assert!((now - 60.0..=now + 1.0).contains(&last_success), "last success {last_success} is recent (now {now})");
     let body = served.get("/ready").await.json::<serde_json::Value>().await.expect("json");
     assert_eq!(check_status(&body, "app:dependency"), "warn");
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in a scrape.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// An authorized scrape of `path`.
+async fn scrape(served: &support::Served, path: &str) -> String {
+    served.http.get(served.url(path)).bearer_auth(BEARER).send().await.expect("scrape").text().await.expect("text")
 }

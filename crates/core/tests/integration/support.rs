@@ -160,3 +160,47 @@ impl Served {
         .map_err(|waited| format!("{name} not {status} within {waited:?}; last answer: {}", last.lock().expect("lock")))
     }
 }
+
+/// The built example binary, running against the shared servers.
+pub struct Example {
+    pub process: caracal_testkit::ServiceProcess,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Example {
+    /// Starts the example with `PORT`, `DATABASE_URL` and `REDIS_URL` set, plus `env`, and
+    /// waits until `/ready` answers 200.
+    pub async fn start(env: &[(&str, &str)]) -> Example {
+        let shared = shared();
+        let port = caracal_testkit::free_port().expect("port").to_string();
+        let (url, redis) = (shared.postgres.url(), shared.redis.url());
+        let mut all = vec![("PORT", port.as_str()), ("DATABASE_URL", url.as_str()), ("REDIS_URL", redis.as_str())];
+        all.extend_from_slice(env);
+        let process = caracal_testkit::ServiceProcess::spawn(&example_binary(), &[], &all).expect("spawn example");
+        let example = Example { process, base: format!("http://127.0.0.1:{port}"), http: client() };
+        let ready = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || async {
+            example.status("/ready").await.filter(|s| *s == 200)
+        })
+        .await;
+        assert!(ready.is_ok(), "example never became ready; stderr: {}", example.process.stderr());
+        example
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn status(&self, path: &str) -> Option<u16> {
+        self.http.get(self.url(path)).send().await.ok().map(|r| r.status().as_u16())
+    }
+
+    /// Waits off the runtime for the process to exit.
+    pub async fn exit_within(
+        self,
+        within: Duration,
+    ) -> (Option<std::process::ExitStatus>, caracal_testkit::ServiceProcess) {
+        let mut process = self.process;
+        tokio::task::spawn_blocking(move || (process.wait_timeout(within), process)).await.expect("join")
+    }
+}

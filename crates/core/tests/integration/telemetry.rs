@@ -8,9 +8,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use caracal_testkit::{ServiceProcess, Signal};
+use caracal_testkit::Signal;
 
-use crate::support;
+use crate::support::Example;
 
 /// One OTLP export: its content type and body.
 type Export = (String, Vec<u8>);
@@ -35,36 +35,14 @@ async fn request_spans_reach_an_otlp_collector_and_probes_do_not() {
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
-    let shared = support::shared();
-    let port = caracal_testkit::free_port().expect("port").to_string();
-    let (url, redis) = (shared.postgres.url(), shared.redis.url());
-    let env = [
-        ("PORT", port.as_str()),
-        ("DATABASE_URL", &url),
-        ("REDIS_URL", &redis),
-        ("CARACAL_MODE", "dev"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-    ];
-    let mut process = ServiceProcess::spawn(&support::example_binary(), &[], &env).expect("spawn example");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = support::client();
-    let ready = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || async {
-        http.get(format!("{base}/ready")).send().await.ok().filter(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready.is_ok(), "example ready; stderr: {}", process.stderr());
+    let example = Example::start(&[("CARACAL_MODE", "dev"), ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
     for _ in 0..5 {
-        http.get(format!("{base}/health")).send().await.expect("health");
-        http.get(format!("{base}/ready")).send().await.expect("ready");
+        assert_eq!(example.status("/health").await, Some(200));
+        assert_eq!(example.status("/ready").await, Some(200));
     }
-    let work = http.get(format!("{base}/work?ms=1")).send().await.expect("work");
-    assert_eq!(work.status(), 200);
-
-    process.signal(Signal::SIGTERM);
-    let (status, process) =
-        tokio::task::spawn_blocking(move || (process.wait_timeout(Duration::from_secs(20)), process))
-            .await
-            .expect("join");
+    assert_eq!(example.status("/work?ms=1").await, Some(200));
+    example.process.signal(Signal::SIGTERM);
+    let (status, process) = example.exit_within(Duration::from_secs(20)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0), "stderr: {}", process.stderr());
 
     let exports = received.lock().expect("lock").clone();
