@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::MetricsAuth;
+use crate::auth::BearerAuth;
 use crate::check::Check;
 use crate::config::{Config, ConfigError};
 use crate::evaluator::Evaluator;
@@ -32,7 +32,7 @@ pub struct App {
     name: &'static str,
     version: &'static str,
     config: Config,
-    auth: MetricsAuth,
+    auth: BearerAuth,
     registry: Registry,
     metrics: Metrics,
     checks: Vec<Check>,
@@ -55,7 +55,7 @@ impl App {
     /// # Errors
     /// [`Error::Config`] when the metrics bearer settings are unusable (file missing, empty...).
     pub fn new(name: &'static str, version: &'static str, config: Config) -> Result<Self, Error> {
-        let auth = MetricsAuth::from_config(&config.core)?;
+        let auth = BearerAuth::metrics(&config.core)?;
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         metrics.set_build(name, version, config.core.mode.as_str());
@@ -116,6 +116,15 @@ impl App {
         let future = work(self.stop_workers.clone());
         self.workers.push((name.into(), Box::pin(future)));
         self
+    }
+
+    /// The admin bearer policy (`CARACAL_ADMIN_TOKEN` / `CARACAL_ADMIN_TOKEN_FILE`), for
+    /// services with an admin API.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the admin token settings are unusable.
+    pub fn admin_auth(&self) -> Result<BearerAuth, Error> {
+        Ok(BearerAuth::admin(&self.config.core)?)
     }
 
     /// A lazily connecting PostgreSQL pool for `DATABASE_URL`; connecting waits for first use,

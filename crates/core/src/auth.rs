@@ -1,4 +1,5 @@
-//! Fail-closed bearer authentication for `/metrics`, `/metrics.json` and readiness details.
+//! Fail-closed bearer authentication: for `/metrics`, `/metrics.json` and readiness details,
+//! and for admin APIs.
 //!
 //! In `rc` and `stable` a bearer must be configured *and* presented; in `dev` metrics are open
 //! unless a bearer is configured. The bearer comes from `METRICS_BEARER` or from
@@ -16,7 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ConfigError, CoreConfig, Mode};
+use crate::config::{ConfigError, CoreConfig, Mode, Secret};
 use crate::env;
 
 /// Bearer files larger than this are refused: a token file holds one or two short lines.
@@ -24,11 +25,32 @@ const MAX_FILE_BYTES: u64 = 16 * 1024;
 
 type TokenDigest = [u8; 32];
 
-/// Who may read metrics and readiness details.
+/// A fail-closed bearer policy: who may read metrics (and readiness details), or who may
+/// call an admin API.
+///
+/// In `rc` and `stable` a request is allowed only when a bearer is configured and presented;
+/// in `dev` everything is allowed unless a bearer is configured, and then it is required.
 #[derive(Debug)]
-pub struct MetricsAuth {
+pub struct BearerAuth {
     mode: Mode,
     bearer: Bearer,
+}
+
+/// One bearer's settings and the names they go by, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct BearerSettings<'a> {
+    /// The token itself.
+    pub token: Option<&'a Secret>,
+    /// A file with one or two tokens.
+    pub file: Option<&'a Path>,
+    /// Config key of the token (`metrics.bearer`).
+    pub token_key: &'static str,
+    /// Config key of the file (`metrics.bearer_file`).
+    pub file_key: &'static str,
+    /// Environment variable of the token (`METRICS_BEARER`).
+    pub token_env: &'static str,
+    /// Environment variable of the file (`METRICS_BEARER_FILE`).
+    pub file_env: &'static str,
 }
 
 #[derive(Debug)]
@@ -60,44 +82,89 @@ struct FileStamp {
     inode: u64,
 }
 
-impl MetricsAuth {
-    /// Builds the policy from configuration, reading the bearer file once.
+impl BearerAuth {
+    /// The metrics bearer of `config` (`METRICS_BEARER` / `METRICS_BEARER_FILE`).
     ///
     /// # Errors
-    /// [`ConfigError`] when both a bearer and a bearer file are set, or the file is missing,
-    /// unreadable, empty, too large or holds more than two tokens; the error names the path.
-    pub fn from_config(config: &CoreConfig) -> Result<Self, ConfigError> {
-        let bearer = match (&config.metrics.bearer, &config.metrics.bearer_file) {
+    /// As [`BearerAuth::new`].
+    pub fn metrics(config: &CoreConfig) -> Result<Self, ConfigError> {
+        Self::new(
+            config.mode,
+            BearerSettings {
+                token: config.metrics.bearer.as_ref(),
+                file: config.metrics.bearer_file.as_deref(),
+                token_key: "metrics.bearer",
+                file_key: "metrics.bearer_file",
+                token_env: env::METRICS_BEARER,
+                file_env: env::METRICS_BEARER_FILE,
+            },
+        )
+    }
+
+    /// The admin bearer of `config` (`CARACAL_ADMIN_TOKEN` / `CARACAL_ADMIN_TOKEN_FILE`).
+    ///
+    /// # Errors
+    /// As [`BearerAuth::new`].
+    pub fn admin(config: &CoreConfig) -> Result<Self, ConfigError> {
+        Self::new(
+            config.mode,
+            BearerSettings {
+                token: config.admin_token.as_ref(),
+                file: config.admin_token_file.as_deref(),
+                token_key: "admin_token",
+                file_key: "admin_token_file",
+                token_env: env::CARACAL_ADMIN_TOKEN,
+                file_env: env::CARACAL_ADMIN_TOKEN_FILE,
+            },
+        )
+    }
+
+    /// Builds a policy, reading the bearer file once.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when both a token and a file are set, the token is blank, or the file is
+    /// missing, unreadable, empty, too large or holds more than two tokens; the error names the
+    /// key and the path.
+    pub fn new(mode: Mode, s: BearerSettings<'_>) -> Result<Self, ConfigError> {
+        let origin = |name: &str| format!("environment variable `{name}` (or config key)");
+        let bearer = match (s.token, s.file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError {
-                    key: "metrics.bearer / metrics.bearer_file".into(),
-                    origin: format!(
-                        "environment variables `{}` and `{}` (or config keys)",
-                        env::METRICS_BEARER,
-                        env::METRICS_BEARER_FILE
-                    ),
+                    key: format!("{} / {}", s.token_key, s.file_key),
+                    origin: format!("environment variables `{}` and `{}` (or config keys)", s.token_env, s.file_env),
                     message: "set one of the two, not both".into(),
+                });
+            }
+            (Some(token), None) if token.expose().trim().is_empty() => {
+                return Err(ConfigError {
+                    key: s.token_key.into(),
+                    origin: origin(s.token_env),
+                    message: "the token is set but empty; unset it or give a token".into(),
                 });
             }
             (Some(token), None) => Bearer::Fixed(digest(token.expose().trim())),
             (None, Some(path)) => {
                 let (stamp, digests) = read_tokens(path).map_err(|message| ConfigError {
-                    key: "metrics.bearer_file".into(),
-                    origin: format!("environment variable `{}` (or config key)", env::METRICS_BEARER_FILE),
+                    key: s.file_key.into(),
+                    origin: origin(s.file_env),
                     message,
                 })?;
-                Bearer::File(BearerFile {
-                    path: path.clone(),
-                    cache: Mutex::new(FileCache { stamp: Some(stamp), digests }),
-                })
+                let cache = Mutex::new(FileCache { stamp: Some(stamp), digests });
+                Bearer::File(BearerFile { path: path.to_path_buf(), cache })
             }
             (None, None) => Bearer::None,
         };
-        Ok(Self { mode: config.mode, bearer })
+        Ok(Self { mode, bearer })
     }
 
-    /// Whether a request may read `/metrics` and `/metrics.json`.
-    pub fn allows_metrics(&self, headers: &HeaderMap) -> bool {
+    /// Whether a bearer is configured at all.
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.bearer, Bearer::None)
+    }
+
+    /// Whether a request is allowed: open in dev without a configured bearer, otherwise only
+    /// with a valid one (so in rc/stable without a bearer, never).
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
         match (&self.bearer, self.mode) {
             (Bearer::None, Mode::Dev) => true,
             (Bearer::None, Mode::Rc | Mode::Stable) => false,
@@ -106,14 +173,14 @@ impl MetricsAuth {
     }
 
     /// Whether a request may see error text and observed values in readiness bodies: always in
-    /// dev, otherwise only with the metrics bearer.
+    /// dev, otherwise only with the bearer.
     pub fn allows_details(&self, headers: &HeaderMap) -> bool {
         self.mode == Mode::Dev || self.presents_bearer(headers)
     }
 
     /// Whether the request carries exactly one `Authorization: Bearer <token>` whose token is
     /// one of the configured ones.
-    fn presents_bearer(&self, headers: &HeaderMap) -> bool {
+    pub fn presents_bearer(&self, headers: &HeaderMap) -> bool {
         let Some(presented) = bearer_token(headers) else { return false };
         let presented = digest(presented);
         match &self.bearer {

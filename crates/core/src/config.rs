@@ -99,6 +99,10 @@ pub struct CoreConfig {
     pub redis_url: Option<Secret>,
     /// Who may read `/metrics` and readiness details.
     pub metrics: MetricsConfig,
+    /// The admin bearer token, for services with an admin API.
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin bearer (one or two tokens, one per line).
+    pub admin_token_file: Option<PathBuf>,
     /// Draining on SIGTERM.
     pub shutdown: ShutdownConfig,
     /// Defaults for checks that do not set their own timing.
@@ -173,6 +177,8 @@ impl CoreConfig {
             database_url: None,
             redis_url: None,
             metrics: MetricsConfig::default(),
+            admin_token: None,
+            admin_token_file: None,
             shutdown: ShutdownConfig { drain_delay: None, timeout: Duration::from_secs(15) },
             checks: CheckDefaults {
                 interval: Duration::from_secs(2),
@@ -260,7 +266,6 @@ fn layered(default_port: u16) -> Result<Figment, ConfigError> {
 }
 
 fn validate(core: &CoreConfig) -> Result<(), ConfigError> {
-    let env_source = |name: &str| format!("environment variable `{name}` (or config key)");
     if core.checks.failure_threshold == 0 || core.checks.success_threshold == 0 {
         return Err(ConfigError {
             key: "checks.failure_threshold / checks.success_threshold".into(),
@@ -273,13 +278,6 @@ fn validate(core: &CoreConfig) -> Result<(), ConfigError> {
             key: "checks.interval / checks.timeout".into(),
             origin: "configuration".into(),
             message: "expected a duration above zero, such as `2s`".into(),
-        });
-    }
-    if core.metrics.bearer.as_ref().is_some_and(|b| b.expose().trim().is_empty()) {
-        return Err(ConfigError {
-            key: "metrics.bearer".into(),
-            origin: env_source(env::METRICS_BEARER),
-            message: "the bearer is set but empty; unset it or give a token".into(),
         });
     }
     Ok(())

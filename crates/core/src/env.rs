@@ -22,6 +22,10 @@ pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const CARACAL_CONFIG: &str = "CARACAL_CONFIG";
 /// Prefix of the generic `CARACAL_<KEY>` variables.
 pub const PREFIX: &str = "CARACAL_";
+/// The admin bearer token (config key `admin_token`).
+pub const CARACAL_ADMIN_TOKEN: &str = "CARACAL_ADMIN_TOKEN";
+/// A file holding the admin bearer, one or two tokens (config key `admin_token_file`).
+pub const CARACAL_ADMIN_TOKEN_FILE: &str = "CARACAL_ADMIN_TOKEN_FILE";
 /// Log filter in `tracing-subscriber` syntax (config key `telemetry.log`).
 pub const RUST_LOG: &str = "RUST_LOG";
 

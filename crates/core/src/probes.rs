@@ -16,7 +16,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
-use crate::auth::MetricsAuth;
+use crate::auth::BearerAuth;
 use crate::evaluator::Evaluator;
 use crate::ladder::{self, CheckReport, Status};
 use crate::lifecycle::Lifecycle;
@@ -34,7 +34,7 @@ pub(crate) struct Probes {
     pub(crate) version: &'static str,
     pub(crate) evaluator: Arc<Evaluator>,
     pub(crate) lifecycle: Arc<Lifecycle>,
-    pub(crate) auth: MetricsAuth,
+    pub(crate) auth: BearerAuth,
     pub(crate) registry: Registry,
     /// `/health` bodies, rendered once: passing, failing.
     pub(crate) health_bodies: [Bytes; 2],
@@ -49,7 +49,7 @@ impl Probes {
         version: &'static str,
         evaluator: Arc<Evaluator>,
         lifecycle: Arc<Lifecycle>,
-        auth: MetricsAuth,
+        auth: BearerAuth,
         registry: Registry,
     ) -> Self {
         let body =
@@ -171,7 +171,7 @@ async fn ready_one(State(p): State<Arc<Probes>>, Path(name): Path<String>, heade
 }
 
 async fn metrics_text(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Response {
-    if !p.auth.allows_metrics(&headers) {
+    if !p.auth.allows(&headers) {
         return unauthorized();
     }
     match encode(&p.registry) {
@@ -181,7 +181,7 @@ async fn metrics_text(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Respo
 }
 
 async fn metrics_json(State(p): State<Arc<Probes>>, headers: HeaderMap) -> Response {
-    if !p.auth.allows_metrics(&headers) {
+    if !p.auth.allows(&headers) {
         return unauthorized();
     }
     match encode(&p.registry) {
