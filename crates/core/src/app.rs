@@ -22,6 +22,7 @@ use crate::evaluator::Evaluator;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::probes::{self, Probes};
+use crate::readiness::Readiness;
 use crate::{Error, env, layers};
 
 type Worker = (String, Pin<Box<dyn Future<Output = ()> + Send>>);
@@ -39,6 +40,7 @@ pub struct App {
     routes: Router,
     workers: Vec<Worker>,
     lifecycle: Arc<Lifecycle>,
+    readiness: Readiness,
     /// Cancelled after the listener has closed and in-flight requests are done.
     stop_workers: CancellationToken,
 }
@@ -70,6 +72,7 @@ impl App {
             routes: Router::new(),
             workers: Vec::new(),
             lifecycle: Arc::new(Lifecycle::default()),
+            readiness: Readiness::default(),
             stop_workers: CancellationToken::new(),
         })
     }
@@ -92,6 +95,17 @@ impl App {
     /// The lifecycle flags (draining, forced unhealthy).
     pub fn lifecycle(&self) -> Arc<Lifecycle> {
         Arc::clone(&self.lifecycle)
+    }
+
+    /// A view of the checks' latest results, for the service's own handlers (filled at start).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// A token cancelled at shutdown, after in-flight requests have finished: for work a
+    /// service starts itself (workers added with [`App::worker`] get it already).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.stop_workers.clone()
     }
 
     /// Adds a readiness check.
@@ -171,6 +185,7 @@ impl App {
         ));
         let stop_checks = CancellationToken::new();
         let check_tasks = evaluator.spawn(stop_checks.clone());
+        self.readiness.attach(Arc::clone(&evaluator));
         let lifecycle = Arc::clone(&self.lifecycle);
         let probes =
             Arc::new(Probes::new(self.name, self.version, Arc::clone(&evaluator), lifecycle, self.auth, self.registry));

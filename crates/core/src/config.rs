@@ -231,12 +231,19 @@ impl Config {
         Ok(Self { core, figment })
     }
 
-    /// Extracts a service's own settings from the `[name]` table (or `CARACAL_<NAME>__*`).
+    /// Extracts a service's own settings from the `[name]` table (or `CARACAL_<NAME>__*`); an
+    /// absent table deserializes from nothing, so `T` should default every field.
     ///
     /// # Errors
     /// [`ConfigError`] naming the bad key, as for [`load`](Self::load).
     pub fn section<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, ConfigError> {
-        self.figment.extract_inner(name).map_err(ConfigError::from_figment)
+        // `focus` makes an absent table an empty one, so a section of all-default settings
+        // needs no table at all; keys in errors are then relative, so they get the prefix back.
+        self.figment.focus(name).extract().map_err(|e| {
+            let mut error = ConfigError::from_figment(e);
+            error.key = format!("{name}.{}", error.key);
+            error
+        })
     }
 }
 

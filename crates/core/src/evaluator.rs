@@ -119,7 +119,7 @@ impl Evaluator {
         let passed = result.is_ok();
         let (flipped, state) = {
             let Ok(mut state) = self.states[index].lock() else { return };
-            let flipped = state.record(result, Instant::now());
+            let flipped = state.record(result, took, Instant::now());
             (flipped, state.clone())
         };
         let labels = CheckLabels { check: state.name.clone() };

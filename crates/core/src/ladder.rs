@@ -51,6 +51,8 @@ pub(crate) struct CheckState {
     /// The latest run's measurement and error text.
     pub(crate) observed: Observed,
     pub(crate) output: Option<String>,
+    /// How long the latest run took.
+    pub(crate) took: Option<Duration>,
     /// When the latest run finished (wall clock for the body, monotonic for staleness).
     pub(crate) time: Option<SystemTime>,
     pub(crate) evaluated_at: Option<Instant>,
@@ -69,6 +71,7 @@ impl CheckState {
             fail_streak: 0,
             observed: Observed::default(),
             output: None,
+            took: None,
             time: None,
             evaluated_at: None,
         }
@@ -77,7 +80,8 @@ impl CheckState {
     /// Records one run's result. The first result decides the state at once; after that,
     /// `failure_threshold` consecutive failures (or `success_threshold` successes) are needed
     /// to change it. Returns `true` when the state flipped between up and down.
-    pub(crate) fn record(&mut self, result: ProbeResult, now: Instant) -> bool {
+    pub(crate) fn record(&mut self, result: ProbeResult, took: Duration, now: Instant) -> bool {
+        self.took = Some(took);
         let ok = result.is_ok();
         match result {
             Ok(observed) => {

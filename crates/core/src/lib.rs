@@ -29,6 +29,7 @@
 //!   `/metrics.json` handlers; [`auth`]: the fail-closed metrics bearer.
 //! - [`metrics`]: every metric name, declared once; `http_metrics` and `layers` (private):
 //!   the golden-signal layer and the standard tower stack, composed in one function.
+//! - [`readiness`]: [`Readiness`], the latest results for a service's own status endpoints.
 //! - [`lifecycle`]: draining, forced unhealthy, signal handling; [`app`]: [`App`] and
 //!   [`Running`], serving and the drain sequence; [`telemetry`]: logs and OTLP spans.
 
@@ -47,6 +48,7 @@ pub mod lifecycle;
 pub mod metrics;
 mod metrics_json;
 mod probes;
+pub mod readiness;
 pub mod telemetry;
 
 use std::future::Future;
@@ -61,6 +63,7 @@ pub use config::{Config, ConfigError, CoreConfig, Mode};
 pub use error::Error;
 pub use ladder::Status;
 pub use lifecycle::{Lifecycle, Signals};
+pub use readiness::{CheckView, Readiness};
 
 /// Runs a service binary: loads configuration (exit 2 on a bad value), installs signal
 /// handlers before any slow work, sets up telemetry, lets `build` add checks, routes and
@@ -70,7 +73,34 @@ where
     F: FnOnce(App) -> Fut,
     Fut: Future<Output = Result<App, Error>>,
 {
-    match run(name, version, default_port, build) {
+    exit_code(name, run(name, version, default_port, build))
+}
+
+/// Runs a one-off task of a service binary (such as `--migrate`) with the same configuration,
+/// telemetry and exit codes as [`main`], instead of serving.
+pub fn task<F, Fut>(name: &'static str, version: &'static str, default_port: u16, work: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    let result = Config::load(default_port).map_err(Error::from).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io { what: "start the async runtime", source })?;
+        runtime.block_on(async move {
+            let telemetry = telemetry::init(name, version, &config.core)?;
+            let result = work(config).await;
+            telemetry.shutdown();
+            result
+        })
+    });
+    exit_code(name, result)
+}
+
+/// Reports `result` on stderr (and in the logs) and turns it into the process exit code.
+fn exit_code(name: &str, result: Result<(), Error>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let mut message = format!("{name}: {error}");

@@ -27,16 +27,16 @@ fn bad() -> ProbeResult {
 fn thresholds_hold_a_state_until_enough_results_agree() {
     let now = Instant::now();
     let mut s = CheckState::new("a:b".into(), Rung::Storage, true, "component", timing(3, 2));
-    assert!(!s.record(ok(), now), "the first result is not a transition");
+    assert!(!s.record(ok(), Duration::ZERO, now), "the first result is not a transition");
     assert_eq!(s.up, Some(true));
-    assert!(!s.record(bad(), now));
-    assert!(!s.record(bad(), now));
+    assert!(!s.record(bad(), Duration::ZERO, now));
+    assert!(!s.record(bad(), Duration::ZERO, now));
     assert_eq!(s.up, Some(true), "two failures are below a threshold of three");
-    assert!(s.record(bad(), now), "the third failure flips the state");
+    assert!(s.record(bad(), Duration::ZERO, now), "the third failure flips the state");
     assert_eq!(s.up, Some(false));
-    assert!(!s.record(ok(), now));
+    assert!(!s.record(ok(), Duration::ZERO, now));
     assert_eq!(s.up, Some(false), "one success is below a threshold of two");
-    assert!(s.record(ok(), now));
+    assert!(s.record(ok(), Duration::ZERO, now));
     assert_eq!(s.up, Some(true));
 }
 
@@ -44,7 +44,7 @@ fn thresholds_hold_a_state_until_enough_results_agree() {
 fn a_result_older_than_three_intervals_is_stale() {
     let start = Instant::now();
     let mut s = state("a:b", Rung::Storage, true);
-    s.record(ok(), start);
+    s.record(ok(), Duration::ZERO, start);
     assert!(s.passing(start + Duration::from_secs(3)));
     assert!(!s.passing(start + Duration::from_secs(4)), "3 x 1 s + 0.5 s timeout has passed");
     let report = report(std::slice::from_ref(&s), start + Duration::from_secs(4));
@@ -60,8 +60,8 @@ fn checks_above_a_failing_rung_are_skipped() {
         state("outbox:oldest_pending_age", Rung::Delivery, true),
         state("app:thing", Rung::Service, true),
     ];
-    states[0].record(bad(), now);
-    states[1].record(ok(), now);
+    states[0].record(bad(), Duration::ZERO, now);
+    states[1].record(ok(), Duration::ZERO, now);
     assert_eq!(open_rung(&states, now), Rung::Storage);
     let r = report(&states, now);
     let statuses: Vec<Status> = r.checks.iter().map(|c| c.status).collect();
@@ -77,9 +77,9 @@ fn an_optional_failure_warns_and_does_not_block_the_rungs_above() {
         state("outbox:dead", Rung::Storage, false),
         state("app:thing", Rung::Service, true),
     ];
-    states[0].record(ok(), now);
-    states[1].record(bad(), now);
-    states[2].record(ok(), now);
+    states[0].record(ok(), Duration::ZERO, now);
+    states[1].record(bad(), Duration::ZERO, now);
+    states[2].record(ok(), Duration::ZERO, now);
     assert_eq!(open_rung(&states, now), Rung::Service);
     let r = report(&states, now);
     assert_eq!(r.checks[1].status, Status::Warn);
@@ -100,7 +100,7 @@ fn a_check_never_evaluated_fails_readiness() {
 fn skipping_forgets_old_results() {
     let now = Instant::now();
     let mut s = state("a:b", Rung::Delivery, true);
-    s.record(ok(), now);
+    s.record(ok(), Duration::ZERO, now);
     assert!(s.skip());
     assert_eq!(s.up, None);
     assert!(!s.skip(), "skipping twice reports no change");

@@ -1,0 +1,116 @@
+//! `caracal-api`: the targets registry (services, instances, probe settings), current status
+//! and history, and the public aggregated `/healthchecks`.
+//!
+//! Every write commits its outbox event in the same transaction, so the rest of the platform
+//! hears of every change exactly once.
+//!
+//! # Layout
+//! - [`config`]: [`ApiConfig`], the `[api]` settings.
+//! - [`target`]: the target document, its validation and defaults.
+//! - `targets` (private): the `/v1/targets` handlers and their SQL.
+//! - `status` (private): `/v1/status` and `/v1/targets/{name}/history`.
+//! - `healthchecks` (private): the public `/healthchecks` aggregate.
+//! - `platform` (private): registering the platform's own services as targets, and the cached
+//!   view of their status.
+//! - [`error`]: [`ApiError`], the one place errors become HTTP answers.
+//! - `openapi` (private): `/openapi.json`, generated from the handlers and types.
+
+pub mod config;
+pub mod error;
+mod healthchecks;
+mod openapi;
+mod platform;
+mod status;
+pub mod target;
+mod targets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use caracal_core::auth::BearerAuth;
+use caracal_core::{App, Mode, Readiness, checks};
+
+pub use config::ApiConfig;
+pub use error::ApiError;
+
+/// The default port.
+pub const PORT: u16 = 3000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The registry's database.
+    pub pool: sqlx::PgPool,
+    /// Who may call `/v1/*`.
+    pub admin: Arc<BearerAuth>,
+    /// The deployment mode (reads of `/v1/*` are open in `dev`).
+    pub mode: Mode,
+    /// The ladder's latest results, for `/healthchecks`.
+    pub readiness: Readiness,
+    /// The latest known status of the platform's own services.
+    pub platform: Arc<platform::PlatformView>,
+    /// Settings.
+    pub config: Arc<ApiConfig>,
+}
+
+/// The API's routes: `/v1/*` behind the admin bearer, plus `/healthchecks` and `/openapi.json`.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/targets", get(targets::list).post(targets::create))
+        .route("/v1/targets/{name}", get(targets::get_one).put(targets::replace).delete(targets::remove))
+        .route("/v1/targets/{name}/history", get(status::history))
+        .route("/v1/status", get(status::current))
+        // Target documents are small; a larger body is answered 413 with the API's error shape.
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .merge(v1)
+        .route("/healthchecks", get(healthchecks::aggregate))
+        .route("/openapi.json", get(openapi::document))
+        .with_state(state)
+}
+
+/// Writes always need the admin bearer (fail-closed rules of [`BearerAuth`]); reads need it
+/// too except in `dev`.
+async fn require_admin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    let allowed = (read && state.mode == Mode::Dev) || state.admin.allows(request.headers());
+    if allowed { next.run(request).await } else { ApiError::Unauthorized.into_response() }
+}
+
+/// Adds the API to `app`: storage, delivery and schema checks, routes, and the platform worker.
+///
+/// # Errors
+/// Configuration errors (missing `DATABASE_URL` or `REDIS_URL`, bad `[api]` settings, an
+/// unusable admin token).
+pub fn build(app: App) -> Result<App, caracal_core::Error> {
+    let config: ApiConfig = app.config().section("api")?;
+    let pool = app.postgres()?;
+    let redis = app.redis()?;
+    let admin = Arc::new(app.admin_auth()?);
+    let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
+    let platform = Arc::new(platform::PlatformView::default());
+    let state = ApiState {
+        pool: pool.clone(),
+        admin,
+        mode: app.config().core.mode,
+        readiness: app.readiness(),
+        platform: Arc::clone(&platform),
+        config: Arc::new(config.clone()),
+    };
+    let worker_pool = pool.clone();
+    Ok(app
+        .check(checks::postgres(pool.clone()))
+        .check(checks::redis(redis))
+        .check(caracal_store::schema_check(pool))
+        .check(outbox_age)
+        .check(outbox_dead)
+        .routes(router(state))
+        .worker("platform", move |stop| platform::run(worker_pool, config, platform, stop, Duration::from_secs(5))))
+}

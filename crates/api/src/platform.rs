@@ -1,0 +1,119 @@
+//! The platform watches itself: its own services are registered as targets (label
+//! `caracal=platform`) at start-up, and a worker keeps a cached summary of their status for
+//! `/healthchecks`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use caracal_store::{NewEvent, outbox};
+use tokio_util::sync::CancellationToken;
+
+use crate::ApiConfig;
+
+/// A summary of the platform's own instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fleet {
+    /// No platform target registered (or not read yet).
+    Empty,
+    /// Every instance up.
+    AllUp,
+    /// Some instance not up.
+    SomeDown,
+    /// No instance up.
+    AllDown,
+}
+
+/// The latest summary, written by the worker, read by `/healthchecks`.
+#[derive(Debug, Default)]
+pub struct PlatformView {
+    fleet: AtomicU8,
+}
+
+impl PlatformView {
+    pub(crate) fn fleet(&self) -> Fleet {
+        match self.fleet.load(Ordering::Relaxed) {
+            1 => Fleet::AllUp,
+            2 => Fleet::SomeDown,
+            3 => Fleet::AllDown,
+            _ => Fleet::Empty,
+        }
+    }
+
+    fn set(&self, fleet: Fleet) {
+        self.fleet.store(fleet as u8, Ordering::Relaxed);
+    }
+}
+
+/// Registers the configured platform services (once; an existing target of that name is left
+/// as the operator has it), then refreshes the summary every `every` until `stop`.
+pub(crate) async fn run(
+    pool: sqlx::PgPool,
+    config: ApiConfig,
+    view: std::sync::Arc<PlatformView>,
+    stop: CancellationToken,
+    every: Duration,
+) {
+    let mut registered = config.platform.is_empty();
+    loop {
+        if !registered {
+            match register(&pool, &config).await {
+                Ok(()) => registered = true,
+                Err(e) => tracing::warn!(error = %e, "registering the platform's own services failed; will retry"),
+            }
+        }
+        match summary(&pool).await {
+            Ok(fleet) => view.set(fleet),
+            Err(e) => tracing::debug!(error = %e, "reading the platform's status failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal_store::Error> {
+    for (name, urls) in &config.platform {
+        let mut tx = pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+             VALUES ($1, '{\"caracal\": \"platform\"}', '/health', '/ready', '/metrics', 2000, 1000) \
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = id {
+            sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
+                .bind(id)
+                .bind(urls)
+                .execute(&mut *tx)
+                .await?;
+            let payload = serde_json::json!({ "name": name, "instances": urls, "labels": { "caracal": "platform" } });
+            outbox::enqueue(
+                &mut tx,
+                &NewEvent { event_type: "target.created".into(), target: Some(name.clone()), instance: None, payload },
+            )
+            .await?;
+            tracing::info!(target = %name, "registered a platform service as a target");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
+    let (total, up): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
+         JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
+         WHERE t.labels @> '{\"caracal\": \"platform\"}'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(match (total, up) {
+        (0, _) => Fleet::Empty,
+        (t, u) if u == t => Fleet::AllUp,
+        (_, 0) => Fleet::AllDown,
+        _ => Fleet::SomeDown,
+    })
+}

@@ -1,0 +1,133 @@
+//! `/v1/status` (every instance's current status) and `/v1/targets/{name}/history`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use caracal_store::rfc3339;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{ApiError, ApiState};
+
+/// One instance's current status.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InstanceStatus {
+    target: String,
+    instance: String,
+    /// `unknown` (not probed yet), `up`, `unready` (live but not ready) or `down`.
+    status: String,
+    /// Since when (RFC 3339), once probed.
+    since: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Every instance's status.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StatusPage {
+    instances: Vec<InstanceStatus>,
+}
+
+/// The current status of every registered instance.
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusPage)))]
+pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<StatusPage>, ApiError> {
+    let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(concat!(
+        "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
+        rfc3339!("s.since"),
+        ", s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
+         LEFT JOIN instance_status s ON s.instance_id = i.id ORDER BY t.name, i.url"
+    ))
+    .fetch_all(&state.pool)
+    .await?;
+    let instances = rows
+        .into_iter()
+        .map(|(target, instance, status, since, last_error)| InstanceStatus {
+            target,
+            instance,
+            status,
+            since,
+            last_error,
+        })
+        .collect();
+    Ok(Json(StatusPage { instances }))
+}
+
+/// Paging of the history, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct HistoryParams {
+    /// Page size, 1 to the configured maximum (default 50).
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One recorded transition.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Transition {
+    id: i64,
+    instance: String,
+    from: String,
+    to: String,
+    reason: Option<String>,
+    occurred_at: String,
+}
+
+/// A page of transitions.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HistoryPage {
+    transitions: Vec<Transition>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A target's status transitions, newest first, paginated (kept after the target is deleted).
+#[utoipa::path(get, path = "/v1/targets/{name}/history", tag = "status", params(("name" = String, Path), HistoryParams),
+    responses((status = 200, body = HistoryPage), (status = 404, description = "No such target and no history"),
+              (status = 422, description = "Bad limit or cursor")))]
+pub(crate) async fn history(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let max = state.config.max_page;
+    let limit = match params.limit.as_deref() {
+        None => 50.min(max),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", format!("a whole number from 1 to {max}")))?,
+    };
+    let cursor = match params.cursor.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| ApiError::invalid("cursor", "a cursor from a previous page"))?,
+        ),
+    };
+    let rows: Vec<(i64, String, String, String, Option<String>, String)> = sqlx::query_as(concat!(
+        "SELECT id, instance_url, from_status, to_status, reason, ",
+        rfc3339!("occurred_at"),
+        " FROM status_transitions WHERE target_name = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(&name)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() && cursor.is_none() {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM targets WHERE name = $1)")
+            .bind(&name)
+            .fetch_one(&state.pool)
+            .await?;
+        if !exists {
+            return Err(ApiError::NotFound(name));
+        }
+    }
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.0.to_string())).flatten();
+    let transitions = rows
+        .into_iter()
+        .map(|(id, instance, from, to, reason, occurred_at)| Transition { id, instance, from, to, reason, occurred_at })
+        .collect();
+    Ok(Json(HistoryPage { transitions, next_cursor }))
+}

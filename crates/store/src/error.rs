@@ -1,0 +1,15 @@
+//! The one error type of the store.
+
+/// What can go wrong talking to PostgreSQL or Redis through the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query failed.
+    #[error("database query failed")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A Redis command failed.
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+}

@@ -1,0 +1,152 @@
+//! One change as it travels: outbox row → stream entry → audit ledger row.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An event to write to the outbox; the outbox assigns its id and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// What happened, dotted (`instance.status_changed`, `target.created`).
+    pub event_type: String,
+    /// The target's name, when the event is about one.
+    pub target: Option<String>,
+    /// The instance's base URL, when the event is about one.
+    pub instance: Option<String>,
+    /// Everything else, as JSON.
+    pub payload: serde_json::Value,
+}
+
+/// An event with its outbox id, the key that makes every consumer idempotent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The outbox id.
+    pub id: i64,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The target's name.
+    pub target: Option<String>,
+    /// The instance's base URL.
+    pub instance: Option<String>,
+    /// Everything else.
+    pub payload: serde_json::Value,
+    /// When the change was committed (RFC 3339, UTC).
+    pub occurred_at: String,
+}
+
+/// Why a stream entry cannot be read as an [`Event`]: it is poison, bound for the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadEntry {
+    /// A required field is absent.
+    #[error("field `{0}` is missing")]
+    Missing(&'static str),
+    /// A field holds something else than text.
+    #[error("field `{0}` is not text")]
+    NotText(&'static str),
+    /// The outbox id is not a positive integer.
+    #[error("field `outbox_id` is not a positive integer: {0:?}")]
+    BadId(String),
+    /// The payload is not JSON.
+    #[error("field `payload` is not JSON: {0}")]
+    BadPayload(String),
+    /// The time is not RFC 3339.
+    #[error("field `occurred_at` is not an RFC 3339 time: {0:?}")]
+    BadTime(String),
+}
+
+impl Event {
+    /// The entry's fields for `XADD` (empty strings stand for absent target and instance).
+    pub fn to_fields(&self) -> [(&'static str, String); 6] {
+        [
+            ("outbox_id", self.id.to_string()),
+            ("type", self.event_type.clone()),
+            ("target", self.target.clone().unwrap_or_default()),
+            ("instance", self.instance.clone().unwrap_or_default()),
+            ("payload", self.payload.to_string()),
+            ("occurred_at", self.occurred_at.clone()),
+        ]
+    }
+
+    /// Reads an event back from a stream entry's fields.
+    ///
+    /// # Errors
+    /// [`BadEntry`] naming the first field that is missing or malformed.
+    pub fn from_fields(fields: &HashMap<String, redis::Value>) -> Result<Self, BadEntry> {
+        let text = |name: &'static str| -> Result<String, BadEntry> {
+            let value = fields.get(name).ok_or(BadEntry::Missing(name))?;
+            match value {
+                redis::Value::BulkString(bytes) => {
+                    String::from_utf8(bytes.clone()).map_err(|_| BadEntry::NotText(name))
+                }
+                redis::Value::SimpleString(s) => Ok(s.clone()),
+                _ => Err(BadEntry::NotText(name)),
+            }
+        };
+        let raw_id = text("outbox_id")?;
+        let id = raw_id.parse::<i64>().ok().filter(|id| *id > 0).ok_or(BadEntry::BadId(raw_id))?;
+        let payload = serde_json::from_str(&text("payload")?).map_err(|e| BadEntry::BadPayload(e.to_string()))?;
+        let occurred_at = text("occurred_at")?;
+        if humantime::parse_rfc3339_weak(&occurred_at).is_err() && humantime::parse_rfc3339(&occurred_at).is_err() {
+            return Err(BadEntry::BadTime(occurred_at));
+        }
+        let optional = |s: String| (!s.is_empty()).then_some(s);
+        Ok(Self {
+            id,
+            event_type: text("type")?,
+            target: optional(text("target")?),
+            instance: optional(text("instance")?),
+            payload,
+            occurred_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, redis::Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec()))).collect()
+    }
+
+    #[test]
+    fn an_event_survives_its_stream_encoding() {
+        let event = Event {
+            id: 42,
+            event_type: "instance.status_changed".into(),
+            target: Some("shop".into()),
+            instance: None,
+            payload: serde_json::json!({"from": "up", "to": "down"}),
+            occurred_at: "2026-11-21T14:00:00.123456Z".into(),
+        };
+        let encoded: Vec<(&str, String)> = event.to_fields().to_vec();
+        let pairs: Vec<(&str, &str)> = encoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(Event::from_fields(&fields(&pairs)), Ok(event));
+    }
+
+    #[test]
+    fn poison_entries_name_their_fault() {
+        let good = [
+            ("outbox_id", "1"),
+            ("type", "t"),
+            ("target", ""),
+            ("instance", ""),
+            ("payload", "{}"),
+            ("occurred_at", "2026-11-21T14:00:00Z"),
+        ];
+        let with = |k: &str, v: &str| {
+            let mut f = fields(&good);
+            f.insert(k.into(), redis::Value::BulkString(v.as_bytes().to_vec()));
+            f
+        };
+        assert!(Event::from_fields(&fields(&good)).is_ok());
+        assert_eq!(Event::from_fields(&with("outbox_id", "-3")), Err(BadEntry::BadId("-3".into())));
+        assert_eq!(Event::from_fields(&with("outbox_id", "x")), Err(BadEntry::BadId("x".into())));
+        assert!(matches!(Event::from_fields(&with("payload", "{not json")), Err(BadEntry::BadPayload(_))));
+        assert_eq!(Event::from_fields(&with("occurred_at", "yesterday")), Err(BadEntry::BadTime("yesterday".into())));
+        let mut missing = fields(&good);
+        missing.remove("type");
+        assert_eq!(Event::from_fields(&missing), Err(BadEntry::Missing("type")));
+    }
+}

@@ -1,0 +1,111 @@
+//! The transactional outbox: events written in the caller's transaction, so a change and its
+//! event commit together or not at all; then claimed, relayed and marked by the coordinator.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+use crate::{Error, Event, NewEvent, rfc3339};
+
+/// Writes `event` in the caller's transaction and returns its outbox id.
+///
+/// # Errors
+/// When the insert fails (the caller's transaction is then doomed, as it should be).
+pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Error> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO outbox (event_type, target, instance, payload) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&event.event_type)
+    .bind(&event.target)
+    .bind(&event.instance)
+    .bind(&event.payload)
+    .fetch_one(tx)
+    .await?;
+    Ok(id)
+}
+
+/// Locks up to `limit` undispatched rows that are due, oldest first, skipping rows another
+/// relay holds (`FOR UPDATE SKIP LOCKED`), inside the caller's transaction.
+///
+/// # Errors
+/// When the query fails.
+pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Error> {
+    let rows: Vec<(i64, String, Option<String>, Option<String>, serde_json::Value, String)> = sqlx::query_as(concat!(
+        "SELECT id, event_type, target, instance, payload, ",
+        rfc3339!("created_at"),
+        " FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, event_type, target, instance, payload, occurred_at)| Event {
+            id,
+            event_type,
+            target,
+            instance,
+            payload,
+            occurred_at,
+        })
+        .collect())
+}
+
+/// Marks rows dispatched, inside the transaction that claimed them.
+///
+/// # Errors
+/// When the update fails.
+pub async fn mark_dispatched(tx: &mut PgConnection, ids: &[i64]) -> Result<(), Error> {
+    sqlx::query("UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)").bind(ids).execute(tx).await?;
+    Ok(())
+}
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// First delay; doubled after each further failure.
+    pub base: Duration,
+    /// Longest delay.
+    pub cap: Duration,
+    /// Attempts after which a row is marked dead (an alert, not a reason to be unready).
+    pub max_attempts: i32,
+}
+
+/// Records a failed delivery of row `id`: schedules the next attempt with capped exponential
+/// backoff, or marks the row dead after `retry.max_attempts`. Returns whether it is now dead.
+///
+/// # Errors
+/// When the update fails.
+pub async fn record_failure(tx: &mut PgConnection, id: i64, error: &str, retry: Retry) -> Result<bool, Error> {
+    let dead: Option<bool> = sqlx::query_scalar(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+           next_attempt_at = now() + make_interval(secs => least($4::float8, $3::float8 * power(2, attempts))), \
+           dead_at = CASE WHEN attempts + 1 >= $5 THEN now() END \
+         WHERE id = $1 RETURNING dead_at IS NOT NULL",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry.base.as_secs_f64())
+    .bind(retry.cap.as_secs_f64())
+    .bind(retry.max_attempts)
+    .fetch_optional(tx)
+    .await?;
+    Ok(dead.unwrap_or(false))
+}
+
+/// Deletes up to `batch` rows dispatched more than `retention` ago; returns how many.
+///
+/// # Errors
+/// When the delete fails.
+pub async fn purge(pool: &sqlx::PgPool, retention: Duration, batch: i64) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+           WHERE dispatched_at IS NOT NULL AND dispatched_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
