@@ -26,10 +26,15 @@ pub(crate) struct StatusPage {
     instances: Vec<InstanceStatus>,
 }
 
+/// Target, instance, status, since, last error.
+type StatusRow = (String, String, String, Option<String>, Option<String>);
+/// Id, instance, from, to, reason, occurred at.
+type TransitionRow = (i64, String, String, String, Option<String>, String);
+
 /// The current status of every registered instance.
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusPage)))]
 pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<StatusPage>, ApiError> {
-    let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(concat!(
+    let rows: Vec<StatusRow> = sqlx::query_as(concat!(
         "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
         rfc3339!("s.since"),
         ", s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
@@ -105,7 +110,7 @@ pub(crate) async fn history(
                 .ok_or_else(|| ApiError::invalid("cursor", "a cursor from a previous page"))?,
         ),
     };
-    let rows: Vec<(i64, String, String, String, Option<String>, String)> = sqlx::query_as(concat!(
+    let rows: Vec<TransitionRow> = sqlx::query_as(concat!(
         "SELECT id, instance_url, from_status, to_status, reason, ",
         rfc3339!("occurred_at"),
         " FROM status_transitions WHERE target_name = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"

@@ -24,13 +24,16 @@ pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Err
     Ok(id)
 }
 
+/// An outbox row as selected for relay: id, type, target, instance, payload, created at.
+type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value, String);
+
 /// Locks up to `limit` undispatched rows that are due, oldest first, skipping rows another
 /// relay holds (`FOR UPDATE SKIP LOCKED`), inside the caller's transaction.
 ///
 /// # Errors
 /// When the query fails.
 pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Error> {
-    let rows: Vec<(i64, String, Option<String>, Option<String>, serde_json::Value, String)> = sqlx::query_as(concat!(
+    let rows: Vec<EventRow> = sqlx::query_as(concat!(
         "SELECT id, event_type, target, instance, payload, ",
         rfc3339!("created_at"),
         " FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() \
