@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -66,17 +66,13 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(source) = &self {
             tracing::error!(error = %source, "request failed");
         }
-        let mut error = json!({ "code": code, "message": self.to_string() });
-        if let ApiError::Validation { field, .. } = &self {
-            error["field"] = json!(field);
+        match &self {
+            ApiError::Validation { field, message } => {
+                let body = json!({ "error": { "code": code, "message": message, "field": field } });
+                (status, Json(body)).into_response()
+            }
+            _ => caracal_core::error_response(status, code, &self.to_string()),
         }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"caracal\""));
-        }
-        response
     }
 }
 

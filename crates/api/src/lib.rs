@@ -28,10 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use caracal_core::auth::BearerAuth;
 use caracal_core::{App, Mode, Readiness, checks};
@@ -68,20 +65,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status::current))
         // Target documents are small; a larger body is answered 413 with the API's error shape.
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_admin));
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.admin), caracal_core::auth::require_admin));
     Router::new()
         .merge(v1)
         .route("/healthchecks", get(healthchecks::aggregate))
         .route("/openapi.json", get(openapi::document))
         .with_state(state)
-}
-
-/// Writes always need the admin bearer (fail-closed rules of [`BearerAuth`]); reads need it
-/// too except in `dev`.
-async fn require_admin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    let allowed = (read && state.mode == Mode::Dev) || state.admin.allows(request.headers());
-    if allowed { next.run(request).await } else { ApiError::Unauthorized.into_response() }
 }
 
 /// Adds the API to `app`: storage, delivery and schema checks, routes, and the platform worker.

@@ -13,7 +13,7 @@ use crate::ApiConfig;
 /// A summary of the platform's own instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fleet {
-    /// No platform target registered (or not read yet).
+    /// No platform instance probed yet (or none registered).
     Empty,
     /// Every instance up.
     AllUp,
@@ -104,7 +104,8 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
 
 async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     let (total, up): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
+        // Instances not probed yet (no status row) count neither way.
+        "SELECT count(s.status), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
          JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
          WHERE t.labels @> '{\"caracal\": \"platform\"}'",
     )

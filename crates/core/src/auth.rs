@@ -191,6 +191,27 @@ impl BearerAuth {
     }
 }
 
+/// Middleware for admin APIs: writes need the admin bearer (fail-closed, as
+/// [`BearerAuth::allows`]); reads need it too except in `dev`. Use with
+/// `axum::middleware::from_fn_with_state(Arc<BearerAuth>, require_admin)`.
+pub async fn require_admin(
+    axum::extract::State(auth): axum::extract::State<std::sync::Arc<BearerAuth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if (read && auth.mode == Mode::Dev) || auth.allows(request.headers()) {
+        next.run(request).await
+    } else {
+        crate::error_response(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        )
+    }
+}
+
 impl BearerFile {
     /// Compares against the file's current tokens, re-reading it first if it changed.
     fn accepts(&self, presented: &TokenDigest) -> bool {

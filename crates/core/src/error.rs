@@ -54,3 +54,18 @@ impl Error {
         }
     }
 }
+
+/// The error body every Caracal endpoint answers: `{"error": {"code", "message"}}`, with
+/// `WWW-Authenticate: Bearer` on a 401. `code` is stable and machine-readable.
+pub fn error_response(status: axum::http::StatusCode, code: &str, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == axum::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"caracal\""),
+        );
+    }
+    response
+}

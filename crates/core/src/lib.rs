@@ -60,7 +60,7 @@ use tokio::net::TcpListener;
 pub use app::{App, Running};
 pub use check::{Check, Failure, Observed, ProbeResult, Rung};
 pub use config::{Config, ConfigError, CoreConfig, Mode};
-pub use error::Error;
+pub use error::{Error, error_response};
 pub use ladder::Status;
 pub use lifecycle::{Lifecycle, Signals};
 pub use readiness::{CheckView, Readiness};

@@ -159,8 +159,7 @@ async fn ready_one(State(p): State<Arc<Probes>>, Path(name): Path<String>, heade
     let snapshot = p.evaluator.snapshot();
     let report = ladder::report(&snapshot.states, Instant::now());
     let Some(c) = report.checks.iter().find(|c| c.state.name == name) else {
-        let body = json!({ "error": { "code": "unknown_check", "message": "no check of that name" } });
-        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+        return crate::error_response(StatusCode::NOT_FOUND, "unknown_check", "no check of that name");
     };
     let code = if c.status == Status::Pass { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let details = p.auth.allows_details(&headers);
@@ -201,13 +200,7 @@ fn encode(registry: &Registry) -> Result<String, ()> {
 
 /// 401 with `WWW-Authenticate: Bearer`, and nothing about why.
 fn unauthorized() -> Response {
-    let body = json!({ "error": { "code": "unauthorized", "message": "a valid bearer token is required" } });
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"caracal\""))],
-        axum::Json(body),
-    )
-        .into_response()
+    crate::error_response(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
 }
 
 fn check_json(c: &CheckReport<'_>, details: bool) -> Value {

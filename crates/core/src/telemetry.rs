@@ -80,3 +80,23 @@ fn tracer_provider(service: &'static str, version: &'static str, endpoint: &str)
         .build();
     Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
 }
+
+/// Adds the current span's W3C trace context (`traceparent`, `tracestate`) to outgoing
+/// request headers, so a probe or scrape joins the caller's trace. A no-op without OTLP.
+pub fn inject_trace_context(headers: &mut axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Injector<'a>(&'a mut axum::http::HeaderMap);
+    impl opentelemetry::propagation::Injector for Injector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) =
+                (axum::http::HeaderName::from_bytes(key.as_bytes()), axum::http::HeaderValue::from_str(&value))
+            {
+                self.0.insert(name, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut Injector(headers))
+    });
+}

@@ -1,0 +1,319 @@
+//! The ledger's consumer: read a batch from group `audit`, insert it once, acknowledge after
+//! the commit; take over entries a dead consumer left pending; send poison to the DLQ.
+//!
+//! At-least-once delivery, exactly-once effect: an entry is acknowledged only after its row is
+//! committed, and the insert is idempotent on the outbox id, so a crash anywhere at worst
+//! delivers an entry again and changes nothing.
+
+use std::time::{Duration, Instant};
+
+use caracal_store::event::BadEntry;
+use caracal_store::{Event, stream};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use crate::GROUP;
+use crate::config::AuditConfig;
+use crate::metrics::Metrics;
+
+/// Why an entry goes to the DLQ.
+#[derive(Debug)]
+enum Poison {
+    /// It cannot be read as an event.
+    Bad(BadEntry),
+    /// PostgreSQL refuses its values.
+    Refused(String),
+    /// It was delivered too often without being acknowledged.
+    TooManyDeliveries(u64),
+}
+
+impl std::fmt::Display for Poison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Poison::Bad(e) => write!(f, "unreadable entry: {e}"),
+            Poison::Refused(e) => write!(f, "the ledger refused it: {e}"),
+            Poison::TooManyDeliveries(n) => write!(f, "delivered {n} times without being acknowledged"),
+        }
+    }
+}
+
+/// What went wrong in one round; the round is retried after a pause.
+#[derive(Debug)]
+enum RoundError {
+    Redis(redis::RedisError),
+    Db(sqlx::Error),
+}
+
+impl std::fmt::Display for RoundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundError::Redis(e) => write!(f, "redis: {e}"),
+            RoundError::Db(e) => write!(f, "postgres: {e}"),
+        }
+    }
+}
+
+impl From<redis::RedisError> for RoundError {
+    fn from(e: redis::RedisError) -> Self {
+        RoundError::Redis(e)
+    }
+}
+
+impl From<sqlx::Error> for RoundError {
+    fn from(e: sqlx::Error) -> Self {
+        RoundError::Db(e)
+    }
+}
+
+/// The consumer.
+#[derive(Debug)]
+pub struct Consumer {
+    pool: sqlx::PgPool,
+    redis: ConnectionManager,
+    metrics: Metrics,
+    config: AuditConfig,
+    name: String,
+}
+
+impl Consumer {
+    /// A consumer named by `config.consumer` or a fresh unique name.
+    pub fn new(pool: sqlx::PgPool, redis: ConnectionManager, metrics: Metrics, config: AuditConfig) -> Self {
+        let name = config
+            .consumer
+            .clone()
+            .unwrap_or_else(|| format!("audit-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        Self { pool, redis, metrics, config, name }
+    }
+
+    /// Consumes until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        // Our own pending entries first (left by a failed round), then new ones.
+        let mut own_pending = true;
+        let mut last_claim: Option<Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let round = async {
+                if last_claim.is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2) {
+                    self.claim_stale().await?;
+                    last_claim = Some(Instant::now());
+                }
+                let entries = self.read(if own_pending { "0" } else { ">" }).await?;
+                if own_pending && entries.is_empty() {
+                    own_pending = false;
+                }
+                self.process(entries, &[]).await
+            };
+            let result = tokio::select! {
+                r = round => r,
+                () = stop.cancelled() => break,
+            };
+            match result {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "audit round failed");
+                    if let RoundError::Redis(e) = &e
+                        && e.code() == Some("NOGROUP")
+                    {
+                        let _ = self.ensure_group().await;
+                    }
+                    own_pending = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.cancelled() => break,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Creates the group (from the stream's start) and the stream if missing.
+    async fn ensure_group(&mut self) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream::EVENTS)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn read(&mut self, from: &str) -> Result<Vec<StreamId>, RoundError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&self.name).arg("COUNT").arg(self.config.batch);
+        if from == ">" {
+            cmd.arg("BLOCK").arg(u64::try_from(self.config.block.as_millis()).unwrap_or(1000));
+        }
+        cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
+        let reply: Option<StreamReadReply> = match cmd.query_async(&mut self.redis).await {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+    }
+
+    /// Takes over entries idle longer than `claim_idle` (their consumer is presumably dead);
+    /// those delivered too often go to the DLQ, the rest are processed here.
+    async fn claim_stale(&mut self) -> Result<(), RoundError> {
+        let min_idle = u64::try_from(self.config.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut start = "0-0".to_string();
+        loop {
+            let reply: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
+                .arg(stream::EVENTS)
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg(min_idle)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(self.config.batch)
+                .query_async(&mut self.redis)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) if e.code() == Some("NOGROUP") => return Ok(self.ensure_group().await?),
+                Err(e) => return Err(e.into()),
+            };
+            if !reply.claimed.is_empty() {
+                self.metrics.claimed.inc_by(reply.claimed.len() as u64);
+                let overused = self.overused(&reply.claimed).await?;
+                self.process(reply.claimed, &overused).await?;
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(());
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    /// Which of `entries` (now pending with us) were delivered more than `max_deliveries`
+    /// times, with their counts.
+    async fn overused(&mut self, entries: &[StreamId]) -> Result<Vec<(String, u64)>, RoundError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream::EVENTS)
+            .arg(GROUP)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.name)
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(pending
+            .ids
+            .into_iter()
+            .filter(|p| p.times_delivered as u64 > self.config.max_deliveries)
+            .map(|p| (p.id, p.times_delivered as u64))
+            .collect())
+    }
+
+    /// Records `entries` and acknowledges them; poison (and the `overused`) go to the DLQ.
+    async fn process(&mut self, entries: Vec<StreamId>, overused: &[(String, u64)]) -> Result<(), RoundError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut good: Vec<(String, Event)> = Vec::new();
+        let mut poison: Vec<(StreamId, Poison)> = Vec::new();
+        for entry in entries {
+            if let Some((_, n)) = overused.iter().find(|(id, _)| *id == entry.id) {
+                poison.push((entry, Poison::TooManyDeliveries(*n)));
+                continue;
+            }
+            match Event::from_fields(&entry.map) {
+                Ok(event) => good.push((entry.id.clone(), event)),
+                Err(bad) => poison.push((entry, Poison::Bad(bad))),
+            }
+        }
+        let events: Vec<Event> = good.iter().map(|(_, e)| e.clone()).collect();
+        match insert(&self.pool, &events).await {
+            Ok(recorded) => self.count(recorded, events.len()),
+            Err(e) if is_data_error(&e) => {
+                // One bad value spoils the batch: find it row by row.
+                for (id, event) in &good {
+                    match insert(&self.pool, std::slice::from_ref(event)).await {
+                        Ok(recorded) => self.count(recorded, 1),
+                        Err(e) if is_data_error(&e) => {
+                            let entry = StreamId { id: id.clone(), map: Default::default(), ..Default::default() };
+                            poison.push((entry, Poison::Refused(e.to_string())));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut ids: Vec<String> = good.into_iter().map(|(id, _)| id).collect();
+        for (entry, why) in &poison {
+            self.dead_letter(entry, why).await?;
+            ids.push(entry.id.clone());
+        }
+        if !ids.is_empty() {
+            let _: u64 =
+                redis::cmd("XACK").arg(stream::EVENTS).arg(GROUP).arg(&ids).query_async(&mut self.redis).await?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, recorded: u64, delivered: usize) {
+        self.metrics.recorded.inc_by(recorded);
+        self.metrics.duplicates.inc_by((delivered as u64).saturating_sub(recorded));
+    }
+
+    /// Copies an entry to the DLQ with the reason and its original id.
+    async fn dead_letter(&mut self, entry: &StreamId, why: &Poison) -> redis::RedisResult<()> {
+        tracing::warn!(entry = %entry.id, reason = %why, "entry moved to the DLQ");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream::EVENTS_DLQ).arg("*").arg("reason").arg(why.to_string()).arg("entry_id").arg(&entry.id);
+        for (field, value) in &entry.map {
+            cmd.arg(format!("original.{field}"));
+            match value {
+                redis::Value::BulkString(bytes) => cmd.arg(bytes.as_slice()),
+                other => cmd.arg(format!("{other:?}")),
+            };
+        }
+        let _: String = cmd.query_async(&mut self.redis).await?;
+        self.metrics.dead_lettered.inc();
+        Ok(())
+    }
+}
+
+/// Inserts events idempotently; returns how many were new.
+async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let targets: Vec<Option<&str>> = events.iter().map(|e| e.target.as_deref()).collect();
+    let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let times: Vec<&str> = events.iter().map(|e| e.occurred_at.as_str()).collect();
+    let done = sqlx::query(
+        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[]::timestamptz[]) \
+         ON CONFLICT (outbox_id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(types)
+    .bind(targets)
+    .bind(instances)
+    .bind(payloads)
+    .bind(times)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// PostgreSQL refused a value (SQLSTATE class 22, data exception) rather than failing.
+fn is_data_error(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")))
+}

@@ -1,0 +1,89 @@
+//! `caracal-audit`: the durable event ledger. A consumer in group `audit` reads
+//! `caracal.events`, inserts each event once (keyed on its outbox id) and acknowledges only
+//! after the commit; entries it cannot read go to `caracal.events.dlq` with the reason.
+//!
+//! # Layout
+//! - [`config`]: [`AuditConfig`], the `[audit]` settings.
+//! - [`consumer`]: the consumer loop, reclaiming entries a dead consumer left pending.
+//! - `events` (private): `GET /v1/events`.
+//! - [`metrics`]: the `caracal_audit_*` families.
+
+pub mod config;
+pub mod consumer;
+mod events;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use caracal_core::checks::{self, StreamGroup};
+use caracal_core::{App, Check, Failure, Observed, Rung};
+use caracal_store::stream;
+use redis::aio::ConnectionManager;
+
+pub use config::AuditConfig;
+
+/// The default port.
+pub const PORT: u16 = 9090;
+/// The consumer group.
+pub const GROUP: &str = "audit";
+
+/// Adds the audit service to `app`: checks, the query route and the consumer worker.
+///
+/// # Errors
+/// Configuration errors (missing URLs, bad `[audit]` settings, an unusable admin token).
+pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
+    let config: AuditConfig = app.config().section("audit")?;
+    let pool = app.postgres()?;
+    let redis = app.redis()?;
+    // The consumer blocks in XREADGROUP; its own connection keeps the checks' PING prompt.
+    let consumer_redis = app.redis()?;
+    let admin = Arc::new(app.admin_auth()?);
+    let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_audit"));
+    let lag = checks::stream_group(
+        redis.clone(),
+        app.metrics(),
+        StreamGroup {
+            stream: stream::EVENTS.into(),
+            group: GROUP.into(),
+            max_lag: config.max_lag,
+            max_age: config.max_pending_age,
+        },
+    );
+    let consumer = consumer::Consumer::new(pool.clone(), consumer_redis, metrics, config.clone());
+    let routes = Router::new()
+        .route("/v1/events", get(events::list))
+        .layer(axum::middleware::from_fn_with_state(admin, caracal_core::auth::require_admin))
+        .with_state(events::EventsState { pool: pool.clone(), max_page: config.max_page });
+    Ok(app
+        .check(checks::postgres(pool.clone()))
+        .check(checks::redis(redis.clone()))
+        .check(caracal_store::schema_check(pool))
+        .check(lag)
+        .check(dlq_check(redis))
+        .routes(routes)
+        .worker("consumer", move |stop| consumer.run(stop)))
+}
+
+/// `dlq:length` (delivery rung, not required): the DLQ is empty. Poison entries are an alert,
+/// never a reason to take the ledger out of rotation.
+pub fn dlq_check(redis: ConnectionManager) -> Check {
+    Check::new("dlq:length", Rung::Delivery, move || {
+        let mut redis = redis.clone();
+        async move {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(stream::EVENTS_DLQ)
+                .query_async(&mut redis)
+                .await
+                .map_err(|e| Failure::new(format!("XLEN failed: {e}")))?;
+            let observed = Observed::new(len as f64, "entries");
+            if len > 0 {
+                Err(Failure::with(format!("{len} entries in {}", stream::EVENTS_DLQ), observed))
+            } else {
+                Ok(observed)
+            }
+        }
+    })
+    .required(false)
+}

@@ -1,0 +1,103 @@
+//! The `[coordinator]` settings (`CARACAL_COORDINATOR__*` in the environment).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Consecutive failed observations before an instance's status changes to a worse one.
+    pub failure_threshold: u32,
+    /// Consecutive observations of a better status before it changes.
+    pub success_threshold: u32,
+    /// Probes in flight at once, across all instances.
+    pub max_concurrency: usize,
+    /// How often the prober re-reads the registry and the membership.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Replica membership.
+    pub membership: MembershipConfig,
+    /// The outbox relay.
+    pub relay: RelayConfig,
+}
+
+/// How replicas find each other.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// How often a replica renews its membership.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A replica silent for longer is dead and its instances move to the others.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Redis key of the members' sorted set.
+    pub key: String,
+}
+
+/// The outbox relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Rows claimed per batch.
+    pub batch: i64,
+    /// Wait between polls while the outbox is empty.
+    #[serde(with = "humantime_serde")]
+    pub idle_wait: Duration,
+    /// First retry delay after a failed delivery; doubled per attempt.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Attempts after which a row is dead.
+    pub max_attempts: i32,
+    /// `outbox:oldest_pending_age` fails (unready) beyond this relay lag.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// Approximate length the stream is trimmed to.
+    pub stream_max_len: usize,
+    /// Dispatched rows are deleted after this long.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 2,
+            success_threshold: 2,
+            max_concurrency: 512,
+            refresh: Duration::from_secs(2),
+            membership: MembershipConfig::default(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            ttl: Duration::from_secs(5),
+            key: "caracal:coordinator:members".into(),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            idle_wait: Duration::from_millis(50),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            max_attempts: 10,
+            max_lag: Duration::from_secs(60),
+            stream_max_len: 1_000_000,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `caracal-coordinator`: probes every registered instance's `/health` and `/ready`, records
+//! each status change (with hysteresis) and its outbox event in one transaction, and relays the
+//! outbox to the Redis stream `caracal.events`.
+//!
+//! # Layout
+//! - [`config`]: [`CoordinatorConfig`], the `[coordinator]` settings.
+//! - [`membership`]: replicas announce themselves in Redis; rendezvous hashing gives each
+//!   instance exactly one owner, and a dead replica's instances move within a bounded time.
+//! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes.
+//! - [`relay`]: outbox → stream, with `FOR UPDATE SKIP LOCKED`, capped backoff and dead rows.
+//! - [`metrics`]: the `caracal_coordinator_*` families.
+
+pub mod config;
+pub mod membership;
+pub mod metrics;
+pub mod prober;
+pub mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use caracal_core::{App, Check, Failure, Observed, Rung, checks};
+
+pub use config::CoordinatorConfig;
+
+/// The default port.
+pub const PORT: u16 = 4000;
+
+/// Adds the coordinator to `app`: its checks, the membership, prober and relay workers.
+///
+/// # Errors
+/// Configuration errors (missing URLs, bad `[coordinator]` settings).
+pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
+    let config: CoordinatorConfig = app.config().section("coordinator")?;
+    let pool = app.postgres()?;
+    let redis = app.redis()?;
+    let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_coordinator"));
+    let members = membership::Membership::new(membership::replica_id());
+    let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone())
+        .map_err(|e| caracal_core::Error::startup("build the probe HTTP client", e))?;
+    let heartbeat = prober.heartbeat();
+    let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.relay.max_lag);
+    let relay = relay::Relay::new(pool.clone(), redis.clone(), metrics, config.relay.clone());
+    let membership_redis = redis.clone();
+    let membership_config = config.membership.clone();
+    Ok(app
+        .check(checks::postgres(pool.clone()))
+        .check(checks::redis(redis))
+        .check(caracal_store::schema_check(pool))
+        .check(outbox_age)
+        .check(outbox_dead)
+        .check(heartbeat_check(heartbeat, config.refresh * 3))
+        .worker("membership", move |stop| membership::run(members, membership_redis, membership_config, stop))
+        .worker("prober", move |stop| prober.run(stop))
+        .worker("relay", move |stop| relay.run(stop)))
+}
+
+/// `prober:heartbeat` (service rung, required): the prober's reconcile loop ran recently.
+pub fn heartbeat_check(heartbeat: Arc<prober::Heartbeat>, max_age: Duration) -> Check {
+    Check::new("prober:heartbeat", Rung::Service, move || {
+        let heartbeat = Arc::clone(&heartbeat);
+        async move {
+            let age = heartbeat.age();
+            let observed = Observed::new(age.as_secs_f64(), "s");
+            if age > max_age {
+                Err(Failure::with(
+                    format!(
+                        "the prober last reconciled {:.1}s ago (limit {:.1}s)",
+                        age.as_secs_f64(),
+                        max_age.as_secs_f64()
+                    ),
+                    observed,
+                ))
+            } else {
+                Ok(observed)
+            }
+        }
+    })
+}

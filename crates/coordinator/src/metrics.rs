@@ -1,0 +1,60 @@
+//! `caracal_coordinator_*` metrics, declared once.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `caracal_coordinator_probes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `up`, `unready` or `down`.
+    pub result: &'static str,
+}
+
+/// The coordinator's metric families.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub(crate) probes: Family<ResultLabels, Counter>,
+    pub(crate) probe_duration: Histogram,
+    pub(crate) instances_owned: Gauge,
+    pub(crate) transitions: Counter,
+    pub(crate) relay_batch: Histogram,
+    pub(crate) relay_published: Counter,
+    pub(crate) relay_failures: Counter,
+    pub(crate) relay_dead: Counter,
+    pub(crate) members: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers the families (the caller's registry carries the prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            probes: Family::default(),
+            probe_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            instances_owned: Gauge::default(),
+            transitions: Counter::default(),
+            relay_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            relay_published: Counter::default(),
+            relay_failures: Counter::default(),
+            relay_dead: Counter::default(),
+            members: Gauge::default(),
+        };
+        registry.register("probes", "Probes of watched instances, by observed status", m.probes.clone());
+        registry.register(
+            "probe_duration_seconds",
+            "Time to probe /health and /ready of one instance",
+            m.probe_duration.clone(),
+        );
+        registry.register("instances_owned", "Instances this replica probes", m.instances_owned.clone());
+        registry.register("transitions", "Status transitions recorded", m.transitions.clone());
+        registry.register("relay_batch_size", "Outbox rows relayed per batch", m.relay_batch.clone());
+        registry.register("relay_published", "Outbox rows published to the stream", m.relay_published.clone());
+        registry.register("relay_failures", "Failed relay attempts (batches)", m.relay_failures.clone());
+        registry.register("relay_dead", "Outbox rows marked dead by this replica", m.relay_dead.clone());
+        registry.register("members", "Live coordinator replicas seen", m.members.clone());
+        m
+    }
+}

@@ -1,0 +1,437 @@
+//! The prober: one task per owned instance probes `/health` and `/ready` on the target's
+//! interval, judges the result with hysteresis, and records each change (status, transition
+//! and outbox event) in one transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caracal_store::{NewEvent, outbox};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CoordinatorConfig;
+use crate::membership::Membership;
+use crate::metrics::{Metrics, ResultLabels};
+
+/// What an instance is, as far as probes can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Not probed yet.
+    Unknown,
+    /// `/health` fails: the process is not serving.
+    Down,
+    /// Live, but `/ready` fails.
+    Unready,
+    /// Live and ready.
+    Up,
+}
+
+impl Status {
+    /// The name stored and published.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Down => "down",
+            Status::Unready => "unready",
+            Status::Up => "up",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "down" => Status::Down,
+            "unready" => Status::Unready,
+            "up" => Status::Up,
+            _ => Status::Unknown,
+        }
+    }
+}
+
+/// Hysteresis: a status changes only after `failure_threshold` consecutive observations of a
+/// worse one, or `success_threshold` of a better one. The first observation decides at once.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    status: Status,
+    candidate: Option<Status>,
+    streak: u32,
+    failure_threshold: u32,
+    success_threshold: u32,
+}
+
+impl Judge {
+    /// A judge starting from `status` (as persisted, so a new owner does not re-announce it).
+    pub fn new(status: Status, failure_threshold: u32, success_threshold: u32) -> Self {
+        Self {
+            status,
+            candidate: None,
+            streak: 0,
+            failure_threshold: failure_threshold.max(1),
+            success_threshold: success_threshold.max(1),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Takes one observation; returns the previous status when this one changes it.
+    pub fn observe(&mut self, observed: Status) -> Option<Status> {
+        if observed == self.status {
+            self.candidate = None;
+            self.streak = 0;
+            return None;
+        }
+        if self.candidate == Some(observed) {
+            self.streak += 1;
+        } else {
+            self.candidate = Some(observed);
+            self.streak = 1;
+        }
+        if self.streak >= self.needed(observed) {
+            let from = self.status;
+            self.status = observed;
+            self.candidate = None;
+            self.streak = 0;
+            Some(from)
+        } else {
+            None
+        }
+    }
+
+    /// Undoes a change that could not be recorded, so the next matching observation retries it.
+    pub fn revert(&mut self, from: Status) {
+        let to = self.status;
+        self.status = from;
+        self.candidate = Some(to);
+        self.streak = self.needed(to).saturating_sub(1);
+    }
+
+    /// Adopts a status recorded by someone else (another replica, during a hand-over).
+    pub fn adopt(&mut self, status: Status) {
+        *self = Self::new(status, self.failure_threshold, self.success_threshold);
+    }
+
+    fn needed(&self, observed: Status) -> u32 {
+        match self.status {
+            Status::Unknown => 1,
+            current if observed > current => self.success_threshold,
+            _ => self.failure_threshold,
+        }
+    }
+}
+
+/// When the reconcile loop last ran, for the `prober:heartbeat` check.
+#[derive(Debug)]
+pub struct Heartbeat {
+    last: Mutex<Instant>,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    /// Time since the last reconcile.
+    pub fn age(&self) -> Duration {
+        self.last.lock().map(|l| l.elapsed()).unwrap_or(Duration::MAX)
+    }
+}
+
+/// One instance and its target's probe settings, as read from the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Instance {
+    id: i64,
+    target: String,
+    url: String,
+    health_path: String,
+    ready_path: String,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Probes the instances this replica owns.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    pool: sqlx::PgPool,
+    members: Membership,
+    metrics: Metrics,
+    config: CoordinatorConfig,
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    heartbeat: Arc<Heartbeat>,
+    user_agent: String,
+}
+
+impl Prober {
+    /// A prober for `members`' share of the registry in `pool`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        pool: sqlx::PgPool,
+        members: Membership,
+        metrics: Metrics,
+        config: CoordinatorConfig,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let user_agent = format!("caracal-coordinator/{} ({})", env!("CARGO_PKG_VERSION"), members.id());
+        Ok(Self {
+            pool,
+            members,
+            metrics,
+            permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            config,
+            client,
+            heartbeat: Arc::new(Heartbeat { last: Mutex::new(Instant::now()) }),
+            user_agent,
+        })
+    }
+
+    /// The reconcile loop's heartbeat.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        Arc::clone(&self.heartbeat)
+    }
+
+    /// Re-reads the registry every `refresh` and keeps one task per owned instance, until
+    /// `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut running: HashMap<i64, (Instance, CancellationToken)> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            if !self.members.members().is_empty() {
+                match self.load().await {
+                    Ok(rows) => self.reconcile(rows, &mut running, &mut tasks, &stop),
+                    Err(e) => tracing::warn!(error = %e, "reading the registry failed; keeping the current probes"),
+                }
+            }
+            self.heartbeat.beat();
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                () = tokio::time::sleep(self.config.refresh) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        for (_, (_, token)) in running.drain() {
+            token.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn load(&self) -> Result<Vec<(Instance, Status)>, sqlx::Error> {
+        type Row = (i64, String, String, String, String, i32, i32, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, s.status \
+             FROM instances i JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, status)| {
+                let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
+                let instance = Instance {
+                    id,
+                    target,
+                    url,
+                    health_path,
+                    ready_path,
+                    interval: ms(interval_ms),
+                    timeout: ms(timeout_ms),
+                };
+                (instance, Status::parse(status.as_deref().unwrap_or("unknown")))
+            })
+            .collect())
+    }
+
+    fn reconcile(
+        &self,
+        rows: Vec<(Instance, Status)>,
+        running: &mut HashMap<i64, (Instance, CancellationToken)>,
+        tasks: &mut JoinSet<()>,
+        stop: &CancellationToken,
+    ) {
+        let owned: HashMap<i64, (Instance, Status)> =
+            rows.into_iter().filter(|(i, _)| self.members.owns(i.id)).map(|(i, s)| (i.id, (i, s))).collect();
+        running.retain(|id, (instance, token)| {
+            let keep = owned.get(id).is_some_and(|(now, _)| now == instance);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, (instance, status)) in owned {
+            if running.contains_key(&id) {
+                continue;
+            }
+            let token = stop.child_token();
+            running.insert(id, (instance.clone(), token.clone()));
+            let this = self.clone();
+            tasks.spawn(async move { this.probe_loop(instance, status, token).await });
+        }
+        self.metrics.instances_owned.set(running.len() as i64);
+    }
+
+    async fn probe_loop(self, instance: Instance, status: Status, stop: CancellationToken) {
+        let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
+        // Spread first probes over one interval, so a takeover does not probe in a burst.
+        let mut wait = instance.interval.mul_f64(fastrand::f64());
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            wait = instance.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
+            let Ok(permit) = self.permits.acquire().await else { return };
+            let started = Instant::now();
+            let (observed, error) = self.probe(&instance).await;
+            drop(permit);
+            self.metrics.probe_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
+            let Some(from) = judge.observe(observed) else { continue };
+            match self.record(&instance, from, observed, error.as_deref()).await {
+                Ok(true) => {
+                    self.metrics.transitions.inc();
+                    tracing::info!(target = %instance.target, instance = %instance.url, from = from.as_str(), to = observed.as_str(), "status changed");
+                }
+                Ok(false) => {
+                    // Another replica recorded it first (an ownership hand-over); follow it.
+                    judge.adopt(observed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, instance = %instance.url, "recording a transition failed; will retry");
+                    judge.revert(from);
+                }
+            }
+        }
+    }
+
+    /// Probes `/health` and `/ready` at once; the status and, when not up, why.
+    async fn probe(&self, instance: &Instance) -> (Status, Option<String>) {
+        let (health, ready) =
+            tokio::join!(self.get(instance, &instance.health_path), self.get(instance, &instance.ready_path));
+        match (health, ready) {
+            (Ok(()), Ok(())) => (Status::Up, None),
+            (Ok(()), Err(why)) => (Status::Unready, Some(why)),
+            (Err(why), _) => (Status::Down, Some(why)),
+        }
+    }
+
+    /// One GET of `path` on the instance: `Ok` for a 2xx, else a short reason (no body, no
+    /// headers: it ends up in events and the public history).
+    async fn get(&self, instance: &Instance, path: &str) -> Result<(), String> {
+        let url = format!("{}{path}", instance.url.trim_end_matches('/'));
+        let mut headers = reqwest::header::HeaderMap::new();
+        caracal_core::telemetry::inject_trace_context(&mut headers);
+        let request = self
+            .client
+            .get(url)
+            .timeout(instance.timeout)
+            .header(reqwest::header::USER_AGENT, &self.user_agent)
+            .headers(headers);
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status();
+                // Reading the (small) body lets the connection be reused for the next probe.
+                let _ = r.bytes().await;
+                if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
+            }
+            Err(e) if e.is_timeout() => Err(format!("{path} timed out")),
+            Err(e) if e.is_connect() => Err(format!("{path}: connection refused or unreachable")),
+            Err(_) => Err(format!("{path}: request failed")),
+        }
+    }
+
+    /// Records a change in one transaction: the status row (only if it still holds `from`, so
+    /// two replicas never record the same change twice), the transition and its outbox event.
+    /// `Ok(false)` when the stored status had moved on already.
+    async fn record(
+        &self,
+        instance: &Instance,
+        from: Status,
+        to: Status,
+        reason: Option<&str>,
+    ) -> Result<bool, caracal_store::Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "INSERT INTO instance_status (instance_id, status, last_error) VALUES ($1, $2, $3) \
+             ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, since = now(), last_error = excluded.last_error \
+             WHERE instance_status.status = $4",
+        )
+        .bind(instance.id)
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO status_transitions (target_name, instance_url, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&instance.target)
+            .bind(&instance.url)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason });
+        let event = NewEvent {
+            event_type: "instance.status_changed".into(),
+            target: Some(instance.target.clone()),
+            instance: Some(instance.url.clone()),
+            payload,
+        };
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Judge, Status};
+
+    #[test]
+    fn the_first_observation_decides_then_thresholds_hold() {
+        let mut j = Judge::new(Status::Unknown, 3, 2);
+        assert_eq!(j.observe(Status::Up), Some(Status::Unknown));
+        assert_eq!(j.observe(Status::Down), None);
+        assert_eq!(j.observe(Status::Down), None);
+        assert_eq!(j.observe(Status::Down), Some(Status::Up), "three failures change it");
+        assert_eq!(j.observe(Status::Up), None);
+        assert_eq!(j.observe(Status::Up), Some(Status::Down), "two successes change it back");
+    }
+
+    #[test]
+    fn a_mixed_streak_starts_over() {
+        let mut j = Judge::new(Status::Up, 2, 2);
+        assert_eq!(j.observe(Status::Down), None);
+        assert_eq!(j.observe(Status::Up), None, "a good probe resets the streak");
+        assert_eq!(j.observe(Status::Down), None);
+        assert_eq!(j.observe(Status::Unready), None, "a different bad status starts its own streak");
+        assert_eq!(j.observe(Status::Unready), Some(Status::Up));
+        assert_eq!(j.status(), Status::Unready);
+    }
+
+    #[test]
+    fn a_change_that_could_not_be_recorded_is_retried_next_time() {
+        let mut j = Judge::new(Status::Up, 3, 1);
+        for _ in 0..2 {
+            assert_eq!(j.observe(Status::Down), None);
+        }
+        assert_eq!(j.observe(Status::Down), Some(Status::Up));
+        j.revert(Status::Up);
+        assert_eq!(j.status(), Status::Up);
+        assert_eq!(j.observe(Status::Down), Some(Status::Up), "one more observation suffices");
+    }
+}

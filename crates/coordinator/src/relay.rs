@@ -1,0 +1,133 @@
+//! The outbox relay: claims undispatched rows (`FOR UPDATE SKIP LOCKED`, so replicas share the
+//! work without sending a row twice at once), `XADD`s them to `caracal.events` with their
+//! outbox id, and marks them dispatched in the same transaction.
+//!
+//! When Redis is unreachable the whole batch stays undispatched and the relay backs off
+//! (capped, exponential): an outage must not use up rows' attempts. When Redis refuses an
+//! entry, rows are sent one by one so only the bad one is retried, and after `max_attempts`
+//! marked dead (an alert, never unready). A batch sent but not marked (a crash in between) is
+//! sent again; consumers are idempotent on the outbox id.
+
+use std::time::{Duration, Instant};
+
+use caracal_store::outbox::{self, Retry};
+use caracal_store::{Error, stream};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::metrics::Metrics;
+
+/// How often dispatched rows past their retention are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Relays the outbox to the event stream.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pool: sqlx::PgPool,
+    redis: ConnectionManager,
+    metrics: Metrics,
+    config: RelayConfig,
+}
+
+impl Relay {
+    /// A relay from `pool`'s outbox to `redis`.
+    pub fn new(pool: sqlx::PgPool, redis: ConnectionManager, metrics: Metrics, config: RelayConfig) -> Self {
+        Self { pool, redis, metrics, config }
+    }
+
+    /// Relays until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = self.config.backoff_base;
+        let mut last_purge = Instant::now();
+        while !stop.is_cancelled() {
+            let wait = match self.relay_once().await {
+                Ok(0) => self.config.idle_wait,
+                Ok(_) => {
+                    backoff = self.config.backoff_base;
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    self.metrics.relay_failures.inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "relaying the outbox failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.config.backoff_cap);
+                    wait
+                }
+            };
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = Instant::now();
+                match outbox::purge(&self.pool, self.config.retention, 10_000).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "purged dispatched outbox rows"),
+                    Err(e) => tracing::warn!(error = %e, "purging the outbox failed"),
+                }
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+
+    /// Relays one batch; returns how many rows it dispatched.
+    ///
+    /// # Errors
+    /// When PostgreSQL fails, or Redis cannot be reached (nothing is marked then).
+    pub async fn relay_once(&mut self) -> Result<usize, Error> {
+        let mut tx = self.pool.begin().await?;
+        let events = outbox::claim(&mut tx, self.config.batch).await?;
+        if events.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let max_len = self.config.stream_max_len;
+        let dispatched: Vec<i64> = match stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await {
+            Ok(()) => events.iter().map(|e| e.id).collect(),
+            Err(e) if unreachable(&e) => return Err(e),
+            Err(_) => {
+                // Redis refused something: find the row, keep the rest flowing.
+                let retry = Retry {
+                    base: self.config.backoff_base,
+                    cap: self.config.backoff_cap,
+                    max_attempts: self.config.max_attempts,
+                };
+                let mut sent = Vec::new();
+                for event in &events {
+                    match stream::publish(&mut self.redis, stream::EVENTS, std::slice::from_ref(event), max_len).await {
+                        Ok(()) => sent.push(event.id),
+                        Err(e) if unreachable(&e) => break,
+                        Err(e) => {
+                            if outbox::record_failure(&mut tx, event.id, &e.to_string(), retry).await? {
+                                self.metrics.relay_dead.inc();
+                                tracing::error!(outbox_id = event.id, error = %e, "outbox row is dead after too many attempts");
+                            }
+                        }
+                    }
+                }
+                sent
+            }
+        };
+        outbox::mark_dispatched(&mut tx, &dispatched).await?;
+        tx.commit().await?;
+        self.metrics.relay_batch.observe(dispatched.len() as f64);
+        self.metrics.relay_published.inc_by(dispatched.len() as u64);
+        Ok(dispatched.len())
+    }
+}
+
+/// Whether a failure means Redis could not be reached at all (rather than refusing an entry).
+fn unreachable(error: &Error) -> bool {
+    match error {
+        Error::Redis(e) => {
+            e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_unrecoverable_error()
+        }
+        _ => true,
+    }
+}
