@@ -10,12 +10,15 @@
 //! - [`redis`]: [`Redis`], a `redis-server`.
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
+//! - `app` (feature `app`): serving a caracal-core app in-process, with polling helpers.
 //! - `spawn` (private): the long-lived spawner thread and the scratch directory.
 //!
 //! Children are started with `PR_SET_PDEATHSIG`, so a test binary that exits (or crashes)
 //! takes its servers with it; scratch directories of dead test processes are removed the next
 //! time the toolkit starts.
 
+#[cfg(feature = "app")]
+pub mod app;
 pub mod error;
 pub mod poll;
 pub mod postgres;

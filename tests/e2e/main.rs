@@ -1,0 +1,5 @@
+//! End-to-end tests: the built `caracal-api`, `caracal-coordinator` and `caracal-audit`
+//! binaries against real PostgreSQL and Redis, talking HTTP over loopback.
+
+mod pipeline;
+mod support;

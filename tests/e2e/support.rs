@@ -1,0 +1,77 @@
+//! Starting the platform's binaries for a test.
+
+use std::path::Path;
+use std::time::Duration;
+
+use caracal_testkit::{Postgres, Redis, ServiceProcess, Signal, redis::RedisBuilder};
+
+/// A PostgreSQL with a fresh database and a persistent Redis, private to one test.
+pub struct Stores {
+    /// Held so the server lives as long as the stores.
+    _postgres: Postgres,
+    pub redis: Redis,
+    pub database_url: String,
+}
+
+impl Stores {
+    pub fn start() -> Stores {
+        let postgres = Postgres::start_default().expect("postgres");
+        let redis = RedisBuilder::default().persistent(true).start().expect("redis");
+        let database_url = postgres.fresh_database("e2e").expect("database");
+        Stores { _postgres: postgres, redis, database_url }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&self.database_url).await.expect("connect")
+    }
+}
+
+/// One running service binary.
+pub struct Service {
+    pub process: ServiceProcess,
+    pub base: String,
+}
+
+/// Runs `binary` with the stores' URLs, `dev` mode, a free port and `env`; waits for `/ready`.
+pub async fn start(binary: &str, stores: &Stores, env: &[(&str, &str)]) -> Service {
+    let port = caracal_testkit::free_port().expect("port").to_string();
+    let redis_url = stores.redis.url();
+    let mut all = vec![
+        ("PORT", port.as_str()),
+        ("DATABASE_URL", stores.database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("CARACAL_MODE", "dev"),
+        ("CARACAL_CHECKS__INTERVAL", "200ms"),
+        ("CARACAL_SHUTDOWN__TIMEOUT", "5s"),
+    ];
+    all.extend_from_slice(env);
+    let process = ServiceProcess::spawn(Path::new(binary), &[], &all).expect("spawn");
+    let service = Service { process, base: format!("http://127.0.0.1:{port}") };
+    let http = reqwest::Client::new();
+    let ready = caracal_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(50), || async {
+        http.get(format!("{}/ready", service.base)).send().await.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready.is_ok(), "{binary} never became ready; stderr:\n{}", service.process.stderr());
+    service
+}
+
+/// Runs `caracal-api --migrate` against the stores.
+pub fn migrate(stores: &Stores) {
+    let mut process = ServiceProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_caracal-api")),
+        &["--migrate"],
+        &[("DATABASE_URL", &stores.database_url), ("REDIS_URL", &stores.redis.url()), ("CARACAL_MODE", "dev")],
+    )
+    .expect("spawn migrate");
+    let status = process.wait_timeout(Duration::from_secs(30)).expect("migrate finishes");
+    assert!(status.success(), "migrate failed: {}", process.stderr());
+}
+
+impl Service {
+    /// Stops the service with SIGTERM and waits for it.
+    pub fn stop(mut self) {
+        self.process.signal(Signal::SIGTERM);
+        self.process.wait_timeout(Duration::from_secs(15));
+    }
+}
