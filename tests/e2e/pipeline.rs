@@ -67,8 +67,14 @@ async fn a_readiness_flip_is_recorded_once_and_reaches_the_ledger_once() {
     let body = status_of("unready").await.expect("the coordinator records the flip");
     assert!(body["instances"][0]["last_error"].as_str().unwrap_or("").contains("/ready answered 503"), "{body}");
 
-    let history: serde_json::Value =
-        http.get(format!("{}/v1/targets/shop/history", api.base)).send().await.expect("history").json().await.expect("json");
+    let history: serde_json::Value = http
+        .get(format!("{}/v1/targets/shop/history", api.base))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
     let transitions = history["transitions"].as_array().expect("transitions");
     assert_eq!(transitions.len(), 2, "unknown->up, then up->unready: {history}");
     assert_eq!((transitions[0]["from"].as_str(), transitions[0]["to"].as_str()), (Some("up"), Some("unready")));
@@ -137,7 +143,8 @@ async fn five_thousand_events_survive_a_redis_restart_and_an_audit_crash_exactly
     // Redis goes away while events keep coming.
     stores.redis.stop();
     insert(EVENTS / 5).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Longer than the connection's own reconnect attempts, so the relay must back off.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     stores.redis.start().expect("restart redis");
     for _ in 0..10 {
         insert(EVENTS / 25).await;
@@ -162,9 +169,14 @@ async fn five_thousand_events_survive_a_redis_restart_and_an_audit_crash_exactly
     .await
     .expect("counts");
     assert!(done.is_ok(), "ledger has {ledger} of {EVENTS}; audit stderr:\n{}", audit.process.stderr());
-    assert_eq!((ledger, distinct, missing, undispatched, dead), (EVENTS, EVENTS, 0, 0, 0), "each event exactly once, none lost");
+    assert_eq!(
+        (ledger, distinct, missing, undispatched, dead),
+        (EVENTS, EVENTS, 0, 0, 0),
+        "each event exactly once, none lost"
+    );
     // The outage really reached the relay (it backed off and retried, losing nothing).
-    let metrics = reqwest::get(format!("{}/metrics", coordinator.base)).await.expect("scrape").text().await.expect("text");
+    let metrics =
+        reqwest::get(format!("{}/metrics", coordinator.base)).await.expect("scrape").text().await.expect("text");
     let failures: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("caracal_coordinator_relay_failures_total "))

@@ -116,4 +116,3 @@ impl Served {
 pub fn check_status(body: &serde_json::Value, name: &str) -> String {
     body["checks"][name][0]["status"].as_str().unwrap_or("<absent>").to_string()
 }
-

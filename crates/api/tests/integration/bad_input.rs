@@ -1,0 +1,158 @@
+//! Every error case answers its status and stable code, and writes nothing.
+
+use caracal_core::Mode;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{self, ADMIN};
+
+async fn send(
+    served: &caracal_testkit::app::Served,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    content_type: &str,
+) -> (u16, Value) {
+    let mut request = served.http.request(method, served.url(path)).bearer_auth(ADMIN);
+    if let Some(body) = body {
+        request = request.header("content-type", content_type).body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_bad_request_is_answered_and_writes_nothing() {
+    let (served, pool) = support::api(Mode::Stable).await;
+    let good = json!({"name": "shop", "instances": ["http://127.0.0.1:7001"]}).to_string();
+    let (status, _) = send(&served, Method::POST, "/v1/targets", Some(&good), "application/json").await;
+    assert_eq!(status, 201);
+    let before = support::counts(&pool).await;
+    assert_eq!(before, (1, 1, 1), "one target, one instance, one outbox event");
+
+    let big =
+        json!({"name": "big", "instances": ["http://127.0.0.1:1"], "labels": {"x": "y".repeat(100_000)}}).to_string();
+    let cases: Vec<(Method, &str, Option<String>, &str, u16, &str, Option<&str>)> = vec![
+        (Method::POST, "/v1/targets", Some("{\"name\": \"sh".into()), "application/json", 400, "malformed_json", None),
+        (Method::POST, "/v1/targets", Some(good.clone()), "text/plain", 415, "unsupported_media_type", None),
+        (Method::POST, "/v1/targets", Some(big), "application/json", 413, "payload_too_large", None),
+        (Method::POST, "/v1/targets", Some(good.clone()), "application/json", 409, "conflict", None),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"instances": ["http://a:1"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "Bad Name", "instances": ["http://a:1"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("name"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["ftp://a"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("instances[0]"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": [7]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("instances[0]"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["http://a:1"], "interval_ms": 10}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("interval_ms"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["http://a:1"], "timeout_ms": 9000}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("timeout_ms"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["http://a:1"], "extra": 1}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("extra"),
+        ),
+        (
+            Method::PUT,
+            "/v1/targets/shop",
+            Some(json!({"name": "other", "instances": ["http://a:1"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("name"),
+        ),
+        (
+            Method::PUT,
+            "/v1/targets/nope",
+            Some(json!({"name": "nope", "instances": ["http://a:1"]}).to_string()),
+            "application/json",
+            404,
+            "not_found",
+            None,
+        ),
+        (Method::DELETE, "/v1/targets/nope", None, "", 404, "not_found", None),
+        (Method::GET, "/v1/targets/nope", None, "", 404, "not_found", None),
+        (Method::GET, "/v1/targets/nope/history", None, "", 404, "not_found", None),
+        (Method::GET, "/v1/targets/shop/history?limit=0", None, "", 422, "validation_failed", Some("limit")),
+        (Method::GET, "/v1/targets/shop/history?cursor=abc", None, "", 422, "validation_failed", Some("cursor")),
+    ];
+    for (method, path, body, content_type, want_status, want_code, want_field) in cases {
+        let (status, body_json) = send(&served, method.clone(), path, body.as_deref(), content_type).await;
+        assert_eq!(status, want_status, "{method} {path}: {body_json}");
+        assert_eq!(body_json["error"]["code"], want_code, "{method} {path}: {body_json}");
+        if let Some(field) = want_field {
+            assert_eq!(body_json["error"]["field"], field, "{method} {path}: {body_json}");
+        }
+        assert_eq!(support::counts(&pool).await, before, "{method} {path} must write nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_bearer_guards_writes_always_and_reads_outside_dev() {
+    let (stable, pool) = support::api(Mode::Stable).await;
+    let body = json!({"name": "shop", "instances": ["http://127.0.0.1:7001"]});
+    let no_token = stable.http.post(stable.url("/v1/targets")).json(&body).send().await.expect("request");
+    assert_eq!(no_token.status(), 401);
+    assert!(no_token.headers().contains_key("www-authenticate"));
+    let wrong =
+        stable.http.post(stable.url("/v1/targets")).bearer_auth("nope").json(&body).send().await.expect("request");
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(stable.get("/v1/targets").await.status(), 401, "reads need the bearer in stable");
+    assert_eq!(stable.get("/v1/status").await.status(), 401);
+    assert_eq!(support::counts(&pool).await, (0, 0, 0));
+    assert_eq!(stable.get("/healthchecks").await.status(), 200, "the aggregate is public");
+
+    let (dev, _) = support::api(Mode::Dev).await;
+    assert_eq!(dev.get("/v1/targets").await.status(), 200, "reads are open in dev");
+    let write = dev.http.post(dev.url("/v1/targets")).json(&body).send().await.expect("request");
+    assert_eq!(write.status(), 401, "a configured admin token is required for writes even in dev");
+}

@@ -1,0 +1,7 @@
+//! caracal-api's integration tests: the API served in-process over real HTTP, on real
+//! PostgreSQL and Redis.
+
+mod bad_input;
+mod faults;
+mod registry;
+mod support;
