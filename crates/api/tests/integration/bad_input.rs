@@ -22,6 +22,9 @@ async fn send(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Method, path, body, content type, expected status, code and field.
+type Case<'a> = (Method, &'a str, Option<String>, &'a str, u16, &'a str, Option<&'a str>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_bad_request_is_answered_and_writes_nothing() {
     let (served, pool) = support::api(Mode::Stable).await;
@@ -33,7 +36,7 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
 
     let big =
         json!({"name": "big", "instances": ["http://127.0.0.1:1"], "labels": {"x": "y".repeat(100_000)}}).to_string();
-    let cases: Vec<(Method, &str, Option<String>, &str, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (Method::POST, "/v1/targets", Some("{\"name\": \"sh".into()), "application/json", 400, "malformed_json", None),
         (Method::POST, "/v1/targets", Some(good.clone()), "text/plain", 415, "unsupported_media_type", None),
         (Method::POST, "/v1/targets", Some(big), "application/json", 413, "payload_too_large", None),
