@@ -100,7 +100,12 @@ impl Relay {
                         Ok(()) => sent.push(event.id),
                         Err(e) if unreachable(&e) => break,
                         Err(e) => {
-                            if outbox::record_failure(&mut tx, event.id, &e.to_string(), retry).await? {
+                            // Keep Redis's own words (`WRONGTYPE ...`) for the operator.
+                            let why = match &e {
+                                Error::Redis(redis) => redis.to_string(),
+                                other => other.to_string(),
+                            };
+                            if outbox::record_failure(&mut tx, event.id, &why, retry).await? {
                                 self.metrics.relay_dead.inc();
                                 tracing::error!(outbox_id = event.id, error = %e, "outbox row is dead after too many attempts");
                             }

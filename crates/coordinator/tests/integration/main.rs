@@ -1,0 +1,9 @@
+//! caracal-coordinator's integration tests: replicas sharing a fleet, transitions with
+//! hysteresis, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
+//! and HTTP.
+
+mod ladder;
+mod relay;
+mod replicas;
+mod support;
+mod transitions;

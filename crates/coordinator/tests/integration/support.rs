@@ -1,0 +1,168 @@
+//! Shared servers, fresh databases, a fleet of watched HTTP instances, and replicas.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use caracal_coordinator::config::{CoordinatorConfig, MembershipConfig};
+use caracal_coordinator::membership::{self, Membership};
+use caracal_coordinator::metrics::Metrics;
+use caracal_coordinator::prober::Prober;
+use caracal_testkit::{Postgres, Redis};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Shared {
+    pub postgres: Postgres,
+    pub redis: Redis,
+}
+
+pub fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        postgres: Postgres::start_default().expect("postgres"),
+        redis: Redis::start_default().expect("redis"),
+    })
+}
+
+/// A fresh migrated database on `postgres`.
+pub async fn database(postgres: &Postgres) -> sqlx::PgPool {
+    let url = postgres.fresh_database("coordinator").expect("database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    caracal_store::migrate(&pool).await.expect("migrate");
+    pool
+}
+
+pub async fn redis(url: &str) -> redis::aio::ConnectionManager {
+    let client = redis::Client::open(url).expect("redis url");
+    redis::aio::ConnectionManager::new(client).await.expect("redis")
+}
+
+/// Watched instances `/i/{n}` on one loopback server: who probed each, and which are unready.
+#[derive(Clone, Default)]
+pub struct Fleet {
+    pub base: String,
+    probes: Arc<Mutex<HashMap<u32, HashSet<String>>>>,
+    unready: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl Fleet {
+    pub async fn start() -> Fleet {
+        let mut fleet = Fleet::default();
+        let app = Router::new()
+            .route("/i/{n}/health", get(|| async { "ok" }))
+            .route("/i/{n}/ready", get(ready))
+            .with_state(fleet.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        fleet.base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        fleet
+    }
+
+    pub fn url(&self, n: u32) -> String {
+        format!("{}/i/{n}", self.base)
+    }
+
+    pub fn set_ready(&self, n: u32, ready: bool) {
+        let mut unready = self.unready.lock().expect("lock");
+        if ready {
+            unready.remove(&n);
+        } else {
+            unready.insert(n);
+        }
+    }
+
+    /// Forgets who probed what.
+    pub fn reset(&self) {
+        self.probes.lock().expect("lock").clear();
+    }
+
+    /// Instance -> replicas that probed it since the last reset.
+    pub fn probed_by(&self) -> HashMap<u32, HashSet<String>> {
+        self.probes.lock().expect("lock").clone()
+    }
+}
+
+async fn ready(State(fleet): State<Fleet>, Path(n): Path<u32>, headers: HeaderMap) -> StatusCode {
+    // The user agent ends with `(<replica id>)`.
+    let agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let replica = agent.rsplit_once('(').map_or(agent, |(_, r)| r.trim_end_matches(')')).to_string();
+    fleet.probes.lock().expect("lock").entry(n).or_default().insert(replica);
+    if fleet.unready.lock().expect("lock").contains(&n) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
+}
+
+/// Registers target `name` with `instances`, probed every `interval_ms`.
+pub async fn register(pool: &sqlx::PgPool, name: &str, instances: &[String], interval_ms: i32) {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+         VALUES ($1, '/health', '/ready', '/metrics', $2, 150) RETURNING id",
+    )
+    .bind(name)
+    .bind(interval_ms)
+    .fetch_one(pool)
+    .await
+    .expect("target");
+    sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
+        .bind(id)
+        .bind(instances)
+        .execute(pool)
+        .await
+        .expect("instances");
+}
+
+/// Fast settings for tests.
+pub fn config(members_key: &str) -> CoordinatorConfig {
+    let mut config = CoordinatorConfig { refresh: Duration::from_millis(200), ..Default::default() };
+    config.membership = MembershipConfig {
+        heartbeat: Duration::from_millis(200),
+        ttl: Duration::from_secs(1),
+        key: members_key.into(),
+    };
+    config
+}
+
+/// One in-process replica: membership and prober.
+pub struct Replica {
+    pub membership: Membership,
+    tasks: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Replica {
+    pub async fn start(pool: &sqlx::PgPool, redis_url: &str, config: &CoordinatorConfig) -> Replica {
+        let membership = Membership::new(membership::replica_id());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone()).expect("prober");
+        let stop = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(membership::run(
+                membership.clone(),
+                redis(redis_url).await,
+                config.membership.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(prober.run(stop.clone())),
+        ];
+        Replica { membership, tasks, stop }
+    }
+
+    /// Dies without a word: no goodbye in the membership set.
+    pub fn crash(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Stops cleanly, leaving the membership set.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

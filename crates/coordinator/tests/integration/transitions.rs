@@ -1,0 +1,63 @@
+//! Status changes: hysteresis, and each change recorded once (status, transition, outbox).
+
+use std::time::Duration;
+
+use crate::support::{self, Fleet, Replica};
+
+async fn transitions(pool: &sqlx::PgPool) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT from_status, to_status FROM status_transitions ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .expect("transitions")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flips_are_recorded_once_and_blips_are_ignored() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    support::register(&pool, "shop", &[fleet.url(1)], 200).await;
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    config.failure_threshold = 4;
+    config.success_threshold = 2;
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    let status = |want: &'static str| {
+        let pool = pool.clone();
+        async move {
+            caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+                let s: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM instance_status").fetch_optional(&pool).await.ok()?;
+                (s.as_deref() == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+    status("up").await.expect("first probe records up");
+
+    // A blip shorter than four probes is not a change.
+    fleet.set_ready(1, false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.set_ready(1, true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(transitions(&pool).await, [("unknown".into(), "up".into())], "the blip changed nothing");
+
+    fleet.set_ready(1, false);
+    status("unready").await.expect("a lasting failure is recorded");
+    fleet.set_ready(1, true);
+    status("up").await.expect("and so is the recovery");
+    let recorded = transitions(&pool).await;
+    let expected: Vec<(String, String)> = [("unknown", "up"), ("up", "unready"), ("unready", "up")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(recorded, expected);
+    let (events, reasons): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE payload->>'reason' LIKE '/ready answered 503%') \
+         FROM outbox WHERE event_type = 'instance.status_changed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("outbox");
+    assert_eq!((events, reasons), (3, 1), "one event per transition, the failure with its reason");
+    replica.stop().await;
+}
