@@ -1,0 +1,131 @@
+//! The consumer: idempotent inserts, poison to the DLQ, entries of a dead consumer taken over,
+//! entries delivered too often dead-lettered, and the ladder around Redis.
+
+use std::time::Duration;
+
+use caracal_core::Mode;
+use caracal_store::stream;
+use caracal_testkit::app::check_status;
+
+use crate::support::{self, Audit};
+
+fn dlq(audit: &Audit) -> String {
+    audit.redis.command(&format!("XRANGE {} - +", stream::EVENTS_DLQ)).expect("xrange dlq")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_event_once_and_poison_to_the_dlq_while_the_rest_flows() {
+    let audit = support::audit(Mode::Dev, serde_json::json!({ "block": "100ms" })).await;
+    audit.publish(1, "a");
+    audit.publish(2, "a");
+    audit.publish(2, "a"); // a relay retry delivered it twice
+    let poison = format!("XADD {} * outbox_id not-a-number type x payload {{", stream::EVENTS);
+    audit.redis.command(&poison).expect("xadd poison");
+    audit.publish(3, "b");
+    assert_eq!(audit.wait_rows(3).await, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT outbox_id FROM audit_events ORDER BY outbox_id")
+        .fetch_all(&audit.pool)
+        .await
+        .expect("ids");
+    assert_eq!(ids, [1, 2, 3], "each outbox id once");
+
+    let dead = dlq(&audit);
+    assert!(dead.contains("outbox_id") && dead.contains("not a positive integer"), "the DLQ entry says why: {dead}");
+    let pending = audit.redis.command(&format!("XPENDING {} audit", stream::EVENTS)).expect("xpending");
+    assert!(pending.starts_with("*4\r\n:0"), "everything acknowledged, poison included: {pending:?}");
+    let body = audit.served.wait_for_check("dlq:length", "warn", Duration::from_secs(5)).await.expect("the DLQ warns");
+    assert_eq!(body["status"], "warn", "a DLQ entry is an alert, not unreadiness");
+
+    audit.publish(4, "b");
+    assert_eq!(audit.wait_rows(4).await, 4, "the consumer carries on after poison");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_consumers_entries_are_taken_over_and_overused_ones_dead_lettered() {
+    let audit =
+        support::audit(Mode::Dev, serde_json::json!({ "block": "100ms", "claim_idle": "500ms", "max_deliveries": 3 }))
+            .await;
+    let client = redis::Client::open(audit.redis.url()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let entry = |pipe: &mut redis::Pipeline, id: &str, outbox_id: i64| {
+        pipe.cmd("XADD")
+            .arg(stream::EVENTS)
+            .arg(id)
+            .arg("outbox_id")
+            .arg(outbox_id)
+            .arg("type")
+            .arg("t")
+            .arg("target")
+            .arg("g");
+        pipe.arg("instance").arg("i").arg("payload").arg("{}").arg("occurred_at").arg("2026-11-21T14:00:00Z").ignore();
+    };
+    // A ghost consumer reads two entries in the same transaction that adds them (so the
+    // service's consumer never sees them as new), then dies without acknowledging.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    entry(&mut pipe, "*", 10);
+    entry(&mut pipe, "*", 11);
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(stream::EVENTS)
+        .arg(">")
+        .ignore();
+    pipe.query_async::<()>(&mut conn).await.expect("ghost reads");
+    assert_eq!(audit.wait_rows(2).await, 2, "the ghost's pending entries are claimed and recorded");
+
+    // An entry that keeps failing its consumers goes to the DLQ instead of looping forever.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    entry(&mut pipe, "9999999999999-0", 12);
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(stream::EVENTS)
+        .arg(">")
+        .ignore();
+    for _ in 0..4 {
+        pipe.cmd("XCLAIM").arg(stream::EVENTS).arg("audit").arg("ghost").arg(0).arg("9999999999999-0").ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.expect("ghost keeps failing");
+    let dead = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        let dead = dlq(&audit);
+        dead.contains("delivered").then_some(dead)
+    })
+    .await
+    .expect("the overused entry is dead-lettered");
+    assert!(dead.contains("9999999999999-0"), "{dead}");
+    let twelve: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE outbox_id = 12")
+        .fetch_one(&audit.pool)
+        .await
+        .expect("count");
+    assert_eq!(twelve, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_named_and_consumption_resumes() {
+    let mut audit = support::audit(Mode::Dev, serde_json::json!({ "block": "100ms" })).await;
+    audit.publish(1, "a");
+    assert_eq!(audit.wait_rows(1).await, 1);
+    audit.redis.stop();
+    let body = audit
+        .served
+        .wait_for_check("redis:connectivity", "fail", Duration::from_secs(8))
+        .await
+        .expect("Redis reported down");
+    assert_eq!(check_status(&body, "stream:lag"), "skipped");
+    audit.redis.start().expect("restart");
+    audit.served.wait_ready_status(200, Duration::from_secs(10)).await.expect("ready again");
+    // This Redis kept nothing: the consumer recreates its group and reads on.
+    audit.publish(2, "a");
+    assert_eq!(audit.wait_rows(2).await, 2);
+}
