@@ -9,9 +9,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Probe throughput against a bare axum handler (needs wrk); figures go in docs/benchmarks.md.
+# Every benchmark (the probe one needs wrk); figures go in docs/benchmarks.md.
 bench:
     cargo bench -p caracal-core --bench probes
+    cargo bench -p caracal-bin --bench pipeline
+    cargo bench -p caracal-bin --bench prober
 
 # The example service on caracal-core (needs DATABASE_URL and REDIS_URL).
 example:

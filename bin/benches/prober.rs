@@ -1,0 +1,125 @@
+//! Prober cost: probes/s and CPU of one coordinator replica watching 5,000 instances served by
+//! a local test server in a separate process. `cargo bench -p caracal-bin --bench prober`;
+//! figures go into `docs/benchmarks.md`.
+//!
+//! Each probe is two GETs (`/health` and `/ready`). The fleet server runs in its own process so
+//! the prober's CPU time (read from `/proc/self/stat`) is its own.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use caracal_coordinator::config::CoordinatorConfig;
+use caracal_coordinator::membership::Membership;
+use caracal_coordinator::metrics::Metrics;
+use caracal_coordinator::prober::Prober;
+use caracal_testkit::Postgres;
+use tokio_util::sync::CancellationToken;
+
+const HOSTS: usize = 50;
+const PER_HOST: usize = 100;
+const INTERVAL_MS: i32 = 1000;
+const WARMUP: Duration = Duration::from_secs(4);
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[allow(clippy::print_stdout)] // the table on stdout is this harness's output
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--serve-fleet") {
+        return serve_fleet();
+    }
+    let mut fleet = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--serve-fleet")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fleet server");
+    let mut ports = String::new();
+    BufReader::new(fleet.stdout.take().expect("stdout")).read_line(&mut ports).expect("ports");
+    let ports: Vec<u16> = ports.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(ports.len(), HOSTS);
+
+    let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (probes_per_s, cpu_per_s) = runtime.block_on(async {
+        let url = postgres.fresh_database("bench").expect("database");
+        let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+        caracal_store::migrate(&pool).await.expect("migrate");
+        for (h, port) in ports.iter().enumerate() {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+                 VALUES ($1, '/health', '/ready', '/metrics', $2, 500) RETURNING id",
+            )
+            .bind(format!("host{h}"))
+            .bind(INTERVAL_MS)
+            .fetch_one(&pool)
+            .await
+            .expect("target");
+            let urls: Vec<String> = (0..PER_HOST).map(|n| format!("http://127.0.0.1:{port}/i/{n}")).collect();
+            sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
+                .bind(id)
+                .bind(&urls)
+                .execute(&pool)
+                .await
+                .expect("instances");
+        }
+        let membership = Membership::new("bench".into());
+        membership.set(vec!["bench".into()]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
+        let prober = Prober::new(pool, membership, metrics, CoordinatorConfig::default()).expect("prober");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(prober.run(stop.clone()));
+        tokio::time::sleep(WARMUP).await;
+        let (p0, c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
+        tokio::time::sleep(WINDOW).await;
+        let (p1, c1, elapsed) = (probes(&registry), cpu_seconds(), t0.elapsed().as_secs_f64());
+        stop.cancel();
+        let _ = task.await;
+        ((p1 - p0) / elapsed, (c1 - c0) / elapsed)
+    });
+    let _ = fleet.kill();
+    let instances = HOSTS * PER_HOST;
+    println!("| measure | figure |");
+    println!("|---|---:|");
+    println!("| instances watched (interval {INTERVAL_MS} ms) | {instances} |");
+    println!("| probes/s (each: GET /health + GET /ready) | {probes_per_s:.0} |");
+    println!("| prober CPU | {cpu_per_s:.2} cores |");
+    println!("| probes/s per core | {:.0} |", probes_per_s / cpu_per_s.max(1e-9));
+}
+
+fn serve_fleet() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let app =
+            Router::new().route("/i/{n}/health", get(|| async { "ok" })).route("/i/{n}/ready", get(|| async { "ok" }));
+        let mut ports = Vec::new();
+        for _ in 0..HOSTS {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            ports.push(listener.local_addr().expect("addr").port().to_string());
+            let app = app.clone();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        #[allow(clippy::print_stdout)] // the parent reads the ports from stdout
+        {
+            println!("{}", ports.join(" "));
+        }
+        std::future::pending::<()>().await;
+    });
+}
+
+fn probes(registry: &prometheus_client::registry::Registry) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("caracal_coordinator_probes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
