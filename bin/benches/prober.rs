@@ -79,6 +79,7 @@ fn main() {
         ((p1 - p0) / elapsed, (c1 - c0) / elapsed)
     });
     let _ = fleet.kill();
+    let _ = fleet.wait();
     let instances = HOSTS * PER_HOST;
     println!("| measure | figure |");
     println!("|---|---:|");
