@@ -95,9 +95,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
     };
     let worker_pool = pool.clone();
     Ok(app
-        .check(checks::postgres(pool.clone()))
-        .check(checks::redis(redis))
-        .check(caracal_store::schema_check(pool))
+        .checks(caracal_store::storage_checks(pool, redis))
         .check(outbox_age)
         .check(outbox_dead)
         .routes(router(state))

@@ -57,9 +57,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
         .layer(axum::middleware::from_fn_with_state(admin, caracal_core::auth::require_admin))
         .with_state(events::EventsState { pool: pool.clone(), max_page: config.max_page });
     Ok(app
-        .check(checks::postgres(pool.clone()))
-        .check(checks::redis(redis.clone()))
-        .check(caracal_store::schema_check(pool))
+        .checks(caracal_store::storage_checks(pool, redis.clone()))
         .check(lag)
         .check(dlq_check(redis))
         .routes(routes)

@@ -44,9 +44,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let membership_redis = redis.clone();
     let membership_config = config.membership.clone();
     Ok(app
-        .check(checks::postgres(pool.clone()))
-        .check(checks::redis(redis))
-        .check(caracal_store::schema_check(pool))
+        .checks(caracal_store::storage_checks(pool, redis))
         .check(outbox_age)
         .check(outbox_dead)
         .check(heartbeat_check(heartbeat, config.refresh * 3))

@@ -114,6 +114,12 @@ impl App {
         self
     }
 
+    /// Adds several readiness checks.
+    pub fn checks(mut self, checks: impl IntoIterator<Item = Check>) -> Self {
+        self.checks.extend(checks);
+        self
+    }
+
     /// Adds the service's own routes (merged with any added before).
     pub fn routes(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);

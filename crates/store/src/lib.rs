@@ -9,7 +9,8 @@
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
 //!   them dispatched or failed, purging old rows.
 //! - [`stream`]: stream names and publishing a batch with `XADD`.
-//! - [`schema_check`]: the `postgres:schema_version` readiness check.
+//! - [`schema_check`]: the `postgres:schema_version` readiness check; [`storage_checks`]: it
+//!   with the PostgreSQL and Redis connectivity checks, the storage rung of every service.
 //!
 //! Timestamps leave PostgreSQL as RFC 3339 text (UTC, microseconds), so no date-time crate is
 //! needed on either side.
@@ -57,6 +58,12 @@ pub async fn applied_version(pool: &sqlx::PgPool) -> Result<Option<i64>, Error> 
         return Ok(None);
     }
     Ok(sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?)
+}
+
+/// The storage rung every pipeline service has: `postgres:connectivity`,
+/// `redis:connectivity` and `postgres:schema_version`.
+pub fn storage_checks(pool: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> [Check; 3] {
+    [caracal_core::checks::postgres(pool.clone()), caracal_core::checks::redis(redis), schema_check(pool)]
 }
 
 /// `postgres:schema_version` (storage rung, required): the database is migrated to exactly the

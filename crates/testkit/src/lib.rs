@@ -34,6 +34,28 @@ pub use postgres::Postgres;
 pub use process::ServiceProcess;
 pub use redis::Redis;
 
+/// The PostgreSQL and Redis one test binary shares: started on first use, killed when the
+/// binary exits. Tests that stop, restart or pause a server start their own instead.
+#[derive(Debug)]
+pub struct Shared {
+    /// The shared PostgreSQL; give each test its own database ([`Postgres::fresh_database`]).
+    pub postgres: Postgres,
+    /// The shared Redis; give each test its own keys ([`unique_name`]).
+    pub redis: Redis,
+}
+
+/// The servers shared by this test binary.
+///
+/// # Panics
+/// When either server cannot start (not installed, say): no test could run anyway.
+pub fn shared() -> &'static Shared {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        postgres: Postgres::start_default().unwrap_or_else(|e| panic!("cannot start the shared PostgreSQL: {e}")),
+        redis: Redis::start_default().unwrap_or_else(|e| panic!("cannot start the shared Redis: {e}")),
+    })
+}
+
 /// A name unique within this machine for the life of the test run (`prefix_<pid>_<n>`), for
 /// databases and key prefixes, so tests sharing one server never see each other's data.
 pub fn unique_name(prefix: &str) -> String {

@@ -1,7 +1,5 @@
 //! One PostgreSQL and Redis for the binary; each test gets its own migrated database.
 
-use std::sync::OnceLock;
-
 use caracal_core::Mode;
 use caracal_core::config::Secret;
 use caracal_testkit::app::{Served, core_config, serve};
@@ -9,18 +7,7 @@ use caracal_testkit::{Postgres, Redis};
 
 pub const ADMIN: &str = "admin-token-for-tests";
 
-pub struct Shared {
-    pub postgres: Postgres,
-    pub redis: Redis,
-}
-
-pub fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| Shared {
-        postgres: Postgres::start_default().expect("postgres"),
-        redis: Redis::start_default().expect("redis"),
-    })
-}
+pub use caracal_testkit::shared;
 
 /// The API on a fresh migrated database: `(served, pool)`.
 pub async fn api_on(

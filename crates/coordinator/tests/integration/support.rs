@@ -1,7 +1,7 @@
 //! Shared servers, fresh databases, a fleet of watched HTTP instances, and replicas.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,22 +12,11 @@ use caracal_coordinator::config::{CoordinatorConfig, MembershipConfig};
 use caracal_coordinator::membership::{self, Membership};
 use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::prober::Prober;
-use caracal_testkit::{Postgres, Redis};
+use caracal_testkit::Postgres;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub struct Shared {
-    pub postgres: Postgres,
-    pub redis: Redis,
-}
-
-pub fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| Shared {
-        postgres: Postgres::start_default().expect("postgres"),
-        redis: Redis::start_default().expect("redis"),
-    })
-}
+pub use caracal_testkit::shared;
 
 /// A fresh migrated database on `postgres`.
 pub async fn database(postgres: &Postgres) -> sqlx::PgPool {

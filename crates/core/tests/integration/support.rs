@@ -2,27 +2,14 @@
 //! port 0, and small HTTP helpers. Tests that inject faults start private servers instead.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use caracal_core::config::CoreConfig;
 use caracal_core::{App, Check, Failure, Observed, Rung};
-use caracal_testkit::{Postgres, Redis};
 
-/// The servers every non-destructive test shares.
-pub struct Shared {
-    pub postgres: Postgres,
-    pub redis: Redis,
-}
-
-pub fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| Shared {
-        postgres: Postgres::start_default().expect("start the shared PostgreSQL"),
-        redis: Redis::start_default().expect("start the shared Redis"),
-    })
-}
+pub use caracal_testkit::shared;
 
 pub use caracal_testkit::app::{Served, check_status, client, core_config, serve};
 
