@@ -193,8 +193,15 @@ impl App {
         let check_tasks = evaluator.spawn(stop_checks.clone());
         self.readiness.attach(Arc::clone(&evaluator));
         let lifecycle = Arc::clone(&self.lifecycle);
-        let probes =
-            Arc::new(Probes::new(self.name, self.version, Arc::clone(&evaluator), lifecycle, self.auth, self.registry));
+        let probes = Arc::new(Probes::new(
+            self.name,
+            self.version,
+            core.mode.as_str(),
+            Arc::clone(&evaluator),
+            lifecycle,
+            self.auth,
+            self.registry,
+        ));
         let service_routes = self.routes.fallback(not_found);
         let router = layers::probe_stack(probes::routes(probes)).merge(layers::service_stack(
             service_routes,

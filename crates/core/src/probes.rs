@@ -32,6 +32,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(crate) struct Probes {
     pub(crate) service: &'static str,
     pub(crate) version: &'static str,
+    /// Shown in bodies so `caracal status` can tell a dev deployment from a production one.
+    pub(crate) mode: &'static str,
     pub(crate) evaluator: Arc<Evaluator>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) auth: BearerAuth,
@@ -47,6 +49,7 @@ impl Probes {
     pub(crate) fn new(
         service: &'static str,
         version: &'static str,
+        mode: &'static str,
         evaluator: Arc<Evaluator>,
         lifecycle: Arc<Lifecycle>,
         auth: BearerAuth,
@@ -55,7 +58,17 @@ impl Probes {
         let body =
             |status: &str| Bytes::from(json!({ "status": status, "service": service, "version": version }).to_string());
         let health_bodies = [body("pass"), body("fail")];
-        Self { service, version, evaluator, lifecycle, auth, registry, health_bodies, rendered: ArcSwapOption::empty() }
+        Self {
+            service,
+            version,
+            mode,
+            evaluator,
+            lifecycle,
+            auth,
+            registry,
+            health_bodies,
+            rendered: ArcSwapOption::empty(),
+        }
     }
 }
 
@@ -140,7 +153,7 @@ pub(crate) struct Rendered {
 fn ready_json(p: &Probes, report: &ladder::Report<'_>, details: bool) -> Value {
     let checks: BTreeMap<&str, Value> =
         report.checks.iter().map(|c| (c.state.name.as_str(), json!([check_json(c, details)]))).collect();
-    json!({ "status": report.status.as_str(), "service": p.service, "version": p.version, "checks": checks })
+    json!({ "status": report.status.as_str(), "service": p.service, "version": p.version, "mode": p.mode, "checks": checks })
 }
 
 fn verbose_text(report: &ladder::Report<'_>, status: Status, draining: bool, details: bool) -> String {
