@@ -55,8 +55,9 @@ impl Probes {
         auth: BearerAuth,
         registry: Registry,
     ) -> Self {
-        let body =
-            |status: &str| Bytes::from(json!({ "status": status, "service": service, "version": version }).to_string());
+        let body = |status: &str| {
+            Bytes::from(json!({ "status": status, "service": service, "version": version, "mode": mode }).to_string())
+        };
         let health_bodies = [body("pass"), body("fail")];
         Self {
             service,

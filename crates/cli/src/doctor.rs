@@ -1,0 +1,344 @@
+//! `caracal doctor`: authenticated, in-depth checks of a deployment, each finding with a
+//! severity and a one-line remedy.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::probe::{self, Endpoint, Outcome};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// As it should be.
+    Ok,
+    /// Worth a look; nothing is broken for users yet.
+    Warn,
+    /// Broken: fix it.
+    Critical,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// What was examined (`api /ready`, `clock skew: postgres`).
+    pub subject: String,
+    /// How bad.
+    pub severity: Severity,
+    /// What was found.
+    pub message: String,
+    /// What to do, in one line (empty when fine).
+    pub remedy: String,
+}
+
+fn finding(
+    subject: impl Into<String>,
+    severity: Severity,
+    message: impl Into<String>,
+    remedy: impl Into<String>,
+) -> Finding {
+    Finding { subject: subject.into(), severity, message: message.into(), remedy: remedy.into() }
+}
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `(service, base URL)` pairs.
+    pub services: Vec<(String, String)>,
+    /// The metrics bearer, if known.
+    pub bearer: Option<String>,
+    /// PostgreSQL URL, if known.
+    pub database_url: Option<String>,
+    /// Redis URL, if known.
+    pub redis_url: Option<String>,
+}
+
+/// Runs every examination.
+pub async fn examine(target: &Target) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let timeout = Duration::from_millis(2000);
+    let probes = probe::probe_all(&target.services, Endpoint::Ready, timeout, target.bearer.as_deref()).await;
+    for p in &probes {
+        let subject = format!("{} /ready", p.service);
+        match p.outcome {
+            Outcome::Unreachable => findings.push(finding(
+                &subject,
+                Severity::Critical,
+                format!("no answer at {} ({})", p.url, p.detail),
+                "start it (`caracal up`) or check its log in .caracal/logs/",
+            )),
+            Outcome::Pass if p.failing.is_empty() => {
+                findings.push(finding(&subject, Severity::Ok, "every check passes", ""))
+            }
+            _ => {
+                for c in p.failing.iter().filter(|c| c.status != "skipped") {
+                    let severity = if c.status == "fail" { Severity::Critical } else { Severity::Warn };
+                    let output = c.output.as_deref().map(|o| format!(": {o}")).unwrap_or_default();
+                    findings.push(finding(
+                        &subject,
+                        severity,
+                        format!("{} ({}) {}{output}", c.name, c.rung, c.status),
+                        remedy_for(&c.name),
+                    ));
+                }
+            }
+        }
+        if p.outcome != Outcome::Unreachable {
+            findings
+                .extend(metrics_auth(&p.service, &p.url, p.mode.as_deref(), target.bearer.as_deref(), timeout).await);
+        }
+    }
+    if let Some(url) = &target.database_url {
+        findings.extend(database(url).await);
+    }
+    if let Some(url) = &target.redis_url {
+        findings.extend(redis_findings(url).await);
+    }
+    findings
+}
+
+/// What to do about a failing check, by name.
+fn remedy_for(check: &str) -> &'static str {
+    match check.split(':').next().unwrap_or("") {
+        "postgres" if check.ends_with("schema_version") => "run `caracal-api --migrate` (caracal up does it)",
+        "postgres" => {
+            "is PostgreSQL running and reachable? `caracal up` starts the local one; see .caracal/postgres/postgres.log"
+        }
+        "redis" => "is Redis running and reachable? `caracal up` starts the local one; see .caracal/redis/redis.log",
+        "outbox" if check.ends_with("dead") => {
+            "inspect `SELECT id, last_error FROM outbox WHERE dead_at IS NOT NULL`, fix the cause, then clear dead_at"
+        }
+        "outbox" => "is the coordinator's relay running? check `caracal status --ready` and its log",
+        "stream" => "is the audit consumer running and keeping up? check its log and `XINFO GROUPS caracal.events`",
+        "dlq" => "read `XRANGE caracal.events.dlq - +`: each entry carries its reason",
+        "prober" => "the coordinator's prober loop is stuck; check its log and restart it",
+        _ => "see the service's log",
+    }
+}
+
+/// `/metrics` must refuse without the bearer (outside dev) and accept with it.
+async fn metrics_auth(
+    service: &str,
+    url: &str,
+    mode: Option<&str>,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Vec<Finding> {
+    let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+    let subject = format!("{service} /metrics");
+    let status = |bearer: Option<&str>| {
+        let mut request = client.get(format!("{}/metrics", url.trim_end_matches('/')));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    let mut out = Vec::new();
+    let strict = mode != Some("dev");
+    match (status(None).await, strict) {
+        (Some(401), _) => out.push(finding(&subject, Severity::Ok, "refuses scrapes without the bearer", "")),
+        (Some(200), true) => out.push(finding(
+            &subject,
+            Severity::Critical,
+            "open without a bearer outside dev mode",
+            "set METRICS_BEARER_FILE on the service",
+        )),
+        (Some(200), false) => out.push(finding(
+            &subject,
+            Severity::Warn,
+            "open without a bearer (dev mode)",
+            "configure a bearer before exposing it",
+        )),
+        (other, _) => out.push(finding(
+            &subject,
+            Severity::Warn,
+            format!("unexpected answer without a bearer: {other:?}"),
+            "check the service's log",
+        )),
+    }
+    match bearer {
+        Some(token) => match status(Some(token)).await {
+            Some(200) => out.push(finding(&subject, Severity::Ok, "accepts the managed bearer", "")),
+            other => out.push(finding(
+                &subject,
+                Severity::Critical,
+                format!("refuses the managed bearer ({other:?})"),
+                "the service and this machine disagree on the token: check METRICS_BEARER_FILE",
+            )),
+        },
+        None => out.push(finding(
+            &subject,
+            Severity::Warn,
+            "no bearer known here, so an authorized scrape was not tried",
+            "pass --bearer-file",
+        )),
+    }
+    out
+}
+
+async fn database(url: &str) -> Vec<Finding> {
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            return vec![finding(
+                "postgres",
+                Severity::Critical,
+                format!("cannot connect: {e}"),
+                "is PostgreSQL running? `caracal up` starts it",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    if let Ok(db_now) = sqlx::query_scalar::<_, f64>("SELECT EXTRACT(EPOCH FROM now())::float8").fetch_one(&pool).await
+    {
+        out.push(skew("postgres", db_now));
+    }
+    let expected = caracal_store::expected_version();
+    match caracal_store::applied_version(&pool).await {
+        Ok(Some(v)) if v == expected => {
+            out.push(finding("migrations", Severity::Ok, format!("schema at version {v}"), ""))
+        }
+        Ok(v) => out.push(finding(
+            "migrations",
+            Severity::Critical,
+            format!("schema at {v:?}, this build expects {expected}"),
+            "run `caracal-api --migrate`",
+        )),
+        Err(e) => out.push(finding(
+            "migrations",
+            Severity::Critical,
+            format!("cannot read the version: {e}"),
+            "check the database",
+        )),
+    }
+    let backlog: Result<(i64, f64, i64), _> = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
+         (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
+         (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL)",
+    )
+    .fetch_one(&pool)
+    .await;
+    match backlog {
+        Ok((pending, age, dead)) => {
+            let severity = if age > 60.0 { Severity::Warn } else { Severity::Ok };
+            out.push(finding(
+                "outbox backlog",
+                severity,
+                format!("{pending} pending, oldest {age:.1}s"),
+                if age > 60.0 { "is the coordinator's relay running?" } else { "" },
+            ));
+            if dead > 0 {
+                out.push(finding(
+                    "outbox dead rows",
+                    Severity::Warn,
+                    format!("{dead} rows gave up"),
+                    remedy_for("outbox:dead"),
+                ));
+            }
+        }
+        Err(e) => {
+            out.push(finding("outbox backlog", Severity::Warn, format!("cannot read: {e}"), "run the migrations"))
+        }
+    }
+    out
+}
+
+async fn redis_findings(url: &str) -> Vec<Finding> {
+    let connection = async {
+        let client = redis::Client::open(url)?;
+        client.get_multiplexed_async_connection().await
+    };
+    let mut conn = match tokio::time::timeout(Duration::from_secs(3), connection).await {
+        Ok(Ok(conn)) => conn,
+        _ => {
+            return vec![finding(
+                "redis",
+                Severity::Critical,
+                "cannot connect",
+                "is Redis running? `caracal up` starts it",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    if let Ok((secs, micros)) = redis::cmd("TIME").query_async::<(i64, i64)>(&mut conn).await {
+        out.push(skew("redis", secs as f64 + micros as f64 / 1e6));
+    }
+    let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+        redis::cmd("XINFO").arg("GROUPS").arg(caracal_store::stream::EVENTS).query_async(&mut conn).await;
+    match groups {
+        Ok(reply) => match reply.groups.iter().find(|g| g.name == "audit") {
+            Some(g) => {
+                let lag = g.lag.map_or("unknown".to_string(), |l| l.to_string());
+                let severity =
+                    if g.lag.unwrap_or(0) > 10_000 || g.pending > 10_000 { Severity::Warn } else { Severity::Ok };
+                out.push(finding(
+                    "stream caracal.events",
+                    severity,
+                    format!("group audit: lag {lag}, {} pending", g.pending),
+                    if severity == Severity::Ok { "" } else { remedy_for("stream:lag") },
+                ));
+            }
+            None => out.push(finding(
+                "stream caracal.events",
+                Severity::Critical,
+                "consumer group `audit` is missing",
+                "start caracal-audit; it creates the group",
+            )),
+        },
+        Err(_) => out.push(finding(
+            "stream caracal.events",
+            Severity::Warn,
+            "the stream does not exist yet",
+            "it appears with the first event",
+        )),
+    }
+    let dlq: u64 = redis::cmd("XLEN").arg(caracal_store::stream::EVENTS_DLQ).query_async(&mut conn).await.unwrap_or(0);
+    if dlq > 0 {
+        out.push(finding(
+            "stream caracal.events.dlq",
+            Severity::Warn,
+            format!("{dlq} entries"),
+            remedy_for("dlq:length"),
+        ));
+    }
+    out
+}
+
+fn skew(what: &str, remote_epoch: f64) -> Finding {
+    let local = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let skew = remote_epoch - local;
+    let severity = if skew.abs() > 1.0 { Severity::Warn } else { Severity::Ok };
+    finding(
+        format!("clock skew: {what}"),
+        severity,
+        format!("{skew:+.3}s"),
+        if severity == Severity::Ok { "" } else { "sync the clocks (NTP)" },
+    )
+}
+
+/// Findings as a table, worst first.
+pub fn render(findings: &[Finding]) -> String {
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by(|a, b| b.severity.cmp(&a.severity));
+    let width = sorted.iter().map(|f| f.subject.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for f in sorted {
+        let label = match f.severity {
+            Severity::Ok => "ok      ",
+            Severity::Warn => "warn    ",
+            Severity::Critical => "CRITICAL",
+        };
+        out.push_str(&format!("{label}  {:<width$}  {}", f.subject, f.message));
+        if !f.remedy.is_empty() {
+            out.push_str(&format!("  -> {}", f.remedy));
+        }
+        out.push('\n');
+    }
+    out
+}

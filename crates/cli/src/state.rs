@@ -1,0 +1,163 @@
+//! The `.caracal/` directory: where `caracal up` keeps data, logs, pid files and secrets, and
+//! `state.json`, which remembers the ports and mode so `status`, `doctor` and `down` find
+//! what `up` started.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+
+/// Ports of everything `up` runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    /// caracal-api.
+    pub api: u16,
+    /// caracal-coordinator.
+    pub coordinator: u16,
+    /// caracal-audit.
+    pub audit: u16,
+    /// The local PostgreSQL (not 5432, so a system server is left alone).
+    pub postgres: u16,
+    /// The local Redis (not 6379, likewise).
+    pub redis: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { api: 3000, coordinator: 4000, audit: 9090, postgres: 55432, redis: 56379 }
+    }
+}
+
+/// What `up` decided, remembered for the other commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// `dev`, `rc` or `stable`.
+    pub mode: String,
+    /// The ports in use.
+    pub ports: Ports,
+}
+
+/// The paths inside one `.caracal/` directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The directory itself.
+    pub root: PathBuf,
+}
+
+impl Home {
+    /// `.caracal` inside `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let root = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).join(".caracal");
+        Self { root }
+    }
+
+    /// `state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    /// Service logs.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// Pid files of the services.
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// Generated secrets (mode 0600).
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
+    /// The metrics bearer file.
+    pub fn metrics_bearer(&self) -> PathBuf {
+        self.secrets().join("metrics_bearer")
+    }
+
+    /// The admin token file.
+    pub fn admin_token(&self) -> PathBuf {
+        self.secrets().join("admin_token")
+    }
+
+    /// PostgreSQL's directory (data, log, socket).
+    pub fn postgres(&self) -> PathBuf {
+        self.root.join("postgres")
+    }
+
+    /// Redis's directory (append-only file, log, pid file).
+    pub fn redis(&self) -> PathBuf {
+        self.root.join("redis")
+    }
+
+    /// The saved state, if `up` ran here.
+    ///
+    /// # Errors
+    /// When `state.json` exists but cannot be read.
+    pub fn load(&self) -> Result<Option<State>, CliError> {
+        match std::fs::read_to_string(self.state_file()) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                CliError::Step(format!(
+                    "{} is damaged ({e}); remove it or run `caracal down -v`",
+                    self.state_file().display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CliError::io(format!("read {}", self.state_file().display()))(e)),
+        }
+    }
+
+    /// Saves `state`.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save(&self, state: &State) -> Result<(), CliError> {
+        std::fs::create_dir_all(&self.root).map_err(CliError::io(format!("create {}", self.root.display())))?;
+        let text = serde_json::to_string_pretty(state).unwrap_or_default();
+        std::fs::write(self.state_file(), text).map_err(CliError::io(format!("write {}", self.state_file().display())))
+    }
+
+    /// Creates both secrets once (32 random bytes, hex) with mode 0600; existing ones are kept.
+    ///
+    /// # Errors
+    /// When the files cannot be written or no randomness is available.
+    pub fn ensure_secrets(&self) -> Result<(), CliError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let dir = self.secrets();
+        std::fs::create_dir_all(&dir).map_err(CliError::io(format!("create {}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(CliError::io("protect the secrets directory"))?;
+        for path in [self.metrics_bearer(), self.admin_token()] {
+            if path.exists() {
+                continue;
+            }
+            let token = random_hex(32)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(CliError::io(format!("create {}", path.display())))?;
+            std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+                .map_err(CliError::io(format!("write {}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// `n` bytes from the kernel's CSPRNG, hex-encoded.
+fn random_hex(n: usize) -> Result<String, CliError> {
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(CliError::io("read random bytes from /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The first line of a secret file, trimmed; `None` when absent or unreadable.
+pub fn read_secret(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+}
