@@ -325,7 +325,7 @@ fn skew(what: &str, remote_epoch: f64) -> Finding {
 /// Findings as a table, worst first.
 pub fn render(findings: &[Finding]) -> String {
     let mut sorted: Vec<&Finding> = findings.iter().collect();
-    sorted.sort_by(|a, b| b.severity.cmp(&a.severity));
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let width = sorted.iter().map(|f| f.subject.len()).max().unwrap_or(0);
     let mut out = String::new();
     for f in sorted {

@@ -8,7 +8,7 @@
 //! - [`up`]: `up` (with its live readiness display) and `down`.
 //! - [`probe`] and [`status`]: probing endpoints; the table, the JSON, the exit codes.
 //! - [`doctor`]: authenticated, in-depth findings with remedies.
-//! - [`error`]: [`CliError`].
+//! - [`error`]: the error type, [`CliError`].
 //!
 //! Exit codes: 0 success / all pass, 1 failure / something fails, 2 usage, 3 could not check.
 
@@ -190,8 +190,11 @@ async fn up_command(home: &Home, args: UpArgs) -> Result<(), CliError> {
     up::up(home, state, args.timeout).await
 }
 
+/// `(name, base URL)` of each service to look at.
+type Services = Vec<(String, String)>;
+
 /// The services to look at and the bearer to present.
-fn targets(home: &Home, args: &TargetArgs) -> Result<(Vec<(String, String)>, Option<String>), CliError> {
+fn targets(home: &Home, args: &TargetArgs) -> Result<(Services, Option<String>), CliError> {
     let services = if args.urls.is_empty() {
         let ports = home.load()?.map(|s| s.ports).unwrap_or_default();
         SERVICES.iter().map(|s| (s.name.to_string(), format!("http://127.0.0.1:{}", s.port(&ports)))).collect()
