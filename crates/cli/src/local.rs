@@ -152,7 +152,14 @@ impl LocalPostgres {
                     "--no-instructions",
                 ]),
                 "initdb",
-            )?;
+            )
+            .map_err(|e| match e {
+                CliError::Step(text) if text.contains("Permission denied") && self.owner.is_some() => CliError::Step(format!(
+                    "{text}; PostgreSQL runs as the `postgres` user, which must be able to enter every directory above {} (chmod o+x)",
+                    self.dir.display()
+                )),
+                other => other,
+            })?;
         }
         if self.running() {
             return Ok(());

@@ -21,8 +21,17 @@ pub struct Probe {
     pub detail: String,
     /// Checks not passing (with `--ready`).
     pub failing: Vec<FailingCheck>,
-    /// Each rung's state, lowest first (with `--ready`): `ok`, `failing` or `waiting`.
-    pub rungs: Vec<(String, String)>,
+    /// Each rung's state, lowest first (with `--ready`).
+    pub rungs: Vec<RungState>,
+}
+
+/// One rung of a service's ladder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RungState {
+    /// `process`, `storage`, `delivery` or `service`.
+    pub rung: String,
+    /// `ok`, `failing` or `waiting` (skipped above a failing rung).
+    pub state: String,
 }
 
 /// A check that is not passing.
@@ -178,7 +187,7 @@ async fn probe_one(
             } else {
                 "ok"
             };
-            probe.rungs.push((rung.to_string(), state.to_string()));
+            probe.rungs.push(RungState { rung: rung.to_string(), state: state.to_string() });
         }
     }
     probe.detail = summary(code, &body, &probe.failing);

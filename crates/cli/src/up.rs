@@ -106,7 +106,7 @@ fn progress_line(p: &Probe) -> String {
     let rungs: Vec<String> = if p.rungs.is_empty() {
         vec![if p.outcome == Outcome::Unreachable { "starting".into() } else { p.detail.clone() }]
     } else {
-        p.rungs.iter().map(|(rung, state)| format!("{rung} {state}")).collect()
+        p.rungs.iter().map(|r| format!("{} {}", r.rung, r.state)).collect()
     };
     format!("  {:<12} {}", p.service, rungs.join("  "))
 }

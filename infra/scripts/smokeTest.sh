@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Smoke test of a running Caracal platform, in plain bash + curl (what CI systems have).
+#
+# Probes /health and /ready of every service, then the whole flow: registers a target, waits
+# until the coordinator has probed it, finds the status event in the audit ledger, scrapes
+# each service's /metrics with the bearer (and expects 401 without it outside dev mode), and
+# removes the target. Stops with a clear line at the first failure (exit 1).
+#
+# Settings (environment):
+#   CARACAL_HOST              host of every service            (127.0.0.1)
+#   API_PORT COORDINATOR_PORT AUDIT_PORT                       (3000 4000 9090)
+#   METRICS_BEARER_FILE       metrics bearer                   (.caracal/secrets/metrics_bearer)
+#   CARACAL_ADMIN_TOKEN_FILE  admin token                      (.caracal/secrets/admin_token)
+#   SMOKE_TIMEOUT             seconds to wait for each step    (60)
+set -uo pipefail
+
+host=${CARACAL_HOST:-127.0.0.1}
+api="http://$host:${API_PORT:-3000}"
+coordinator="http://$host:${COORDINATOR_PORT:-4000}"
+audit="http://$host:${AUDIT_PORT:-9090}"
+bearer_file=${METRICS_BEARER_FILE:-.caracal/secrets/metrics_bearer}
+admin_file=${CARACAL_ADMIN_TOKEN_FILE:-.caracal/secrets/admin_token}
+timeout=${SMOKE_TIMEOUT:-60}
+
+fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
+ok() { echo "smoke: ok   $*"; }
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
+body() { curl -s --max-time 5 "$@"; }
+
+command -v curl >/dev/null || fail "curl is not installed"
+[ -r "$bearer_file" ] || fail "cannot read the metrics bearer file $bearer_file (set METRICS_BEARER_FILE)"
+[ -r "$admin_file" ] || fail "cannot read the admin token file $admin_file (set CARACAL_ADMIN_TOKEN_FILE)"
+bearer=$(head -n1 "$bearer_file" | tr -d '[:space:]')
+admin=$(head -n1 "$admin_file" | tr -d '[:space:]')
+
+# Polls until "$@" succeeds or the timeout passes.
+eventually() {
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+
+for service in "api $api" "coordinator $coordinator" "audit $audit"; do
+  set -- $service
+  [ "$(code "$2/health")" = 200 ] || fail "$1 /health at $2 is not 200"
+  [ "$(code "$2/ready")" = 200 ] || fail "$1 /ready at $2 is not 200 (run: caracal status --ready)"
+  ok "$1 /health and /ready answer 200"
+done
+
+name="smoke-$$-$RANDOM"
+created=$(code -X POST "$api/v1/targets" -H "authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d "{\"name\": \"$name\", \"instances\": [\"$api\"], \"interval_ms\": 500, \"timeout_ms\": 400}")
+[ "$created" = 201 ] || fail "registering target $name answered $created, not 201"
+ok "registered target $name"
+trap 'curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"' EXIT
+
+probed() { body "$api/v1/status" -H "authorization: Bearer $admin" | grep -q "\"target\":\"$name\"[^}]*\"status\":\"up\""; }
+eventually probed || fail "the coordinator did not report $name up within ${timeout}s (GET $api/v1/status)"
+ok "the coordinator probed $name: up"
+
+recorded() { body "$audit/v1/events?target=$name&type=instance.status_changed" -H "authorization: Bearer $admin" | grep -q '"to":"up"'; }
+eventually recorded || fail "no instance.status_changed event for $name in the audit ledger within ${timeout}s"
+ok "the audit ledger holds the status event of $name"
+
+for service in "api $api" "coordinator $coordinator" "audit $audit"; do
+  set -- $service
+  mode=$(body "$2/health" | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')
+  scrape=$(curl -s --max-time 5 -w '\n%{http_code}' -H "authorization: Bearer $bearer" "$2/metrics")
+  [ "$(tail -n1 <<<"$scrape")" = 200 ] || fail "$1 /metrics with the bearer is not 200"
+  grep -q '^caracal_build_info{' <<<"$scrape" || fail "$1 /metrics has no caracal_build_info"
+  without=$(code "$2/metrics")
+  if [ "$mode" != dev ] && [ "$without" != 401 ]; then
+    fail "$1 /metrics without the bearer answered $without in $mode mode, not 401"
+  fi
+  ok "$1 /metrics: 200 with the bearer, $without without (mode ${mode:-unknown})"
+done
+
+echo "smoke: passed"

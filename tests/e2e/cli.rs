@@ -1,0 +1,170 @@
+//! The `caracal` binary: exit codes for pass, fail, could-not-check and usage; `--wait`; and
+//! `up` → `status --ready` → `doctor` → `down -v` on the real binaries, leaving no process and
+//! no port behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+const CARACAL: &str = env!("CARGO_BIN_EXE_caracal");
+
+fn caracal(dir: &Path, args: &[&str]) -> Output {
+    Command::new(CARACAL)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("METRICS_BEARER_FILE")
+        .output()
+        .expect("run caracal")
+}
+
+/// A server whose /health answers `code` (after `delay` from its start).
+async fn server(code: StatusCode, delay: Duration) -> String {
+    let started = Instant::now();
+    let app = Router::new().route(
+        "/health",
+        get(move || async move {
+            if started.elapsed() >= delay {
+                (code, r#"{"status":"x","mode":"dev"}"#)
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "{}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn code(output: &Output) -> Option<i32> {
+    output.status.code()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_exit_codes_tell_pass_fail_could_not_check_and_usage_apart() {
+    let dir = tempfile_dir();
+    let good = server(StatusCode::OK, Duration::ZERO).await;
+    let bad = server(StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO).await;
+    let nobody = format!("http://127.0.0.1:{}", caracal_testkit::free_port().expect("port"));
+    let run = |urls: &[(&str, &str)], extra: &[&str]| {
+        let mut args: Vec<String> = vec!["status".into()];
+        for (name, url) in urls {
+            args.push("--url".into());
+            args.push(format!("{name}={url}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || caracal(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let all_pass = run(&[("api", &good)], &[]).await.expect("join");
+    assert_eq!(code(&all_pass), Some(0), "{}", String::from_utf8_lossy(&all_pass.stdout));
+    let some_fail = run(&[("api", &good), ("audit", &bad)], &[]).await.expect("join");
+    assert_eq!(code(&some_fail), Some(1));
+    let cannot = run(&[("api", &good), ("audit", &nobody)], &["--timeout", "500ms"]).await.expect("join");
+    assert_eq!(code(&cannot), Some(3), "could not check is not fail");
+    assert!(String::from_utf8_lossy(&cannot.stdout).contains("unreachable"));
+    let json = run(&[("api", &good), ("audit", &bad)], &["--json"]).await.expect("join");
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json is JSON");
+    assert_eq!(doc["summary"]["fail"], 1);
+    assert_eq!(doc["exit_code"], 1);
+    let usage = run(&[], &["--url", "no-equals-sign"]).await.expect("join");
+    assert_eq!(code(&usage), Some(2));
+    let unknown = tokio::task::spawn_blocking(move || caracal(Path::new("."), &["launch"])).await.expect("join");
+    assert_eq!(code(&unknown), Some(2));
+
+    // --wait retries until the service turns healthy.
+    let late = server(StatusCode::OK, Duration::from_secs(1)).await;
+    let waited = run(&[("api", &late)], &["--wait", "10s"]).await.expect("join");
+    assert_eq!(code(&waited), Some(0), "{}", String::from_utf8_lossy(&waited.stderr));
+    let gave_up = run(&[("api", &bad)], &["--wait", "1s"]).await.expect("join");
+    assert_eq!(code(&gave_up), Some(1));
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(caracal_testkit::unique_name("caracal-cli"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // PostgreSQL runs as the postgres user when the tests run as root: it must enter here.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn pids(caracal_dir: &Path) -> Vec<i32> {
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(caracal_dir.join("run")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    files.push(caracal_dir.join("redis/redis.pid"));
+    files.push(caracal_dir.join("postgres/data/postmaster.pid"));
+    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()?.lines().next()?.trim().parse().ok()).collect()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_status_doctor_down_leave_nothing_behind() {
+    let dir = tempfile_dir();
+    let ports: Vec<u16> = (0..5).map(|_| caracal_testkit::free_port().expect("port")).collect();
+    let port_args: Vec<String> = ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port"]
+        .iter()
+        .zip(&ports)
+        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+        .collect();
+    let mut up_args = vec!["up".to_string(), "--mode".into(), "rc".into()];
+    up_args.extend(port_args);
+    let run = |args: Vec<String>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || caracal(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let up = run(up_args.clone()).await.expect("join");
+    assert_eq!(code(&up), Some(0), "up failed:\n{}", String::from_utf8_lossy(&up.stderr));
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        stdout.contains("Caracal is up (mode rc)") && stdout.contains(&format!("http://127.0.0.1:{}", ports[0])),
+        "{stdout}"
+    );
+    let secret = dir.join(".caracal/secrets/metrics_bearer");
+    let mode = std::fs::metadata(&secret).expect("secret").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "secrets are private");
+
+    let again = run(vec!["up".into()]).await.expect("join");
+    assert_eq!(code(&again), Some(0), "running up twice is harmless: {}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    let status = run(vec!["status".into(), "--ready".into(), "--json".into()]).await.expect("join");
+    assert_eq!(code(&status), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(doc["summary"]["pass"], 3);
+    assert!(doc["services"].as_array().expect("services").iter().all(|s| s["mode"] == "rc"));
+
+    let doctor = run(vec!["doctor".into(), "--json".into()]).await.expect("join");
+    assert_eq!(code(&doctor), Some(0), "{}", String::from_utf8_lossy(&doctor.stdout));
+    let findings: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("json");
+    let findings = findings["findings"].as_array().expect("findings").clone();
+    let has = |subject: &str, message: &str| {
+        findings.iter().any(|f| f["subject"] == subject && f["message"].as_str().is_some_and(|m| m.contains(message)))
+    };
+    assert!(has("api /metrics", "refuses scrapes without the bearer"), "{findings:?}");
+    assert!(has("api /metrics", "accepts the managed bearer"));
+    assert!(has("migrations", "schema at version"));
+    assert!(has("stream caracal.events", "group audit"));
+    assert!(findings.iter().any(|f| f["subject"] == "clock skew: postgres"));
+
+    let before = pids(&dir.join(".caracal"));
+    assert_eq!(before.len(), 5, "three services, Redis and PostgreSQL: {before:?}");
+    let down = run(vec!["down".into(), "-v".into()]).await.expect("join");
+    assert_eq!(code(&down), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!dir.join(".caracal").exists(), "down -v deletes the data");
+    for pid in before {
+        assert!(!alive(pid), "process {pid} survived down");
+    }
+    for port in ports {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} is still taken");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
