@@ -168,3 +168,40 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_port_is_a_one_line_error_saying_what_to_do() {
+    let dir = tempfile_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let free = || caracal_testkit::free_port().expect("port").to_string();
+    let args = [
+        "up",
+        "--api-port",
+        &free(),
+        "--coordinator-port",
+        &free(),
+        "--audit-port",
+        &free(),
+        "--pg-port",
+        &port,
+        "--redis-port",
+        &free(),
+    ]
+    .map(String::from);
+    let d = dir.clone();
+    let up = tokio::task::spawn_blocking(move || caracal(&d, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("join");
+    assert_eq!(code(&up), Some(1));
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains(&format!("port {port} (PostgreSQL) is already in use")) && last.contains("--pg-port"),
+        "{stderr}"
+    );
+    let d = dir.clone();
+    let down = tokio::task::spawn_blocking(move || caracal(&d, &["down", "-v"])).await.expect("join");
+    assert_eq!(code(&down), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
