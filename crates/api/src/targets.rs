@@ -84,17 +84,13 @@ pub(crate) async fn create(
     let Json(spec) = body?;
     spec.validate()?;
     let mut tx = state.pool.begin().await?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+    let id: Option<i64> = bind_spec(
+        sqlx::query_scalar(
+            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING id",
+        ),
+        &spec,
     )
-    .bind(&spec.name)
-    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
-    .bind(&spec.health_path)
-    .bind(&spec.ready_path)
-    .bind(&spec.metrics_path)
-    .bind(spec.interval_ms)
-    .bind(spec.timeout_ms)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else { return Err(ApiError::Conflict(spec.name)) };
@@ -124,17 +120,13 @@ pub(crate) async fn replace(
         return Err(ApiError::invalid("name", format!("must match the path (`{name}`); targets are not renamed")));
     }
     let mut tx = state.pool.begin().await?;
-    let id: Option<i64> = sqlx::query_scalar(
-        "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
+    let id: Option<i64> = bind_spec(
+        sqlx::query_scalar(
+            "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
          timeout_ms = $7, updated_at = now() WHERE name = $1 RETURNING id",
+        ),
+        &spec,
     )
-    .bind(&spec.name)
-    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
-    .bind(&spec.health_path)
-    .bind(&spec.ready_path)
-    .bind(&spec.metrics_path)
-    .bind(spec.interval_ms)
-    .bind(spec.timeout_ms)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(id) = id else { return Err(ApiError::NotFound(name)) };
@@ -175,6 +167,21 @@ pub(crate) async fn remove(State(state): State<ApiState>, Path(name): Path<Strin
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Binds a target's columns as `$1`..`$7`: name, labels, the three paths, interval, timeout.
+fn bind_spec<'q>(query: TargetQuery<'q>, spec: &'q TargetSpec) -> TargetQuery<'q> {
+    query
+        .bind(&spec.name)
+        .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
+        .bind(&spec.health_path)
+        .bind(&spec.ready_path)
+        .bind(&spec.metrics_path)
+        .bind(spec.interval_ms)
+        .bind(spec.timeout_ms)
+}
+
+/// A statement over a target's columns returning its id.
+type TargetQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
 
 fn event(event_type: &str, spec: &TargetSpec) -> NewEvent {
     NewEvent {
