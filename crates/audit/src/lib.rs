@@ -51,7 +51,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
             max_age: config.max_pending_age,
         },
     );
-    let consumer = consumer::Consumer::new(pool.clone(), consumer_redis, metrics, config.clone());
+    let consumer = consumer::Consumer::new(pool.clone(), consumer_redis, metrics.clone(), config.clone());
     let routes = Router::new()
         .route("/v1/events", get(events::list))
         .layer(axum::middleware::from_fn_with_state(admin, caracal_core::auth::require_admin))
@@ -59,22 +59,25 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis.clone()))
         .check(lag)
-        .check(dlq_check(redis))
+        .check(dlq_check(redis, metrics))
         .routes(routes)
         .worker("consumer", move |stop| consumer.run(stop)))
 }
 
-/// `dlq:length` (delivery rung, not required): the DLQ is empty. Poison entries are an alert,
+/// `dlq:length` (delivery rung, not required): the DLQ is empty; records
+/// `caracal_audit_dlq_length`. Poison entries are an alert,
 /// never a reason to take the ledger out of rotation.
-pub fn dlq_check(redis: ConnectionManager) -> Check {
+pub fn dlq_check(redis: ConnectionManager, metrics: metrics::Metrics) -> Check {
     Check::new("dlq:length", Rung::Delivery, move || {
         let mut redis = redis.clone();
+        let metrics = metrics.clone();
         async move {
             let len: u64 = redis::cmd("XLEN")
                 .arg(stream::EVENTS_DLQ)
                 .query_async(&mut redis)
                 .await
                 .map_err(|e| Failure::new(format!("XLEN failed: {e}")))?;
+            metrics.dlq_length.set(i64::try_from(len).unwrap_or(i64::MAX));
             let observed = Observed::new(len as f64, "entries");
             if len > 0 {
                 Err(Failure::with(format!("{len} entries in {}", stream::EVENTS_DLQ), observed))

@@ -1,6 +1,7 @@
 //! `caracal_audit_*` metrics, declared once.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// The audit service's metric families.
@@ -10,6 +11,7 @@ pub struct Metrics {
     pub(crate) duplicates: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) claimed: Counter,
+    pub(crate) dlq_length: Gauge,
 }
 
 impl Metrics {
@@ -20,6 +22,7 @@ impl Metrics {
         registry.register("events_duplicate", "Deliveries of events the ledger already held", m.duplicates.clone());
         registry.register("events_dead_lettered", "Entries moved to the DLQ", m.dead_lettered.clone());
         registry.register("entries_claimed", "Pending entries taken over from another consumer", m.claimed.clone());
+        registry.register("dlq_length", "Entries in caracal.events.dlq", m.dlq_length.clone());
         m
     }
 }

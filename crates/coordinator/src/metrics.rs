@@ -14,12 +14,22 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of `caracal_coordinator_instance_up`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The target's name.
+    pub target: String,
+    /// The instance's base URL.
+    pub instance: String,
+}
+
 /// The coordinator's metric families.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub(crate) probes: Family<ResultLabels, Counter>,
     pub(crate) probe_duration: Histogram,
     pub(crate) instances_owned: Gauge,
+    pub(crate) instance_up: Family<InstanceLabels, Gauge>,
     pub(crate) transitions: Counter,
     pub(crate) relay_batch: Histogram,
     pub(crate) relay_published: Counter,
@@ -35,6 +45,7 @@ impl Metrics {
             probes: Family::default(),
             probe_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             instances_owned: Gauge::default(),
+            instance_up: Family::default(),
             transitions: Counter::default(),
             relay_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             relay_published: Counter::default(),
@@ -49,6 +60,11 @@ impl Metrics {
             m.probe_duration.clone(),
         );
         registry.register("instances_owned", "Instances this replica probes", m.instances_owned.clone());
+        registry.register(
+            "instance_up",
+            "1 when a watched instance's recorded status is up (exported by the replica probing it)",
+            m.instance_up.clone(),
+        );
         registry.register("transitions", "Status transitions recorded", m.transitions.clone());
         registry.register("relay_batch_size", "Outbox rows relayed per batch", m.relay_batch.clone());
         registry.register("relay_published", "Outbox rows published to the stream", m.relay_published.clone());

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinatorConfig;
 use crate::membership::Membership;
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::{InstanceLabels, Metrics, ResultLabels};
 
 /// What an instance is, as far as probes can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,6 +120,18 @@ impl Judge {
             current if observed > current => self.success_threshold,
             _ => self.failure_threshold,
         }
+    }
+}
+
+/// Removes an instance's `instance_up` series when its probe task ends (ownership moved).
+struct Exported<'a> {
+    metrics: &'a Metrics,
+    labels: InstanceLabels,
+}
+
+impl Drop for Exported<'_> {
+    fn drop(&mut self) {
+        self.metrics.instance_up.remove(&self.labels);
     }
 }
 
@@ -281,7 +293,10 @@ impl Prober {
     }
 
     async fn probe_loop(self, instance: Instance, status: Status, stop: CancellationToken) {
+        let labels = InstanceLabels { target: instance.target.clone(), instance: instance.url.clone() };
         let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
+        // While this replica owns the instance it exports its status; the series goes with it.
+        let _exported = Exported { metrics: &self.metrics, labels: labels.clone() };
         // Spread first probes over one interval, so a takeover does not probe in a burst.
         let mut wait = instance.interval.mul_f64(fastrand::f64());
         loop {
@@ -296,7 +311,9 @@ impl Prober {
             drop(permit);
             self.metrics.probe_duration.observe(started.elapsed().as_secs_f64());
             self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
-            let Some(from) = judge.observe(observed) else { continue };
+            let changed = judge.observe(observed);
+            self.metrics.instance_up.get_or_create(&labels).set(i64::from(judge.status() == Status::Up));
+            let Some(from) = changed else { continue };
             match self.record(&instance, from, observed, error.as_deref()).await {
                 Ok(true) => {
                     self.metrics.transitions.inc();

@@ -17,7 +17,7 @@ use crate::check::{Check, Failure, ProbeResult, Rung, Timing};
 use crate::config::CheckDefaults;
 use crate::ladder::{self, CheckState, Status};
 use crate::lifecycle::Lifecycle;
-use crate::metrics::{CheckLabels, CheckRungLabels, Metrics, ServiceLabels};
+use crate::metrics::{CheckLabels, CheckRungLabels, FailingLabels, Metrics, ServiceLabels};
 
 /// The checks of one service, their states, and the published snapshot.
 #[derive(Debug)]
@@ -53,6 +53,7 @@ impl Evaluator {
                 .check_up
                 .get_or_create(&CheckRungLabels { check: s.name.clone(), rung: s.rung.as_str().into() })
                 .set(0);
+            metrics.check_failing.get_or_create(&failing_labels(s)).set(0);
         }
         metrics.ready.get_or_create(&ServiceLabels { service: service.into() }).set(0);
         // Rungs with no required check are open from the start.
@@ -159,6 +160,8 @@ impl Evaluator {
                 .check_up
                 .get_or_create(&CheckRungLabels { check: c.state.name.clone(), rung: c.state.rung.as_str().into() })
                 .set(up);
+            let failing = i64::from(matches!(c.status, Status::Fail | Status::Warn));
+            self.metrics.check_failing.get_or_create(&failing_labels(c.state)).set(failing);
         }
         let ready = i64::from(report.status != Status::Fail && !self.lifecycle.is_draining());
         self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(ready);
@@ -173,6 +176,10 @@ impl Evaluator {
     pub(crate) fn set_unready(&self) {
         self.metrics.ready.get_or_create(&ServiceLabels { service: self.service.clone() }).set(0);
     }
+}
+
+fn failing_labels(state: &CheckState) -> FailingLabels {
+    FailingLabels { check: state.name.clone(), rung: state.rung.as_str().into(), required: state.required.to_string() }
 }
 
 /// Every check's state at one moment, numbered so readers can cache what they derive from it.

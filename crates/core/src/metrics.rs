@@ -44,6 +44,17 @@ pub struct CheckRungLabels {
     pub rung: String,
 }
 
+/// Labels of `caracal_check_failing`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailingLabels {
+    /// Check name (`component:measurement`).
+    pub check: String,
+    /// Its rung.
+    pub rung: String,
+    /// `true` when the check's failure makes the service unready.
+    pub required: String,
+}
+
 /// Labels of the other per-check metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
@@ -87,6 +98,7 @@ pub struct Metrics {
     pub(crate) build_info: Family<BuildLabels, Gauge>,
     pub(crate) ready: Family<ServiceLabels, Gauge>,
     pub(crate) check_up: Family<CheckRungLabels, Gauge>,
+    pub(crate) check_failing: Family<FailingLabels, Gauge>,
     pub(crate) check_duration: Family<CheckLabels, Histogram>,
     pub(crate) check_last_success: Family<CheckLabels, FloatGauge>,
     pub(crate) check_transitions: Family<CheckLabels, Counter>,
@@ -117,6 +129,7 @@ impl Metrics {
             build_info: Family::default(),
             ready: Family::default(),
             check_up: Family::default(),
+            check_failing: Family::default(),
             check_duration: Family::new_with_constructor(check_buckets as fn() -> Histogram),
             check_last_success: Family::default(),
             check_transitions: Family::default(),
@@ -131,6 +144,11 @@ impl Metrics {
         registry.register("caracal_build_info", "Build and mode of this service (always 1)", m.build_info.clone());
         registry.register("caracal_ready", "1 when the service reports ready", m.ready.clone());
         registry.register("caracal_check_up", "1 when the check passes", m.check_up.clone());
+        registry.register(
+            "caracal_check_failing",
+            "1 when the check fails (not when skipped above a failing rung); alerts key on required",
+            m.check_failing.clone(),
+        );
         registry.register("caracal_check_duration_seconds", "Time one run of the check took", m.check_duration.clone());
         registry.register(
             "caracal_check_last_success_timestamp_seconds",

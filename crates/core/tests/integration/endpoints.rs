@@ -89,6 +89,7 @@ async fn golden_signals_use_route_templates_and_skip_probes() {
         "caracal_build_info{service=\"test\",version=\"0.0.0\",mode=\"stable\"} 1",
         "caracal_ready{service=\"test\"} 1",
         "caracal_check_up{check=\"app:dependency\",rung=\"service\"} 0",
+        "caracal_check_failing{check=\"app:dependency\",rung=\"service\",required=\"false\"} 1",
         "caracal_check_duration_seconds_bucket{",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
