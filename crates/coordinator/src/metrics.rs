@@ -19,8 +19,8 @@ pub struct ResultLabels {
 pub struct InstanceLabels {
     /// The target's name.
     pub target: String,
-    /// The instance's base URL.
-    pub instance: String,
+    /// The instance's base URL (not `instance`, which Prometheus gives the scrape target).
+    pub url: String,
 }
 
 /// The coordinator's metric families.

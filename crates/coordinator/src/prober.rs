@@ -293,7 +293,7 @@ impl Prober {
     }
 
     async fn probe_loop(self, instance: Instance, status: Status, stop: CancellationToken) {
-        let labels = InstanceLabels { target: instance.target.clone(), instance: instance.url.clone() };
+        let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
         let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
         // While this replica owns the instance it exports its status; the series goes with it.
         let _exported = Exported { metrics: &self.metrics, labels: labels.clone() };

@@ -1,0 +1,244 @@
+"""The chart, statically: renders (default, dev, production), lints strictly, validates every
+kind, refuses bad values, keeps env names true to the code, ships the dashboards, and its
+alert rules pass promtool's checks and unit tests (a firing and a quiet case per alert)."""
+
+import json
+import re
+import subprocess
+import tempfile
+
+import helm_python
+import pytest
+import yaml
+
+from conftest import CHART, HERE, ROOT, URLS, documents, render, tool, values_file
+
+CORE_KINDS = {"Deployment", "Service", "ConfigMap", "Secret", "Job", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
+
+
+@pytest.mark.parametrize("values_name", [None, "values-dev.yaml", "values-production.yaml"])
+def test_renders_and_lints_strictly(values_name):
+    values = URLS if values_name is None else values_file(values_name)
+    docs = documents(render(values))
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "Job", "ServiceMonitor", "PrometheusRule"} <= kinds
+    report = helm_python.lint(str(CHART), values=values, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+def test_every_core_kind_validates_strictly():
+    for values in [URLS, values_file("values-dev.yaml"), values_file("values-production.yaml")]:
+        docs = [d for d in documents(render(values)) if d["kind"] in CORE_KINDS]
+        with tempfile.TemporaryDirectory() as tmp:
+            files = []
+            for i, doc in enumerate(docs):
+                path = f"{tmp}/{i}-{doc['kind']}.yaml"
+                with open(path, "w") as f:
+                    yaml.safe_dump(doc, f)
+                files.append(path)
+            result = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", *files], capture_output=True, text=True)
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_servicemonitors_and_rules_validate_against_the_operator_schemas():
+    docs = [d for d in documents(render(values_file("values-production.yaml"))) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
+    result = subprocess.run(["node", str(HERE / "validate_crds.mjs")], input=json.dumps(docs), capture_output=True, text=True, cwd=HERE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("valid ") == 4, result.stdout
+
+
+def test_deployments_are_hardened_and_probed():
+    for doc in (d for d in documents(render()) if d["kind"] == "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert container["startupProbe"]["httpGet"]["path"] == "/health"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["timeoutSeconds"] >= 1, probe
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 0
+        assert pod["terminationGracePeriodSeconds"] >= 3 + 5 + 15 + 5
+        env = {e["name"]: e for e in container["env"]}
+        assert env["CARACAL_MODE"]["value"] == "stable"
+
+
+def test_a_grace_period_that_cannot_cover_the_drain_is_refused():
+    values = dict(URLS, terminationGracePeriodSeconds=10)
+    with pytest.raises(helm_python.HelmError, match="terminationGracePeriodSeconds"):
+        render(values)
+
+
+def test_bad_values_are_refused_by_the_schema():
+    for bad in [dict(URLS, mode="production"), dict(URLS, services={"api": {"enabled": True, "port": 0, "replicas": 1}})]:
+        with pytest.raises(helm_python.HelmError):
+            render(bad)
+
+
+def test_env_names_are_the_codes_names():
+    env_rs = (ROOT / "crates/core/src/env.rs").read_text()
+    known = set(re.findall(r'pub const \w+: &str = "([A-Z_]+)";', env_rs))
+    assert {"DATABASE_URL", "REDIS_URL", "PORT", "CARACAL_MODE", "METRICS_BEARER_FILE"} <= known
+    rendered = documents(render(values_file("values-production.yaml")))
+    names = set()
+    for doc in rendered:
+        if doc["kind"] in ("Deployment", "Job"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                names |= {e["name"] for e in container.get("env", [])}
+    assert names, "no env at all?"
+    unknown = names - known
+    assert not unknown, f"env names the code does not read: {unknown}"
+
+
+def test_the_config_file_loads_in_the_real_binary():
+    """The ConfigMap's caracal.toml goes through caracal-core's loader: a bad key would exit 2."""
+    config = next(d for d in documents(render()) if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])
+    binary = ROOT / "target" / "debug" / "caracal-api"
+    assert binary.exists(), "build the binaries first (cargo build --bins)"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(config["data"]["caracal.toml"])
+        f.flush()
+        env = {"CARACAL_CONFIG": f.name, "DATABASE_URL": "postgres://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/", "CARACAL_MODE": "dev"}
+        result = subprocess.run([str(binary), "--migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr  # the config loaded; only the database is absent
+    assert "invalid configuration" not in result.stderr
+
+
+def test_secret_is_generated_or_taken_from_an_existing_one():
+    generated = next(d for d in documents(render()) if d["kind"] == "Secret")
+    assert set(generated["data"]) == {"metrics-bearer", "admin-token", "database-url", "redis-url"}
+    assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    production = documents(render(values_file("values-production.yaml")))
+    assert not [d for d in production if d["kind"] == "Secret"]
+    for monitor in (d for d in production if d["kind"] == "ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "caracal-production", "key": "metrics-bearer"}}
+        assert "bearerTokenSecret" not in endpoint and "bearerTokenFile" not in endpoint
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_the_chart_ships_the_dashboards_of_infra_grafana():
+    shipped = {d["metadata"]["name"]: d for d in documents(render()) if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]}
+    sources = sorted((ROOT / "infra" / "grafana").glob("*.json"))
+    assert len(shipped) == len(sources) == 2
+    for source in sources:
+        assert (CHART / "dashboards" / source.name).read_text() == source.read_text(), f"{source.name}: chart copy differs"
+        json.loads(source.read_text())
+
+
+def test_every_alert_has_severity_annotations_and_its_own_runbook_anchor():
+    rules = rule_groups()
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    anchors = {h.strip().lower() for h in re.findall(r"^## (Caracal\w+)", runbooks, re.M)}
+    alerts = [r for g in rules for r in g["rules"]]
+    assert len(alerts) >= 13
+    for alert in alerts:
+        name = alert["alert"]
+        assert re.fullmatch(r"Caracal[A-Z][A-Za-z0-9]+", name)
+        assert alert["labels"]["severity"] in ("critical", "warning")
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+        assert alert["annotations"]["runbook_url"].endswith("#" + name.lower())
+        assert name.lower() in anchors, f"docs/runbooks.md has no section for {name}"
+
+
+def rule_groups(values=None):
+    rule = next(d for d in documents(render(values)) if d["kind"] == "PrometheusRule")
+    return rule["spec"]["groups"]
+
+
+def test_promtool_checks_the_rendered_rules():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/rules.yml"
+        with open(path, "w") as f:
+            yaml.safe_dump({"groups": rule_groups()}, f)
+        result = subprocess.run([tool("promtool"), "check", "rules", path], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Per alert: input series that make it fire, series that keep it quiet, the labels it fires
+# with, and when to look (after its `for:`).
+NS = 'namespace="caracal"'
+CASES = {
+    "CaracalServiceNotReady": ([f'caracal_ready{{{NS},job="caracal-api",service="api"}}', "0x40"], "1x40", {"job": "caracal-api", "service": "api"}, "15m"),
+    "CaracalRequiredCheckFailing": (
+        [f'caracal_check_failing{{{NS},job="caracal-api",check="redis:connectivity",rung="storage",required="true"}}', "1x40"],
+        "0x40", {"job": "caracal-api", "check": "redis:connectivity", "rung": "storage"}, "15m"),
+    "CaracalReadinessFlapping": ([f'caracal_check_transitions_total{{{NS},job="caracal-api",check="redis:connectivity"}}', "0+1x40"], "5x40",
+                                 {"job": "caracal-api", "check": "redis:connectivity"}, "20m"),
+    "CaracalOutboxBacklogTooOld": ([f'caracal_outbox_oldest_pending_age_seconds{{{NS},job="caracal-api"}}', "900x40"], "3x40", {"job": "caracal-api"}, "15m"),
+    "CaracalOutboxDeadRows": ([f'caracal_outbox_dead{{{NS},job="caracal-api"}}', "2x40"], "0x40", {"job": "caracal-api"}, "15m"),
+    "CaracalStreamLagHigh": ([f'caracal_stream_lag{{{NS},stream="caracal.events",group="audit"}}', "50000x40"], "10x40",
+                             {"stream": "caracal.events", "group": "audit"}, "20m"),
+    "CaracalStreamPendingTooOld": ([f'caracal_stream_oldest_pending_age_seconds{{{NS},stream="caracal.events",group="audit"}}', "900x40"], "2x40",
+                                   {"stream": "caracal.events", "group": "audit"}, "20m"),
+    "CaracalDLQNotEmpty": ([f'caracal_audit_dlq_length{{{NS},job="caracal-audit"}}', "3x40"], "0x40", {"job": "caracal-audit"}, "15m"),
+    "CaracalMetricsScrapeFailing": (['up{job="caracal-api",instance="10.0.0.1:3000"}', "0x40"], "1x40", {"job": "caracal-api", "instance": "10.0.0.1:3000"}, "15m"),
+    "CaracalFleetInstanceDown": ([f'caracal_coordinator_instance_up{{{NS},target="shop",url="http://shop:80"}}', "0x40"], "1x40",
+                                 {"target": "shop", "url": "http://shop:80"}, "15m"),
+}
+
+
+def expected_annotations(rule, labels):
+    out = {}
+    for key, text in rule["annotations"].items():
+        out[key] = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), text)
+    return out
+
+
+def http_case(name, rule, errors, eval_time, samples):
+    """Requests growing 10/min; `errors` of them 5xx."""
+    labels = {"namespace": "caracal", "job": "caracal-api"}
+    series = [
+        {"series": f'http_server_requests_total{{{NS},job="caracal-api",method="GET",route="/v1/status",status="200"}}', "values": f"0+{10 - errors}x{samples}"},
+        {"series": f'http_server_requests_total{{{NS},job="caracal-api",method="GET",route="/v1/status",status="500"}}', "values": f"0+{errors}x{samples}"},
+    ]
+    fired = [{"exp_labels": dict(labels, severity=rule["labels"]["severity"]), "exp_annotations": expected_annotations(rule, labels)}] if errors else []
+    return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": eval_time, "alertname": name, "exp_alerts": fired}]}
+
+
+def latency_case(name, rule, slow):
+    labels = {"namespace": "caracal", "job": "caracal-api"}
+    base = f'http_server_request_duration_seconds_bucket{{{NS},job="caracal-api",method="GET",route="/v1/status",le='
+    fast_bucket, slow_bucket = ("0", "10") if slow else ("10", "0")
+    series = [
+        {"series": base + '"0.5"}', "values": f"0+{fast_bucket}x40"},
+        {"series": base + '"2.5"}', "values": f"0+{fast_bucket}x40"},
+        {"series": base + '"+Inf"}', "values": "0+10x40"},
+    ]
+    del slow_bucket
+    fired = [{"exp_labels": dict(labels, severity=rule["labels"]["severity"]), "exp_annotations": expected_annotations(rule, labels)}] if slow else []
+    return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": fired}]}
+
+
+def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
+    rules = {r["alert"]: r for g in rule_groups() for r in g["rules"]}
+    tests = []
+    for name, (fire, quiet, labels, eval_time) in CASES.items():
+        rule = rules[name]
+        full = dict(labels)
+        if "namespace" in rule["expr"]:
+            full["namespace"] = "caracal"
+        fired = [{"exp_labels": dict(full, severity=rule["labels"]["severity"]), "exp_annotations": expected_annotations(rule, full)}]
+        tests.append({"interval": "1m", "input_series": [{"series": fire[0], "values": fire[1]}],
+                      "alert_rule_test": [{"eval_time": eval_time, "alertname": name, "exp_alerts": fired}]})
+        tests.append({"interval": "1m", "input_series": [{"series": fire[0], "values": quiet}],
+                      "alert_rule_test": [{"eval_time": eval_time, "alertname": name, "exp_alerts": []}]})
+    tests.append(http_case("CaracalErrorBudgetFastBurn", rules["CaracalErrorBudgetFastBurn"], 5, "70m", 100))
+    tests.append(http_case("CaracalErrorBudgetFastBurn", rules["CaracalErrorBudgetFastBurn"], 0, "70m", 100))
+    tests.append(http_case("CaracalErrorBudgetSlowBurn", rules["CaracalErrorBudgetSlowBurn"], 5, "400m", 420))
+    tests.append(http_case("CaracalErrorBudgetSlowBurn", rules["CaracalErrorBudgetSlowBurn"], 0, "400m", 420))
+    tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], True))
+    tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], False))
+    covered = {t["alert_rule_test"][0]["alertname"] for t in tests}
+    assert covered == set(rules), f"alerts without a unit test: {set(rules) - covered}"
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/rules.yml", "w") as f:
+            yaml.safe_dump({"groups": rule_groups()}, f)
+        with open(f"{tmp}/tests.yml", "w") as f:
+            yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}, f)
+        result = subprocess.run([tool("promtool"), "test", "rules", f"{tmp}/tests.yml"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

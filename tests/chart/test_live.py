@@ -1,0 +1,146 @@
+"""The chart's rules and dashboards against a real Prometheus scraping the real services:
+`caracal up --mode rc` on free ports, Prometheus (Debian's package) scraping each service with
+the bearer from a file and once more without it, the rendered rules loaded; then Redis stops
+under the services and the not-ready alert goes pending."""
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import ROOT, documents, render, tool
+
+CARACAL = ROOT / "target" / "debug" / "caracal"
+SERVICES = ("api", "coordinator", "audit")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, token=None, timeout=5):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def eventually(probe, within, what):
+    deadline = time.time() + within
+    last = None
+    while time.time() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {within}s (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def platform():
+    assert CARACAL.exists(), "build the binaries first (cargo build --bins)"
+    home = tempfile.mkdtemp(prefix="caracal-live-")
+    os.chmod(home, 0o755)  # PostgreSQL runs as the postgres user when we are root
+    ports = {name: free_port() for name in (*SERVICES, "pg", "redis")}
+    args = [str(CARACAL), "--dir", home, "up", "--mode", "rc", "--api-port", str(ports["api"]), "--coordinator-port", str(ports["coordinator"]),
+            "--audit-port", str(ports["audit"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
+    up = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    bearer_file = pathlib.Path(home) / ".caracal" / "secrets" / "metrics_bearer"
+    yield {"home": home, "ports": ports, "bearer_file": bearer_file, "bearer": bearer_file.read_text().strip()}
+    subprocess.run([str(CARACAL), "--dir", home, "down", "-v"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def prometheus(platform):
+    work = pathlib.Path(tempfile.mkdtemp(prefix="caracal-prometheus-"))
+    # The rules as the chart renders them, with a short `for:` so pending shows quickly.
+    rule = next(d for d in documents(render()) if d["kind"] == "PrometheusRule")
+    (work / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    scrape = []
+    for name in SERVICES:
+        target = {"targets": [f"127.0.0.1:{platform['ports'][name]}"]}
+        scrape.append({"job_name": f"caracal-{name}", "static_configs": [target],
+                       "authorization": {"type": "Bearer", "credentials_file": str(platform["bearer_file"])}})
+        scrape.append({"job_name": f"caracal-{name}-no-credentials", "static_configs": [target]})
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+              "rule_files": [str(work / "rules.yml")], "scrape_configs": scrape}
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    check = subprocess.run([tool("promtool"), "check", "config", str(work / "prometheus.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    port = free_port()
+    log = open(work / "prometheus.log", "w")
+    process = subprocess.Popen([tool("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                                f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    eventually(lambda: ready(base), 30, "Prometheus became ready")
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def ready(base):
+    try:
+        return get(f"{base}/-/ready") is not None
+    except OSError:
+        return False
+
+
+def query(base, expr):
+    body = json.loads(get(f"{base}/api/v1/query?query={urllib.parse.quote(expr)}"))
+    return {r["metric"].get("job", ""): float(r["value"][1]) for r in body["data"]["result"]}
+
+
+def test_scrapes_succeed_with_the_bearer_and_fail_without(prometheus):
+    def all_seen():
+        up = query(prometheus, "up")
+        return up if len(up) == 2 * len(SERVICES) else None
+    up = eventually(all_seen, 30, "every target scraped")
+    for name in SERVICES:
+        assert up[f"caracal-{name}"] == 1.0, up
+        assert up[f"caracal-{name}-no-credentials"] == 0.0, f"{name} must refuse a scrape without the bearer (401): {up}"
+
+
+def test_dashboard_queries_use_metric_names_that_exist(platform, prometheus):
+    # Traffic on a route of the API's own, so the golden-signal series exist.
+    get(f"http://127.0.0.1:{platform['ports']['api']}/openapi.json")
+    exposed = set()
+    for name in SERVICES:
+        text = get(f"http://127.0.0.1:{platform['ports'][name]}/metrics", platform["bearer"])
+        exposed |= {m.group(1) for m in re.finditer(r"^([a-z_:][a-z0-9_:]*)[{ ]", text, re.M)}
+    exposed.add("up")  # Prometheus's own, per target
+    used = set()
+    for path in sorted((ROOT / "infra" / "grafana").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                used |= set(re.findall(r"\b((?:caracal|http_server|process)_[a-z0-9_]+|up)\b(?=\s*[{\[)]|\s)", target["expr"]))
+    assert used, "no metric names found in the dashboards"
+    missing = sorted(used - exposed)
+    assert not missing, f"dashboard queries use metric names no service exposes: {missing}"
+
+
+def test_stopping_redis_makes_the_not_ready_alert_go_pending(platform, prometheus):
+    def alert_state(name):
+        body = json.loads(get(f"{prometheus}/api/v1/alerts"))
+        states = {a["state"] for a in body["data"]["alerts"] if a["labels"]["alertname"] == name}
+        return states
+    eventually(lambda: query(prometheus, "caracal_ready") and all(v == 1.0 for v in query(prometheus, "caracal_ready").values()), 60,
+               "every service ready in Prometheus")
+    assert not alert_state("CaracalServiceNotReady"), "nothing is pending while all is ready"
+    subprocess.run(["redis-cli", "-p", str(platform["ports"]["redis"]), "shutdown", "nosave"], capture_output=True, timeout=20)
+    states = eventually(lambda: alert_state("CaracalServiceNotReady") or None, 60, "CaracalServiceNotReady pending")
+    assert "pending" in states or "firing" in states, states
+    failing = eventually(lambda: query(prometheus, 'caracal_check_failing{check="redis:connectivity"} == 1') or None, 30,
+                         "redis:connectivity failing in Prometheus")
+    assert failing
