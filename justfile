@@ -1,5 +1,17 @@
 # Developer shortcuts. Each recipe is one plain command, so nothing here needs `just` itself.
 
+# Start the platform locally (PostgreSQL, Redis and every service under .caracal/).
+up:
+    cargo build --bins && target/debug/caracal up
+
+# Stop it (add -v by hand to delete the data).
+down:
+    target/debug/caracal down
+
+# Every service's readiness ladder.
+status:
+    target/debug/caracal status --ready
+
 # Run every test (real PostgreSQL and Redis are started by the testkit).
 test:
     cargo test --workspace
@@ -15,9 +27,13 @@ bench:
     cargo bench -p caracal-bin --bench pipeline
     cargo bench -p caracal-bin --bench prober
 
-# The example service on caracal-core (needs DATABASE_URL and REDIS_URL).
-example:
-    cargo run -p caracal-core --example service
+# The chart's tests (Helm SDK, schemas, promtool, a real Prometheus); .ci/run prepares the tools.
+chart:
+    PATH=$PWD/target/chart-tools/venv/bin:$PATH target/chart-tools/venv/bin/pytest -q tests/chart
+
+# The smoke test against a running platform.
+smoke:
+    bash infra/scripts/smokeTest.sh
 
 # What CI runs on a fresh machine.
 ci:
