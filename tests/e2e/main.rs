@@ -1,6 +1,7 @@
-//! End-to-end tests: the built `caracal-api`, `caracal-coordinator` and `caracal-audit`
-//! binaries against real PostgreSQL and Redis, talking HTTP over loopback.
+//! End-to-end tests: the built `caracal-api`, `caracal-coordinator`, `caracal-audit` and
+//! `caracal-sts` binaries against real PostgreSQL and Redis, talking HTTP over loopback.
 
 mod cli;
 mod pipeline;
 mod support;
+mod tokens;

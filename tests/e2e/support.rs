@@ -34,7 +34,12 @@ pub struct Service {
 
 /// Runs `binary` with the stores' URLs, `dev` mode, a free port and `env`; waits for `/ready`.
 pub async fn start(binary: &str, stores: &Stores, env: &[(&str, &str)]) -> Service {
-    let port = caracal_testkit::free_port().expect("port").to_string();
+    start_on(binary, stores, caracal_testkit::free_port().expect("port"), env).await
+}
+
+/// As [`start`], on `port` (to restart a service where its clients expect it).
+pub async fn start_on(binary: &str, stores: &Stores, port: u16, env: &[(&str, &str)]) -> Service {
+    let port = port.to_string();
     let redis_url = stores.redis.url();
     let mut all = vec![
         ("PORT", port.as_str()),

@@ -30,8 +30,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use caracal_core::auth::BearerAuth;
 use caracal_core::{App, Mode, Readiness, checks};
+use caracal_tokens::{Access, Guard, Scope};
 
 pub use config::ApiConfig;
 pub use error::ApiError;
@@ -44,8 +44,8 @@ pub const PORT: u16 = 3000;
 pub struct ApiState {
     /// The registry's database.
     pub pool: sqlx::PgPool,
-    /// Who may call `/v1/*`.
-    pub admin: Arc<BearerAuth>,
+    /// Who may call `/v1/*`: the admin token, or an STS token with `targets:read`/`targets:write`.
+    pub access: Access,
     /// The deployment mode (reads of `/v1/*` are open in `dev`).
     pub mode: Mode,
     /// The ladder's latest results, for `/healthchecks`.
@@ -56,7 +56,7 @@ pub struct ApiState {
     pub config: Arc<ApiConfig>,
 }
 
-/// The API's routes: `/v1/*` behind the admin bearer, plus `/healthchecks` and `/openapi.json`.
+/// The API's routes: `/v1/*` behind the admin token or a scoped STS token, plus `/healthchecks` and `/openapi.json`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/targets", get(targets::list).post(targets::create))
@@ -65,7 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status::current))
         // Target documents are small; a larger body is answered 413 with the API's error shape.
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.admin), caracal_core::auth::require_admin));
+        .layer(state.access.layer(Guard { read: Scope::TargetsRead, write: Scope::TargetsWrite }));
     Router::new()
         .merge(v1)
         .route("/healthchecks", get(healthchecks::aggregate))
@@ -76,18 +76,18 @@ pub fn router(state: ApiState) -> Router {
 /// Adds the API to `app`: storage, delivery and schema checks, routes, and the platform worker.
 ///
 /// # Errors
-/// Configuration errors (missing `DATABASE_URL` or `REDIS_URL`, bad `[api]` settings, an
-/// unusable admin token).
+/// Configuration errors (missing `DATABASE_URL` or `REDIS_URL`, bad `[api]` or `[tokens]`
+/// settings, an unusable admin token).
 pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: ApiConfig = app.config().section("api")?;
     let pool = app.postgres()?;
     let redis = app.redis()?;
-    let admin = Arc::new(app.admin_auth()?);
+    let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
     let platform = Arc::new(platform::PlatformView::default());
     let state = ApiState {
         pool: pool.clone(),
-        admin,
+        access,
         mode: app.config().core.mode,
         readiness: app.readiness(),
         platform: Arc::clone(&platform),

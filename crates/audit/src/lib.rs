@@ -13,7 +13,6 @@ pub mod consumer;
 mod events;
 pub mod metrics;
 
-use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
@@ -33,13 +32,13 @@ pub const GROUP: &str = "audit";
 ///
 /// # Errors
 /// Configuration errors (missing URLs, bad `[audit]` settings, an unusable admin token).
-pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
+pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: AuditConfig = app.config().section("audit")?;
     let pool = app.postgres()?;
     let redis = app.redis()?;
     // The consumer blocks in XREADGROUP; its own connection keeps the checks' PING prompt.
     let consumer_redis = app.redis()?;
-    let admin = Arc::new(app.admin_auth()?);
+    let (mut app, access) = caracal_tokens::install(app, pool.clone())?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_audit"));
     let lag = checks::stream_group(
         redis.clone(),
@@ -54,7 +53,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let consumer = consumer::Consumer::new(pool.clone(), consumer_redis, metrics.clone(), config.clone());
     let routes = Router::new()
         .route("/v1/events", get(events::list))
-        .layer(axum::middleware::from_fn_with_state(admin, caracal_core::auth::require_admin))
+        .layer(access.layer(caracal_tokens::Guard::all(caracal_tokens::Scope::EventsRead)))
         .with_state(events::EventsState { pool: pool.clone(), max_page: config.max_page });
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis.clone()))

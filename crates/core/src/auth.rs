@@ -157,6 +157,11 @@ impl BearerAuth {
         Ok(Self { mode, bearer })
     }
 
+    /// The deployment mode the policy applies.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Whether a bearer is configured at all.
     pub fn is_configured(&self) -> bool {
         !matches!(self.bearer, Bearer::None)

@@ -26,6 +26,9 @@ pub const PREFIX: &str = "CARACAL_";
 pub const CARACAL_ADMIN_TOKEN: &str = "CARACAL_ADMIN_TOKEN";
 /// A file holding the admin bearer, one or two tokens (config key `admin_token_file`).
 pub const CARACAL_ADMIN_TOKEN_FILE: &str = "CARACAL_ADMIN_TOKEN_FILE";
+/// A file holding the STS's key-encryption key, 32 random bytes in base64 (config key
+/// `sts.key_encryption_file`); required by the STS in `rc` and `stable`.
+pub const CARACAL_STS_KEY_ENCRYPTION_FILE: &str = "CARACAL_STS_KEY_ENCRYPTION_FILE";
 /// Log filter in `tracing-subscriber` syntax (config key `telemetry.log`).
 pub const RUST_LOG: &str = "RUST_LOG";
 
@@ -39,4 +42,5 @@ pub const WELL_KNOWN: &[(&str, &str)] = &[
     (METRICS_BEARER_FILE, "metrics.bearer_file"),
     (OTEL_EXPORTER_OTLP_ENDPOINT, "telemetry.otlp_endpoint"),
     (RUST_LOG, "telemetry.log"),
+    (CARACAL_STS_KEY_ENCRYPTION_FILE, "sts.key_encryption_file"),
 ];

@@ -9,6 +9,7 @@
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
 //!   them dispatched or failed, purging old rows.
 //! - [`stream`]: stream names and publishing a batch with `XADD`.
+//! - [`revocation`]: token revocations, written with their outbox event, and the set in force.
 //! - [`schema_check`]: the `postgres:schema_version` readiness check; [`storage_checks`]: it
 //!   with the PostgreSQL and Redis connectivity checks, the storage rung of every service.
 //!
@@ -18,6 +19,7 @@
 pub mod error;
 pub mod event;
 pub mod outbox;
+pub mod revocation;
 pub mod stream;
 
 use caracal_core::{Check, Failure, Observed, Rung};

@@ -11,7 +11,14 @@ pub const EVENTS_DLQ: &str = "caracal.events.dlq";
 /// Token revocations from the STS.
 pub const REVOCATIONS: &str = "caracal.revocations";
 
-/// Appends `events` to `stream` in one pipeline, trimming it to about `max_len` entries
+/// The streams an event is published to besides `caracal.events`, which gets every event so
+/// the ledger is complete: revocations also go to `caracal.revocations`.
+pub fn extra_streams(event: &Event) -> &'static [&'static str] {
+    if event.event_type == crate::revocation::EVENT_TYPE { &[REVOCATIONS] } else { &[] }
+}
+
+/// Appends `events` to `stream` (and, for `caracal.events`, each to its [`extra_streams`]) in
+/// one pipeline, trimming it to about `max_len` entries
 /// (`MAXLEN ~`, so trimming stays cheap). Either every entry was sent or an error is returned;
 /// a retry may then add some twice, which consumers absorb by outbox id.
 ///
@@ -25,11 +32,16 @@ pub async fn publish(
 ) -> Result<(), Error> {
     let mut pipe = redis::pipe();
     for event in events {
-        pipe.cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len).arg("*");
-        for (field, value) in event.to_fields() {
-            pipe.arg(field).arg(value);
+        let fields = event.to_fields();
+        // Only the main stream routes: `publish` to another stream sends just there.
+        let extra = if stream == EVENTS { extra_streams(event) } else { &[] };
+        for target in std::iter::once(&stream).chain(extra) {
+            pipe.cmd("XADD").arg(*target).arg("MAXLEN").arg("~").arg(max_len).arg("*");
+            for (field, value) in &fields {
+                pipe.arg(*field).arg(value);
+            }
+            pipe.ignore();
         }
-        pipe.ignore();
     }
     pipe.query_async::<()>(conn).await?;
     Ok(())

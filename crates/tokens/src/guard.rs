@@ -1,0 +1,156 @@
+//! [`Access`]: who may call a `/v1` route. The static admin token (the bootstrap credential)
+//! may call every route; an STS access token may call a route whose scope it carries.
+//!
+//! In `dev`, reads are open (as they were before tokens). A missing or invalid credential is
+//! 401 `unauthorized`; a valid token without the route's scope is 403 `insufficient_scope`
+//! (RFC 6750 §3.1), each with its `WWW-Authenticate` challenge.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use caracal_core::Mode;
+use caracal_core::auth::BearerAuth;
+
+use crate::claims::AccessClaims;
+use crate::scope::Scope;
+use crate::verifier::Verifier;
+
+/// The credentials a service accepts on its `/v1` routes.
+#[derive(Debug, Clone)]
+pub struct Access {
+    admin: Arc<BearerAuth>,
+    verifier: Option<Arc<Verifier>>,
+}
+
+/// The scopes a group of routes asks for: `read` for GET and HEAD, `write` for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// Scope for GET and HEAD.
+    pub read: Scope,
+    /// Scope for every other method.
+    pub write: Scope,
+}
+
+impl Guard {
+    /// One scope for every method.
+    pub fn all(scope: Scope) -> Self {
+        Self { read: scope, write: scope }
+    }
+}
+
+/// Who called, once let through.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The static admin token (or anyone, for a read in dev).
+    Admin,
+    /// An STS token.
+    Token(AccessClaims),
+}
+
+impl Access {
+    /// Accepts the admin token, and STS tokens when `verifier` is given.
+    pub fn new(admin: Arc<BearerAuth>, verifier: Option<Arc<Verifier>>) -> Self {
+        Self { admin, verifier }
+    }
+
+    /// The verifier, when this service accepts STS tokens.
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.verifier.as_ref()
+    }
+
+    /// Decides whether a request with `headers` may call a route asking for `scope`.
+    ///
+    /// # Errors
+    /// The response refusing it (401 or 403).
+    pub async fn authorize(&self, method: &Method, headers: &HeaderMap, scope: Scope) -> Result<Caller, Response> {
+        let read = matches!(*method, Method::GET | Method::HEAD);
+        if (read && self.admin.mode() == Mode::Dev) || self.admin.allows(headers) {
+            return Ok(Caller::Admin);
+        }
+        let Some(verifier) = &self.verifier else {
+            return Err(refuse(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required", None));
+        };
+        let Some(token) = bearer(headers) else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required: the admin token or an STS access token",
+                None,
+            ));
+        };
+        match verifier.verify(token).await {
+            Ok(claims) if scope.granted_by(&claims.scope) => Ok(Caller::Token(claims)),
+            Ok(_) => Err(refuse(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                &format!("the token lacks the scope `{scope}`"),
+                Some(&format!("Bearer realm=\"caracal\", error=\"insufficient_scope\", scope=\"{scope}\"")),
+            )),
+            Err(e) => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                &e.to_string(),
+                Some("Bearer realm=\"caracal\", error=\"invalid_token\""),
+            )),
+        }
+    }
+}
+
+/// Middleware guarding routes with `guard`'s scopes. Use with
+/// `axum::middleware::from_fn_with_state((access, guard), require)`.
+pub async fn require(State((access, guard)): State<(Access, Guard)>, request: Request, next: Next) -> Response {
+    let scope = if matches!(*request.method(), Method::GET | Method::HEAD) { guard.read } else { guard.write };
+    match access.authorize(request.method(), request.headers(), scope).await {
+        Ok(caller) => {
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(response) => response,
+    }
+}
+
+impl Access {
+    /// A layer guarding routes with `guard`.
+    pub fn layer(
+        &self,
+        guard: Guard,
+    ) -> axum::middleware::FromFnLayer<
+        fn(State<(Access, Guard)>, Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>,
+        (Access, Guard),
+        (State<(Access, Guard)>, Request),
+    > {
+        fn boxed(
+            state: State<(Access, Guard)>,
+            request: Request,
+            next: Next,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> {
+            Box::pin(require(state, request, next))
+        }
+        axum::middleware::from_fn_with_state((self.clone(), guard), boxed as _)
+    }
+}
+
+/// The token of a single `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    let token = token.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str, challenge: Option<&str>) -> Response {
+    let mut response = caracal_core::error_response(status, code, message);
+    if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(c).ok()) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
