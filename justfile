@@ -29,7 +29,7 @@ bench:
 
 # The chart's tests (Helm SDK, schemas, promtool, a real Prometheus); .ci/run prepares the tools.
 chart:
-    PATH=$PWD/target/chart-tools/venv/bin:$PATH target/chart-tools/venv/bin/pytest -q tests/chart
+    PATH=$PWD/target/py-tools/venv/bin:$PATH target/py-tools/venv/bin/pytest -q tests/chart
 
 # The smoke test against a running platform.
 smoke:

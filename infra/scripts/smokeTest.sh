@@ -2,13 +2,15 @@
 # Smoke test of a running Caracal platform, in plain bash + curl (what CI systems have).
 #
 # Probes /health and /ready of every service, then the whole flow: registers a target, waits
-# until the coordinator has probed it, finds the status event in the audit ledger, scrapes
-# each service's /metrics with the bearer (and expects 401 without it outside dev mode), and
-# removes the target. Stops with a clear line at the first failure (exit 1).
+# until the coordinator has probed it, finds the status event in the audit ledger, runs the
+# token flow (creates an STS client with the admin token, gets a scoped token, calls a /v1 API
+# with it, revokes it and sees it refused), scrapes each service's /metrics with the bearer
+# (and expects 401 without it outside dev mode), and removes the target and the client. Stops
+# with a clear line at the first failure (exit 1).
 #
 # Settings (environment):
 #   CARACAL_HOST              host of every service            (127.0.0.1)
-#   API_PORT COORDINATOR_PORT AUDIT_PORT                       (3000 4000 9090)
+#   API_PORT COORDINATOR_PORT AUDIT_PORT STS_PORT              (3000 4000 9090 8080)
 #   METRICS_BEARER_FILE       metrics bearer                   (.caracal/secrets/metrics_bearer)
 #   CARACAL_ADMIN_TOKEN_FILE  admin token                      (.caracal/secrets/admin_token)
 #   SMOKE_TIMEOUT             seconds to wait for each step    (60)
@@ -18,6 +20,7 @@ host=${CARACAL_HOST:-127.0.0.1}
 api="http://$host:${API_PORT:-3000}"
 coordinator="http://$host:${COORDINATOR_PORT:-4000}"
 audit="http://$host:${AUDIT_PORT:-9090}"
+sts="http://$host:${STS_PORT:-8080}"
 bearer_file=${METRICS_BEARER_FILE:-.caracal/secrets/metrics_bearer}
 admin_file=${CARACAL_ADMIN_TOKEN_FILE:-.caracal/secrets/admin_token}
 timeout=${SMOKE_TIMEOUT:-60}
@@ -42,7 +45,7 @@ eventually() {
   done
 }
 
-for service in "api $api" "coordinator $coordinator" "audit $audit"; do
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit"; do
   set -- $service
   [ "$(code "$2/health")" = 200 ] || fail "$1 /health at $2 is not 200"
   [ "$(code "$2/ready")" = 200 ] || fail "$1 /ready at $2 is not 200 (run: caracal status --ready)"
@@ -54,7 +57,12 @@ created=$(code -X POST "$api/v1/targets" -H "authorization: Bearer $admin" -H 'c
   -d "{\"name\": \"$name\", \"instances\": [\"$api\"], \"interval_ms\": 500, \"timeout_ms\": 400}")
 [ "$created" = 201 ] || fail "registering target $name answered $created, not 201"
 ok "registered target $name"
-trap 'curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"' EXIT
+client="smoke-$$-$RANDOM"
+cleanup() {
+  curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"
+  curl -s -o /dev/null --max-time 5 -X DELETE "$sts/v1/clients/$client" -H "authorization: Bearer $admin"
+}
+trap cleanup EXIT
 
 probed() { body "$api/v1/status" -H "authorization: Bearer $admin" | grep -q "\"target\":\"$name\"[^}]*\"status\":\"up\""; }
 eventually probed || fail "the coordinator did not report $name up within ${timeout}s (GET $api/v1/status)"
@@ -64,7 +72,25 @@ recorded() { body "$audit/v1/events?target=$name&type=instance.status_changed" -
 eventually recorded || fail "no instance.status_changed event for $name in the audit ledger within ${timeout}s"
 ok "the audit ledger holds the status event of $name"
 
-for service in "api $api" "coordinator $coordinator" "audit $audit"; do
+# The token flow: a client made with the admin token, a scoped token, a call, a revocation.
+made=$(body -X POST "$sts/v1/clients" -H "authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d "{\"client_id\": \"$client\", \"scopes\": [\"targets:read\", \"events:read\"]}")
+secret=$(sed -n 's/.*"client_secret":"\([^"]*\)".*/\1/p' <<<"$made")
+[ -n "$secret" ] || fail "creating STS client $client did not return a secret: $made"
+ok "created STS client $client"
+issued=$(body -u "$client:$secret" -d grant_type=client_credentials -d scope=targets:read "$sts/oauth/token")
+token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$issued")
+[ -n "$token" ] || fail "the STS issued no token: $issued"
+ok "got a targets:read token"
+[ "$(code "$api/v1/targets/$name" -H "authorization: Bearer $token")" = 200 ] || fail "the api refused a valid targets:read token"
+[ "$(code -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $token")" = 403 ] || fail "the api let a read token delete"
+ok "the api accepts the token for reads (200) and refuses it for writes (403)"
+[ "$(code -u "$client:$secret" -d "token=$token" "$sts/oauth/revoke")" = 200 ] || fail "revoking the token failed"
+refused() { [ "$(code "$api/v1/targets/$name" -H "authorization: Bearer $token")" = 401 ]; }
+eventually refused || fail "the api still accepts the revoked token after ${timeout}s"
+ok "the revoked token is refused (401)"
+
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit"; do
   set -- $service
   mode=$(body "$2/health" | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')
   scrape=$(curl -s --max-time 5 -w '\n%{http_code}' -H "authorization: Bearer $bearer" "$2/metrics")

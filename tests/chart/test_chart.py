@@ -2,6 +2,7 @@
 kind, refuses bad values, keeps env names true to the code, ships the dashboards, and its
 alert rules pass promtool's checks and unit tests (a firing and a quiet case per alert)."""
 
+import base64
 import json
 import re
 import subprocess
@@ -45,7 +46,7 @@ def test_servicemonitors_and_rules_validate_against_the_operator_schemas():
     docs = [d for d in documents(render(values_file("values-production.yaml"))) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
     result = subprocess.run(["node", str(HERE / "validate_crds.mjs")], input=json.dumps(docs), capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("valid ") == 4, result.stdout
+    assert result.stdout.count("valid ") == 5, result.stdout  # four ServiceMonitors and the rules
 
 
 def test_deployments_are_hardened_and_probed():
@@ -110,7 +111,9 @@ def test_the_config_file_loads_in_the_real_binary():
 
 def test_secret_is_generated_or_taken_from_an_existing_one():
     generated = next(d for d in documents(render()) if d["kind"] == "Secret")
-    assert set(generated["data"]) == {"metrics-bearer", "admin-token", "database-url", "redis-url"}
+    assert set(generated["data"]) == {"metrics-bearer", "admin-token", "database-url", "redis-url", "sts-key-encryption"}
+    kek = base64.b64decode(base64.b64decode(generated["data"]["sts-key-encryption"]))
+    assert len(kek) == 32, "the STS's key-encryption key is 32 random bytes, base64 in the file"
     assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     production = documents(render(values_file("values-production.yaml")))
     assert not [d for d in production if d["kind"] == "Secret"]
@@ -179,6 +182,10 @@ CASES = {
     "CaracalMetricsScrapeFailing": (['up{job="caracal-api",instance="10.0.0.1:3000"}', "0x40"], "1x40", {"job": "caracal-api", "instance": "10.0.0.1:3000"}, "15m"),
     "CaracalFleetInstanceDown": ([f'caracal_coordinator_instance_up{{{NS},target="shop",url="http://shop:80"}}', "0x40"], "1x40",
                                  {"target": "shop", "url": "http://shop:80"}, "15m"),
+    # At eval_time 15m, time() is 900: an expiry at 1000 leaves 100 s of signing, one far ahead is fine.
+    "CaracalStsSigningKeyExpiring": ([f'caracal_sts_active_key_expiry_timestamp_seconds{{{NS},job="caracal-sts"}}', "1000x40"], "100000x40",
+                                     {"job": "caracal-sts"}, "15m"),
+    "CaracalRevocationsLagging": ([f'caracal_revocations_lag{{{NS},job="caracal-api"}}', "30x40"], "0.5x40", {"job": "caracal-api"}, "15m"),
 }
 
 
@@ -242,3 +249,18 @@ def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
             yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}, f)
         result = subprocess.run([tool("promtool"), "test", "rules", f"{tmp}/tests.yml"], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_sts_gets_the_key_encryption_key_and_every_service_finds_the_sts():
+    docs = documents(render())
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"sts", "api", "coordinator", "audit"}
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        items = {i["key"] for v in pod["volumes"] if "secret" in v for i in v["secret"]["items"]}
+        holds = "CARACAL_STS_KEY_ENCRYPTION_FILE" in env and "sts-key-encryption" in items
+        assert holds == (name == "sts"), f"{name}: key-encryption key mounted: {holds}"
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])["data"]["caracal.toml"]
+    assert 'sts_url = "http://caracal-sts:8080"' in config, config
+    assert 'algorithm = "EdDSA"' in config

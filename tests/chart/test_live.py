@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -20,7 +21,7 @@ import yaml
 from conftest import ROOT, documents, render, tool
 
 CARACAL = ROOT / "target" / "debug" / "caracal"
-SERVICES = ("api", "coordinator", "audit")
+SERVICES = ("sts", "api", "coordinator", "audit")
 
 
 def free_port():
@@ -53,7 +54,7 @@ def platform():
     os.chmod(home, 0o755)  # PostgreSQL runs as the postgres user when we are root
     ports = {name: free_port() for name in (*SERVICES, "pg", "redis")}
     args = [str(CARACAL), "--dir", home, "up", "--mode", "rc", "--api-port", str(ports["api"]), "--coordinator-port", str(ports["coordinator"]),
-            "--audit-port", str(ports["audit"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
+            "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
     up = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr
     bearer_file = pathlib.Path(home) / ".caracal" / "secrets" / "metrics_bearer"
@@ -114,6 +115,16 @@ def test_scrapes_succeed_with_the_bearer_and_fail_without(prometheus):
 def test_dashboard_queries_use_metric_names_that_exist(platform, prometheus):
     # Traffic on a route of the API's own, so the golden-signal series exist.
     get(f"http://127.0.0.1:{platform['ports']['api']}/openapi.json")
+    # A refused token request and a refused token, so the token families have samples.
+    for url, data, headers in [
+        (f"http://127.0.0.1:{platform['ports']['sts']}/oauth/token", b"grant_type=client_credentials",
+         {"Content-Type": "application/x-www-form-urlencoded"}),
+        (f"http://127.0.0.1:{platform['ports']['api']}/v1/targets", None, {"Authorization": "Bearer not.a.token"}),
+    ]:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=5)
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401
     exposed = set()
     for name in SERVICES:
         text = get(f"http://127.0.0.1:{platform['ports'][name]}/metrics", platform["bearer"])

@@ -113,6 +113,13 @@ fn remedy_for(check: &str) -> &'static str {
         "stream" => "is the audit consumer running and keeping up? check its log and `XINFO GROUPS caracal.events`",
         "dlq" => "read `XRANGE caracal.events.dlq - +`: each entry carries its reason",
         "prober" => "the coordinator's prober loop is stuck; check its log and restart it",
+        "sts" if check.ends_with("signing_key") => {
+            "check the STS log: a CARACAL_STS_KEY_ENCRYPTION_FILE other than the one that sealed the keys cannot open them"
+        }
+        "sts" => "is the STS running and reachable at `tokens.sts_url`? its JWKS must load",
+        "revocations" => {
+            "revocations travel outbox -> coordinator relay -> caracal.revocations: are Redis and the relay up?"
+        }
         _ => "see the service's log",
     }
 }
@@ -217,6 +224,7 @@ async fn database(url: &str) -> Vec<Finding> {
             "check the database",
         )),
     }
+    out.push(signing_keys(&pool).await);
     let backlog: Result<(i64, f64, i64), _> = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
          (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
@@ -247,6 +255,32 @@ async fn database(url: &str) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The STS's signing keys: how long signing is covered by the keys made so far.
+async fn signing_keys(pool: &sqlx::PgPool) -> Finding {
+    let coverage: Result<(i64, Option<f64>), _> = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM max(signs_until) - now())::float8 \
+         FROM sts_signing_keys WHERE published_until > now()",
+    )
+    .fetch_one(pool)
+    .await;
+    match coverage {
+        Ok((0, _)) => finding("sts signing keys", Severity::Warn, "no signing key yet", "start caracal-sts; it makes one"),
+        Ok((published, Some(left))) if left > 3600.0 => finding(
+            "sts signing keys",
+            Severity::Ok,
+            format!("{published} published, signing covered for {:.1} h", left / 3600.0),
+            "",
+        ),
+        Ok((published, left)) => finding(
+            "sts signing keys",
+            if left.unwrap_or(0.0) > 0.0 { Severity::Warn } else { Severity::Critical },
+            format!("{published} published, signing covered for {:.0} s only", left.unwrap_or(0.0)),
+            "rotation is stalled: is caracal-sts running? see its log",
+        ),
+        Err(e) => finding("sts signing keys", Severity::Warn, format!("cannot read: {e}"), "run the migrations"),
+    }
 }
 
 async fn redis_findings(url: &str) -> Vec<Finding> {

@@ -90,6 +90,9 @@ pub struct UpArgs {
     /// Port of caracal-audit.
     #[arg(long)]
     pub audit_port: Option<u16>,
+    /// Port of caracal-sts.
+    #[arg(long)]
+    pub sts_port: Option<u16>,
     /// Port of the local PostgreSQL.
     #[arg(long)]
     pub pg_port: Option<u16>,
@@ -171,6 +174,7 @@ async fn up_command(home: &Home, args: UpArgs) -> Result<(), CliError> {
         api: args.api_port.unwrap_or(base.ports.api),
         coordinator: args.coordinator_port.unwrap_or(base.ports.coordinator),
         audit: args.audit_port.unwrap_or(base.ports.audit),
+        sts: args.sts_port.unwrap_or(base.ports.sts),
         postgres: args.pg_port.unwrap_or(base.ports.postgres),
         redis: args.redis_port.unwrap_or(base.ports.redis),
     };

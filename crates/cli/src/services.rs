@@ -19,8 +19,10 @@ pub struct Service {
     pub binary: &'static str,
 }
 
-/// Every service `up` runs, in start order.
-pub const SERVICES: [Service; 3] = [
+/// Every service `up` runs, in start order: the STS first, so the services that verify its
+/// tokens find its keys at once.
+pub const SERVICES: [Service; 4] = [
+    Service { name: "sts", binary: "caracal-sts" },
     Service { name: "api", binary: "caracal-api" },
     Service { name: "coordinator", binary: "caracal-coordinator" },
     Service { name: "audit", binary: "caracal-audit" },
@@ -31,6 +33,7 @@ impl Service {
     pub fn port(&self, ports: &Ports) -> u16 {
         match self.name {
             "api" => ports.api,
+            "sts" => ports.sts,
             "coordinator" => ports.coordinator,
             _ => ports.audit,
         }
@@ -39,6 +42,7 @@ impl Service {
     fn flag(&self) -> &'static str {
         match self.name {
             "api" => "--api-port",
+            "sts" => "--sts-port",
             "coordinator" => "--coordinator-port",
             _ => "--audit-port",
         }
@@ -75,8 +79,9 @@ pub fn bin_dir() -> Result<PathBuf, CliError> {
     Ok(dir)
 }
 
-/// The environment every service gets: URLs, mode, secrets as files, and the platform's own
-/// services for the API to register as targets.
+/// The environment every service gets: URLs, mode, secrets as files, where the STS is (for
+/// the services that verify its tokens), and the platform's own services for the API to
+/// register as targets.
 pub fn environment(home: &Home, state: &State, database_url: &str, redis_url: &str) -> Vec<(String, String)> {
     let mut env = vec![
         ("DATABASE_URL".to_string(), database_url.to_string()),
@@ -85,6 +90,7 @@ pub fn environment(home: &Home, state: &State, database_url: &str, redis_url: &s
         ("METRICS_BEARER_FILE".to_string(), home.metrics_bearer().display().to_string()),
         ("CARACAL_ADMIN_TOKEN_FILE".to_string(), home.admin_token().display().to_string()),
         ("CARACAL_BIND".to_string(), "127.0.0.1".to_string()),
+        ("CARACAL_TOKENS__STS_URL".to_string(), format!("http://127.0.0.1:{}", state.ports.sts)),
     ];
     for service in SERVICES {
         let key = format!("CARACAL_API__PLATFORM__{}", service.name.to_ascii_uppercase());
@@ -123,7 +129,12 @@ pub fn start(
         .open(&log_path)
         .map_err(CliError::io(format!("open {}", log_path.display())))?;
     let err = log.try_clone().map_err(CliError::io("open the log"))?;
-    let child = Command::new(bin.join(service.binary))
+    let mut command = Command::new(bin.join(service.binary));
+    if service.name == "sts" {
+        // Only the STS gets the key that opens its signing keys.
+        command.env("CARACAL_STS_KEY_ENCRYPTION_FILE", home.sts_key_encryption());
+    }
+    let child = command
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PORT", port.to_string())
         .current_dir(&home.root)

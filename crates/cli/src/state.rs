@@ -3,6 +3,8 @@
 //! what `up` started.
 
 use std::io::Read;
+
+use base64::Engine;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,9 @@ pub struct Ports {
     pub coordinator: u16,
     /// caracal-audit.
     pub audit: u16,
+    /// caracal-sts (absent from a `state.json` written before the STS existed).
+    #[serde(default = "default_sts_port")]
+    pub sts: u16,
     /// The local PostgreSQL (not 5432, so a system server is left alone).
     pub postgres: u16,
     /// The local Redis (not 6379, likewise).
@@ -26,8 +31,12 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { api: 3000, coordinator: 4000, audit: 9090, postgres: 55432, redis: 56379 }
+        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, postgres: 55432, redis: 56379 }
     }
+}
+
+fn default_sts_port() -> u16 {
+    Ports::default().sts
 }
 
 /// What `up` decided, remembered for the other commands.
@@ -51,6 +60,11 @@ impl Home {
     pub fn new(dir: &Path) -> Self {
         let root = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).join(".caracal");
         Self { root }
+    }
+
+    /// The STS's key-encryption key: 32 random bytes, base64.
+    pub fn sts_key_encryption(&self) -> PathBuf {
+        self.secrets().join("sts_key_encryption")
     }
 
     /// `state.json`.
@@ -120,7 +134,9 @@ impl Home {
         std::fs::write(self.state_file(), text).map_err(CliError::io(format!("write {}", self.state_file().display())))
     }
 
-    /// Creates both secrets once (32 random bytes, hex) with mode 0600; existing ones are kept.
+    /// Creates the secrets once with mode 0600 (the bearer and admin token: 32 random bytes,
+    /// hex; the STS's key-encryption key: 32 random bytes, base64); existing ones are kept, so
+    /// keys sealed with the key-encryption key stay readable across `up`s.
     ///
     /// # Errors
     /// When the files cannot be written or no randomness is available.
@@ -130,11 +146,16 @@ impl Home {
         std::fs::create_dir_all(&dir).map_err(CliError::io(format!("create {}", dir.display())))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(CliError::io("protect the secrets directory"))?;
-        for path in [self.metrics_bearer(), self.admin_token()] {
+        for path in [self.metrics_bearer(), self.admin_token(), self.sts_key_encryption()] {
             if path.exists() {
                 continue;
             }
-            let token = random_hex(32)?;
+            let bytes = random_bytes(32)?;
+            let token = if path == self.sts_key_encryption() {
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            } else {
+                bytes.iter().map(|b| format!("{b:02x}")).collect()
+            };
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -148,13 +169,13 @@ impl Home {
     }
 }
 
-/// `n` bytes from the kernel's CSPRNG, hex-encoded.
-fn random_hex(n: usize) -> Result<String, CliError> {
+/// `n` bytes from the kernel's CSPRNG.
+fn random_bytes(n: usize) -> Result<Vec<u8>, CliError> {
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(CliError::io("read random bytes from /dev/urandom"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(bytes)
 }
 
 /// The first line of a secret file, trimmed; `None` when absent or unreadable.
