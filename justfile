@@ -26,6 +26,7 @@ bench:
     cargo bench -p caracal-core --bench probes
     cargo bench -p caracal-bin --bench pipeline
     cargo bench -p caracal-bin --bench prober
+    cargo bench -p caracal-sts --bench tokens
 
 # The chart's tests (Helm SDK, schemas, promtool, a real Prometheus); .ci/run prepares the tools.
 chart:

@@ -37,11 +37,7 @@ fn kek_file(dir: &tempfile::TempDir) -> String {
 }
 
 async fn start_sts(stores: &Stores, port: u16, kek: &str) -> Service {
-    let env = [
-        ("CARACAL_MODE", "rc"),
-        ("CARACAL_ADMIN_TOKEN", ADMIN),
-        ("CARACAL_STS_KEY_ENCRYPTION_FILE", kek),
-    ];
+    let env = [("CARACAL_MODE", "rc"), ("CARACAL_ADMIN_TOKEN", ADMIN), ("CARACAL_STS_KEY_ENCRYPTION_FILE", kek)];
     support::start_on(STS, stores, port, &env).await
 }
 
@@ -53,11 +49,8 @@ impl Platform {
         let sts_port = caracal_testkit::free_port().expect("port");
         let sts = start_sts(&stores, sts_port, &kek_file(&kek)).await;
         let sts_url = sts.base.clone();
-        let verifying = [
-            ("CARACAL_MODE", "rc"),
-            ("CARACAL_ADMIN_TOKEN", ADMIN),
-            ("CARACAL_TOKENS__STS_URL", sts_url.as_str()),
-        ];
+        let verifying =
+            [("CARACAL_MODE", "rc"), ("CARACAL_ADMIN_TOKEN", ADMIN), ("CARACAL_TOKENS__STS_URL", sts_url.as_str())];
         let api = support::start(API, &stores, &verifying).await;
         let audit = support::start(AUDIT, &stores, &verifying).await;
         let coordinator = support::start(COORDINATOR, &stores, &[("CARACAL_MODE", "rc")]).await;
@@ -115,7 +108,8 @@ impl Platform {
     /// Waits until both api and audit refuse `token`; returns how long that took.
     async fn refused_everywhere(&self, token: &str, since: Instant) -> Duration {
         let done = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
-            (self.get(&self.targets(), token).await == 401 && self.get(&self.events(), token).await == 401).then_some(())
+            (self.get(&self.targets(), token).await == 401 && self.get(&self.events(), token).await == 401)
+                .then_some(())
         })
         .await;
         assert!(done.is_ok(), "the token is still accepted 10 s after its revocation");
@@ -151,7 +145,7 @@ async fn scoped_tokens_work_across_the_platform_and_revocations_reach_every_serv
         .await
         .expect("post");
     assert_eq!(write.status(), 201, "targets:write may");
-    assert_eq!(p.get(&p.targets(), &ADMIN.to_string()).await, 200, "the admin token still works");
+    assert_eq!(p.get(&p.targets(), ADMIN).await, 200, "the admin token still works");
 
     // One token revoked: refused at api and audit within 2 s; the client's other token is not.
     let started = Instant::now();
@@ -160,13 +154,18 @@ async fn scoped_tokens_work_across_the_platform_and_revocations_reach_every_serv
     let took = p.refused_everywhere(&reader, started).await;
     eprintln!("revocation of one token refused everywhere after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert_eq!(p.get(&format!("{}/v1/targets/shop", p.api.base), &writer).await, 403, "other tokens unaffected (403: no read scope)");
+    assert_eq!(
+        p.get(&format!("{}/v1/targets/shop", p.api.base), &writer).await,
+        403,
+        "other tokens unaffected (403: no read scope)"
+    );
 
     // The client disabled: every token it holds refused within 2 s.
     let live = p.token("ops", &secret, "targets:read+events:read").await;
     assert_eq!(p.get(&p.targets(), &live).await, 200);
     let started = Instant::now();
-    let deleted = p.http.delete(format!("{}/v1/clients/ops", p.sts.base)).bearer_auth(ADMIN).send().await.expect("delete");
+    let deleted =
+        p.http.delete(format!("{}/v1/clients/ops", p.sts.base)).bearer_auth(ADMIN).send().await.expect("delete");
     assert_eq!(deleted.status(), 204);
     let took = p.refused_everywhere(&live, started).await;
     eprintln!("client-wide revocation refused everywhere after {took:?}");

@@ -13,7 +13,6 @@ pub mod consumer;
 mod events;
 pub mod metrics;
 
-
 use axum::Router;
 use axum::routing::get;
 use caracal_core::checks::{self, StreamGroup};

@@ -266,7 +266,9 @@ async fn signing_keys(pool: &sqlx::PgPool) -> Finding {
     .fetch_one(pool)
     .await;
     match coverage {
-        Ok((0, _)) => finding("sts signing keys", Severity::Warn, "no signing key yet", "start caracal-sts; it makes one"),
+        Ok((0, _)) => {
+            finding("sts signing keys", Severity::Warn, "no signing key yet", "start caracal-sts; it makes one")
+        }
         Ok((published, Some(left))) if left > 3600.0 => finding(
             "sts signing keys",
             Severity::Ok,

@@ -117,7 +117,10 @@ fn validate(spec: &NewClient) -> Result<(String, Vec<String>, String), StsError>
     for (i, scope) in spec.scopes.iter().enumerate() {
         if Scope::parse(scope).is_none() {
             let known: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
-            return Err(StsError::invalid(format!("scopes[{i}]"), format!("unknown scope; expected one of {}", known.join(", "))));
+            return Err(StsError::invalid(
+                format!("scopes[{i}]"),
+                format!("unknown scope; expected one of {}", known.join(", ")),
+            ));
         }
     }
     let scopes: Vec<String> =
@@ -187,7 +190,8 @@ pub(crate) async fn list(State(state): State<StsState>) -> Result<Json<Vec<Clien
               (status = 403, description = "The token lacks clients:write"), (status = 404, description = "No such client")),
     security(("admin" = []), ("sts_token" = ["clients:write"])))]
 pub(crate) async fn get_one(State(state): State<StsState>, Path(id): Path<String>) -> Result<Json<Client>, StsError> {
-    let row: Option<Row> = sqlx::query_as(select_clients!(" WHERE id = $1")).bind(&id).fetch_optional(&state.pool).await?;
+    let row: Option<Row> =
+        sqlx::query_as(select_clients!(" WHERE id = $1")).bind(&id).fetch_optional(&state.pool).await?;
     row.map(|r| Json(to_client(r))).ok_or(StsError::NotFound(id))
 }
 

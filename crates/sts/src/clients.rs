@@ -139,7 +139,12 @@ mod tests {
     fn with(entries: &[(&str, &str, bool)]) -> Clients {
         let clients = Clients::default();
         for (id, secret, disabled) in entries {
-            clients.upsert(ClientEntry { id: (*id).into(), digest: digest(secret), scopes: vec![], disabled: *disabled });
+            clients.upsert(ClientEntry {
+                id: (*id).into(),
+                digest: digest(secret),
+                scopes: vec![],
+                disabled: *disabled,
+            });
         }
         clients
     }

@@ -89,7 +89,10 @@ impl StsConfig {
             return Err(bad("rotation_period", "expected a rotation period longer than the pre-publication window"));
         }
         if self.rotation_check.is_zero() || self.rotation_check >= self.prepublish {
-            return Err(bad("rotation_check", "expected a check interval above zero and shorter than `sts.prepublish`"));
+            return Err(bad(
+                "rotation_check",
+                "expected a check interval above zero and shorter than `sts.prepublish`",
+            ));
         }
         Ok(())
     }

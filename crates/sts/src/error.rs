@@ -110,7 +110,11 @@ impl OAuthError {
     /// `invalid_client` (401): one answer for an unknown client, a wrong secret and a
     /// disabled client.
     pub fn invalid_client() -> Self {
-        Self { status: StatusCode::UNAUTHORIZED, code: "invalid_client", description: "client authentication failed".into() }
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "client authentication failed".into(),
+        }
     }
 
     /// `unsupported_grant_type` (400).
@@ -138,7 +142,11 @@ impl OAuthError {
 
     /// `invalid_request` answered 413: the body is larger than any valid request.
     pub fn too_large() -> Self {
-        Self { status: StatusCode::PAYLOAD_TOO_LARGE, code: "invalid_request", description: "the body is too large".into() }
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "invalid_request",
+            description: "the body is too large".into(),
+        }
     }
 }
 

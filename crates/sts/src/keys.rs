@@ -50,8 +50,10 @@ pub fn generate(alg: SigningAlgorithm) -> Result<NewKey, StsError> {
         }
         SigningAlgorithm::ES256 => {
             let signing = &ECDSA_P256_SHA256_FIXED_SIGNING;
-            let doc = EcdsaKeyPair::generate_pkcs8(signing, &rng).map_err(|_| StsError::Crypto("generate a P-256 key"))?;
-            let pair = EcdsaKeyPair::from_pkcs8(signing, doc.as_ref()).map_err(|_| StsError::Crypto("load a P-256 key"))?;
+            let doc =
+                EcdsaKeyPair::generate_pkcs8(signing, &rng).map_err(|_| StsError::Crypto("generate a P-256 key"))?;
+            let pair =
+                EcdsaKeyPair::from_pkcs8(signing, doc.as_ref()).map_err(|_| StsError::Crypto("load a P-256 key"))?;
             // Uncompressed point: 0x04 || x (32 bytes) || y (32 bytes).
             let point = pair.public_key().as_ref();
             if point.len() != 65 {
@@ -109,7 +111,8 @@ impl Sealer {
     /// # Errors
     /// [`StsError::Crypto`] when the key is refused.
     pub fn new(key: &[u8; 32]) -> Result<Self, StsError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| StsError::Crypto("load the key-encryption key"))?;
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, key).map_err(|_| StsError::Crypto("load the key-encryption key"))?;
         Ok(Self { key: LessSafeKey::new(unbound) })
     }
 
@@ -128,12 +131,12 @@ impl Sealer {
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|_| format!("{shown} is not base64; expected 32 random bytes in base64 (`openssl rand -base64 32`)"))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| format!("{shown} holds {} bytes; expected 32 (`openssl rand -base64 32`)", b.len()))?;
+        let bytes = STANDARD.decode(text.trim()).map_err(|_| {
+            format!("{shown} is not base64; expected 32 random bytes in base64 (`openssl rand -base64 32`)")
+        })?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            format!("{shown} holds {} bytes; expected 32 (`openssl rand -base64 32`)", b.len())
+        })?;
         Self::new(&key).map_err(|e| e.to_string())
     }
 

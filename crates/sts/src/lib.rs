@@ -102,7 +102,8 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_sts"));
     let (app, access, verifier) = caracal_tokens::attach(app, pool.clone(), &tokens, None)?;
-    let keys = Arc::new(ring::KeyRing::new(pool.clone(), sealer, config.clone(), Arc::clone(&verifier), metrics.clone()));
+    let keys =
+        Arc::new(ring::KeyRing::new(pool.clone(), sealer, config.clone(), Arc::clone(&verifier), metrics.clone()));
     let clients = Arc::new(clients::Clients::default());
     let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
     let state = StsState {

@@ -152,16 +152,18 @@ fn granted_scope(client: &ClientEntry, requested: Option<&str>) -> Result<String
             let mut wanted = Vec::new();
             for s in list.split(' ').filter(|s| !s.is_empty()) {
                 if Scope::parse(s).is_none() || !allowed(s) {
-                    let shown = if s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic()) { s } else { "(unprintable)" };
-                    return Err(OAuthError::invalid_scope(format!("the scope `{shown}` is not allowed for this client")));
+                    let shown =
+                        if s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic()) { s } else { "(unprintable)" };
+                    return Err(OAuthError::invalid_scope(format!(
+                        "the scope `{shown}` is not allowed for this client"
+                    )));
                 }
                 wanted.push(s);
             }
             wanted
         }
     };
-    let scope: Vec<&str> =
-        Scope::ALL.iter().map(|s| s.as_str()).filter(|s| wanted.contains(s) && allowed(s)).collect();
+    let scope: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).filter(|s| wanted.contains(s) && allowed(s)).collect();
     if scope.is_empty() {
         return Err(OAuthError::invalid_scope("no scope to grant"));
     }

@@ -80,7 +80,13 @@ type KeyRow = (String, String, serde_json::Value, Vec<u8>, i64, i64);
 
 impl KeyRing {
     /// An empty ring; [`KeyRing::run`] fills it.
-    pub fn new(pool: sqlx::PgPool, sealer: Sealer, config: StsConfig, verifier: Arc<Verifier>, metrics: Metrics) -> Self {
+    pub fn new(
+        pool: sqlx::PgPool,
+        sealer: Sealer,
+        config: StsConfig,
+        verifier: Arc<Verifier>,
+        metrics: Metrics,
+    ) -> Self {
         let empty = RingState { signers: Vec::new(), jwks: JwkSet::default(), jwks_body: Arc::from("{\"keys\":[]}") };
         Self { pool, sealer, config, state: ArcSwap::from_pointee(empty), verifier, metrics }
     }

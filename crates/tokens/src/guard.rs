@@ -72,7 +72,12 @@ impl Access {
             return Ok(Caller::Admin);
         }
         let Some(verifier) = &self.verifier else {
-            return Err(refuse(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required", None));
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+                None,
+            ));
         };
         let Some(token) = bearer(headers) else {
             return Err(refuse(
@@ -114,24 +119,20 @@ pub async fn require(State((access, guard)): State<(Access, Guard)>, request: Re
     }
 }
 
+/// The boxed future of [`require`], so its layer has a nameable type.
+type Guarded = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+/// The middleware function behind [`Access::layer`].
+type GuardFn = fn(State<(Access, Guard)>, Request, Next) -> Guarded;
+/// The layer [`Access::layer`] returns.
+pub type GuardLayer = axum::middleware::FromFnLayer<GuardFn, (Access, Guard), (State<(Access, Guard)>, Request)>;
+
 impl Access {
     /// A layer guarding routes with `guard`.
-    pub fn layer(
-        &self,
-        guard: Guard,
-    ) -> axum::middleware::FromFnLayer<
-        fn(State<(Access, Guard)>, Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>,
-        (Access, Guard),
-        (State<(Access, Guard)>, Request),
-    > {
-        fn boxed(
-            state: State<(Access, Guard)>,
-            request: Request,
-            next: Next,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> {
+    pub fn layer(&self, guard: Guard) -> GuardLayer {
+        fn boxed(state: State<(Access, Guard)>, request: Request, next: Next) -> Guarded {
             Box::pin(require(state, request, next))
         }
-        axum::middleware::from_fn_with_state((self.clone(), guard), boxed as _)
+        axum::middleware::from_fn_with_state((self.clone(), guard), boxed as GuardFn)
     }
 }
 

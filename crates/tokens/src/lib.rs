@@ -32,7 +32,7 @@ pub use config::TokensConfig;
 pub use guard::{Access, Guard};
 pub use revocations::RevocationSet;
 pub use scope::Scope;
-pub use verifier::{VerifyError, Verifier};
+pub use verifier::{Verifier, VerifyError};
 
 /// Adds token verification to a service from its `[tokens]` settings: the verifier, its JWKS
 /// and revocation workers and its two checks. Returns the app and the route guard; without
@@ -40,10 +40,7 @@ pub use verifier::{VerifyError, Verifier};
 ///
 /// # Errors
 /// Configuration errors (bad `[tokens]` settings, an unusable admin token, Redis URL).
-pub fn install(
-    app: caracal_core::App,
-    pool: sqlx::PgPool,
-) -> Result<(caracal_core::App, Access), caracal_core::Error> {
+pub fn install(app: caracal_core::App, pool: sqlx::PgPool) -> Result<(caracal_core::App, Access), caracal_core::Error> {
     let config: TokensConfig = app.config().section("tokens")?;
     let Some(jwks_url) = config.jwks_url() else {
         let admin = Arc::new(app.admin_auth()?);

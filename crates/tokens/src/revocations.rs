@@ -40,7 +40,10 @@ impl RevocationSet {
     pub fn is_revoked(&self, jti: &str, client_id: &str, iat: u64) -> bool {
         let Ok(sets) = self.inner.lock() else { return true }; // fail closed on a poisoned lock
         sets.tokens.contains_key(jti)
-            || sets.clients.get(client_id).is_some_and(|(revoked_at, _)| i64::try_from(iat).unwrap_or(i64::MAX) <= *revoked_at)
+            || sets
+                .clients
+                .get(client_id)
+                .is_some_and(|(revoked_at, _)| i64::try_from(iat).unwrap_or(i64::MAX) <= *revoked_at)
     }
 
     /// Whether every token of `client_id` is revoked (the client was disabled).

@@ -117,7 +117,10 @@ struct FetchState {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("issuer", &self.issuer).field("audience", &self.audience).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +137,11 @@ impl Verifier {
             verified: Mutex::new(HashMap::new()),
             cache_size: config.cache_size.max(1),
             metrics,
-            fetch: tokio::sync::Mutex::new(FetchState { source: None, last: None, min_interval: config.jwks_min_refresh }),
+            fetch: tokio::sync::Mutex::new(FetchState {
+                source: None,
+                last: None,
+                min_interval: config.jwks_min_refresh,
+            }),
         }
     }
 

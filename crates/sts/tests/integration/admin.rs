@@ -32,12 +32,26 @@ async fn clients_are_created_once_listed_without_secrets_and_disabled() {
     assert_eq!(stored.len(), 32, "a digest");
     assert!(!String::from_utf8_lossy(&stored).contains(&secret));
 
-    let one: serde_json::Value =
-        http.get(sts.served.url("/v1/clients/scraper")).bearer_auth(ADMIN).send().await.expect("get").json().await.expect("json");
+    let one: serde_json::Value = http
+        .get(sts.served.url("/v1/clients/scraper"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(one["client_id"], "scraper");
     assert!(one.get("client_secret").is_none(), "the secret is shown once: {one}");
-    let list: serde_json::Value =
-        http.get(sts.served.url("/v1/clients")).bearer_auth(ADMIN).send().await.expect("list").json().await.expect("json");
+    let list: serde_json::Value = http
+        .get(sts.served.url("/v1/clients"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert!(!list.to_string().contains(&secret));
 
     let again = http
@@ -53,7 +67,8 @@ async fn clients_are_created_once_listed_without_secrets_and_disabled() {
     assert!(sts.active("scraper", &secret, &token).await);
     let deleted = http.delete(sts.served.url("/v1/clients/scraper")).bearer_auth(ADMIN).send().await.expect("delete");
     assert_eq!(deleted.status(), 204);
-    let (status, _, _) = sts.post_form("/oauth/token", Some(("scraper", &secret)), "grant_type=client_credentials").await;
+    let (status, _, _) =
+        sts.post_form("/oauth/token", Some(("scraper", &secret)), "grant_type=client_credentials").await;
     assert_eq!(status, 401, "a disabled client gets no token");
     let (other, other_secret) = sts.client(&["targets:read"]).await;
     assert!(!sts.active(&other, &other_secret, &token).await, "its live token is revoked at once");
@@ -62,16 +77,26 @@ async fn clients_are_created_once_listed_without_secrets_and_disabled() {
     let missing = http.delete(sts.served.url("/v1/clients/nobody")).bearer_auth(ADMIN).send().await.expect("delete");
     assert_eq!(missing.status(), 404);
 
-    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id").fetch_all(&sts.pool).await.expect("outbox");
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id").fetch_all(&sts.pool).await.expect("outbox");
     assert!(events.starts_with(&["sts.client_created".to_string()]), "{events:?}");
-    assert!(events.contains(&"token.revoked".to_string()) && events.contains(&"sts.client_disabled".to_string()), "{events:?}");
+    assert!(
+        events.contains(&"token.revoked".to_string()) && events.contains(&"sts.client_disabled".to_string()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_client_documents_are_refused_and_write_nothing() {
     let sts = sts().await;
     let post = |body: reqwest::Body, content_type: &'static str| {
-        let request = sts.served.http.post(sts.served.url("/v1/clients")).bearer_auth(ADMIN).header("content-type", content_type).body(body);
+        let request = sts
+            .served
+            .http
+            .post(sts.served.url("/v1/clients"))
+            .bearer_auth(ADMIN)
+            .header("content-type", content_type)
+            .body(body);
         async move {
             let response = request.send().await.expect("post");
             let status = response.status().as_u16();
@@ -86,7 +111,13 @@ async fn bad_client_documents_are_refused_and_write_nothing() {
         ("no scope", r#"{"scopes":[]}"#.into(), json, 422, "validation_failed"),
         ("bad id", r#"{"client_id":"a b:c","scopes":["targets:read"]}"#.into(), json, 422, "validation_failed"),
         ("unknown field", r#"{"scopes":["targets:read"],"admin":true}"#.into(), json, 422, "validation_failed"),
-        ("huge", format!(r#"{{"scopes":["targets:read"],"description":"{}"}}"#, "x".repeat(100_000)), json, 413, "payload_too_large"),
+        (
+            "huge",
+            format!(r#"{{"scopes":["targets:read"],"description":"{}"}}"#, "x".repeat(100_000)),
+            json,
+            413,
+            "payload_too_large",
+        ),
     ];
     for (case, body, content_type, want_status, want_code) in cases {
         let (status, body) = post(body.into(), content_type).await;
@@ -112,11 +143,12 @@ async fn bad_client_documents_are_refused_and_write_nothing() {
 /// Signs `claims` with the STS's own active key, opened from PostgreSQL with the test's KEK:
 /// a validly signed token whose claims the test chooses.
 async fn forge(sts: &Sts, header_alg: Algorithm, claims: &serde_json::Value) -> String {
-    let (kid, sealed): (String, Vec<u8>) =
-        sqlx::query_as("SELECT kid, private_sealed FROM sts_signing_keys WHERE signs_from <= now() AND signs_until > now()")
-            .fetch_one(&sts.pool)
-            .await
-            .expect("active key");
+    let (kid, sealed): (String, Vec<u8>) = sqlx::query_as(
+        "SELECT kid, private_sealed FROM sts_signing_keys WHERE signs_from <= now() AND signs_until > now()",
+    )
+    .fetch_one(&sts.pool)
+    .await
+    .expect("active key");
     let pkcs8 = caracal_sts::keys::Sealer::new(&sts.kek.bytes).expect("sealer").open(&kid, &sealed).expect("open");
     let mut header = Header::new(header_alg);
     header.typ = Some("at+jwt".into());
@@ -157,8 +189,16 @@ async fn tokens_at_the_guard_need_the_scope_and_forged_ones_are_401() {
     };
     let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
     let x = {
-        let jwks: serde_json::Value =
-            sts.served.http.get(sts.served.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+        let jwks: serde_json::Value = sts
+            .served
+            .http
+            .get(sts.served.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("json");
         jwks["keys"][0]["x"].as_str().expect("x").to_string()
     };
     let mut hs = Header::new(Algorithm::HS256);
@@ -166,12 +206,22 @@ async fn tokens_at_the_guard_need_the_scope_and_forged_ones_are_401() {
     hs.kid = parts(&good).0["kid"].as_str().map(String::from);
     let forged = vec![
         ("alg none", format!("{none_header}.{payload}.")),
-        ("HS256 with the public key", jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(x.as_bytes())).expect("hs")),
+        (
+            "HS256 with the public key",
+            jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(x.as_bytes())).expect("hs"),
+        ),
         ("wrong aud", forge(&sts, Algorithm::EdDSA, &with("aud", "elsewhere".into())).await),
         ("expired", forge(&sts, Algorithm::EdDSA, &with("exp", (now - 3600).into())).await),
         ("not yet valid", forge(&sts, Algorithm::EdDSA, &with("nbf", (now + 3600).into())).await),
         ("wrong iss", forge(&sts, Algorithm::EdDSA, &with("iss", "https://evil.test".into())).await),
-        ("tampered", format!("{header}.{}.{}", URL_SAFE_NO_PAD.encode(with("scope", "clients:write targets:write".into()).to_string()), good.split('.').nth(2).expect("sig"))),
+        (
+            "tampered",
+            format!(
+                "{header}.{}.{}",
+                URL_SAFE_NO_PAD.encode(with("scope", "clients:write targets:write".into()).to_string()),
+                good.split('.').nth(2).expect("sig")
+            ),
+        ),
         ("garbage", "not-a-jwt".into()),
     ];
     for (case, token) in forged {

@@ -16,7 +16,8 @@ async fn jwks_kids(sts: &support::Sts) -> (Vec<String>, String) {
     let response = sts.served.get("/.well-known/jwks.json").await;
     let cache = response.headers()["cache-control"].to_str().expect("ascii").to_string();
     let body: serde_json::Value = response.json().await.expect("json");
-    let kids = body["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_string()).collect();
+    let kids =
+        body["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_string()).collect();
     (kids, cache)
 }
 
@@ -68,7 +69,8 @@ async fn a_restart_keeps_issued_tokens_valid() {
     assert!(sts.active(&id, &secret, &token).await, "issued before the restart, valid after");
     let after = sts.token(&id, &secret, None).await;
     assert_eq!(parts(&after).0["kid"], kid, "a restart makes no new key");
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM sts_signing_keys").fetch_one(&sts.pool).await.expect("count");
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sts_signing_keys").fetch_one(&sts.pool).await.expect("count");
     assert_eq!(keys, 1);
 }
 
@@ -144,7 +146,10 @@ async fn the_key_encryption_key_is_required_checked_and_never_guessed() {
     first.running.drain();
     first.running.wait().await.expect("drained");
     let other = Kek::new();
-    let served = caracal_testkit::app::serve(caracal_sts::build(support::app(&database_url, &other, serde_json::json!({}))).expect("build")).await;
+    let served = caracal_testkit::app::serve(
+        caracal_sts::build(support::app(&database_url, &other, serde_json::json!({}))).expect("build"),
+    )
+    .await;
     served.wait_for_check("sts:signing_key", "fail", Duration::from_secs(10)).await.expect("unready");
     let (status, _) = served.get_json("/ready").await;
     assert_eq!(status, 503);

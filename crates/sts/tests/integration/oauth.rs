@@ -2,6 +2,9 @@
 
 use crate::support::{parts, sts};
 
+/// A token request and what it must answer: (case, Basic credentials, body, status, error).
+type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, String, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn issues_rfc9068_tokens_by_basic_and_by_post() {
     let sts = sts().await;
@@ -40,14 +43,20 @@ async fn every_error_is_rfc6749_shaped_and_never_echoes_the_secret() {
     let sts = sts().await;
     let (id, secret) = sts.client(&["targets:read"]).await;
     let (off, off_secret) = sts.client(&["targets:read"]).await;
-    let disabled = sts.served.http.delete(sts.served.url(&format!("/v1/clients/{off}"))).bearer_auth(crate::support::ADMIN).send().await.expect("disable");
+    let disabled = sts
+        .served
+        .http
+        .delete(sts.served.url(&format!("/v1/clients/{off}")))
+        .bearer_auth(crate::support::ADMIN)
+        .send()
+        .await
+        .expect("disable");
     assert_eq!(disabled.status(), 204);
     let grant = "grant_type=client_credentials";
     let post = |body: &str| format!("{body}&client_id={id}&client_secret={secret}");
     let basic = Some((id.as_str(), secret.as_str()));
 
-    // (case, basic, body, status, error)
-    let cases: Vec<(&str, Option<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("no grant_type", basic, "scope=targets:read".into(), 400, "invalid_request"),
         ("repeated grant_type", basic, format!("{grant}&{grant}"), 400, "invalid_request"),
         ("repeated scope", basic, format!("{grant}&scope=targets:read&scope=targets:read"), 400, "invalid_request"),
@@ -58,7 +67,13 @@ async fn every_error_is_rfc6749_shaped_and_never_echoes_the_secret() {
         ("disabled client", Some((off.as_str(), off_secret.as_str())), grant.into(), 401, "invalid_client"),
         ("wrong secret by post", None, format!("{grant}&client_id={id}&client_secret=nope"), 401, "invalid_client"),
         ("password grant", basic, "grant_type=password&username=a&password=b".into(), 400, "unsupported_grant_type"),
-        ("authorization_code grant", basic, "grant_type=authorization_code&code=x".into(), 400, "unsupported_grant_type"),
+        (
+            "authorization_code grant",
+            basic,
+            "grant_type=authorization_code&code=x".into(),
+            400,
+            "unsupported_grant_type",
+        ),
         ("scope not allowed", basic, format!("{grant}&scope=targets:write"), 400, "invalid_scope"),
         ("unknown scope", basic, format!("{grant}&scope=root"), 400, "invalid_scope"),
         ("one good one bad scope", basic, format!("{grant}&scope=targets:read+clients:write"), 400, "invalid_scope"),
@@ -93,7 +108,10 @@ async fn malformed_requests_are_4xx_never_5xx() {
         (status, response.json::<serde_json::Value>().await.unwrap_or_default())
     };
 
-    let json = send(http.post(&url).basic_auth(&id, Some(&secret)).json(&serde_json::json!({"grant_type": "client_credentials"}))).await;
+    let json = send(
+        http.post(&url).basic_auth(&id, Some(&secret)).json(&serde_json::json!({"grant_type": "client_credentials"})),
+    )
+    .await;
     assert_eq!((json.0, json.1["error"].as_str()), (400, Some("invalid_request")), "JSON instead of a form");
 
     let no_type = send(http.post(&url).basic_auth(&id, Some(&secret)).body("grant_type=client_credentials")).await;
@@ -110,8 +128,13 @@ async fn malformed_requests_are_4xx_never_5xx() {
     assert_eq!(too_big.0, 413, "{:?}", too_big.1);
 
     for header in ["Basic !!!not-base64!!!", "Basic ", "Basic bm8tY29sb24=", "Bearer abc", "Basic //79"] {
-        let (status, body) =
-            send(http.post(&url).header("authorization", header).header("content-type", form).body("grant_type=client_credentials")).await;
+        let (status, body) = send(
+            http.post(&url)
+                .header("authorization", header)
+                .header("content-type", form)
+                .body("grant_type=client_credentials"),
+        )
+        .await;
         assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{header}");
     }
     let two = send(
@@ -142,7 +165,8 @@ async fn revocation_and_introspection() {
     assert_eq!(body["scope"], "targets:read");
     assert_eq!(body["token_type"], "Bearer");
 
-    let (status, _, body) = sts.post_form("/oauth/revoke", Some((&other, &other_secret)), &format!("token={token}")).await;
+    let (status, _, body) =
+        sts.post_form("/oauth/revoke", Some((&other, &other_secret)), &format!("token={token}")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "not its token: {body}");
     assert!(sts.active(&id, &secret, &token).await, "still active");
 

@@ -97,7 +97,12 @@ impl Sts {
     }
 
     /// POSTs a form body to `path` with optional Basic credentials.
-    pub async fn post_form(&self, path: &str, basic: Option<(&str, &str)>, body: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    pub async fn post_form(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
         let mut request = self
             .served
             .http
@@ -127,7 +132,8 @@ impl Sts {
 
     /// Whether introspection calls `token` active (asked as client `id`).
     pub async fn active(&self, id: &str, secret: &str, token: &str) -> bool {
-        let (status, _, json) = self.post_form("/oauth/introspect", Some((id, secret)), &format!("token={token}")).await;
+        let (status, _, json) =
+            self.post_form("/oauth/introspect", Some((id, secret)), &format!("token={token}")).await;
         assert_eq!(status, 200, "{json}");
         json["active"] == true
     }

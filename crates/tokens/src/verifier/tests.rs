@@ -5,7 +5,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use caracal_store::revocation::Revocation;
-use jsonwebtoken::jwk::{AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use super::{Verifier, VerifyError};
@@ -116,7 +118,11 @@ async fn forged_and_wrong_tokens_are_refused_for_their_reason() {
     // A payload swapped under a good signature.
     let mut more = claims();
     more.scope = "clients:write".into();
-    let swapped = format!("{header}.{}.{}", sign(&k, &more).split('.').nth(1).expect("payload"), good.split('.').nth(2).expect("sig"));
+    let swapped = format!(
+        "{header}.{}.{}",
+        sign(&k, &more).split('.').nth(1).expect("payload"),
+        good.split('.').nth(2).expect("sig")
+    );
     assert_eq!(v.verify(&swapped).await, Err(VerifyError::BadSignature));
 
     let with = |f: &dyn Fn(&mut AccessClaims)| {
@@ -159,14 +165,24 @@ async fn revocations_apply_to_remembered_tokens_too() {
     let token = sign(&k, &claims());
     assert!(v.verify(&token).await.is_ok());
     let now = now_unix() as i64;
-    v.revocations().insert(&Revocation { jti: Some("jti-1".into()), client_id: None, revoked_at: now, expires_at: now + 600 });
+    v.revocations().insert(&Revocation {
+        jti: Some("jti-1".into()),
+        client_id: None,
+        revoked_at: now,
+        expires_at: now + 600,
+    });
     assert_eq!(v.verify(&token).await, Err(VerifyError::Revoked));
 
     let mut later = claims();
     later.jti = "jti-2".into();
     let other = sign(&k, &later);
     assert!(v.verify(&other).await.is_ok());
-    v.revocations().insert(&Revocation { jti: None, client_id: Some("ci".into()), revoked_at: now, expires_at: now + 600 });
+    v.revocations().insert(&Revocation {
+        jti: None,
+        client_id: Some("ci".into()),
+        revoked_at: now,
+        expires_at: now + 600,
+    });
     assert_eq!(v.verify(&other).await, Err(VerifyError::Revoked), "every token of the client issued before");
 }
 
