@@ -230,3 +230,27 @@ async fn tokens_at_the_guard_need_the_scope_and_forged_ones_are_401() {
         assert!(challenge.is_some_and(|c| c.contains("invalid_token")), "{case}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_v1_and_oauth_route() {
+    let sts = sts().await;
+    let (status, doc) = sts.served.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc["openapi"]);
+    let paths = &doc["paths"];
+    for (path, methods) in [
+        ("/oauth/token", &["post"][..]),
+        ("/oauth/revoke", &["post"]),
+        ("/oauth/introspect", &["post"]),
+        ("/.well-known/jwks.json", &["get"]),
+        ("/.well-known/oauth-authorization-server", &["get"]),
+        ("/v1/clients", &["get", "post"]),
+        ("/v1/clients/{id}", &["get", "delete"]),
+    ] {
+        for method in methods {
+            assert!(paths[path][method].is_object(), "{method} {path} is not described");
+        }
+    }
+    let form = &paths["/oauth/token"]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"];
+    assert!(form.is_object(), "the token request is a form: {}", paths["/oauth/token"]);
+}
