@@ -109,12 +109,13 @@ fn alive(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn up_status_doctor_down_leave_nothing_behind() {
     let dir = tempfile_dir();
-    let ports: Vec<u16> = (0..5).map(|_| caracal_testkit::free_port().expect("port")).collect();
-    let port_args: Vec<String> = ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port"]
-        .iter()
-        .zip(&ports)
-        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
-        .collect();
+    let ports: Vec<u16> = (0..6).map(|_| caracal_testkit::free_port().expect("port")).collect();
+    let port_args: Vec<String> =
+        ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port", "--sts-port"]
+            .iter()
+            .zip(&ports)
+            .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+            .collect();
     let mut up_args = vec!["up".to_string(), "--mode".into(), "rc".into()];
     up_args.extend(port_args);
     let run = |args: Vec<String>| {
@@ -139,7 +140,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     let status = run(vec!["status".into(), "--ready".into(), "--json".into()]).await.expect("join");
     assert_eq!(code(&status), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
-    assert_eq!(doc["summary"]["pass"], 3);
+    assert_eq!(doc["summary"]["pass"], 4);
     assert!(doc["services"].as_array().expect("services").iter().all(|s| s["mode"] == "rc"));
 
     let doctor = run(vec!["doctor".into(), "--json".into()]).await.expect("join");
@@ -156,7 +157,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert!(findings.iter().any(|f| f["subject"] == "clock skew: postgres"));
 
     let before = pids(&dir.join(".caracal"));
-    assert_eq!(before.len(), 5, "three services, Redis and PostgreSQL: {before:?}");
+    assert_eq!(before.len(), 6, "four services, Redis and PostgreSQL: {before:?}");
     let down = run(vec!["down".into(), "-v".into()]).await.expect("join");
     assert_eq!(code(&down), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(!dir.join(".caracal").exists(), "down -v deletes the data");
@@ -186,6 +187,8 @@ async fn a_taken_port_is_a_one_line_error_saying_what_to_do() {
         "--pg-port",
         &port,
         "--redis-port",
+        &free(),
+        "--sts-port",
         &free(),
     ]
     .map(String::from);

@@ -1,0 +1,117 @@
+//! `caracal-gateway`: metrics federation. One authenticated URL answers the merged metrics of
+//! every instance of a registered target, with identity labels, so a Prometheus, a person or a
+//! CI job can read a whole service without knowing its instances or holding their bearer.
+//!
+//! Its anchor is Cloud Foundry's Promfetcher, with what that gets wrong fixed: a failing
+//! instance is a `caracal_federation_error` series in a 200 answer (never a failed or silently
+//! thinner one), and nothing of the caller's request is forwarded to instances.
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`], the `[gateway]` settings.
+//! - [`registry`]: the targets registry from PostgreSQL, cached briefly.
+//! - [`exposition`]: reading text 0.0.4 and OpenMetrics 1.0 as bodies arrive.
+//! - [`scrape`]: one instance: bearer, timeout, caps, no redirects.
+//! - [`render`]: merging instances with identity labels and writing the answer.
+//! - `federate` (private): the two federation routes; `openapi` (private): `/openapi.json`.
+//! - [`error`]: [`error::GatewayError`], answered in one place; [`metrics`]: its families.
+
+pub mod config;
+pub mod error;
+pub mod exposition;
+mod federate;
+pub mod metrics;
+mod openapi;
+pub mod registry;
+pub mod render;
+pub mod scrape;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use caracal_core::App;
+use caracal_core::auth::BearerAuth;
+use caracal_tokens::{Access, Scope};
+
+pub use config::GatewayConfig;
+
+/// The default port.
+pub const PORT: u16 = 8081;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct GatewayState {
+    /// The targets.
+    pub registry: Arc<registry::Registry>,
+    /// Scrapes instances.
+    pub scraper: Arc<scrape::Scraper>,
+    /// Instances scraped at once, gateway-wide.
+    pub global: Arc<tokio::sync::Semaphore>,
+    /// Settings.
+    pub config: Arc<GatewayConfig>,
+    /// The `caracal_gateway_*` families.
+    pub metrics: metrics::Metrics,
+}
+
+/// Who may federate: the metrics bearer, or an STS token with `metrics:read` (or the admin
+/// token), checked locally.
+#[derive(Clone)]
+pub struct FederationAuth {
+    /// The platform's metrics bearer.
+    pub metrics: Arc<BearerAuth>,
+    /// STS tokens and the admin token.
+    pub access: Access,
+}
+
+/// The gateway's routes: the two federation routes behind [`FederationAuth`], and
+/// `/openapi.json`.
+pub fn router(state: GatewayState, auth: FederationAuth) -> Router {
+    let federation = Router::new()
+        .route("/v1/targets/{name}/metrics", get(federate::target))
+        .route("/v1/metrics", get(federate::selected))
+        .layer(axum::middleware::from_fn_with_state(auth, require_metrics_read));
+    Router::new().merge(federation).route("/openapi.json", get(openapi::document)).with_state(state)
+}
+
+async fn require_metrics_read(State(auth): State<FederationAuth>, request: Request, next: Next) -> Response {
+    if auth.metrics.is_configured() && auth.metrics.presents_bearer(request.headers()) {
+        return next.run(request).await;
+    }
+    match auth.access.authorize(&Method::GET, request.headers(), Scope::MetricsRead).await {
+        Ok(_) => next.run(request).await,
+        Err(refused) => refused,
+    }
+}
+
+/// Adds the gateway to `app`: storage (PostgreSQL for the registry, Redis for revocations),
+/// delivery (`revocations:lag`) and service (`sts:keys_loaded`) checks, and the routes.
+///
+/// # Errors
+/// Configuration errors (missing URLs, bad `[gateway]` or `[tokens]` settings, unusable
+/// bearer or admin token settings).
+pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
+    let config: GatewayConfig = app.config().section("gateway")?;
+    config.validate()?;
+    let pool = app.postgres()?;
+    let redis = app.redis()?;
+    let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_gateway"));
+    let metrics_auth = Arc::new(BearerAuth::metrics(&app.config().core)?);
+    let credential = scrape::Credential::metrics(&app.config().core);
+    let scraper = scrape::Scraper::new(credential, config.instance_body_cap_bytes)
+        .map_err(|e| caracal_core::Error::startup("build the scrape HTTP client", e))?;
+    let (app, access) = caracal_tokens::install(app, pool.clone())?;
+    let state = GatewayState {
+        registry: Arc::new(registry::Registry::new(pool.clone(), config.registry_ttl)),
+        scraper: Arc::new(scraper),
+        global: Arc::new(tokio::sync::Semaphore::new(config.global_concurrency)),
+        config: Arc::new(config),
+        metrics,
+    };
+    Ok(app
+        .checks(caracal_store::storage_checks(pool, redis))
+        .routes(router(state, FederationAuth { metrics: metrics_auth, access })))
+}

@@ -1,0 +1,165 @@
+//! A gateway on a fresh database, and instances that answer the ways instances do.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use caracal_core::Mode;
+use caracal_core::config::Secret;
+use caracal_testkit::app::{Served, core_config, serve};
+
+/// The platform's metrics bearer, which instances demand.
+pub const BEARER: &str = "metrics-bearer-for-tests";
+pub const ADMIN: &str = "admin-token-for-tests";
+
+pub struct Gateway {
+    pub served: Served,
+    pub pool: sqlx::PgPool,
+}
+
+/// A gateway (rc mode) on a fresh migrated database of `postgres`, with `[gateway]` settings.
+pub async fn gateway_on(postgres: &caracal_testkit::Postgres, settings: serde_json::Value) -> Gateway {
+    let url = postgres.fresh_database("gateway").expect("database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let mut core = core_config(Mode::Rc);
+    core.database_url = Some(Secret::new(url));
+    core.redis_url = Some(Secret::new(caracal_testkit::shared().redis.url()));
+    core.metrics.bearer = Some(Secret::new(BEARER));
+    core.admin_token = Some(Secret::new(ADMIN));
+    core.checks.timeout = Duration::from_secs(1);
+    let app = caracal_testkit::app::app("gateway", core, serde_json::json!({ "gateway": settings }));
+    let served = serve(caracal_gateway::build(app).expect("build the gateway")).await;
+    served.wait_ready_status(200, Duration::from_secs(15)).await.expect("gateway ready");
+    Gateway { served, pool }
+}
+
+pub async fn gateway(settings: serde_json::Value) -> Gateway {
+    gateway_on(&caracal_testkit::shared().postgres, settings).await
+}
+
+impl Gateway {
+    /// Registers a target straight in the registry's tables.
+    pub async fn register(&self, name: &str, labels: serde_json::Value, timeout_ms: i32, instances: &[String]) {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+             VALUES ($1, $2, '/health', '/ready', '/metrics', 1000, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(labels)
+        .bind(timeout_ms)
+        .fetch_one(&self.pool)
+        .await
+        .expect("target");
+        for url in instances {
+            sqlx::query("INSERT INTO instances (target_id, url) VALUES ($1, $2)")
+                .bind(id)
+                .bind(url)
+                .execute(&self.pool)
+                .await
+                .expect("instance");
+        }
+    }
+
+    /// GET `path` with the metrics bearer and extra headers: status, content type, body.
+    pub async fn federate(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        let mut request = self.served.http.get(self.served.url(path)).bearer_auth(BEARER);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("federate");
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        (status, content_type, response.text().await.expect("body"))
+    }
+}
+
+/// How a test instance answers `/metrics`.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Text 0.0.4 with this body.
+    Text(String),
+    /// OpenMetrics with this body.
+    OpenMetrics(String),
+    /// Waits this long, then answers a small text body.
+    Slow(Duration),
+    /// 200 with bytes that are not an exposition.
+    Garbage,
+    /// This many bytes of valid text.
+    Huge(usize),
+}
+
+/// Serves an instance; returns its base URL. It demands the metrics bearer, like every
+/// fail-closed Caracal instance; `demand` overrides which bearer (to make it answer 401).
+pub async fn instance(behaviour: Behaviour, demand: &'static str) -> String {
+    let app = Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| {
+            let behaviour = behaviour.clone();
+            async move {
+                let authorized = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {demand}"));
+                if !authorized {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                let text = "text/plain; version=0.0.4";
+                match behaviour {
+                    Behaviour::Text(body) => ([(header::CONTENT_TYPE, text)], body).into_response(),
+                    Behaviour::OpenMetrics(body) => {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0")], body).into_response()
+                    }
+                    Behaviour::Slow(wait) => {
+                        tokio::time::sleep(wait).await;
+                        ([(header::CONTENT_TYPE, text)], "slow 1\n").into_response()
+                    }
+                    Behaviour::Garbage => {
+                        ([(header::CONTENT_TYPE, text)], "<html>not metrics</html>\n{{{").into_response()
+                    }
+                    Behaviour::Huge(n) => {
+                        let line = "padding_metric{label=\"0123456789012345678901234567890123456789\"} 1\n";
+                        ([(header::CONTENT_TYPE, text)], line.repeat(n / line.len() + 1)).into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// A URL where nothing listens.
+pub fn nobody() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// `host:port` of a base URL.
+pub fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// The samples of `body` as (name, labels, value) for lines that are samples.
+pub fn samples(body: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+    let mut parser = caracal_gateway::exposition::Parser::new(if body.ends_with("# EOF\n") {
+        caracal_gateway::exposition::Format::OpenMetrics
+    } else {
+        caracal_gateway::exposition::Format::Text
+    });
+    parser.feed(body.as_bytes()).expect("the answer is a valid exposition");
+    let (families, _) = parser.finish().expect("the answer is a valid exposition");
+    families.into_values().flat_map(|f| f.samples).map(|s| (s.name, s.labels, s.value)).collect()
+}
+
+/// The value of the sample named `name` whose labels include every one of `with`.
+pub fn value(all: &[(String, Vec<(String, String)>, String)], name: &str, with: &[(&str, &str)]) -> Option<String> {
+    all.iter()
+        .find(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+        .map(|(_, _, v)| v.clone())
+}
