@@ -4,13 +4,14 @@
 # Probes /health and /ready of every service, then the whole flow: registers a target, waits
 # until the coordinator has probed it, finds the status event in the audit ledger, runs the
 # token flow (creates an STS client with the admin token, gets a scoped token, calls a /v1 API
-# with it, revokes it and sees it refused), scrapes each service's /metrics with the bearer
+# with it, revokes it and sees it refused), federates the target through the gateway with a
+# metrics:read token (checking its instance's series and identity labels), scrapes each service's /metrics with the bearer
 # (and expects 401 without it outside dev mode), and removes the target and the client. Stops
 # with a clear line at the first failure (exit 1).
 #
 # Settings (environment):
 #   CARACAL_HOST              host of every service            (127.0.0.1)
-#   API_PORT COORDINATOR_PORT AUDIT_PORT STS_PORT              (3000 4000 9090 8080)
+#   API_PORT COORDINATOR_PORT AUDIT_PORT STS_PORT GATEWAY_PORT (3000 4000 9090 8080 8081)
 #   METRICS_BEARER_FILE       metrics bearer                   (.caracal/secrets/metrics_bearer)
 #   CARACAL_ADMIN_TOKEN_FILE  admin token                      (.caracal/secrets/admin_token)
 #   SMOKE_TIMEOUT             seconds to wait for each step    (60)
@@ -21,6 +22,7 @@ api="http://$host:${API_PORT:-3000}"
 coordinator="http://$host:${COORDINATOR_PORT:-4000}"
 audit="http://$host:${AUDIT_PORT:-9090}"
 sts="http://$host:${STS_PORT:-8080}"
+gateway="http://$host:${GATEWAY_PORT:-8081}"
 bearer_file=${METRICS_BEARER_FILE:-.caracal/secrets/metrics_bearer}
 admin_file=${CARACAL_ADMIN_TOKEN_FILE:-.caracal/secrets/admin_token}
 timeout=${SMOKE_TIMEOUT:-60}
@@ -45,7 +47,7 @@ eventually() {
   done
 }
 
-for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit"; do
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway"; do
   set -- $service
   [ "$(code "$2/health")" = 200 ] || fail "$1 /health at $2 is not 200"
   [ "$(code "$2/ready")" = 200 ] || fail "$1 /ready at $2 is not 200 (run: caracal status --ready)"
@@ -74,7 +76,7 @@ ok "the audit ledger holds the status event of $name"
 
 # The token flow: a client made with the admin token, a scoped token, a call, a revocation.
 made=$(body -X POST "$sts/v1/clients" -H "authorization: Bearer $admin" -H 'content-type: application/json' \
-  -d "{\"client_id\": \"$client\", \"scopes\": [\"targets:read\", \"events:read\"]}")
+  -d "{\"client_id\": \"$client\", \"scopes\": [\"targets:read\", \"events:read\", \"metrics:read\"]}")
 secret=$(sed -n 's/.*"client_secret":"\([^"]*\)".*/\1/p' <<<"$made")
 [ -n "$secret" ] || fail "creating STS client $client did not return a secret: $made"
 ok "created STS client $client"
@@ -90,7 +92,22 @@ refused() { [ "$(code "$api/v1/targets/$name" -H "authorization: Bearer $token")
 eventually refused || fail "the api still accepts the revoked token after ${timeout}s"
 ok "the revoked token is refused (401)"
 
-for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit"; do
+# Federation: the target's one instance (the api itself), merged with identity labels.
+issued=$(body -u "$client:$secret" -d grant_type=client_credentials -d scope=metrics:read "$sts/oauth/token")
+metrics_token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$issued")
+[ -n "$metrics_token" ] || fail "the STS issued no metrics:read token: $issued"
+instance="${api#http://}"
+federated=$(curl -s --max-time 15 -w '\n%{http_code}' -H "authorization: Bearer $metrics_token" "$gateway/v1/targets/$name/metrics")
+[ "$(tail -n1 <<<"$federated")" = 200 ] || fail "federating $name through the gateway answered $(tail -n1 <<<"$federated")"
+grep -q "^caracal_federation_up{target=\"$name\",instance=\"$instance\"} 1$" <<<"$federated" \
+  || fail "the gateway did not federate $instance of $name (no caracal_federation_up 1)"
+grep -q "^caracal_build_info{.*target=\"$name\",instance=\"$instance\"" <<<"$federated" \
+  || grep -q "^caracal_build_info{.*instance=\"$instance\"" <<<"$federated" \
+  || fail "the federated answer has no caracal_build_info of $instance with its identity labels"
+[ "$(code "$gateway/v1/targets/$name/metrics")" = 401 ] || fail "the gateway federates without credentials"
+ok "the gateway federates $name: $instance up, its series labelled target and instance"
+
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway"; do
   set -- $service
   mode=$(body "$2/health" | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')
   scrape=$(curl -s --max-time 5 -w '\n%{http_code}' -H "authorization: Bearer $bearer" "$2/metrics")

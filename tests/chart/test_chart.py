@@ -46,7 +46,7 @@ def test_servicemonitors_and_rules_validate_against_the_operator_schemas():
     docs = [d for d in documents(render(values_file("values-production.yaml"))) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
     result = subprocess.run(["node", str(HERE / "validate_crds.mjs")], input=json.dumps(docs), capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("valid ") == 5, result.stdout  # four ServiceMonitors and the rules
+    assert result.stdout.count("valid ") == 7, result.stdout  # five ServiceMonitors, federation's, and the rules
 
 
 def test_deployments_are_hardened_and_probed():
@@ -118,7 +118,7 @@ def test_secret_is_generated_or_taken_from_an_existing_one():
     production = documents(render(values_file("values-production.yaml")))
     assert not [d for d in production if d["kind"] == "Secret"]
     for monitor in (d for d in production if d["kind"] == "ServiceMonitor"):
-        (endpoint,) = monitor["spec"]["endpoints"]
+        endpoint = monitor["spec"]["endpoints"][0]
         assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "caracal-production", "key": "metrics-bearer"}}
         assert "bearerTokenSecret" not in endpoint and "bearerTokenFile" not in endpoint
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -186,6 +186,8 @@ CASES = {
     "CaracalStsSigningKeyExpiring": ([f'caracal_sts_active_key_expiry_timestamp_seconds{{{NS},job="caracal-sts"}}', "1000x40"], "100000x40",
                                      {"job": "caracal-sts"}, "15m"),
     "CaracalRevocationsLagging": ([f'caracal_revocations_lag{{{NS},job="caracal-api"}}', "30x40"], "0.5x40", {"job": "caracal-api"}, "15m"),
+    "CaracalFederatedInstanceDown": ([f'caracal_federation_up{{{NS},job="caracal-gateway",target="shop",instance="10.0.0.7:9100"}}', "0x40"], "1x40",
+                                     {"target": "shop", "instance": "10.0.0.7:9100"}, "20m"),
 }
 
 
@@ -221,6 +223,16 @@ def latency_case(name, rule, slow):
     return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": "20m", "alertname": name, "exp_alerts": fired}]}
 
 
+def scrapes_case(rule, failing):
+    """Instance scrapes growing 10/min; half of them timing out when `failing`."""
+    labels = {"namespace": "caracal", "job": "caracal-gateway"}
+    base = f'caracal_gateway_instance_scrapes_total{{{NS},job="caracal-gateway",result='
+    series = [{"series": base + '"ok"}', "values": f"0+{5 if failing else 10}x40"},
+              {"series": base + '"timeout"}', "values": f"0+{5 if failing else 0}x40"}]
+    fired = [{"exp_labels": dict(labels, severity=rule["labels"]["severity"]), "exp_annotations": expected_annotations(rule, labels)}] if failing else []
+    return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": "30m", "alertname": rule["alert"], "exp_alerts": fired}]}
+
+
 def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
     rules = {r["alert"]: r for g in rule_groups() for r in g["rules"]}
     tests = []
@@ -240,6 +252,8 @@ def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
     tests.append(http_case("CaracalErrorBudgetSlowBurn", rules["CaracalErrorBudgetSlowBurn"], 0, "400m", 420))
     tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], True))
     tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], False))
+    tests.append(scrapes_case(rules["CaracalGatewayScrapesFailing"], failing=True))
+    tests.append(scrapes_case(rules["CaracalGatewayScrapesFailing"], failing=False))
     covered = {t["alert_rule_test"][0]["alertname"] for t in tests}
     assert covered == set(rules), f"alerts without a unit test: {set(rules) - covered}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -254,7 +268,7 @@ def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
 def test_only_the_sts_gets_the_key_encryption_key_and_every_service_finds_the_sts():
     docs = documents(render())
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"sts", "api", "coordinator", "audit"}
+    assert set(deployments) == {"sts", "api", "coordinator", "audit", "gateway"}
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         env = {e["name"] for e in pod["containers"][0]["env"]}
@@ -264,3 +278,15 @@ def test_only_the_sts_gets_the_key_encryption_key_and_every_service_finds_the_st
     config = next(d for d in docs if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])["data"]["caracal.toml"]
     assert 'sts_url = "http://caracal-sts:8080"' in config, config
     assert 'algorithm = "EdDSA"' in config
+
+
+def test_listed_targets_are_federated_through_the_gateway_with_honor_labels():
+    assert not [d for d in documents(render()) if d["metadata"]["name"].endswith("-federation")], "none listed, none rendered"
+    values = dict(URLS, federation={"targets": [{"target": "shop"}, {"target": "payments", "interval": "15s"}]})
+    (monitor,) = [d for d in documents(render(values)) if d["kind"] == "ServiceMonitor" and d["metadata"]["name"].endswith("-federation")]
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    paths = [(e["path"], e["interval"], e["honorLabels"]) for e in monitor["spec"]["endpoints"]]
+    assert paths == [("/v1/targets/shop/metrics", "30s", True), ("/v1/targets/payments/metrics", "15s", True)]
+    assert all(e["authorization"]["credentials"]["key"] == "metrics-bearer" for e in monitor["spec"]["endpoints"])
+    with pytest.raises(helm_python.HelmError):
+        render(dict(URLS, federation={"targets": [{"target": "Bad Name"}]}))

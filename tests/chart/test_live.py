@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, documents, render, tool
 
 CARACAL = ROOT / "target" / "debug" / "caracal"
-SERVICES = ("sts", "api", "coordinator", "audit")
+SERVICES = ("sts", "api", "coordinator", "audit", "gateway")
 
 
 def free_port():
@@ -54,7 +54,7 @@ def platform():
     os.chmod(home, 0o755)  # PostgreSQL runs as the postgres user when we are root
     ports = {name: free_port() for name in (*SERVICES, "pg", "redis")}
     args = [str(CARACAL), "--dir", home, "up", "--mode", "rc", "--api-port", str(ports["api"]), "--coordinator-port", str(ports["coordinator"]),
-            "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
+            "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--gateway-port", str(ports["gateway"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
     up = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr
     bearer_file = pathlib.Path(home) / ".caracal" / "secrets" / "metrics_bearer"
@@ -129,6 +129,17 @@ def test_dashboard_queries_use_metric_names_that_exist(platform, prometheus):
     for name in SERVICES:
         text = get(f"http://127.0.0.1:{platform['ports'][name]}/metrics", platform["bearer"])
         exposed |= {m.group(1) for m in re.finditer(r"^([a-z_:][a-z0-9_:]*)[{ ]", text, re.M)}
+    # The federation series exist in the gateway's answers: one target that answers (the API,
+    # which the platform registers itself) and one whose only instance is down.
+    admin = (pathlib.Path(platform["home"]) / ".caracal" / "secrets" / "admin_token").read_text().strip()
+    api = f"http://127.0.0.1:{platform['ports']['api']}"
+    body = json.dumps({"name": "nowhere", "instances": [f"http://127.0.0.1:{free_port()}"]}).encode()
+    request = urllib.request.Request(f"{api}/v1/targets", data=body, headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=5)
+    gateway = f"http://127.0.0.1:{platform['ports']['gateway']}"
+    for target in ("api", "nowhere"):
+        text = eventually(lambda: federated(gateway, target, platform["bearer"]), 20, f"the gateway federates {target}")
+        exposed |= {m.group(1) for m in re.finditer(r"^([a-z_:][a-z0-9_:]*)[{ ]", text, re.M)}
     exposed.add("up")  # Prometheus's own, per target
     used = set()
     for path in sorted((ROOT / "infra" / "grafana").glob("*.json")):
@@ -139,6 +150,13 @@ def test_dashboard_queries_use_metric_names_that_exist(platform, prometheus):
     assert used, "no metric names found in the dashboards"
     missing = sorted(used - exposed)
     assert not missing, f"dashboard queries use metric names no service exposes: {missing}"
+
+
+def federated(gateway, target, bearer):
+    try:
+        return get(f"{gateway}/v1/targets/{target}/metrics", bearer)
+    except urllib.error.HTTPError:  # 404 until the registry cache (2 s) sees the target
+        return None
 
 
 def test_stopping_redis_makes_the_not_ready_alert_go_pending(platform, prometheus):

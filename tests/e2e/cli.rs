@@ -93,6 +93,18 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
+/// Runs `caracal down -v` in `dir` when dropped, so a failing test leaves no platform running
+/// (its services would hold ports the next test run needs).
+struct DownOnDrop(std::path::PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if self.0.join(".caracal").exists() {
+            let _ = caracal(&self.0, &["down", "-v"]);
+        }
+    }
+}
+
 fn pids(caracal_dir: &Path) -> Vec<i32> {
     let mut files: Vec<std::path::PathBuf> =
         std::fs::read_dir(caracal_dir.join("run")).into_iter().flatten().flatten().map(|e| e.path()).collect();
@@ -109,13 +121,21 @@ fn alive(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn up_status_doctor_down_leave_nothing_behind() {
     let dir = tempfile_dir();
-    let ports: Vec<u16> = (0..6).map(|_| caracal_testkit::free_port().expect("port")).collect();
-    let port_args: Vec<String> =
-        ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port", "--sts-port"]
-            .iter()
-            .zip(&ports)
-            .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
-            .collect();
+    let _cleanup = DownOnDrop(dir.clone());
+    let ports: Vec<u16> = (0..7).map(|_| caracal_testkit::free_port().expect("port")).collect();
+    let port_args: Vec<String> = [
+        "--api-port",
+        "--coordinator-port",
+        "--audit-port",
+        "--pg-port",
+        "--redis-port",
+        "--sts-port",
+        "--gateway-port",
+    ]
+    .iter()
+    .zip(&ports)
+    .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+    .collect();
     let mut up_args = vec!["up".to_string(), "--mode".into(), "rc".into()];
     up_args.extend(port_args);
     let run = |args: Vec<String>| {
@@ -140,7 +160,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     let status = run(vec!["status".into(), "--ready".into(), "--json".into()]).await.expect("join");
     assert_eq!(code(&status), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
-    assert_eq!(doc["summary"]["pass"], 4);
+    assert_eq!(doc["summary"]["pass"], 5);
     assert!(doc["services"].as_array().expect("services").iter().all(|s| s["mode"] == "rc"));
 
     let doctor = run(vec!["doctor".into(), "--json".into()]).await.expect("join");
@@ -157,7 +177,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert!(findings.iter().any(|f| f["subject"] == "clock skew: postgres"));
 
     let before = pids(&dir.join(".caracal"));
-    assert_eq!(before.len(), 6, "four services, Redis and PostgreSQL: {before:?}");
+    assert_eq!(before.len(), 7, "five services, Redis and PostgreSQL: {before:?}");
     let down = run(vec!["down".into(), "-v".into()]).await.expect("join");
     assert_eq!(code(&down), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(!dir.join(".caracal").exists(), "down -v deletes the data");
@@ -189,6 +209,8 @@ async fn a_taken_port_is_a_one_line_error_saying_what_to_do() {
         "--redis-port",
         &free(),
         "--sts-port",
+        &free(),
+        "--gateway-port",
         &free(),
     ]
     .map(String::from);

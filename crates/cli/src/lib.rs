@@ -93,6 +93,9 @@ pub struct UpArgs {
     /// Port of caracal-sts.
     #[arg(long)]
     pub sts_port: Option<u16>,
+    /// Port of caracal-gateway.
+    #[arg(long)]
+    pub gateway_port: Option<u16>,
     /// Port of the local PostgreSQL.
     #[arg(long)]
     pub pg_port: Option<u16>,
@@ -175,6 +178,7 @@ async fn up_command(home: &Home, args: UpArgs) -> Result<(), CliError> {
         coordinator: args.coordinator_port.unwrap_or(base.ports.coordinator),
         audit: args.audit_port.unwrap_or(base.ports.audit),
         sts: args.sts_port.unwrap_or(base.ports.sts),
+        gateway: args.gateway_port.unwrap_or(base.ports.gateway),
         postgres: args.pg_port.unwrap_or(base.ports.postgres),
         redis: args.redis_port.unwrap_or(base.ports.redis),
     };

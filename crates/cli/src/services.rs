@@ -21,11 +21,12 @@ pub struct Service {
 
 /// Every service `up` runs, in start order: the STS first, so the services that verify its
 /// tokens find its keys at once.
-pub const SERVICES: [Service; 4] = [
+pub const SERVICES: [Service; 5] = [
     Service { name: "sts", binary: "caracal-sts" },
     Service { name: "api", binary: "caracal-api" },
     Service { name: "coordinator", binary: "caracal-coordinator" },
     Service { name: "audit", binary: "caracal-audit" },
+    Service { name: "gateway", binary: "caracal-gateway" },
 ];
 
 impl Service {
@@ -34,6 +35,7 @@ impl Service {
         match self.name {
             "api" => ports.api,
             "sts" => ports.sts,
+            "gateway" => ports.gateway,
             "coordinator" => ports.coordinator,
             _ => ports.audit,
         }
@@ -43,6 +45,7 @@ impl Service {
         match self.name {
             "api" => "--api-port",
             "sts" => "--sts-port",
+            "gateway" => "--gateway-port",
             "coordinator" => "--coordinator-port",
             _ => "--audit-port",
         }

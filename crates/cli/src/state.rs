@@ -23,6 +23,9 @@ pub struct Ports {
     /// caracal-sts (absent from a `state.json` written before the STS existed).
     #[serde(default = "default_sts_port")]
     pub sts: u16,
+    /// caracal-gateway (likewise).
+    #[serde(default = "default_gateway_port")]
+    pub gateway: u16,
     /// The local PostgreSQL (not 5432, so a system server is left alone).
     pub postgres: u16,
     /// The local Redis (not 6379, likewise).
@@ -31,12 +34,16 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, postgres: 55432, redis: 56379 }
+        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, gateway: 8081, postgres: 55432, redis: 56379 }
     }
 }
 
 fn default_sts_port() -> u16 {
     Ports::default().sts
+}
+
+fn default_gateway_port() -> u16 {
+    Ports::default().gateway
 }
 
 /// What `up` decided, remembered for the other commands.

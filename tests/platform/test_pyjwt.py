@@ -1,63 +1,26 @@
 """The STS's tokens checked by an independent JOSE implementation (PyJWT), against a running
-platform: what `.ci/run` starts with `caracal up --mode rc`.
-
-Settings (environment): CARACAL_STS_URL (http://127.0.0.1:8080), CARACAL_API_URL
-(http://127.0.0.1:3000), CARACAL_ADMIN_TOKEN_FILE (.caracal/secrets/admin_token).
-"""
+platform (see conftest.py)."""
 
 import base64
 import json
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import jwt
 import pytest
 
-STS = os.environ.get("CARACAL_STS_URL", "http://127.0.0.1:8080")
-API = os.environ.get("CARACAL_API_URL", "http://127.0.0.1:3000")
-ADMIN = open(os.environ.get("CARACAL_ADMIN_TOKEN_FILE", ".caracal/secrets/admin_token")).read().split()[0]
-
-
-def call(method, url, body=None, headers=None):
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
+from conftest import API, STS, call, create_client, delete_client, issue
 
 
 @pytest.fixture(scope="module")
 def client():
-    client_id = f"pyjwt-{os.getpid()}-{int(time.time())}"
-    status, _, body = call(
-        "POST",
-        f"{STS}/v1/clients",
-        json.dumps({"client_id": client_id, "scopes": ["targets:read", "events:read"]}).encode(),
-        {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
-    )
-    assert status == 201, body
-    yield client_id, json.loads(body)["client_secret"]
-    call("DELETE", f"{STS}/v1/clients/{client_id}", headers={"authorization": f"Bearer {ADMIN}"})
+    client = create_client(f"pyjwt-{os.getpid()}-{int(time.time())}", ["targets:read", "events:read"])
+    yield client
+    delete_client(client[0])
 
 
 def token(client_id, secret, scope=None):
-    form = {"grant_type": "client_credentials"}
-    if scope:
-        form["scope"] = scope
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    status, headers, body = call(
-        "POST",
-        f"{STS}/oauth/token",
-        urllib.parse.urlencode(form).encode(),
-        {"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
-    )
-    assert status == 200, body
-    assert headers.get("Cache-Control") == "no-store"
-    return json.loads(body)
+    return issue((client_id, secret), scope)
 
 
 def metadata():
