@@ -271,7 +271,7 @@ impl Parser {
     }
 
     fn parse_sample(&mut self, line: &str) -> Result<(), ParseError> {
-        let name_end = line.find(|c: char| c == '{' || c == ' ' || c == '\t').unwrap_or(line.len());
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = &line[..name_end];
         if !valid_metric_name(name) {
             return Err(self.error("bad metric name"));
@@ -333,7 +333,10 @@ impl Parser {
     }
 }
 
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+/// Labels as read, in order.
+type Labels = Vec<(String, String)>;
+
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();

@@ -230,7 +230,7 @@ fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> 
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("").chars().take(200).collect()
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").chars().take(200).collect()
 }
 
 /// The output format the `Accept` header asks for: OpenMetrics when it is accepted at least as

@@ -44,12 +44,15 @@ pub struct Options {
     pub matchers: Vec<regex::Regex>,
 }
 
+/// One instance's share of a family: its identity labels and its samples.
+type Part<'a> = (&'a [(String, String)], &'a [Sample]);
+
 /// A family being merged: its metadata and, per instance, the identity labels and samples.
 struct Merged<'a> {
     kind: Kind,
     help: Option<&'a str>,
     unit: Option<&'a str>,
-    parts: Vec<(&'a [(String, String)], &'a [Sample])>,
+    parts: Vec<Part<'a>>,
 }
 
 /// Samples merged, and the rendered body.
@@ -142,7 +145,7 @@ struct OwnFamily {
 }
 
 impl OwnFamily {
-    fn parts_ref(&self) -> Vec<(&[(String, String)], &[Sample])> {
+    fn parts_ref(&self) -> Vec<Part<'_>> {
         vec![(&[][..], self.samples.as_slice())]
     }
 }
@@ -194,7 +197,7 @@ fn write_family(
     kind: Kind,
     help: Option<&str>,
     unit: Option<&str>,
-    parts: &[(&[(String, String)], &[Sample])],
+    parts: &[Part<'_>],
 ) {
     let samples = || parts.iter().flat_map(|(labels, samples)| samples.iter().map(move |s| (*labels, s)));
     match format {

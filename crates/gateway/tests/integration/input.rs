@@ -2,6 +2,9 @@
 
 use crate::support::{ADMIN, BEARER, Behaviour, gateway, instance};
 
+/// A request and its answer: (path, headers, status, code).
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_are_4xx_with_stable_codes() {
     let gw = gateway(serde_json::json!({ "max_matchers": 8 })).await;
@@ -10,7 +13,7 @@ async fn malformed_requests_are_4xx_with_stable_codes() {
     let huge_match = format!("/v1/targets/shop/metrics?match[]={}", "a".repeat(5000));
     let many =
         format!("/v1/targets/shop/metrics?{}", (0..9).map(|i| format!("match[]=m{i}")).collect::<Vec<_>>().join("&"));
-    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("/v1/targets/shop/metrics?match[]=(unclosed".into(), vec![], 400, "bad_match"),
         (huge_match, vec![], 400, "bad_match"),
         (many, vec![], 400, "bad_match"),

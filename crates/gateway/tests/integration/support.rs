@@ -145,8 +145,11 @@ pub fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
 
-/// The samples of `body` as (name, labels, value) for lines that are samples.
-pub fn samples(body: &str) -> Vec<(String, Vec<(String, String)>, String)> {
+/// A sample as (name, labels, value).
+pub type Found = (String, Vec<(String, String)>, String);
+
+/// The samples of `body`.
+pub fn samples(body: &str) -> Vec<Found> {
     let mut parser = caracal_gateway::exposition::Parser::new(if body.ends_with("# EOF\n") {
         caracal_gateway::exposition::Format::OpenMetrics
     } else {
@@ -158,7 +161,7 @@ pub fn samples(body: &str) -> Vec<(String, Vec<(String, String)>, String)> {
 }
 
 /// The value of the sample named `name` whose labels include every one of `with`.
-pub fn value(all: &[(String, Vec<(String, String)>, String)], name: &str, with: &[(&str, &str)]) -> Option<String> {
+pub fn value(all: &[Found], name: &str, with: &[(&str, &str)]) -> Option<String> {
     all.iter()
         .find(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)))
         .map(|(_, _, v)| v.clone())
