@@ -27,6 +27,7 @@ bench:
     cargo bench -p caracal-bin --bench pipeline
     cargo bench -p caracal-bin --bench prober
     cargo bench -p caracal-sts --bench tokens
+    cargo bench -p caracal-gateway --bench federation
 
 # The chart's tests (Helm SDK, schemas, promtool, a real Prometheus); .ci/run prepares the tools.
 chart:
