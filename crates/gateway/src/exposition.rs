@@ -6,7 +6,7 @@
 //! both formats merge. Exemplars are dropped (consistently, from both formats); timestamps are
 //! kept, in seconds.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// A family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,30 +71,62 @@ impl Kind {
     }
 }
 
-/// One sample: its full name (`foo_bucket`), labels, value and optional timestamp.
+/// One sample line, as offsets into its body (so the body is held once, never copied into
+/// per-sample strings).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// The series name.
-    pub name: String,
-    /// Labels in the order written.
-    pub labels: Vec<(String, String)>,
-    /// The value as written (`1`, `2.5e3`, `NaN`, `+Inf`), validated as a number.
-    pub value: String,
+pub struct Line {
+    /// Where the line starts (its name).
+    pub start: u32,
+    /// Where the name ends.
+    pub name_end: u32,
+    /// Where the label block's `}` is (`name_end` when there is no label block).
+    pub labels_end: u32,
+    /// Whether the label block holds at least one label.
+    pub has_labels: bool,
+    /// The value's range.
+    pub value: (u32, u32),
     /// Seconds since the epoch, when given.
     pub timestamp: Option<f64>,
+    /// Bit `i` set: the sample has a label named as identity label `i` (see [`Parser::new`]).
+    pub clash: u64,
 }
 
-/// A metric family.
+/// A metric family of one body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Family {
+    /// Its OpenMetrics name.
+    pub name: String,
     /// Its type.
     pub kind: Kind,
     /// `# HELP`, unescaped.
     pub help: Option<String>,
     /// `# UNIT` (OpenMetrics).
     pub unit: Option<String>,
-    /// Its samples, in the order read.
-    pub samples: Vec<Sample>,
+    /// Its sample lines, in the order read.
+    pub lines: Vec<Line>,
+}
+
+/// A parsed body: the bytes, once, and its families indexing into them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Body {
+    /// The body as received.
+    pub bytes: Vec<u8>,
+    /// Its families in the order they first appear.
+    pub families: Vec<Family>,
+    /// How many samples it holds.
+    pub samples: usize,
+}
+
+impl Body {
+    /// The text of `range` (validated UTF-8 when parsed).
+    pub fn text(&self, from: u32, to: u32) -> &str {
+        std::str::from_utf8(&self.bytes[from as usize..to as usize]).unwrap_or("")
+    }
+
+    /// The series name of `line`.
+    pub fn name(&self, line: &Line) -> &str {
+        self.text(line.start, line.name_end)
+    }
 }
 
 /// Which format a body is in.
@@ -127,79 +159,99 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// An incremental parser: feed it chunks, then finish.
+/// An incremental parser: feed it chunks as they arrive (each line is parsed once complete),
+/// then finish.
 #[derive(Debug)]
 pub struct Parser {
     format: Format,
-    partial: Vec<u8>,
+    bytes: Vec<u8>,
+    /// Where the first line not parsed yet starts.
+    scanned: usize,
     line: usize,
-    families: BTreeMap<String, Family>,
-    /// The family the last `# TYPE` opened (OpenMetrics name).
-    current: Option<String>,
+    families: Vec<Family>,
+    by_name: HashMap<String, usize>,
+    /// The family the last `# TYPE` opened.
+    current: Option<usize>,
     /// `# HELP` and `# UNIT` by the name written, until a `# TYPE` or sample claims them.
-    help: BTreeMap<String, String>,
-    unit: BTreeMap<String, String>,
+    help: HashMap<String, String>,
+    unit: HashMap<String, String>,
     eof: bool,
     samples: usize,
+    /// Label names whose presence on a sample is recorded in [`Line::clash`].
+    identity: Vec<String>,
 }
 
 impl Parser {
-    /// A parser for a body in `format`.
-    pub fn new(format: Format) -> Self {
+    /// A parser for a body in `format`; `identity` names the labels the caller will add, so
+    /// samples already carrying one are marked (at most 64 are tracked).
+    pub fn new(format: Format, identity: &[String]) -> Self {
         Self {
             format,
-            partial: Vec::new(),
+            bytes: Vec::new(),
+            scanned: 0,
             line: 0,
-            families: BTreeMap::new(),
+            families: Vec::new(),
+            by_name: HashMap::new(),
             current: None,
-            help: BTreeMap::new(),
-            unit: BTreeMap::new(),
+            help: HashMap::new(),
+            unit: HashMap::new(),
             eof: false,
             samples: 0,
+            identity: identity.iter().take(64).cloned().collect(),
         }
     }
 
-    /// Parses every complete line of `chunk`, keeping an incomplete last line for later.
+    /// Bytes held so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends `chunk` and parses every line it completes.
     ///
     /// # Errors
     /// The first line that is not valid exposition.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ParseError> {
-        let mut rest = chunk;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            let (line, tail) = rest.split_at(end);
-            rest = &tail[1..];
-            if self.partial.is_empty() {
-                self.parse_line(line)?;
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.parse_line(&whole)?;
-            }
+        if self.bytes.len() + chunk.len() > u32::MAX as usize {
+            return Err(self.error("the body is too large to index"));
         }
-        self.partial.extend_from_slice(rest);
+        self.bytes.extend_from_slice(chunk);
+        while let Some(newline) = memchr::memchr(b'\n', &self.bytes[self.scanned..]) {
+            let (from, to) = (self.scanned, self.scanned + newline);
+            self.scanned = to + 1;
+            self.parse_line(from, to)?;
+        }
         Ok(())
     }
 
-    /// Parses what is left and returns the families, by OpenMetrics name.
+    /// Parses what is left and returns the body with its families.
     ///
     /// # Errors
     /// A last line that is not valid exposition.
-    pub fn finish(mut self) -> Result<(BTreeMap<String, Family>, usize), ParseError> {
-        if !self.partial.is_empty() {
-            let last = std::mem::take(&mut self.partial);
-            self.parse_line(&last)?;
+    pub fn finish(mut self) -> Result<Body, ParseError> {
+        if self.scanned < self.bytes.len() {
+            let (from, to) = (self.scanned, self.bytes.len());
+            self.scanned = to;
+            self.parse_line(from, to)?;
         }
-        Ok((self.families, self.samples))
+        Ok(Body { bytes: self.bytes, families: self.families, samples: self.samples })
     }
 
     fn error(&self, message: impl Into<String>) -> ParseError {
         ParseError { line: self.line, message: message.into() }
     }
 
-    fn parse_line(&mut self, raw: &[u8]) -> Result<(), ParseError> {
+    fn parse_line(&mut self, from: usize, to: usize) -> Result<(), ParseError> {
         self.line += 1;
-        let line = std::str::from_utf8(raw).map_err(|_| self.error("not UTF-8"))?;
-        let line = line.strip_suffix('\r').unwrap_or(line);
+        let mut end = to;
+        if end > from && self.bytes[end - 1] == b'\r' {
+            end -= 1;
+        }
+        let Ok(line) = std::str::from_utf8(&self.bytes[from..end]) else { return Err(self.error("not UTF-8")) };
         if self.eof {
             return if line.trim().is_empty() { Ok(()) } else { Err(self.error("content after # EOF")) };
         }
@@ -207,9 +259,22 @@ impl Parser {
             return Ok(());
         }
         if let Some(comment) = line.strip_prefix('#') {
-            return self.parse_comment(comment.trim_start());
+            let comment = comment.trim_start().to_string();
+            return self.parse_comment(&comment);
         }
-        self.parse_sample(line)
+        let parsed = self.parse_sample(line, from)?;
+        self.add_sample(parsed);
+        Ok(())
+    }
+
+    fn family_index(&mut self, name: &str, kind: Kind) -> usize {
+        if let Some(i) = self.by_name.get(name) {
+            return *i;
+        }
+        let help = self.help.get(name).cloned();
+        self.families.push(Family { name: name.to_string(), kind, help, unit: None, lines: Vec::new() });
+        self.by_name.insert(name.to_string(), self.families.len() - 1);
+        self.families.len() - 1
     }
 
     fn parse_comment(&mut self, comment: &str) -> Result<(), ParseError> {
@@ -231,16 +296,16 @@ impl Parser {
         match keyword {
             "HELP" => {
                 let text = unescape(value, self.format == Format::OpenMetrics).map_err(|m| self.error(m))?;
-                self.help.insert(name.to_string(), text);
-                if let Some(family) = self.families.get_mut(name) {
-                    family.help = self.help.get(name).cloned();
+                if let Some(i) = self.by_name.get(name) {
+                    self.families[*i].help = Some(text.clone());
                 }
+                self.help.insert(name.to_string(), text);
             }
             "UNIT" => {
-                self.unit.insert(name.to_string(), value.trim().to_string());
-                if let Some(family) = self.families.get_mut(name) {
-                    family.unit = Some(value.trim().to_string());
+                if let Some(i) = self.by_name.get(name) {
+                    self.families[*i].unit = Some(value.trim().to_string());
                 }
+                self.unit.insert(name.to_string(), value.trim().to_string());
             }
             _ => {
                 let kind =
@@ -252,44 +317,47 @@ impl Parser {
                 };
                 let help = self.help.get(name).or_else(|| self.help.get(family_name)).cloned();
                 let unit = self.unit.get(name).cloned();
-                let family = self.families.entry(family_name.to_string()).or_insert_with(|| Family {
-                    kind,
-                    help: None,
-                    unit: None,
-                    samples: Vec::new(),
-                });
-                if family.kind != kind && !family.samples.is_empty() {
+                let index = self.family_index(family_name, kind);
+                let family = &mut self.families[index];
+                if family.kind != kind && !family.lines.is_empty() {
                     return Err(self.error(format!("`{family_name}` is typed twice")));
                 }
                 family.kind = kind;
                 family.help = family.help.take().or(help);
                 family.unit = family.unit.take().or(unit);
-                self.current = Some(family_name.to_string());
+                self.current = Some(index);
             }
         }
         Ok(())
     }
 
-    fn parse_sample(&mut self, line: &str) -> Result<(), ParseError> {
+    /// Reads a sample line starting at byte `at` of the body.
+    fn parse_sample(&self, line: &str, at: usize) -> Result<Line, ParseError> {
         let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-        let name = &line[..name_end];
-        if !valid_metric_name(name) {
+        if !valid_metric_name(&line[..name_end]) {
             return Err(self.error("bad metric name"));
         }
         let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
+        let (mut labels_end, mut has_labels, mut clash) = (name_end, false, 0u64);
         if let Some(inside) = rest.strip_prefix('{') {
-            let (parsed, after) = parse_labels(inside).map_err(|m| self.error(m))?;
-            labels = parsed;
+            let mut names = |label: &str| {
+                has_labels = true;
+                if let Some(i) = self.identity.iter().position(|n| n == label) {
+                    clash |= 1 << i;
+                }
+            };
+            let after = scan_labels(inside, &mut names).map_err(|m| self.error(m))?;
+            labels_end = line.len() - after.len() - 1;
             rest = after;
         }
         // Exemplars (` # {...} v [ts]`) are dropped.
-        let rest = rest.split(" # ").next().unwrap_or("");
+        let rest = if rest.contains('#') { rest.split(" # ").next().unwrap_or("") } else { rest };
         let mut words = rest.split_ascii_whitespace();
         let value = words.next().ok_or_else(|| self.error("no value"))?;
-        if parse_number(value).is_none() {
-            return Err(self.error(format!("`{value}` is not a number")));
+        if !is_number(value) {
+            return Err(self.error(format!("`{}` is not a number", value.chars().take(32).collect::<String>())));
         }
+        let value_start = value.as_ptr() as usize - line.as_ptr() as usize;
         let timestamp = match words.next() {
             None => None,
             Some(t) => {
@@ -301,70 +369,79 @@ impl Parser {
         if words.next().is_some() {
             return Err(self.error("unexpected text after the timestamp"));
         }
-        let family_name = self.family_of(name);
-        let help = self.help.get(&family_name).or_else(|| self.help.get(name)).cloned();
-        let family = self.families.entry(family_name).or_insert_with(|| Family {
-            kind: Kind::Unknown,
-            help,
-            unit: None,
-            samples: Vec::new(),
-        });
-        family.samples.push(Sample { name: name.to_string(), labels, value: value.to_string(), timestamp });
+        let at32 = |offset: usize| (at + offset) as u32;
+        Ok(Line {
+            start: at as u32,
+            name_end: at32(name_end),
+            labels_end: at32(labels_end),
+            has_labels,
+            value: (at32(value_start), at32(value_start + value.len())),
+            timestamp,
+            clash,
+        })
+    }
+
+    fn add_sample(&mut self, line: Line) {
+        let range = line.start as usize..line.name_end as usize;
+        let known = self.family_of(std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or(""));
+        let index = match known {
+            Some(index) => index,
+            None => {
+                // Only a family not seen yet costs an allocation.
+                let name = String::from_utf8_lossy(&self.bytes[range]).into_owned();
+                self.family_index(&name, Kind::Unknown)
+            }
+        };
+        self.families[index].lines.push(line);
         self.samples += 1;
-        Ok(())
     }
 
     /// The family a sample named `name` belongs to: the open family when the name is its own
-    /// or one of its kind's suffixed names, else a family of that name.
-    fn family_of(&self, name: &str) -> String {
-        if let Some(current) = &self.current
-            && let Some(family) = self.families.get(current)
-        {
-            if name == current {
-                return current.clone();
+    /// or one of its kind's suffixed names, else the family of that name if one exists.
+    fn family_of(&self, name: &str) -> Option<usize> {
+        if let Some(current) = self.current {
+            let family = &self.families[current];
+            if name == family.name {
+                return Some(current);
             }
-            if let Some(suffix) = name.strip_prefix(current.as_str())
+            if let Some(suffix) = name.strip_prefix(family.name.as_str())
                 && family.kind.suffixes().contains(&suffix)
             {
-                return current.clone();
+                return Some(current);
             }
         }
-        name.to_string()
+        self.by_name.get(name).copied()
     }
 }
 
-/// Labels as read, in order.
-type Labels = Vec<(String, String)>;
-
-fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
-    let mut labels = Vec::new();
+/// Walks a label block after its `{`, calling `each` with every label name; returns what
+/// follows the closing `}`.
+fn scan_labels<'a>(mut s: &'a str, each: &mut impl FnMut(&str)) -> Result<&'a str, String> {
     loop {
         s = s.trim_start();
         if let Some(after) = s.strip_prefix('}') {
-            return Ok((labels, after));
+            return Ok(after);
         }
         let eq = s.find('=').ok_or("a label without `=`")?;
         let name = s[..eq].trim();
         if !valid_label_name(name) {
             return Err(format!("bad label name `{}`", name.chars().take(64).collect::<String>()));
         }
+        each(name);
         s = s[eq + 1..].trim_start().strip_prefix('"').ok_or("a label value without quotes")?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
+        let bytes = s.as_bytes();
+        let mut i = 0;
         let end = loop {
-            match chars.next() {
+            match bytes.get(i) {
                 None => return Err("an unterminated label value".into()),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
+                Some(b'"') => break i,
+                Some(b'\\') => match bytes.get(i + 1) {
+                    Some(b'n' | b'\\' | b'"') => i += 2,
                     _ => return Err("a bad escape in a label value".into()),
                 },
-                Some((_, c)) => value.push(c),
+                Some(_) => i += 1,
             }
         };
-        labels.push((name.to_string(), value));
         s = s[end + 1..].trim_start();
         if let Some(after) = s.strip_prefix(',') {
             s = after;
@@ -372,6 +449,65 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
             return Err("labels not separated by `,`".into());
         }
     }
+}
+
+/// The labels of a label block (`{...}` included), values unescaped; empty when malformed.
+pub fn label_pairs(block: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let Some(mut s) = block.strip_prefix('{') else { return pairs };
+    loop {
+        s = s.trim_start();
+        if s.starts_with('}') || s.is_empty() {
+            return pairs;
+        }
+        let Some((name, rest)) = s.split_once('=') else { return pairs };
+        let Some(rest) = rest.trim_start().strip_prefix('"') else { return pairs };
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next() {
+                None => return pairs,
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => return pairs,
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        pairs.push((name.trim().to_string(), value));
+        s = rest[end + 1..].trim_start();
+        s = s.strip_prefix(',').unwrap_or(s);
+    }
+}
+
+impl Body {
+    /// Every sample as (name, labels, value), for tests and tools.
+    pub fn samples(&self) -> Vec<(String, Vec<(String, String)>, String)> {
+        self.families
+            .iter()
+            .flat_map(|f| f.lines.iter())
+            .map(|l| {
+                let labels = if l.labels_end > l.name_end {
+                    label_pairs(self.text(l.name_end, l.labels_end + 1))
+                } else {
+                    Vec::new()
+                };
+                (self.name(l).to_string(), labels, self.text(l.value.0, l.value.1).to_string())
+            })
+            .collect()
+    }
+}
+
+/// The label names of a label block (`{...}` included), for the rare sample whose labels clash
+/// with the ones being added.
+pub fn label_names(block: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(inside) = block.strip_prefix('{') {
+        let _ = scan_labels(inside, &mut |n: &str| names.push(n.to_string()));
+    }
+    names
 }
 
 fn unescape(text: &str, quotes: bool) -> Result<String, String> {
@@ -398,6 +534,12 @@ fn unescape(text: &str, quotes: bool) -> Result<String, String> {
     Ok(out)
 }
 
+/// Whether `s` is a number as exposition writes it. Plain decimals (most values) are
+/// recognized without a float parse.
+pub fn is_number(s: &str) -> bool {
+    plain_decimal(s.as_bytes()) || parse_number(s).is_some()
+}
+
 /// A number as exposition writes it: a float, `NaN`, `+Inf`, `-Inf`.
 pub fn parse_number(s: &str) -> Option<f64> {
     match s {
@@ -408,6 +550,18 @@ pub fn parse_number(s: &str) -> Option<f64> {
             s.parse::<f64>().ok().filter(|_| !s.eq_ignore_ascii_case("nan") && !s.to_ascii_lowercase().contains("inf"))
         }
     }
+}
+
+/// `-?digits[.digits]`: valid without parsing.
+fn plain_decimal(b: &[u8]) -> bool {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let (int, frac) = match digits.iter().position(|c| *c == b'.') {
+        Some(dot) => (&digits[..dot], Some(&digits[dot + 1..])),
+        None => (digits, None),
+    };
+    !int.is_empty()
+        && int.iter().all(u8::is_ascii_digit)
+        && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
 }
 
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`.

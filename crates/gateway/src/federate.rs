@@ -124,6 +124,8 @@ async fn federate(
                 (state.clone(), Arc::clone(target), Arc::clone(&total), Arc::clone(&per_request));
             let scrape_url = format!("{}{path}", url.trim_end_matches('/'));
             let instance = host_port(url);
+            let identity: Vec<String> =
+                crate::render::identity(&target, &instance).into_iter().map(|(k, _)| k).collect();
             let order = index;
             index += 1;
             jobs.spawn(async move {
@@ -131,8 +133,8 @@ async fn federate(
                 // slot is held, so waiting for a slot does not eat an instance's time.
                 let _request_slot = per_request.acquire_owned().await;
                 let _global_slot = state.global.clone().acquire_owned().await;
-                let scraped =
-                    state.scraper.scrape(&scrape_url, timeout, &total, state.config.request_body_cap_bytes).await;
+                let cap = state.config.request_body_cap_bytes;
+                let scraped = state.scraper.scrape(&scrape_url, timeout, &total, cap, &identity).await;
                 let label = scraped.outcome.as_ref().err().map_or("ok", |r| r.label());
                 state.metrics.instance_scrapes.get_or_create(&ResultLabels { result: label }).inc();
                 (order, InstanceResult { target, instance, scraped })

@@ -3,21 +3,24 @@
 //! ours renamed `exported_<name>`), `# HELP`/`# TYPE`/`# UNIT` once per family, families in
 //! name order, every sample of a family together, the federation series per instance, and the
 //! output in text 0.0.4 or OpenMetrics 1.0.
+//!
+//! Samples are copied from the bodies as byte ranges with the identity labels spliced in, so
+//! merging costs little more than copying.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::exposition::{Family, Format, Kind, Sample};
+use crate::exposition::{Body, Family, Format, Kind, Line, label_names};
 use crate::registry::TargetInfo;
 use crate::scrape::Reason;
 
-/// One instance's scrape: its families and sample count, or why it gave nothing.
+/// One instance's scrape: its parsed body, or why it gave nothing.
 #[derive(Debug)]
 pub struct Scraped {
-    /// The families (by OpenMetrics name) and how many samples they hold.
-    pub outcome: Result<(BTreeMap<String, Family>, usize), Reason>,
+    /// The body.
+    pub outcome: Result<Body, Reason>,
     /// How long it took.
     pub duration: Duration,
 }
@@ -44,89 +47,11 @@ pub struct Options {
     pub matchers: Vec<regex::Regex>,
 }
 
-/// One instance's share of a family: its identity labels and its samples.
-type Part<'a> = (&'a [(String, String)], &'a [Sample]);
-
-/// A family being merged: its metadata and, per instance, the identity labels and samples.
-struct Merged<'a> {
-    kind: Kind,
-    help: Option<&'a str>,
-    unit: Option<&'a str>,
-    parts: Vec<Part<'a>>,
-}
-
-/// Samples merged, and the rendered body.
-pub fn render(results: &[InstanceResult], options: &Options) -> (String, usize) {
-    let identities: Vec<Vec<(String, String)>> = results.iter().map(identity).collect();
-    let mut families: BTreeMap<&str, Merged<'_>> = BTreeMap::new();
-    for (result, labels) in results.iter().zip(&identities) {
-        let Ok((scraped, _)) = &result.scraped.outcome else { continue };
-        for (name, family) in scraped {
-            if !options.matchers.is_empty() && !matches(&options.matchers, name, family.kind) {
-                continue;
-            }
-            let merged = families.entry(name.as_str()).or_insert_with(|| Merged {
-                kind: family.kind,
-                help: None,
-                unit: None,
-                parts: Vec::new(),
-            });
-            if merged.kind != family.kind {
-                // The first instance's type wins; a family typed otherwise elsewhere is left out
-                // rather than making the whole answer invalid.
-                tracing::debug!(family = %name, instance = %result.instance, "family typed differently; left out");
-                continue;
-            }
-            merged.help = merged.help.or(family.help.as_deref());
-            merged.unit = merged.unit.or(family.unit.as_deref());
-            merged.parts.push((labels.as_slice(), family.samples.as_slice()));
-        }
-    }
-    let federation = (!options.only_target_metrics).then(|| federation_families(results));
-    let mut out = String::with_capacity(64 * 1024);
-    let mut merged_samples = 0;
-    let mut target_families = families.into_iter().peekable();
-    let mut own = federation.iter().flatten().peekable();
-    // Both lists are sorted by name: walk them together so the output is too.
-    loop {
-        let take_own = match (target_families.peek(), own.peek()) {
-            (None, None) => break,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some((a, _)), Some((b, _))) => *b < *a,
-        };
-        if take_own {
-            let (name, family) = own.next().expect("peeked");
-            write_family(
-                &mut out,
-                options.format,
-                name,
-                family.kind,
-                Some(&family.help),
-                family.unit,
-                &family.parts_ref(),
-            );
-        } else {
-            let (name, family) = target_families.next().expect("peeked");
-            merged_samples += family.parts.iter().map(|(_, s)| s.len()).sum::<usize>();
-            write_family(&mut out, options.format, name, family.kind, family.help, family.unit, &family.parts);
-        }
-    }
-    if options.format == Format::OpenMetrics {
-        out.push_str("# EOF\n");
-    }
-    (out, merged_samples)
-}
-
-fn matches(matchers: &[regex::Regex], name: &str, kind: Kind) -> bool {
-    matchers.iter().any(|m| m.is_match(name) || (kind == Kind::Counter && m.is_match(&format!("{name}_total"))))
-}
-
-/// `target`, `instance` and the target's labels, sorted by name after the first two.
-fn identity(result: &InstanceResult) -> Vec<(String, String)> {
-    let mut labels =
-        vec![("target".to_string(), result.target.name.clone()), ("instance".to_string(), result.instance.clone())];
-    for (key, value) in &result.target.labels {
+/// The labels added to every sample of `target`'s `instance`: `target`, `instance`, then the
+/// target's labels by name. The same order is given to the parser, whose clash bits index it.
+pub fn identity(target: &TargetInfo, instance: &str) -> Vec<(String, String)> {
+    let mut labels = vec![("target".to_string(), target.name.clone()), ("instance".to_string(), instance.to_string())];
+    for (key, value) in &target.labels {
         // Registry label keys may start with a digit; Prometheus label names may not.
         let key = if key.starts_with(|c: char| c.is_ascii_digit()) { format!("_{key}") } else { key.clone() };
         if key != "target" && key != "instance" {
@@ -136,172 +61,289 @@ fn identity(result: &InstanceResult) -> Vec<(String, String)> {
     labels
 }
 
-/// One of the gateway's own families: name, kind, help, unit, samples.
-struct OwnFamily {
+/// One instance's identity, rendered once: `target="...",instance="...",...`.
+struct Identity {
+    labels: Vec<(String, String)>,
+    rendered: Vec<u8>,
+}
+
+/// A family being merged: its metadata and, per instance, the instance and its family.
+struct Merged<'a> {
     kind: Kind,
-    help: String,
-    unit: Option<&'static str>,
-    samples: Vec<Sample>,
+    help: Option<&'a str>,
+    unit: Option<&'a str>,
+    parts: Vec<(usize, &'a Family)>,
 }
 
-impl OwnFamily {
-    fn parts_ref(&self) -> Vec<Part<'_>> {
-        vec![(&[][..], self.samples.as_slice())]
-    }
-}
-
-fn federation_families(results: &[InstanceResult]) -> Vec<(&'static str, OwnFamily)> {
-    let gauge = |help: &str, unit| OwnFamily { kind: Kind::Gauge, help: help.into(), unit, samples: Vec::new() };
-    let mut up = gauge("Whether the gateway could federate the instance (1) or not (0)", None);
-    let mut duration = gauge("How long the instance's scrape took", Some("seconds"));
-    let mut samples = gauge("Samples the instance answered", None);
-    let mut error = gauge("Why the instance could not be federated (1 for the reason)", None);
-    for result in results {
-        let labels =
-            vec![("target".to_string(), result.target.name.clone()), ("instance".to_string(), result.instance.clone())];
-        let sample = |name: &str, labels: Vec<(String, String)>, value: String| Sample {
-            name: name.into(),
-            labels,
-            value,
-            timestamp: None,
-        };
-        let ok = result.scraped.outcome.is_ok();
-        up.samples.push(sample("caracal_federation_up", labels.clone(), if ok { "1" } else { "0" }.into()));
-        duration.samples.push(sample(
-            "caracal_federation_scrape_duration_seconds",
-            labels.clone(),
-            format!("{:.6}", result.scraped.duration.as_secs_f64()),
-        ));
-        let count = result.scraped.outcome.as_ref().map_or(0, |(_, n)| *n);
-        samples.samples.push(sample("caracal_federation_samples", labels.clone(), count.to_string()));
-        if let Err(reason) = &result.scraped.outcome {
-            let mut labels = labels;
-            labels.push(("reason".into(), reason.label().into()));
-            error.samples.push(sample("caracal_federation_error", labels, "1".into()));
+/// The rendered body, and how many target samples it holds.
+pub fn render(results: &[InstanceResult], options: &Options) -> (Vec<u8>, usize) {
+    let identities: Vec<Identity> = results
+        .iter()
+        .map(|r| {
+            let labels = identity(&r.target, &r.instance);
+            let mut rendered = Vec::new();
+            for (i, (name, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    rendered.push(b',');
+                }
+                write_label(&mut rendered, name, value);
+            }
+            Identity { labels, rendered }
+        })
+        .collect();
+    let mut families: BTreeMap<&str, Merged<'_>> = BTreeMap::new();
+    for (index, result) in results.iter().enumerate() {
+        let Ok(body) = &result.scraped.outcome else { continue };
+        for family in &body.families {
+            if family.lines.is_empty() || (!options.matchers.is_empty() && !matches(&options.matchers, family)) {
+                continue;
+            }
+            let merged = families.entry(family.name.as_str()).or_insert_with(|| Merged {
+                kind: family.kind,
+                help: None,
+                unit: None,
+                parts: Vec::new(),
+            });
+            if merged.kind != family.kind {
+                // The first instance's type wins; a family typed otherwise elsewhere is left out
+                // rather than making the whole answer invalid.
+                tracing::debug!(family = %family.name, instance = %result.instance, "family typed differently; left out");
+                continue;
+            }
+            merged.help = merged.help.or(family.help.as_deref());
+            merged.unit = merged.unit.or(family.unit.as_deref());
+            merged.parts.push((index, family));
         }
     }
-    let mut families = vec![
-        ("caracal_federation_error", error),
-        ("caracal_federation_samples", samples),
-        ("caracal_federation_scrape_duration_seconds", duration),
-        ("caracal_federation_up", up),
-    ];
-    families.retain(|(_, f)| !f.samples.is_empty());
-    families
+    let own = if options.only_target_metrics { Vec::new() } else { federation_families(results) };
+    let mut out: Vec<u8> = Vec::with_capacity(
+        results.iter().filter_map(|r| r.scraped.outcome.as_ref().ok()).map(|b| b.bytes.len() * 2).sum(),
+    );
+    let mut merged_samples = 0;
+    let mut target_families = families.into_iter().peekable();
+    let mut own = own.into_iter().peekable();
+    // Both lists are sorted by name: walk them together so the output is too.
+    loop {
+        let take_own = match (target_families.peek(), own.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((a, _)), Some(b)) => b.name < *a,
+        };
+        if take_own {
+            let family = own.next().expect("peeked");
+            write_header(&mut out, options.format, family.name, Kind::Gauge, Some(family.help), family.unit, true);
+            out.extend_from_slice(&family.lines);
+        } else {
+            let (name, family) = target_families.next().expect("peeked");
+            merged_samples += write_family(&mut out, options.format, name, &family, results, &identities);
+        }
+    }
+    if options.format == Format::OpenMetrics {
+        out.extend_from_slice(b"# EOF\n");
+    }
+    (out, merged_samples)
 }
 
-fn write_family(
-    out: &mut String,
+fn matches(matchers: &[regex::Regex], family: &Family) -> bool {
+    matchers.iter().any(|m| {
+        m.is_match(&family.name) || (family.kind == Kind::Counter && m.is_match(&format!("{}_total", family.name)))
+    })
+}
+
+/// One of the gateway's own families, its sample lines already rendered.
+struct OwnFamily {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<&'static str>,
+    lines: Vec<u8>,
+}
+
+fn federation_families(results: &[InstanceResult]) -> Vec<OwnFamily> {
+    let family = |name, help, unit| OwnFamily { name, help, unit, lines: Vec::new() };
+    let mut error =
+        family("caracal_federation_error", "Why the instance could not be federated (1 for the reason)", None);
+    let mut samples = family("caracal_federation_samples", "Samples the instance answered", None);
+    let mut duration =
+        family("caracal_federation_scrape_duration_seconds", "How long the instance's scrape took", Some("seconds"));
+    let mut up =
+        family("caracal_federation_up", "Whether the gateway could federate the instance (1) or not (0)", None);
+    for result in results {
+        let mut labels = Vec::new();
+        write_label(&mut labels, "target", &result.target.name);
+        labels.push(b',');
+        write_label(&mut labels, "instance", &result.instance);
+        let line = |family: &mut OwnFamily, extra: Option<&str>, value: String| {
+            family.lines.extend_from_slice(family.name.as_bytes());
+            family.lines.push(b'{');
+            family.lines.extend_from_slice(&labels);
+            if let Some(reason) = extra {
+                family.lines.push(b',');
+                write_label(&mut family.lines, "reason", reason);
+            }
+            let _ = writeln!(family.lines, "}} {value}");
+        };
+        let outcome = &result.scraped.outcome;
+        line(&mut up, None, if outcome.is_ok() { "1" } else { "0" }.into());
+        line(&mut duration, None, format!("{:.6}", result.scraped.duration.as_secs_f64()));
+        line(&mut samples, None, outcome.as_ref().map_or(0, |b| b.samples).to_string());
+        if let Err(reason) = outcome {
+            line(&mut error, Some(reason.label()), "1".into());
+        }
+    }
+    [error, samples, duration, up].into_iter().filter(|f| !f.lines.is_empty()).collect()
+}
+
+/// The name and type a family is written with in `format`.
+fn header_name(format: Format, name: &str, kind: Kind, all_total: bool) -> (String, &'static str) {
+    match format {
+        Format::OpenMetrics => (name.to_string(), kind.openmetrics()),
+        Format::Text => match kind {
+            Kind::Counter if all_total => (format!("{name}_total"), "counter"),
+            Kind::Counter => (name.to_string(), "counter"),
+            Kind::Gauge => (name.to_string(), "gauge"),
+            Kind::Histogram => (name.to_string(), "histogram"),
+            Kind::Summary => (name.to_string(), "summary"),
+            Kind::Info => (format!("{name}_info"), "gauge"),
+            Kind::StateSet => (name.to_string(), "gauge"),
+            Kind::GaugeHistogram | Kind::Unknown => (name.to_string(), "untyped"),
+        },
+    }
+}
+
+fn write_header(
+    out: &mut Vec<u8>,
     format: Format,
     name: &str,
     kind: Kind,
     help: Option<&str>,
     unit: Option<&str>,
-    parts: &[Part<'_>],
+    all_total: bool,
 ) {
-    let samples = || parts.iter().flat_map(|(labels, samples)| samples.iter().map(move |s| (*labels, s)));
+    let (written, word) = header_name(format, name, kind, all_total);
     match format {
         Format::OpenMetrics => {
-            // A counter's samples must be `_total`/`_created` in OpenMetrics; one from a text
-            // body that is not is passed on as `unknown` rather than renamed.
-            let kind = if samples().all(|(_, s)| sample_fits(name, kind, &s.name)) { kind } else { Kind::Unknown };
-            let _ = writeln!(out, "# TYPE {name} {}", kind.openmetrics());
+            let _ = writeln!(out, "# TYPE {written} {word}");
             if let Some(unit) = unit.filter(|u| !u.is_empty() && name.ends_with(&format!("_{u}"))) {
-                let _ = writeln!(out, "# UNIT {name} {unit}");
+                let _ = writeln!(out, "# UNIT {written} {unit}");
             }
             if let Some(help) = help {
-                let _ = writeln!(out, "# HELP {name} {}", escape(help, true));
-            }
-            for (identity, sample) in samples() {
-                write_sample(out, format, sample, identity);
+                let _ = writeln!(out, "# HELP {written} {}", escape_help(help, true));
             }
         }
         Format::Text => {
-            let all_total = kind == Kind::Counter
-                && samples().all(|(_, s)| s.name.ends_with("_total") || s.name.ends_with("_created"));
-            let (text_name, text_kind) = match kind {
-                Kind::Counter if all_total => (format!("{name}_total"), "counter"),
-                Kind::Counter => (name.to_string(), "counter"),
-                Kind::Gauge => (name.to_string(), "gauge"),
-                Kind::Histogram => (name.to_string(), "histogram"),
-                Kind::Summary => (name.to_string(), "summary"),
-                Kind::Info => (format!("{name}_info"), "gauge"),
-                Kind::StateSet => (name.to_string(), "gauge"),
-                Kind::GaugeHistogram | Kind::Unknown => (name.to_string(), "untyped"),
-            };
             if let Some(help) = help {
-                let _ = writeln!(out, "# HELP {text_name} {}", escape(help, false));
+                let _ = writeln!(out, "# HELP {written} {}", escape_help(help, false));
             }
-            let _ = writeln!(out, "# TYPE {text_name} {text_kind}");
-            for (identity, sample) in samples() {
-                // `_created` is OpenMetrics' own; text has no place for it.
-                if sample.name.ends_with("_created") && matches!(kind, Kind::Counter | Kind::Histogram | Kind::Summary)
-                {
-                    continue;
-                }
-                write_sample(out, format, sample, identity);
-            }
+            let _ = writeln!(out, "# TYPE {written} {word}");
         }
     }
+}
+
+/// Writes one merged family; returns how many samples it wrote.
+fn write_family(
+    out: &mut Vec<u8>,
+    format: Format,
+    name: &str,
+    family: &Merged<'_>,
+    results: &[InstanceResult],
+    identities: &[Identity],
+) -> usize {
+    let body = |i: usize| results[i].scraped.outcome.as_ref().ok();
+    let lines = || {
+        family
+            .parts
+            .iter()
+            .flat_map(move |(i, f)| f.lines.iter().map(move |l| (*i, l)))
+            .filter_map(move |(i, l)| Some((body(i)?, i, l)))
+    };
+    let mut kind = family.kind;
+    // A counter's samples must be `_total`/`_created` in OpenMetrics; one from a text body that
+    // is not is passed on as `unknown` rather than renamed.
+    let all_fit = lines().all(|(b, _, l)| sample_fits(name, family.kind, b.name(l)));
+    if format == Format::OpenMetrics && !all_fit {
+        kind = Kind::Unknown;
+    }
+    let all_total = family.kind == Kind::Counter && all_fit;
+    write_header(out, format, name, kind, family.help, family.unit, all_total);
+    let drop_created = format == Format::Text && matches!(family.kind, Kind::Counter | Kind::Histogram | Kind::Summary);
+    let mut written = 0;
+    for (body, instance, line) in lines() {
+        // `_created` is OpenMetrics' own; text has no place for it.
+        if drop_created && body.name(line).ends_with("_created") {
+            continue;
+        }
+        write_line(out, format, body, line, &identities[instance]);
+        written += 1;
+    }
+    written
 }
 
 fn sample_fits(family: &str, kind: Kind, sample: &str) -> bool {
+    let suffix = sample.strip_prefix(family);
     match kind {
-        Kind::Counter => sample == format!("{family}_total") || sample == format!("{family}_created"),
-        Kind::Gauge | Kind::Unknown | Kind::StateSet => sample == family,
-        _ => sample.strip_prefix(family).is_some_and(|s| s.is_empty() || s.starts_with('_')),
+        Kind::Counter => matches!(suffix, Some("_total" | "_created")),
+        Kind::Gauge | Kind::Unknown | Kind::StateSet => suffix == Some(""),
+        _ => suffix.is_some_and(|s| s.is_empty() || s.starts_with('_')),
     }
 }
 
-fn write_sample(out: &mut String, format: Format, sample: &Sample, identity: &[(String, String)]) {
-    out.push_str(&sample.name);
-    let mut first = true;
-    let mut label = |out: &mut String, name: &str, value: &str| {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(name);
-        out.push_str("=\"");
-        out.push_str(&escape_label(value));
-        out.push('"');
-    };
-    for (name, value) in &sample.labels {
-        label(out, name, value);
-    }
-    for (name, value) in identity {
-        let mut ours = name.clone();
-        // The sample's own label wins; ours steps aside as exported_<name>.
-        while sample.labels.iter().any(|(n, _)| *n == ours) {
-            ours = format!("exported_{ours}");
-        }
-        label(out, &ours, value);
-    }
-    if !first {
-        out.push('}');
-    }
-    out.push(' ');
-    out.push_str(&sample.value);
-    if let Some(ts) = sample.timestamp {
-        match format {
-            Format::Text => {
-                let _ = write!(out, " {}", (ts * 1000.0).round() as i64);
+fn write_line(out: &mut Vec<u8>, format: Format, body: &Body, line: &Line, identity: &Identity) {
+    let bytes = &body.bytes;
+    if line.clash == 0 {
+        // The common case: copy name and labels, splice ours in before the `}`.
+        if line.labels_end > line.name_end {
+            out.extend_from_slice(&bytes[line.start as usize..line.labels_end as usize]);
+            if line.has_labels {
+                out.push(b',');
             }
-            Format::OpenMetrics => {
-                let _ = write!(out, " {ts}");
-            }
+        } else {
+            out.extend_from_slice(&bytes[line.start as usize..line.name_end as usize]);
+            out.push(b'{');
         }
-    }
-    out.push('\n');
-}
-
-fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains(['\\', '"', '\n']) {
-        value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
+        out.extend_from_slice(&identity.rendered);
     } else {
-        value.into()
+        // A label of ours is there already: the sample's wins, ours becomes exported_<name>.
+        out.extend_from_slice(&bytes[line.start as usize..line.labels_end as usize]);
+        let own = label_names(body.text(line.name_end, line.labels_end + 1));
+        for (i, (name, value)) in identity.labels.iter().enumerate() {
+            if i > 0 || line.has_labels {
+                out.push(b',');
+            }
+            let mut ours = name.clone();
+            while own.contains(&ours) {
+                ours = format!("exported_{ours}");
+            }
+            write_label(out, &ours, value);
+        }
     }
+    out.push(b'}');
+    out.push(b' ');
+    out.extend_from_slice(&bytes[line.value.0 as usize..line.value.1 as usize]);
+    if let Some(ts) = line.timestamp {
+        let _ = match format {
+            Format::Text => write!(out, " {}", (ts * 1000.0).round() as i64),
+            Format::OpenMetrics => write!(out, " {ts}"),
+        };
+    }
+    out.push(b'\n');
 }
 
-fn escape(help: &str, quotes: bool) -> String {
+fn write_label(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"=\"");
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+fn escape_help(help: &str, quotes: bool) -> String {
     let escaped = help.replace('\\', "\\\\").replace('\n', "\\n");
     if quotes { escaped.replace('"', "\\\"") } else { escaped }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use caracal_core::config::CoreConfig;
 
-use crate::exposition::{Format, Parser};
+use crate::exposition::{Body, Format, Parser};
 use crate::render::Scraped;
 
 /// Why an instance gave nothing (`reason` label of `caracal_federation_error`).
@@ -106,10 +106,18 @@ impl Scraper {
         Ok(Self { client, credential, per_instance_cap })
     }
 
-    /// Scrapes `url` within `timeout`; `total` counts the request's bytes against `total_cap`.
-    pub async fn scrape(&self, url: &str, timeout: Duration, total: &AtomicUsize, total_cap: usize) -> Scraped {
+    /// Scrapes `url` within `timeout`; `total` counts the request's bytes against `total_cap`;
+    /// `identity` names the labels that will be added (see [`Parser::new`]).
+    pub async fn scrape(
+        &self,
+        url: &str,
+        timeout: Duration,
+        total: &AtomicUsize,
+        total_cap: usize,
+        identity: &[String],
+    ) -> Scraped {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, self.fetch(url, total, total_cap)).await {
+        let outcome = match tokio::time::timeout(timeout, self.fetch(url, total, total_cap, identity)).await {
             Ok(result) => result,
             Err(_) => Err(Reason::Timeout),
         };
@@ -121,7 +129,8 @@ impl Scraper {
         url: &str,
         total: &AtomicUsize,
         total_cap: usize,
-    ) -> Result<(std::collections::BTreeMap<String, crate::exposition::Family>, usize), Reason> {
+        identity: &[String],
+    ) -> Result<Body, Reason> {
         let mut request = self.client.get(url).header(reqwest::header::ACCEPT, ACCEPT);
         if let Some(token) = self.credential.current() {
             request = request.bearer_auth(token);
@@ -139,7 +148,7 @@ impl Scraper {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map_or(Format::Text, Format::from_content_type);
-        let mut parser = Parser::new(format);
+        let mut parser = Parser::new(format, identity);
         let mut read = 0usize;
         loop {
             let chunk = match response.chunk().await {

@@ -150,14 +150,14 @@ pub type Found = (String, Vec<(String, String)>, String);
 
 /// The samples of `body`.
 pub fn samples(body: &str) -> Vec<Found> {
-    let mut parser = caracal_gateway::exposition::Parser::new(if body.ends_with("# EOF\n") {
+    let format = if body.ends_with("# EOF\n") {
         caracal_gateway::exposition::Format::OpenMetrics
     } else {
         caracal_gateway::exposition::Format::Text
-    });
+    };
+    let mut parser = caracal_gateway::exposition::Parser::new(format, &[]);
     parser.feed(body.as_bytes()).expect("the answer is a valid exposition");
-    let (families, _) = parser.finish().expect("the answer is a valid exposition");
-    families.into_values().flat_map(|f| f.samples).map(|s| (s.name, s.labels, s.value)).collect()
+    parser.finish().expect("the answer is a valid exposition").samples()
 }
 
 /// The value of the sample named `name` whose labels include every one of `with`.
