@@ -482,9 +482,12 @@ pub fn label_pairs(block: &str) -> Vec<(String, String)> {
     }
 }
 
+/// A sample spelled out: name, labels, value.
+pub type SampleText = (String, Vec<(String, String)>, String);
+
 impl Body {
     /// Every sample as (name, labels, value), for tests and tools.
-    pub fn samples(&self) -> Vec<(String, Vec<(String, String)>, String)> {
+    pub fn samples(&self) -> Vec<SampleText> {
         self.families
             .iter()
             .flat_map(|f| f.lines.iter())

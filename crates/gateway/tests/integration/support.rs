@@ -146,7 +146,7 @@ pub fn host_port(url: &str) -> String {
 }
 
 /// A sample as (name, labels, value).
-pub type Found = (String, Vec<(String, String)>, String);
+pub type Found = caracal_gateway::exposition::SampleText;
 
 /// The samples of `body`.
 pub fn samples(body: &str) -> Vec<Found> {
