@@ -16,6 +16,7 @@ use caracal_coordinator::membership::Membership;
 use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::prober::Prober;
 use caracal_testkit::Postgres;
+use caracal_testkit::bench::cpu_seconds;
 use tokio_util::sync::CancellationToken;
 
 const HOSTS: usize = 50;
@@ -116,11 +117,4 @@ fn probes(registry: &prometheus_client::registry::Registry) -> f64 {
         .filter_map(|l| l.strip_prefix("caracal_coordinator_probes_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / 100.0
 }

@@ -8,13 +8,13 @@
 //! rotates over several rounds and the median of each is reported, so a noisy neighbour on
 //! the machine does not favour one target.
 
-use std::process::Command;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use caracal_core::config::{Config, CoreConfig, Mode, Secret};
 use caracal_core::{App, Check, Observed, Rung, checks};
+use caracal_testkit::bench::{self, median, which};
 use caracal_testkit::{Postgres, Redis};
 
 const ROUNDS: usize = 5;
@@ -86,22 +86,5 @@ fn app(postgres: &Postgres, redis: &Redis) -> App {
 }
 
 fn run_wrk(wrk: &str, url: &str) -> f64 {
-    let out = Command::new(wrk).args(["-t1", "-c32", &format!("-d{SECONDS}s"), url]).output().expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "wrk saw errors for {url}:\n{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn which(binary: &str) -> Option<String> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|p| p.is_file()))
-        .map(|p| p.display().to_string())
+    bench::wrk_rate(wrk, &["-t1", "-c32", &format!("-d{SECONDS}s")], url)
 }

@@ -243,8 +243,9 @@ impl BearerFile {
 }
 
 /// The token of a single `Authorization: Bearer <token>` header. The scheme is matched without
-/// regard to case (RFC 9110); surrounding whitespace is not part of a field value.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+/// regard to case (RFC 9110); surrounding whitespace is not part of a field value; two headers
+/// are ambiguous and give none.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next()?;
     if values.next().is_some() {

@@ -9,7 +9,6 @@
 //! `wrk` runs as a separate process with one thread and 32 connections, and targets rotate
 //! over several rounds; the median of each is reported.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use caracal_core::config::{Config, CoreConfig, Mode, Secret};
+use caracal_testkit::bench::{self, median, which};
 use caracal_testkit::{Postgres, Redis};
 use caracal_tokens::claims::now_unix;
 use caracal_tokens::{AccessClaims, TokensConfig, Verifier};
@@ -227,25 +227,5 @@ fn raw_signature_checks(setup: &Setup) -> f64 {
 
 fn run_wrk(wrk: &str, script: &std::path::Path, url: &str) -> f64 {
     let script = script.display().to_string();
-    let out = Command::new(wrk)
-        .args(["-t1", "-c32", &format!("-d{SECONDS}s"), "-s", &script, url])
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "wrk saw errors for {url}:\n{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn which(binary: &str) -> Option<String> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|p| p.is_file()))
-        .map(|p| p.display().to_string())
+    bench::wrk_rate(wrk, &["-t1", "-c32", &format!("-d{SECONDS}s"), "-s", &script], url)
 }

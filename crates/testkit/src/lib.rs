@@ -11,6 +11,7 @@
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
 //! - `app` (feature `app`): serving a caracal-core app in-process, with polling helpers.
+//! - [`bench`]: what the benchmark harnesses share (`wrk`'s rate, medians, CPU and memory).
 //! - `spawn` (private): the long-lived spawner thread and the scratch directory.
 //!
 //! Children are started with `PR_SET_PDEATHSIG`, so a test binary that exits (or crashes)
@@ -19,6 +20,7 @@
 
 #[cfg(feature = "app")]
 pub mod app;
+pub mod bench;
 pub mod error;
 pub mod poll;
 pub mod postgres;

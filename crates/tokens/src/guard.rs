@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -79,7 +79,7 @@ impl Access {
                 None,
             ));
         };
-        let Some(token) = bearer(headers) else {
+        let Some(token) = caracal_core::auth::bearer_token(headers) else {
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -134,18 +134,6 @@ impl Access {
         }
         axum::middleware::from_fn_with_state((self.clone(), guard), boxed as GuardFn)
     }
-}
-
-/// The token of a single `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
-    let token = token.trim_start();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn refuse(status: StatusCode, code: &str, message: &str, challenge: Option<&str>) -> Response {

@@ -1,0 +1,55 @@
+//! Small helpers the benchmark harnesses share: finding a tool, `wrk`'s rate, medians, and the
+//! process's own CPU time and peak memory from `/proc`.
+
+use std::process::Command;
+
+/// The path of `binary` on `PATH`, if any.
+pub fn which(binary: &str) -> Option<String> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(binary)).find(|p| p.is_file()))
+        .map(|p| p.display().to_string())
+}
+
+/// Runs `wrk` with `args` against `url`; returns its requests per second.
+///
+/// # Panics
+/// When `wrk` cannot run, saw non-2xx answers, or printed no rate: the figure would be wrong.
+pub fn wrk_rate(wrk: &str, args: &[&str], url: &str) -> f64 {
+    let out = Command::new(wrk).args(args).arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "wrk saw errors for {url}:\n{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// The median of `values` (sorted in place).
+///
+/// # Panics
+/// When `values` is empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// CPU seconds (user + system) this process has used.
+///
+/// # Panics
+/// When `/proc/self/stat` cannot be read (not Linux).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+/// This process's peak resident memory (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
