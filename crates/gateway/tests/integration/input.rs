@@ -60,3 +60,45 @@ async fn federation_needs_the_metrics_bearer_or_a_token() {
     let (status, _) = gw.served.get_json("/openapi.json").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_the_callers_request_reaches_instances() {
+    use std::sync::{Arc, Mutex};
+    let gw = gateway(serde_json::json!({})).await;
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let recorder = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let recorder = Arc::clone(&recorder);
+            async move {
+                let mut all = recorder.lock().expect("lock");
+                all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())));
+                "seen 1\n"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    gw.register("spy", serde_json::json!({}), 500, &[url]).await;
+    // The caller presents the admin token (not the metrics bearer) and headers of its own.
+    let response = gw
+        .served
+        .http
+        .get(gw.served.url("/v1/targets/spy/metrics"))
+        .bearer_auth(ADMIN)
+        .header("x-secret", "caller-secret")
+        .header("cookie", "session=caller")
+        .send()
+        .await
+        .expect("federate");
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().expect("lock").clone();
+    let authorization: Vec<&str> = seen.iter().filter(|(k, _)| k == "authorization").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(authorization, [format!("Bearer {BEARER}").as_str()], "only the platform's metrics bearer");
+    assert!(
+        !seen.iter().any(|(k, v)| k == "x-secret" || k == "cookie" || v.contains("caller") || v.contains(ADMIN)),
+        "{seen:?}"
+    );
+}

@@ -154,3 +154,19 @@ async fn the_key_encryption_key_is_required_checked_and_never_guessed() {
     let (status, _) = served.get_json("/ready").await;
     assert_eq!(status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn es256_is_selectable_and_its_tokens_verify() {
+    let sts = sts_with(serde_json::json!({"algorithm": "ES256"})).await;
+    let (id, secret) = sts.client(&["clients:write"]).await;
+    let token = sts.token(&id, &secret, None).await;
+    let (header, _) = parts(&token);
+    assert_eq!(header["alg"], "ES256");
+    let (_, cache) = jwks_kids(&sts).await;
+    assert!(cache.starts_with("public, max-age="));
+    let jwks: serde_json::Value = sts.served.get("/.well-known/jwks.json").await.json().await.expect("json");
+    assert_eq!((jwks["keys"][0]["kty"].as_str(), jwks["keys"][0]["crv"].as_str()), (Some("EC"), Some("P-256")));
+    let listed = sts.served.http.get(sts.served.url("/v1/clients")).bearer_auth(&token).send().await.expect("get");
+    assert_eq!(listed.status(), 200, "an ES256 token passes the guard");
+    assert!(sts.active(&id, &secret, &token).await);
+}

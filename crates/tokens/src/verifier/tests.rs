@@ -200,3 +200,44 @@ async fn nothing_verifies_before_revocations_are_loaded_or_after_its_key_leaves(
     v.set_keys(&jwks(&[&k2]));
     assert_eq!(v.verify(&token).await, Err(VerifyError::UnknownKey), "the memory does not outlive the key");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_kids_costs_the_sts_one_fetch_per_floor() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let k = keys("k1");
+    let fetches = std::sync::Arc::new(AtomicUsize::new(0));
+    let jwks_body = serde_json::to_string(&jwks(&[&k])).expect("json");
+    let counted = std::sync::Arc::clone(&fetches);
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let body = jwks_body.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = TokensConfig {
+        issuer: Some("https://sts.test".into()),
+        jwks_min_refresh: std::time::Duration::from_secs(30),
+        ..TokensConfig::default()
+    };
+    let v = std::sync::Arc::new(Verifier::new(&config, Metrics::default()));
+    v.revocations().replace(&[]);
+    let _fetcher = super::JwksFetcher::new(std::sync::Arc::clone(&v), url, &config).expect("client");
+    // The first unknown kid fetches (and finds k1); 500 more unknown kids, all at once, fetch
+    // nothing more within the floor.
+    assert!(v.verify(&sign(&k, &claims())).await.is_ok(), "fetched on the first unknown kid");
+    let forged: Vec<String> = (0..500).map(|i| sign(&keys(&format!("made-up-{i}")), &claims())).collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for token in forged {
+        let v = std::sync::Arc::clone(&v);
+        calls.spawn(async move { v.verify(&token).await });
+    }
+    while let Some(result) = calls.join_next().await {
+        assert_eq!(result.expect("join"), Err(VerifyError::UnknownKey));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for the whole flood");
+}
