@@ -24,6 +24,9 @@ pub enum GatewayError {
     /// The registry cannot be read and nothing is cached (503, `registry_unavailable`).
     #[error("the targets registry cannot be read")]
     Unavailable,
+    /// A bug: the merge failed (500, `internal`); the detail is logged, never answered.
+    #[error("internal error")]
+    Internal,
 }
 
 impl GatewayError {
@@ -38,6 +41,7 @@ impl GatewayError {
             GatewayError::BadRequest { .. } | GatewayError::NotAcceptable => "bad_request",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Unavailable => "unavailable",
+            GatewayError::Internal => "internal",
         }
     }
 }
@@ -49,6 +53,7 @@ impl IntoResponse for GatewayError {
             GatewayError::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable"),
+            GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         caracal_core::error_response(status, code, &self.to_string())
     }

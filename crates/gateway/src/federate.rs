@@ -157,7 +157,11 @@ async fn federate(
         _ => "partial",
     };
     let options = Options { format, only_target_metrics: query.only_target_metrics, matchers: query.matchers };
-    let (body, _) = tokio::task::block_in_place(|| render(&results, &options));
+    // Rendering a large merge takes milliseconds of CPU: off the async workers.
+    let (body, _) = tokio::task::spawn_blocking(move || render(&results, &options)).await.map_err(|e| {
+        tracing::error!(error = %e, "merging the federation answer failed");
+        GatewayError::Internal
+    })?;
     let content_type = match format {
         Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         Format::Text => "text/plain; version=0.0.4; charset=utf-8",
