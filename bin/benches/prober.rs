@@ -5,8 +5,6 @@
 //! Each probe is two GETs (`/health` and `/ready`). The fleet server runs in its own process so
 //! the prober's CPU time (read from `/proc/self/stat`) is its own.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,7 +14,7 @@ use caracal_coordinator::membership::Membership;
 use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::prober::Prober;
 use caracal_testkit::Postgres;
-use caracal_testkit::bench::cpu_seconds;
+use caracal_testkit::bench::{cpu_seconds, spawn_self};
 use tokio_util::sync::CancellationToken;
 
 const HOSTS: usize = 50;
@@ -30,14 +28,7 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--serve-fleet") {
         return serve_fleet();
     }
-    let mut fleet = Command::new(std::env::current_exe().expect("own path"))
-        .arg("--serve-fleet")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fleet server");
-    let mut ports = String::new();
-    BufReader::new(fleet.stdout.take().expect("stdout")).read_line(&mut ports).expect("ports");
-    let ports: Vec<u16> = ports.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let (mut fleet, ports) = spawn_self("--serve-fleet");
     assert_eq!(ports.len(), HOSTS);
 
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");

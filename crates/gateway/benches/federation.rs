@@ -5,8 +5,6 @@
 //! merged per second per core (the process's CPU time, client included, so a conservative
 //! figure) and the process's peak RSS. Run with `cargo bench -p caracal-gateway --bench federation`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use caracal_core::config::{Config, CoreConfig, Mode, Secret};
-use caracal_testkit::bench::{cpu_seconds, peak_rss_mib};
+use caracal_testkit::bench::{cpu_seconds, peak_rss_mib, spawn_self};
 use caracal_testkit::{Postgres, Redis};
 
 const INSTANCES: usize = 50;
@@ -28,14 +26,8 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--serve-fleet") {
         return serve_fleet();
     }
-    let mut fleet = Command::new(std::env::current_exe().expect("own path"))
-        .arg("--serve-fleet")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fleet");
-    let mut line = String::new();
-    BufReader::new(fleet.stdout.take().expect("stdout")).read_line(&mut line).expect("ports");
-    let urls: Vec<String> = line.split_whitespace().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let (mut fleet, ports) = spawn_self("--serve-fleet");
+    let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     assert_eq!(urls.len(), INSTANCES);
 
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");

@@ -53,3 +53,20 @@ pub fn peak_rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Starts this same harness again as a child with `flag` (its fleet, say, so the fleet's CPU
+/// is not counted as the measured process's) and reads the ports it prints on its first line.
+///
+/// # Panics
+/// When the child cannot start or prints no line.
+pub fn spawn_self(flag: &str) -> (std::process::Child, Vec<u16>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg(flag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the child harness");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ports");
+    (child, line.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+}
