@@ -1,92 +1,249 @@
-//! Pipeline throughput and latency: events from outbox insert to audit row, through the real
-//! relay and consumer, next to the raw PostgreSQL insert rate and Redis XADD rate measured in
-//! the same run on the same servers. `cargo bench -p caracal-bin --bench pipeline`; figures go
-//! into `docs/benchmarks.md`.
+//! The event pipeline at bulk speed: a 100,000-row outbox backlog cleared into `audit_events`
+//! by the real relay and audit consumer (one of each, then two of each), next to the raw
+//! single-row PostgreSQL insert rate of the same servers in the same run; the end-to-end
+//! latency of a lone event on an idle pipe; the peak RSS of the relay and audit processes.
+//! `cargo bench -p caracal-bin --bench pipeline`; figures go into `docs/benchmarks.md`.
 //!
-//! Producers insert one event per transaction from 8 connections, as services do. The servers
-//! are the testkit's (PostgreSQL with `fsync=off`): this measures the software, not the disk.
+//! The relay and the audit consumer (with its ledger reconciler) run as child processes (this
+//! harness started again with `--role`), each with its defaults, so their memory is their own.
+//! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
+//! not the disk.
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caracal_audit::consumer::Consumer;
-use caracal_coordinator::config::RelayConfig;
-use caracal_coordinator::relay::Relay;
-use caracal_store::{NewEvent, outbox};
 use caracal_testkit::{Postgres, Redis};
-use tokio_util::sync::CancellationToken;
 
-const EVENTS: usize = 20_000;
+const BACKLOG: i64 = 100_000;
+const RAW_ROWS: usize = 20_000;
 const PRODUCERS: usize = 8;
+const LONE_EVENTS: usize = 200;
 
 #[allow(clippy::print_stdout)] // the table on stdout is this harness's output
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(role) = args.iter().position(|a| a == "--role").and_then(|i| args.get(i + 1)) {
+        return child(role);
+    }
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     let redis = Redis::start_default().expect("Redis (apt-get install -y redis-server)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let url = postgres.fresh_database("bench").expect("database");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&url).await.expect("connect");
-        caracal_store::migrate(&pool).await.expect("migrate");
-        let client = redis::Client::open(redis.url()).expect("url");
-        let conn = redis::aio::ConnectionManager::new(client).await.expect("redis");
-
-        let pg_rate = raw_inserts(&pool).await;
-        let xadd_rate = raw_xadds(&conn).await;
-
-        let stop = CancellationToken::new();
-        let mut registry = prometheus_client::registry::Registry::default();
-        let relay_config = RelayConfig { idle_wait: Duration::from_millis(5), ..Default::default() };
-        let relay = Relay::new(pool.clone(), conn.clone(), caracal_coordinator::metrics::Metrics::register(&mut registry), relay_config);
-        let consumer_conn = redis::aio::ConnectionManager::new(redis::Client::open(redis.url()).expect("url")).await.expect("redis");
-        let audit_config = caracal_audit::AuditConfig { block: Duration::from_millis(100), ..Default::default() };
-        let consumer = Consumer::new(pool.clone(), consumer_conn, caracal_audit::metrics::Metrics::register(&mut registry), audit_config);
-        let tasks = [tokio::spawn(relay.run(stop.clone())), tokio::spawn(consumer.run(stop.clone()))];
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let started = Instant::now();
-        let producer_pool = pool.clone();
-        produce(EVENTS, move |i| {
-            let event = NewEvent { event_type: "bench.event".into(), target: Some("bench".into()), instance: None, payload: serde_json::json!({ "i": i }) };
-            let pool = producer_pool.clone();
-            async move {
-                let mut tx = pool.begin().await.expect("tx");
-                outbox::enqueue(&mut tx, &event).await.expect("enqueue");
-                tx.commit().await.expect("commit");
-            }
-        })
-        .await;
-        let produced = started.elapsed();
-        loop {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await.expect("count");
-            if n as usize >= EVENTS {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let elapsed = started.elapsed();
-        stop.cancel();
-        for task in tasks {
-            let _ = task.await;
-        }
-        let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
-             FROM (SELECT (EXTRACT(EPOCH FROM a.recorded_at - o.created_at) * 1000)::float8 AS ms \
-                   FROM audit_events a JOIN outbox o ON o.id = a.outbox_id) l",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("latency");
-        let (rows, distinct): (i64, i64) =
-            sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events").fetch_one(&pool).await.expect("counts");
-        assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64), "each event exactly once");
-
+        let raw = {
+            let url = postgres.fresh_database("raw").expect("database");
+            let pool = connect(&url, 16).await;
+            raw_inserts(&pool).await
+        };
         println!("| measure | figure |");
         println!("|---|---:|");
-        println!("| raw PostgreSQL inserts (1 row/transaction, {PRODUCERS} connections) | {pg_rate:.0} rows/s |");
-        println!("| raw Redis XADD ({PRODUCERS} concurrent, one entry per call) | {xadd_rate:.0} entries/s |");
-        println!("| outbox inserts during the pipeline run | {:.0} events/s |", EVENTS as f64 / produced.as_secs_f64());
-        println!("| pipeline: outbox insert to audit row, {EVENTS} events | {:.0} events/s |", EVENTS as f64 / elapsed.as_secs_f64());
-        println!("| end-to-end latency p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |");
+        println!("| raw PostgreSQL inserts (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
+        for replicas in [1, 2] {
+            let run = backlog(&postgres, &redis, replicas).await;
+            println!(
+                "| {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** raw |",
+                run.rate,
+                run.rate / raw
+            );
+            println!("| stream entries beyond one per row ({replicas}+{replicas}) | {} |", run.duplicates);
+            println!(
+                "| peak RSS relay / audit ({replicas}+{replicas}) | {:.0} / {:.0} MiB |",
+                run.relay_rss, run.audit_rss
+            );
+            if let Some((p50, p99, max)) = run.lone {
+                println!(
+                    "| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |"
+                );
+            }
+        }
+    });
+}
+
+/// What one backlog run measured.
+struct Run {
+    rate: f64,
+    duplicates: i64,
+    relay_rss: f64,
+    audit_rss: f64,
+    lone: Option<(f64, f64, f64)>,
+}
+
+/// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with one of each, then
+/// also times lone events on the idle pipe.
+async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
+    let url = postgres.fresh_database("backlog").expect("database");
+    let pool = connect(&url, 4).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    redis.command("FLUSHALL").expect("flush");
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for _ in 0..replicas {
+        children.push(("relay".into(), spawn("relay", &url, &redis.url())));
+        children.push(("audit".into(), spawn("audit", &url, &redis.url())));
+    }
+    // The whole backlog commits at once, as rows piled up during an outage would be found.
+    sqlx::query(
+        "INSERT INTO outbox (event_type, target, payload) \
+         SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
+    )
+    .bind(BACKLOG)
+    .execute(&pool)
+    .await
+    .expect("backlog");
+    let started: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count(&pool).await < BACKLOG {
+        assert!(Instant::now() < deadline, "the backlog did not clear in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The ledger's own clock: the last batch's insert, not this poll's granularity.
+    let finished: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(recorded_at))::float8 FROM audit_events")
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+    let rate = BACKLOG as f64 / (finished - started);
+    let relayed: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+    eprintln!("relay done after {:.2}s, ledger after {:.2}s", relayed - started, finished - started);
+    let (rows, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events")
+        .fetch_one(&pool)
+        .await
+        .expect("counts");
+    assert_eq!((rows, distinct), (BACKLOG, BACKLOG), "each event exactly once");
+    // Every stream entry beyond one per row is work the replicas duplicated (idempotency absorbed it).
+    let entries: i64 =
+        redis.command("XLEN caracal.events").expect("xlen").trim().trim_start_matches(':').parse().expect("xlen");
+    let duplicates = entries - BACKLOG;
+
+    for (role, c) in &children {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+        eprintln!("{role} cpu {:.2}s", (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0);
+    }
+    let lone = if replicas == 1 { Some(lone_events(&pool).await) } else { None };
+    let rss =
+        |role: &str| children.iter().filter(|(r, _)| r == role).map(|(_, c)| peak_rss_of(c.id())).fold(0.0, f64::max);
+    let (relay_rss, audit_rss) = (rss("relay"), rss("audit"));
+    for (_, mut child) in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Run { rate, duplicates, relay_rss, audit_rss, lone }
+}
+
+/// Inserts `LONE_EVENTS` events one at a time, 20 ms apart, on the idle pipe; the latency of
+/// each from its outbox insert to its ledger row (p50, p99, max in ms).
+async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64) {
+    let first: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox").fetch_one(pool).await.expect("max");
+
+    for i in 0..LONE_EVENTS {
+        sqlx::query("INSERT INTO outbox (event_type, target, payload) VALUES ('bench.lone', 'bench', $1)")
+            .bind(serde_json::json!({ "i": i }))
+            .execute(pool)
+            .await
+            .expect("insert");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let want = BACKLOG + LONE_EVENTS as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(pool).await < want {
+        assert!(Instant::now() < deadline, "lone events did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let relay_hop: f64 = sqlx::query_scalar(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (EXTRACT(EPOCH FROM dispatched_at - created_at) * 1000)::float8) \
+         FROM outbox WHERE id > $1",
+    )
+    .bind(first)
+    .fetch_one(pool)
+    .await
+    .expect("relay hop");
+    eprintln!("lone events: p50 of the relay hop {relay_hop:.1} ms");
+    sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
+         FROM (SELECT (EXTRACT(EPOCH FROM a.recorded_at - o.created_at) * 1000)::float8 AS ms \
+               FROM audit_events a JOIN outbox o ON o.id = a.outbox_id WHERE o.id > $1) l",
+    )
+    .bind(first)
+    .fetch_one(pool)
+    .await
+    .expect("latency")
+}
+
+async fn count(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(pool).await.expect("count")
+}
+
+async fn connect(url: &str, max: u32) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new().max_connections(max).connect(url).await.expect("connect")
+}
+
+/// Starts this harness as a `role` child and waits for its `ready` line.
+fn spawn(role: &str, database_url: &str, redis_url: &str) -> Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["--role", role])
+        .env("BENCH_DATABASE_URL", database_url)
+        .env("BENCH_REDIS_URL", redis_url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a child");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready", "the {role} child did not start");
+    child
+}
+
+/// A child's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The child side: run the relay or the audit consumer (with its reconciler) with defaults.
+#[allow(clippy::print_stdout)] // the parent waits for the ready line
+fn child(role: &str) {
+    let database_url = std::env::var("BENCH_DATABASE_URL").expect("BENCH_DATABASE_URL");
+    let redis_url = std::env::var("BENCH_REDIS_URL").expect("BENCH_REDIS_URL");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let pool = connect(&database_url, 4).await;
+        let redis =
+            redis::aio::ConnectionManager::new(redis::Client::open(redis_url).expect("url")).await.expect("redis");
+        let mut registry = prometheus_client::registry::Registry::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        match role {
+            "relay" => {
+                let metrics = caracal_coordinator::metrics::Metrics::register(&mut registry);
+                let mut config = caracal_coordinator::config::RelayConfig::default();
+                if let Ok(b) = std::env::var("BENCH_RELAY_BATCH") {
+                    config.batch = b.parse().unwrap();
+                }
+                let relay = caracal_coordinator::relay::Relay::new(pool, redis, metrics, config);
+                println!("ready");
+                relay.run(stop).await;
+            }
+            "audit" => {
+                let metrics = caracal_audit::metrics::Metrics::register(&mut registry);
+                let mut config = caracal_audit::AuditConfig::default();
+                if let Ok(b) = std::env::var("BENCH_AUDIT_BATCH") {
+                    config.batch = b.parse().unwrap();
+                }
+                let reconciler =
+                    caracal_audit::reconcile::Reconciler::new(pool.clone(), metrics.clone(), config.ledger.clone());
+                let consumer = caracal_audit::consumer::Consumer::new(pool, redis, metrics, config);
+                println!("ready");
+                tokio::join!(consumer.run(stop.clone()), reconciler.run(stop));
+            }
+            other => panic!("unknown role {other}"),
+        }
     });
 }
 
@@ -112,6 +269,7 @@ where
     }
 }
 
+/// Single-row inserts, one per transaction, from `PRODUCERS` connections: rows/s.
 async fn raw_inserts(pool: &sqlx::PgPool) -> f64 {
     sqlx::query("CREATE TABLE raw_bench (id bigserial PRIMARY KEY, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
         .execute(pool)
@@ -119,7 +277,7 @@ async fn raw_inserts(pool: &sqlx::PgPool) -> f64 {
         .expect("table");
     let started = Instant::now();
     let p = pool.clone();
-    produce(EVENTS, move |i| {
+    produce(RAW_ROWS, move |i| {
         let pool = p.clone();
         async move {
             sqlx::query("INSERT INTO raw_bench (payload) VALUES ($1)")
@@ -130,36 +288,5 @@ async fn raw_inserts(pool: &sqlx::PgPool) -> f64 {
         }
     })
     .await;
-    EVENTS as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn raw_xadds(conn: &redis::aio::ConnectionManager) -> f64 {
-    let started = Instant::now();
-    let c = conn.clone();
-    produce_redis(EVENTS, c).await;
-    EVENTS as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn produce_redis(n: usize, conn: redis::aio::ConnectionManager) {
-    let mut tasks = Vec::new();
-    for p in 0..PRODUCERS {
-        let mut conn = conn.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = p;
-            while i < n {
-                let _: String = redis::cmd("XADD")
-                    .arg("raw.bench")
-                    .arg("*")
-                    .arg("i")
-                    .arg(i)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("xadd");
-                i += PRODUCERS;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("producer");
-    }
+    RAW_ROWS as f64 / started.elapsed().as_secs_f64()
 }

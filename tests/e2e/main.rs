@@ -2,6 +2,7 @@
 //! `caracal-sts` binaries against real PostgreSQL and Redis, talking HTTP over loopback.
 
 mod cli;
+mod ledger;
 mod pipeline;
 mod support;
 mod tokens;

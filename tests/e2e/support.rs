@@ -5,20 +5,29 @@ use std::time::Duration;
 
 use caracal_testkit::{Postgres, Redis, ServiceProcess, Signal, redis::RedisBuilder};
 
-/// A PostgreSQL with a fresh database and a persistent Redis, private to one test.
+/// A PostgreSQL with a fresh database and a Redis, private to one test.
 pub struct Stores {
-    /// Held so the server lives as long as the stores.
-    _postgres: Postgres,
+    pub postgres: Postgres,
     pub redis: Redis,
     pub database_url: String,
 }
 
 impl Stores {
+    /// With a Redis that keeps its data across a restart (fsync-always append-only file).
     pub fn start() -> Stores {
+        Self::with_redis(RedisBuilder::default().persistent(true))
+    }
+
+    /// With a Redis that loses everything when it restarts, as a cache-configured one does.
+    pub fn start_volatile() -> Stores {
+        Self::with_redis(RedisBuilder::default().persistent(false))
+    }
+
+    fn with_redis(redis: RedisBuilder) -> Stores {
         let postgres = Postgres::start_default().expect("postgres");
-        let redis = RedisBuilder::default().persistent(true).start().expect("redis");
+        let redis = redis.start().expect("redis");
         let database_url = postgres.fresh_database("e2e").expect("database");
-        Stores { _postgres: postgres, redis, database_url }
+        Stores { postgres, redis, database_url }
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
@@ -71,6 +80,17 @@ pub fn migrate(stores: &Stores) {
     .expect("spawn migrate");
     let status = process.wait_timeout(Duration::from_secs(30)).expect("migrate finishes");
     assert!(status.success(), "migrate failed: {}", process.stderr());
+}
+
+/// The sum of every series of `name` (any labels) in `base`'s `/metrics`, if it has any.
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 impl Service {

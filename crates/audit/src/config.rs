@@ -27,12 +27,35 @@ pub struct AuditConfig {
     pub max_page: i64,
     /// This consumer's name in the group (default: host, pid and a random suffix).
     pub consumer: Option<String>,
+    /// Reconciling the ledger with the outbox (`[audit.ledger]`).
+    pub ledger: LedgerConfig,
+}
+
+/// How the ledger is kept complete when the stream loses entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// A dispatched row not in the ledger after this long counts as lost and is healed from
+    /// the outbox; until then it is the stream consumer's.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How often the ledger is reconciled.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows healed per statement.
+    pub heal_batch: i64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(30), interval: Duration::from_secs(5), heal_batch: 5_000 }
+    }
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
-            batch: 500,
+            batch: 2_000,
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
@@ -40,6 +63,7 @@ impl Default for AuditConfig {
             max_pending_age: Duration::from_secs(120),
             max_page: 500,
             consumer: None,
+            ledger: LedgerConfig::default(),
         }
     }
 }

@@ -5,17 +5,18 @@
 //! committed, and the insert is idempotent on the outbox id, so a crash anywhere at worst
 //! delivers an entry again and changes nothing.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use caracal_store::event::BadEntry;
-use caracal_store::{Event, stream};
+use caracal_store::{Event, ledger, stream};
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::GROUP;
 use crate::config::AuditConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResetLabels};
 
 /// Why an entry goes to the DLQ.
 #[derive(Debug)]
@@ -42,13 +43,14 @@ impl std::fmt::Display for Poison {
 #[derive(Debug)]
 enum RoundError {
     Redis(redis::RedisError),
-    Db(sqlx::Error),
+    Db(caracal_store::Error),
 }
 
 impl std::fmt::Display for RoundError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RoundError::Redis(e) => write!(f, "redis: {e}"),
+            RoundError::Db(caracal_store::Error::Database(e)) => write!(f, "postgres: {e}"),
             RoundError::Db(e) => write!(f, "postgres: {e}"),
         }
     }
@@ -60,8 +62,8 @@ impl From<redis::RedisError> for RoundError {
     }
 }
 
-impl From<sqlx::Error> for RoundError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<caracal_store::Error> for RoundError {
+    fn from(e: caracal_store::Error) -> Self {
         RoundError::Db(e)
     }
 }
@@ -74,6 +76,9 @@ pub struct Consumer {
     metrics: Metrics,
     config: AuditConfig,
     name: String,
+    /// Whether this consumer has read from the group: the group vanishing after that means
+    /// Redis lost its data (the stream went backwards), not a first start.
+    had_group: bool,
 }
 
 impl Consumer {
@@ -83,7 +88,7 @@ impl Consumer {
             .consumer
             .clone()
             .unwrap_or_else(|| format!("audit-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-        Self { pool, redis, metrics, config, name }
+        Self { pool, redis, metrics, config, name, had_group: false }
     }
 
     /// Consumes until `stop`.
@@ -95,6 +100,7 @@ impl Consumer {
         while !stop.is_cancelled() {
             let round = async {
                 if last_claim.is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2) {
+                    self.check_position().await?;
                     self.claim_stale().await?;
                     last_claim = Some(Instant::now());
                 }
@@ -128,7 +134,9 @@ impl Consumer {
         }
     }
 
-    /// Creates the group (from the stream's start) and the stream if missing.
+    /// Creates the group (from the stream's start, so nothing in it is skipped) and the stream
+    /// if missing. A group that vanished after this consumer read from it means Redis lost its
+    /// data: that is logged once, by whichever replica recreates it, and counted.
     async fn ensure_group(&mut self) -> redis::RedisResult<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -139,9 +147,63 @@ impl Consumer {
             .query_async(&mut self.redis)
             .await;
         match created {
+            Ok(()) if self.had_group => {
+                tracing::warn!(
+                    stream = stream::EVENTS,
+                    group = GROUP,
+                    "the stream went backwards: the consumer group was gone (Redis lost its data); \
+                     recreated it from the stream's start, and the ledger heals what the stream lost"
+                );
+                self.metrics.stream_resets.get_or_create(&ResetLabels { reason: "group_missing" }).inc();
+                Ok(())
+            }
+            Ok(()) => {
+                tracing::info!(stream = stream::EVENTS, group = GROUP, "created the consumer group");
+                Ok(())
+            }
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
+            Err(e) => Err(e),
         }
+    }
+
+    /// Notices a group whose last-delivered id is ahead of the stream's last id (the stream
+    /// was replaced by an older or empty one under the group): new entries would sort below
+    /// the group's position and never be delivered. Resets the group to the stream's start.
+    async fn check_position(&mut self) -> Result<(), RoundError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XINFO").arg("STREAM").arg(stream::EVENTS).cmd("XINFO").arg("GROUPS").arg(stream::EVENTS);
+        let (info, groups): (HashMap<String, redis::Value>, StreamInfoGroupsReply) =
+            match pipe.query_async(&mut self.redis).await {
+                Ok(reply) => reply,
+                // No stream (or no group) yet: the read creates them.
+                Err(e) if e.code() == Some("ERR") || e.code() == Some("NOGROUP") => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+        let Some(last_generated) =
+            info.get("last-generated-id").and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        else {
+            return Ok(());
+        };
+        let Some(group) = groups.groups.iter().find(|g| g.name == GROUP) else { return Ok(()) };
+        if stream_id(&group.last_delivered_id) > stream_id(&last_generated) {
+            let () = redis::cmd("XGROUP")
+                .arg("SETID")
+                .arg(stream::EVENTS)
+                .arg(GROUP)
+                .arg("0")
+                .query_async(&mut self.redis)
+                .await?;
+            tracing::warn!(
+                stream = stream::EVENTS,
+                group = GROUP,
+                last_delivered = %group.last_delivered_id,
+                last_generated = %last_generated,
+                "the stream went backwards: the group's position was past the stream's last entry; \
+                 reset it to the stream's start, and the ledger heals what the stream lost"
+            );
+            self.metrics.stream_resets.get_or_create(&ResetLabels { reason: "stream_behind" }).inc();
+        }
+        Ok(())
     }
 
     async fn read(&mut self, from: &str) -> Result<Vec<StreamId>, RoundError> {
@@ -152,7 +214,10 @@ impl Consumer {
         }
         cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
         let reply: Option<StreamReadReply> = match cmd.query_async(&mut self.redis).await {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                self.had_group = true;
+                reply
+            }
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
                 None
@@ -234,14 +299,14 @@ impl Consumer {
             }
         }
         let events: Vec<Event> = good.iter().map(|(_, e)| e.clone()).collect();
-        match insert(&self.pool, &events).await {
+        match ledger::insert(&self.pool, &events).await {
             Ok(recorded) => self.count(recorded, events.len()),
-            Err(e) if is_data_error(&e) => {
+            Err(e) if ledger::is_data_error(&e) => {
                 // One bad value spoils the batch: find it row by row.
                 for (id, event) in &good {
-                    match insert(&self.pool, std::slice::from_ref(event)).await {
+                    match ledger::insert(&self.pool, std::slice::from_ref(event)).await {
                         Ok(recorded) => self.count(recorded, 1),
-                        Err(e) if is_data_error(&e) => {
+                        Err(e) if ledger::is_data_error(&e) => {
                             let entry = StreamId { id: id.clone(), map: Default::default(), ..Default::default() };
                             poison.push((entry, Poison::Refused(e.to_string())));
                         }
@@ -286,34 +351,21 @@ impl Consumer {
     }
 }
 
-/// Inserts events idempotently; returns how many were new.
-async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let targets: Vec<Option<&str>> = events.iter().map(|e| e.target.as_deref()).collect();
-    let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-    let times: Vec<&str> = events.iter().map(|e| e.occurred_at.as_str()).collect();
-    let done = sqlx::query(
-        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[]::timestamptz[]) \
-         ON CONFLICT (outbox_id) DO NOTHING",
-    )
-    .bind(ids)
-    .bind(types)
-    .bind(targets)
-    .bind(instances)
-    .bind(payloads)
-    .bind(times)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
+/// A stream id (`ms-seq`) as a pair that orders like Redis orders ids; unreadable ids sort first.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// PostgreSQL refused a value (SQLSTATE class 22, data exception) rather than failing.
-fn is_data_error(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")))
+#[cfg(test)]
+mod tests {
+    use super::stream_id;
+
+    #[test]
+    fn stream_ids_order_as_redis_orders_them() {
+        assert!(stream_id("1700000000000-5") > stream_id("1700000000000-4"));
+        assert!(stream_id("1700000000001-0") > stream_id("1700000000000-99"));
+        assert!(stream_id("99-0") > stream_id("0-0"));
+        assert_eq!(stream_id("42"), (42, 0));
+    }
 }

@@ -6,12 +6,15 @@
 //! - [`config`]: [`AuditConfig`], the `[audit]` settings.
 //! - [`consumer`]: the consumer loop, reclaiming entries a dead consumer left pending.
 //! - `events` (private): `GET /v1/events`.
+//! - [`reconcile`]: keeps the ledger complete when the stream loses entries: the watermark,
+//!   the gap (`caracal_audit_ledger_gap`, `audit:ledger_gap`) and healing from the outbox.
 //! - [`metrics`]: the `caracal_audit_*` families.
 
 pub mod config;
 pub mod consumer;
 mod events;
 pub mod metrics;
+pub mod reconcile;
 
 use axum::Router;
 use axum::routing::get;
@@ -20,7 +23,7 @@ use caracal_core::{App, Check, Failure, Observed, Rung};
 use caracal_store::stream;
 use redis::aio::ConnectionManager;
 
-pub use config::AuditConfig;
+pub use config::{AuditConfig, LedgerConfig};
 
 /// The default port.
 pub const PORT: u16 = 9090;
@@ -50,6 +53,8 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         },
     );
     let consumer = consumer::Consumer::new(pool.clone(), consumer_redis, metrics.clone(), config.clone());
+    let reconciler = reconcile::Reconciler::new(pool.clone(), metrics.clone(), config.ledger.clone());
+    let gap = reconcile::gap_check(reconciler.state(), config.ledger.interval);
     let routes = Router::new()
         .route("/v1/events", get(events::list))
         .layer(access.layer(caracal_tokens::Guard::all(caracal_tokens::Scope::EventsRead)))
@@ -58,8 +63,10 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         .checks(caracal_store::storage_checks(pool, redis.clone()))
         .check(lag)
         .check(dlq_check(redis, metrics))
+        .check(gap)
         .routes(routes)
-        .worker("consumer", move |stop| consumer.run(stop)))
+        .worker("consumer", move |stop| consumer.run(stop))
+        .worker("reconciler", move |stop| reconciler.run(stop)))
 }
 
 /// `dlq:length` (delivery rung, not required): the DLQ is empty; records

@@ -1,8 +1,18 @@
 //! `caracal_audit_*` metrics, declared once.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Labels of `caracal_audit_stream_resets_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabels {
+    /// `group_missing` (the group vanished) or `stream_behind` (its position was past the
+    /// stream's end).
+    pub reason: &'static str,
+}
 
 /// The audit service's metric families.
 #[derive(Debug, Clone, Default)]
@@ -12,6 +22,10 @@ pub struct Metrics {
     pub(crate) dead_lettered: Counter,
     pub(crate) claimed: Counter,
     pub(crate) dlq_length: Gauge,
+    pub(crate) stream_resets: Family<ResetLabels, Counter>,
+    pub(crate) ledger_gap: Gauge,
+    pub(crate) ledger_healed: Counter,
+    pub(crate) ledger_watermark: Gauge,
 }
 
 impl Metrics {
@@ -23,6 +37,26 @@ impl Metrics {
         registry.register("events_dead_lettered", "Entries moved to the DLQ", m.dead_lettered.clone());
         registry.register("entries_claimed", "Pending entries taken over from another consumer", m.claimed.clone());
         registry.register("dlq_length", "Entries in caracal.events.dlq", m.dlq_length.clone());
+        registry.register(
+            "stream_resets",
+            "Times caracal.events went backwards under the group (Redis lost data) and the group was reset",
+            m.stream_resets.clone(),
+        );
+        registry.register(
+            "ledger_gap",
+            "Outbox rows dispatched longer ago than the grace period and not in the ledger, at the last reconciliation",
+            m.ledger_gap.clone(),
+        );
+        registry.register(
+            "ledger_healed",
+            "Ledger rows written from the outbox because the stream lost their entries",
+            m.ledger_healed.clone(),
+        );
+        registry.register(
+            "ledger_watermark",
+            "Outbox id at or below which every live row is in the ledger",
+            m.ledger_watermark.clone(),
+        );
         m
     }
 }

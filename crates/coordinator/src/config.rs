@@ -41,9 +41,9 @@ pub struct MembershipConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Rows claimed per batch.
+    /// Most rows claimed per batch: a backlog goes out in batches this big, a lone event alone.
     pub batch: i64,
-    /// Wait between polls while the outbox is empty.
+    /// Wait between polls while the outbox is empty (each poll is one index-only query).
     #[serde(with = "humantime_serde")]
     pub idle_wait: Duration,
     /// First retry delay after a failed delivery; doubled per attempt.
@@ -90,8 +90,8 @@ impl Default for MembershipConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch: 500,
-            idle_wait: Duration::from_millis(50),
+            batch: 2_000,
+            idle_wait: Duration::from_millis(10),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
             max_attempts: 10,

@@ -1,6 +1,8 @@
-//! The outbox relay: claims undispatched rows (`FOR UPDATE SKIP LOCKED`, so replicas share the
-//! work without sending a row twice at once), `XADD`s them to `caracal.events` with their
-//! outbox id, and marks them dispatched in the same transaction.
+//! The outbox relay: claims undispatched rows and marks them dispatched in one statement
+//! (`FOR UPDATE SKIP LOCKED`, so replicas share the work without sending a row twice at once),
+//! `XADD`s them to `caracal.events` with their outbox id in one pipeline, and commits. The
+//! batch is whatever is due, up to `batch`: a lone event goes out alone at once, a backlog in
+//! full batches.
 //!
 //! When Redis is unreachable the whole batch stays undispatched and the relay backs off
 //! (capped, exponential): an outage must not use up rows' attempts. When Redis refuses an
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
 
+/// How often an idle relay claims even when no new id appeared.
+const FULL_POLL: Duration = Duration::from_secs(1);
 /// How often dispatched rows past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -40,8 +44,29 @@ impl Relay {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut backoff = self.config.backoff_base;
         let mut last_purge = Instant::now();
+        let mut idle = false;
+        let mut seen = 0;
+        let mut last_claim = Instant::now();
         while !stop.is_cancelled() {
-            let wait = match self.relay_once().await {
+            // While idle, poll the newest id (nearly free) and claim when a new row appeared;
+            // claim anyway every FULL_POLL for rows due after a retry delay, or committed
+            // after a higher id was seen.
+            let round = if idle && last_claim.elapsed() < FULL_POLL {
+                match outbox::newest_id(&self.pool).await {
+                    Ok(newest) if newest > seen => {
+                        seen = newest;
+                        last_claim = Instant::now();
+                        self.relay_once().await
+                    }
+                    Ok(_) => Ok(0),
+                    Err(e) => Err(e),
+                }
+            } else {
+                last_claim = Instant::now();
+                self.relay_once().await
+            };
+            idle = matches!(round, Ok(0));
+            let wait = match round {
                 Ok(0) => self.config.idle_wait,
                 Ok(_) => {
                     backoff = self.config.backoff_base;
@@ -84,8 +109,8 @@ impl Relay {
             return Ok(0);
         }
         let max_len = self.config.stream_max_len;
-        let dispatched: Vec<i64> = match stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await {
-            Ok(()) => events.iter().map(|e| e.id).collect(),
+        let dispatched: usize = match stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await {
+            Ok(()) => events.len(),
             Err(e) if unreachable(&e) => return Err(e),
             Err(_) => {
                 // Redis refused something: find the row, keep the rest flowing.
@@ -94,11 +119,16 @@ impl Relay {
                     cap: self.config.backoff_cap,
                     max_attempts: self.config.max_attempts,
                 };
-                let mut sent = Vec::new();
-                for event in &events {
+                let mut sent = 0;
+                for (i, event) in events.iter().enumerate() {
                     match stream::publish(&mut self.redis, stream::EVENTS, std::slice::from_ref(event), max_len).await {
-                        Ok(()) => sent.push(event.id),
-                        Err(e) if unreachable(&e) => break,
+                        Ok(()) => sent += 1,
+                        Err(e) if unreachable(&e) => {
+                            // Redis went away mid-way: what was not sent stays undispatched.
+                            let rest: Vec<i64> = events[i..].iter().map(|e| e.id).collect();
+                            outbox::release(&mut tx, &rest).await?;
+                            break;
+                        }
                         Err(e) => {
                             // Keep Redis's own words (`WRONGTYPE ...`) for the operator.
                             let why = match &e {
@@ -115,11 +145,10 @@ impl Relay {
                 sent
             }
         };
-        outbox::mark_dispatched(&mut tx, &dispatched).await?;
         tx.commit().await?;
-        self.metrics.relay_batch.observe(dispatched.len() as f64);
-        self.metrics.relay_published.inc_by(dispatched.len() as u64);
-        Ok(dispatched.len())
+        self.metrics.relay_batch.observe(dispatched as f64);
+        self.metrics.relay_published.inc_by(dispatched as u64);
+        Ok(dispatched)
     }
 }
 

@@ -7,8 +7,10 @@
 //! - [`event`]: [`Event`], one change as it travels outbox → stream → ledger, and its stream
 //!   encoding.
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
-//!   them dispatched or failed, purging old rows.
+//!   them dispatched or failed, purging old rows the ledger holds.
 //! - [`stream`]: stream names and publishing a batch with `XADD`.
+//! - [`ledger`]: the audit ledger's idempotent batch insert, and the watermark, gap and heal
+//!   queries that keep it complete when the stream loses entries.
 //! - [`revocation`]: token revocations, written with their outbox event, and the set in force.
 //! - [`schema_check`]: the `postgres:schema_version` readiness check; [`storage_checks`]: it
 //!   with the PostgreSQL and Redis connectivity checks, the storage rung of every service.
@@ -18,6 +20,7 @@
 
 pub mod error;
 pub mod event;
+pub mod ledger;
 pub mod outbox;
 pub mod revocation;
 pub mod stream;

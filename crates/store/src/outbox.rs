@@ -27,22 +27,26 @@ pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Err
 /// An outbox row as selected for relay: id, type, target, instance, payload, created at.
 type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value, String);
 
-/// Locks up to `limit` undispatched rows that are due, oldest first, skipping rows another
-/// relay holds (`FOR UPDATE SKIP LOCKED`), inside the caller's transaction.
+/// Claims up to `limit` undispatched rows that are due, oldest first, and marks them
+/// dispatched, inside the caller's transaction: one statement locks and marks them, skipping
+/// rows another relay holds (`FOR UPDATE SKIP LOCKED`). The caller publishes them and then
+/// commits; if publishing fails it rolls back (or [`release`]s the rows it could not send),
+/// so a row is dispatched exactly when its transaction says so. Returned in id order.
 ///
 /// # Errors
 /// When the query fails.
 pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Error> {
     let rows: Vec<EventRow> = sqlx::query_as(concat!(
-        "SELECT id, event_type, target, instance, payload, ",
+        "UPDATE outbox SET dispatched_at = now() WHERE id IN (SELECT id FROM outbox \
+           WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() \
+           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, event_type, target, instance, payload, ",
         rfc3339!("created_at"),
-        " FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
     ))
     .bind(limit)
     .fetch_all(tx)
     .await?;
-    Ok(rows
+    let mut events: Vec<Event> = rows
         .into_iter()
         .map(|(id, event_type, target, instance, payload, occurred_at)| Event {
             id,
@@ -52,15 +56,30 @@ pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Erro
             payload,
             occurred_at,
         })
-        .collect())
+        .collect();
+    events.sort_unstable_by_key(|e| e.id);
+    Ok(events)
 }
 
-/// Marks rows dispatched, inside the transaction that claimed them.
+/// The highest outbox id, or 0: one read of the primary key's last entry, so an idle relay can
+/// poll it often (and send a lone event within milliseconds) at almost no cost. (A query for
+/// due rows would read the relay index's entries of rows already sent until VACUUM removes
+/// them: milliseconds per poll after a backlog.)
+///
+/// # Errors
+/// When the query fails.
+pub async fn newest_id(pool: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox").fetch_one(pool).await?)
+}
+
+/// Undoes [`claim`]'s mark for rows that were not sent, inside the claiming transaction.
 ///
 /// # Errors
 /// When the update fails.
-pub async fn mark_dispatched(tx: &mut PgConnection, ids: &[i64]) -> Result<(), Error> {
-    sqlx::query("UPDATE outbox SET dispatched_at = now() WHERE id = ANY($1)").bind(ids).execute(tx).await?;
+pub async fn release(tx: &mut PgConnection, ids: &[i64]) -> Result<(), Error> {
+    if !ids.is_empty() {
+        sqlx::query("UPDATE outbox SET dispatched_at = NULL WHERE id = ANY($1)").bind(ids).execute(tx).await?;
+    }
     Ok(())
 }
 
@@ -75,14 +94,15 @@ pub struct Retry {
     pub max_attempts: i32,
 }
 
-/// Records a failed delivery of row `id`: schedules the next attempt with capped exponential
-/// backoff, or marks the row dead after `retry.max_attempts`. Returns whether it is now dead.
+/// Records a failed delivery of row `id` (claimed in this transaction): un-marks it, schedules
+/// the next attempt with capped exponential backoff, or marks the row dead after
+/// `retry.max_attempts`. Returns whether it is now dead.
 ///
 /// # Errors
 /// When the update fails.
 pub async fn record_failure(tx: &mut PgConnection, id: i64, error: &str, retry: Retry) -> Result<bool, Error> {
     let dead: Option<bool> = sqlx::query_scalar(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, dispatched_at = NULL, \
            next_attempt_at = now() + make_interval(secs => least($4::float8, $3::float8 * power(2, attempts))), \
            dead_at = CASE WHEN attempts + 1 >= $5 THEN now() END \
          WHERE id = $1 RETURNING dead_at IS NOT NULL",
@@ -97,14 +117,17 @@ pub async fn record_failure(tx: &mut PgConnection, id: i64, error: &str, retry: 
     Ok(dead.unwrap_or(false))
 }
 
-/// Deletes up to `batch` rows dispatched more than `retention` ago; returns how many.
+/// Deletes up to `batch` rows dispatched more than `retention` ago **and already in the
+/// ledger**; returns how many. A row the ledger has not recorded is kept whatever its age, so
+/// the ledger can always heal from it.
 ///
 /// # Errors
 /// When the delete fails.
 pub async fn purge(pool: &sqlx::PgPool, retention: Duration, batch: i64) -> Result<u64, Error> {
     let done = sqlx::query(
         "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-           WHERE dispatched_at IS NOT NULL AND dispatched_at < now() - make_interval(secs => $1) LIMIT $2)",
+           WHERE dispatched_at IS NOT NULL AND dispatched_at < now() - make_interval(secs => $1) \
+             AND EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = outbox.id) LIMIT $2)",
     )
     .bind(retention.as_secs_f64())
     .bind(batch)

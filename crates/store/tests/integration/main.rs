@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use caracal_store::ledger;
 use caracal_store::outbox::{self, Retry};
 use caracal_store::{NewEvent, expected_version};
 use caracal_testkit::Postgres;
@@ -60,8 +61,7 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
     assert_eq!(b.len(), 2, "SKIP LOCKED leaves the locked rows to their holder");
     assert!(a.iter().all(|e| b.iter().all(|f| f.id != e.id)));
     assert!(a[0].occurred_at.ends_with('Z'), "times leave as RFC 3339 UTC: {}", a[0].occurred_at);
-    outbox::mark_dispatched(&mut first, &a.iter().map(|e| e.id).collect::<Vec<_>>()).await.expect("mark");
-    first.commit().await.expect("commit");
+    first.commit().await.expect("commit: claimed rows are dispatched with it");
     let retry = Retry { base: Duration::from_secs(60), cap: Duration::from_secs(60), max_attempts: 3 };
     assert!(!outbox::record_failure(&mut second, b[0].id, "boom", retry).await.expect("failure"));
     second.commit().await.expect("commit");
@@ -74,7 +74,16 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
         .execute(&pool)
         .await
         .expect("age");
+    // Four rows are dispatched (a's three, and b's second with `second`'s commit); only what
+    // the ledger holds may go, however old.
+    assert_eq!(outbox::purge(&pool, Duration::from_secs(86_400), 100).await.expect("purge"), 0);
+    assert_eq!(ledger::insert(&pool, &a).await.expect("ledger"), 3);
     assert_eq!(outbox::purge(&pool, Duration::from_secs(86_400), 100).await.expect("purge"), 3);
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE dispatched_at IS NOT NULL")
+        .fetch_all(&pool)
+        .await
+        .expect("kept");
+    assert_eq!(kept, [b[1].id], "the dispatched row missing from the ledger is kept");
 
     // The checks' query reads the partial indexes of the migration, not the table.
     postgres
@@ -84,4 +93,114 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
     let plan =
         postgres.psql(&db, &format!("EXPLAIN {}", caracal_core::checks::outbox_query("outbox"))).expect("explain");
     assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_gap_is_found_above_the_watermark_and_healed_once() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let grace = Duration::from_secs(30);
+    // 200,000 old rows, dispatched and in the ledger.
+    postgres
+        .psql(
+            &db,
+            "INSERT INTO outbox (event_type, payload, dispatched_at) \
+               SELECT 'old', '{}', now() - interval '1 hour' FROM generate_series(1, 200000); \
+             INSERT INTO audit_events (outbox_id, event_type, payload, occurred_at) \
+               SELECT id, event_type, payload, created_at FROM outbox",
+        )
+        .expect("fill");
+    let settled: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(&pool).await.expect("max");
+    // Bounded steps: one call moves at most `step` ids.
+    assert_eq!(ledger::advance(&pool, settled, 150_000).await.expect("advance"), 150_000);
+    assert_eq!(ledger::advance(&pool, settled, 150_000).await.expect("advance"), settled);
+    // Then: 7 rows the stream lost (dispatched a minute ago, not in the ledger), 5 in flight
+    // (dispatched just now), 3 not yet dispatched, 2 dead.
+    postgres
+        .psql(
+            &db,
+            "INSERT INTO outbox (event_type, payload, dispatched_at) SELECT 'lost', jsonb_build_object('n', g), now() - interval '1 minute' FROM generate_series(1, 7) g; \
+             INSERT INTO outbox (event_type, payload, dispatched_at) SELECT 'in-flight', '{}', now() FROM generate_series(1, 5); \
+             INSERT INTO outbox (event_type, payload) SELECT 'pending', '{}' FROM generate_series(1, 3); \
+             INSERT INTO outbox (event_type, payload, dead_at) SELECT 'dead', '{}', now() FROM generate_series(1, 2); \
+             ANALYZE outbox; ANALYZE audit_events",
+        )
+        .expect("faults");
+    assert_eq!(ledger::gap(&pool, grace).await.expect("gap"), 7);
+    // The gap query reads the rows above the watermark through the primary key, not the table.
+    let plan = postgres.psql(&db, &format!("EXPLAIN {}", ledger::GAP_COUNT.replace("$1", "30"))).expect("explain");
+    assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    assert!(plan.contains("outbox_pkey"), "{plan}");
+
+    // A lost row blocks the watermark just below it.
+    let all: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(&pool).await.expect("max");
+    assert_eq!(ledger::advance(&pool, all, 1_000_000).await.expect("advance"), settled);
+
+    assert_eq!(ledger::heal(&pool, grace, 5).await.expect("heal"), 5, "healing is bounded per call");
+    assert_eq!(ledger::heal(&pool, grace, 100).await.expect("heal"), 2);
+    assert_eq!(ledger::gap(&pool, grace).await.expect("gap"), 0);
+    let (lost, healed_payloads): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE a.payload = o.payload AND a.occurred_at = o.created_at) \
+         FROM audit_events a JOIN outbox o ON o.id = a.outbox_id WHERE o.event_type = 'lost'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("healed");
+    assert_eq!((lost, healed_payloads), (7, 7), "healed rows carry the outbox row's payload and time");
+    // The in-flight rows are their consumer's until the grace period passes: they block the
+    // watermark, and nothing else does (the dead rows are skipped).
+    let in_flight: i64 = sqlx::query_scalar("SELECT min(id) FROM outbox WHERE event_type = 'in-flight'")
+        .fetch_one(&pool)
+        .await
+        .expect("min");
+    assert_eq!(ledger::advance(&pool, all, 1_000_000).await.expect("advance"), in_flight - 1);
+    postgres
+        .psql(
+            &db,
+            "INSERT INTO audit_events (outbox_id, event_type, payload, occurred_at) \
+               SELECT id, event_type, payload, created_at FROM outbox WHERE dispatched_at IS NOT NULL ON CONFLICT DO NOTHING; \
+             UPDATE outbox SET dispatched_at = now() WHERE event_type = 'pending'",
+        )
+        .expect("deliver");
+    let pending: i64 = sqlx::query_scalar("SELECT min(id) FROM outbox WHERE event_type = 'pending'")
+        .fetch_one(&pool)
+        .await
+        .expect("min");
+    assert_eq!(ledger::advance(&pool, all, 1_000_000).await.expect("advance"), pending - 1);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) - count(DISTINCT outbox_id) FROM audit_events")
+        .fetch_one(&pool)
+        .await
+        .expect("dupes");
+    assert_eq!(total, 0, "one ledger row per outbox id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_horizon_never_passes_an_id_an_open_transaction_holds() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, _) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    // `held` draws an id and stays open; a later id commits and is visible.
+    let mut held = pool.begin().await.expect("tx");
+    let held_id = outbox::enqueue(&mut held, &event(1)).await.expect("enqueue");
+    let mut tx = pool.begin().await.expect("tx");
+    let visible = outbox::enqueue(&mut tx, &event(2)).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert!(visible > held_id);
+
+    let mut horizon = ledger::Horizon::new(Duration::ZERO);
+    for _ in 0..5 {
+        let reading = ledger::read(&pool).await.expect("read");
+        assert_eq!(
+            horizon.observe(reading, std::time::Instant::now()),
+            0,
+            "{reading:?}: id {held_id} may still appear"
+        );
+    }
+    held.commit().await.expect("commit");
+    let mut settled = 0;
+    for _ in 0..5 {
+        settled = horizon.observe(ledger::read(&pool).await.expect("read"), std::time::Instant::now());
+    }
+    assert_eq!(settled, visible, "once the holder ended, every id up to the one read is final");
 }

@@ -1,0 +1,223 @@
+//! The audit ledger (`audit_events`): idempotent batch inserts, and the queries that keep it
+//! complete when the stream loses entries (Redis restarted empty, `FLUSHALL`, a trimmed stream).
+//!
+//! The ledger is complete when every outbox row that was dispatched is in it. Checking that
+//! against the whole outbox would read every row, so a **watermark** is kept in
+//! `ledger_watermark`: every live outbox row with an id at or below it is in the ledger (or
+//! dead, which has its own alert). Only rows above it are ever read, and in steady state that
+//! is a few seconds of traffic.
+//!
+//! Outbox ids come from a sequence and commit out of order: a transaction may hold id 100
+//! while 101 is already visible. The watermark therefore only moves up to a [`Horizon`], an
+//! id below which no row can still appear (see [`Horizon`] for how that is known).
+
+use std::time::Duration;
+
+use crate::{Error, Event};
+
+/// Inserts `events` into the ledger, each at most once (keyed on the outbox id); returns how
+/// many were new. One statement for the whole batch.
+///
+/// # Errors
+/// When the insert fails; a value PostgreSQL refuses is [`is_data_error`].
+pub async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let targets: Vec<Option<&str>> = events.iter().map(|e| e.target.as_deref()).collect();
+    let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let times: Vec<&str> = events.iter().map(|e| e.occurred_at.as_str()).collect();
+    let done = sqlx::query(
+        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[]::timestamptz[]) \
+         ON CONFLICT (outbox_id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(types)
+    .bind(targets)
+    .bind(instances)
+    .bind(payloads)
+    .bind(times)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Whether `error` is PostgreSQL refusing a value (SQLSTATE class 22, data exception) rather
+/// than failing: the entry is poison, not the database unavailable.
+pub fn is_data_error(error: &Error) -> bool {
+    matches!(error, Error::Database(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.starts_with("22")))
+}
+
+/// One reading of the outbox's id sequence and of PostgreSQL's transaction horizon, taken in
+/// one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// The highest outbox id visible now.
+    pub max_id: i64,
+    /// The first transaction id not yet assigned (`pg_snapshot_xmax`).
+    pub xmax: i64,
+    /// The oldest transaction id still running (`pg_snapshot_xmin`).
+    pub xmin: i64,
+}
+
+/// Reads the sequence and transaction horizon now.
+///
+/// # Errors
+/// When the query fails.
+pub async fn read(pool: &sqlx::PgPool) -> Result<Reading, Error> {
+    let (max_id, xmax, xmin): (i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce((SELECT max(id) FROM outbox), 0), \
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Reading { max_id, xmax, xmin })
+}
+
+/// Tracks the highest outbox id below which every row that will ever exist is visible.
+///
+/// Every id at or below `max_id` (read at time T1) was drawn before T1, by a transaction that
+/// existed at T1. The statement that draws an id also gets its transaction id within
+/// microseconds, so a transaction-id horizon `xmax` read a little later (T2 ≥ T1 + `settle`)
+/// is above every such transaction. Once the oldest running transaction (`xmin`) is at or
+/// past that `xmax`, all of them have ended and ids up to `max_id` are final. A long-running
+/// transaction anywhere in the database holds the horizon back; nothing is lost, the
+/// watermark just waits.
+#[derive(Debug, Clone)]
+pub struct Horizon {
+    settle: Duration,
+    candidate: Option<Candidate>,
+    settled: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    max_id: i64,
+    at: std::time::Instant,
+    xmax: Option<i64>,
+}
+
+impl Horizon {
+    /// A horizon that waits `settle` between reading an id and the transaction horizon.
+    pub fn new(settle: Duration) -> Self {
+        Self { settle, candidate: None, settled: 0 }
+    }
+
+    /// Feeds one [`Reading`] taken `now`; returns the settled id (never decreasing).
+    pub fn observe(&mut self, reading: Reading, now: std::time::Instant) -> i64 {
+        let fresh = Candidate { max_id: reading.max_id, at: now, xmax: None };
+        self.candidate = match self.candidate {
+            None => Some(fresh),
+            Some(c) => match c.xmax {
+                None if now.duration_since(c.at) >= self.settle => Some(Candidate { xmax: Some(reading.xmax), ..c }),
+                Some(xmax) if reading.xmin >= xmax => {
+                    self.settled = self.settled.max(c.max_id);
+                    Some(fresh)
+                }
+                _ => Some(c),
+            },
+        };
+        self.settled
+    }
+}
+
+/// Moves the watermark up as far as the ledger is complete: to just below the first live row
+/// above it that is not in the ledger, but never past `settled` nor more than `step` ids in
+/// one call (so one call's work is bounded). Returns the watermark.
+///
+/// # Errors
+/// When the query fails.
+pub async fn advance(pool: &sqlx::PgPool, settled: i64, step: i64) -> Result<i64, Error> {
+    let watermark: i64 = sqlx::query_scalar(
+        "WITH w AS (SELECT outbox_id AS at, least($1::bigint, outbox_id + $2) AS upto FROM ledger_watermark), \
+              blocker AS (SELECT min(o.id) AS id FROM outbox o, w \
+                          WHERE o.id > w.at AND o.id <= w.upto AND o.dead_at IS NULL \
+                            AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id)) \
+         UPDATE ledger_watermark SET \
+                outbox_id = greatest(outbox_id, coalesce((SELECT id - 1 FROM blocker), (SELECT upto FROM w))), \
+                updated_at = now() \
+         RETURNING outbox_id",
+    )
+    .bind(settled)
+    .bind(step)
+    .fetch_one(pool)
+    .await?;
+    Ok(watermark)
+}
+
+/// The ledger's gap: outbox rows above the watermark dispatched more than `grace` ago that are
+/// not in the ledger (the stream lost them, or no consumer has read them for that long).
+///
+/// # Errors
+/// When the query fails.
+pub async fn gap(pool: &sqlx::PgPool, grace: Duration) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(GAP_COUNT).bind(grace.as_secs_f64()).fetch_one(pool).await?)
+}
+
+/// The gap query, kept as one constant so the store's README shows the plan of exactly it.
+pub const GAP_COUNT: &str = "SELECT count(*) FROM outbox o \
+     WHERE o.id > (SELECT outbox_id FROM ledger_watermark) \
+       AND o.dispatched_at < now() - make_interval(secs => $1) \
+       AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id)";
+
+/// Heals up to `limit` rows of the gap by copying them from the outbox into the ledger, oldest
+/// first (the outbox row holds everything the stream entry would have carried). Returns how
+/// many rows it wrote; a consumer delivering the same event later changes nothing.
+///
+/// # Errors
+/// When the insert fails.
+pub async fn heal(pool: &sqlx::PgPool, grace: Duration, limit: i64) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
+         SELECT o.id, o.event_type, o.target, o.instance, o.payload, o.created_at FROM outbox o \
+         WHERE o.id > (SELECT outbox_id FROM ledger_watermark) \
+           AND o.dispatched_at < now() - make_interval(secs => $1) \
+           AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id) \
+         ORDER BY o.id LIMIT $2 \
+         ON CONFLICT (outbox_id) DO NOTHING",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The watermark now.
+///
+/// # Errors
+/// When the query fails.
+pub async fn watermark(pool: &sqlx::PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT outbox_id FROM ledger_watermark").fetch_one(pool).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Horizon, Reading};
+
+    #[test]
+    fn the_horizon_waits_for_every_transaction_that_could_hold_an_id() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut h = Horizon::new(Duration::from_secs(1));
+        // Ids up to 100 visible; transaction ids 500.. unassigned.
+        assert_eq!(h.observe(Reading { max_id: 100, xmax: 500, xmin: 490 }, at(0)), 0);
+        // Too soon to read the transaction horizon for id 100.
+        assert_eq!(h.observe(Reading { max_id: 120, xmax: 510, xmin: 495 }, at(500)), 0);
+        // A second later: transactions below 520 may hold ids up to 100.
+        assert_eq!(h.observe(Reading { max_id: 150, xmax: 520, xmin: 505 }, at(1_100)), 0);
+        // One of them still runs (xmin 515 < 520): not settled.
+        assert_eq!(h.observe(Reading { max_id: 160, xmax: 530, xmin: 515 }, at(2_000)), 0);
+        // All ended: ids up to 100 are final; a new candidate starts at 170.
+        assert_eq!(h.observe(Reading { max_id: 170, xmax: 540, xmin: 520 }, at(3_000)), 100);
+        assert_eq!(h.observe(Reading { max_id: 180, xmax: 550, xmin: 545 }, at(4_100)), 100);
+        assert_eq!(h.observe(Reading { max_id: 190, xmax: 560, xmin: 550 }, at(5_000)), 170);
+    }
+}
