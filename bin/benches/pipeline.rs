@@ -6,6 +6,7 @@
 //!
 //! The relay and the audit consumer (with its ledger reconciler) run as child processes (this
 //! harness started again with `--role`), each with its defaults, so their memory is their own.
+//! `BENCH_BATCH=N` sets both batch sizes instead of the defaults (2,000).
 //! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
 //! not the disk.
 
@@ -46,13 +47,18 @@ fn main() {
             );
             println!("| stream entries beyond one per row ({replicas}+{replicas}) | {} |", run.duplicates);
             println!(
-                "| peak RSS relay / audit ({replicas}+{replicas}) | {:.0} / {:.0} MiB |",
+                "| peak RSS relay / audit ({replicas}+{replicas}, each process) | {:.0} / {:.0} MiB |",
                 run.relay_rss, run.audit_rss
             );
-            if let Some((p50, p99, max)) = run.lone {
+            println!(
+                "| CPU of the relays / audits for the backlog ({replicas}+{replicas}) | {:.2} / {:.2} s |",
+                run.relay_cpu, run.audit_cpu
+            );
+            if let Some((p50, p99, max, relay)) = run.lone {
                 println!(
                     "| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |"
                 );
+                println!("| lone event, outbox insert to dispatch (the relay's poll), p50 | {relay:.1} ms |");
             }
         }
     });
@@ -64,7 +70,9 @@ struct Run {
     duplicates: i64,
     relay_rss: f64,
     audit_rss: f64,
-    lone: Option<(f64, f64, f64)>,
+    relay_cpu: f64,
+    audit_cpu: f64,
+    lone: Option<(f64, f64, f64, f64)>,
 }
 
 /// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with one of each, then
@@ -103,11 +111,7 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         .await
         .expect("clock");
     let rate = BACKLOG as f64 / (finished - started);
-    let relayed: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox")
-        .fetch_one(&pool)
-        .await
-        .expect("clock");
-    eprintln!("relay done after {:.2}s, ledger after {:.2}s", relayed - started, finished - started);
+
     let (rows, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events")
         .fetch_one(&pool)
         .await
@@ -118,11 +122,8 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         redis.command("XLEN caracal.events").expect("xlen").trim().trim_start_matches(':').parse().expect("xlen");
     let duplicates = entries - BACKLOG;
 
-    for (role, c) in &children {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
-        eprintln!("{role} cpu {:.2}s", (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0);
-    }
+    let cpu = |role: &str| children.iter().filter(|(r, _)| r == role).map(|(_, c)| cpu_seconds_of(c.id())).sum::<f64>();
+    let (relay_cpu, audit_cpu) = (cpu("relay"), cpu("audit"));
     let lone = if replicas == 1 { Some(lone_events(&pool).await) } else { None };
     let rss =
         |role: &str| children.iter().filter(|(r, _)| r == role).map(|(_, c)| peak_rss_of(c.id())).fold(0.0, f64::max);
@@ -131,12 +132,13 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         let _ = child.kill();
         let _ = child.wait();
     }
-    Run { rate, duplicates, relay_rss, audit_rss, lone }
+    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, lone }
 }
 
-/// Inserts `LONE_EVENTS` events one at a time, 20 ms apart, on the idle pipe; the latency of
-/// each from its outbox insert to its ledger row (p50, p99, max in ms).
-async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64) {
+/// Inserts `LONE_EVENTS` events one at a time, 20 ms apart, on the idle pipe (right after the
+/// backlog, before VACUUM has tidied the outbox); the latency of each from its outbox insert
+/// to its ledger row (p50, p99, max in ms) and the p50 of its relay hop.
+async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64, f64) {
     let first: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox").fetch_one(pool).await.expect("max");
 
     for i in 0..LONE_EVENTS {
@@ -161,8 +163,7 @@ async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64) {
     .fetch_one(pool)
     .await
     .expect("relay hop");
-    eprintln!("lone events: p50 of the relay hop {relay_hop:.1} ms");
-    sqlx::query_as(
+    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
          FROM (SELECT (EXTRACT(EPOCH FROM a.recorded_at - o.created_at) * 1000)::float8 AS ms \
                FROM audit_events a JOIN outbox o ON o.id = a.outbox_id WHERE o.id > $1) l",
@@ -170,7 +171,8 @@ async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64) {
     .bind(first)
     .fetch_one(pool)
     .await
-    .expect("latency")
+    .expect("latency");
+    (p50, p99, max, relay_hop)
 }
 
 async fn count(pool: &sqlx::PgPool) -> i64 {
@@ -195,6 +197,14 @@ fn spawn(role: &str, database_url: &str, redis_url: &str) -> Child {
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
     assert_eq!(line.trim(), "ready", "the {role} child did not start");
     child
+}
+
+/// A child's CPU time so far (user + system), in seconds.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A child's peak resident memory (`VmHWM`), in MiB.

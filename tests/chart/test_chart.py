@@ -179,6 +179,10 @@ CASES = {
     "CaracalStreamPendingTooOld": ([f'caracal_stream_oldest_pending_age_seconds{{{NS},stream="caracal.events",group="audit"}}', "900x40"], "2x40",
                                    {"stream": "caracal.events", "group": "audit"}, "20m"),
     "CaracalDLQNotEmpty": ([f'caracal_audit_dlq_length{{{NS},job="caracal-audit"}}', "3x40"], "0x40", {"job": "caracal-audit"}, "15m"),
+    "CaracalAuditLedgerGap": ([f'caracal_audit_ledger_gap{{{NS},job="caracal-audit"}}', "1500x40"], "0x40", {"job": "caracal-audit"}, "15m"),
+    # One reset ten minutes in: still within the 30-minute window at 15m.
+    "CaracalEventStreamWentBackwards": ([f'caracal_audit_stream_resets_total{{{NS},job="caracal-audit",reason="group_missing"}}', "0x10 1x30"], "0x40",
+                                        {"job": "caracal-audit"}, "15m"),
     "CaracalMetricsScrapeFailing": (['up{job="caracal-api",instance="10.0.0.1:3000"}', "0x40"], "1x40", {"job": "caracal-api", "instance": "10.0.0.1:3000"}, "15m"),
     "CaracalFleetInstanceDown": ([f'caracal_coordinator_instance_up{{{NS},target="shop",url="http://shop:80"}}', "0x40"], "1x40",
                                  {"target": "shop", "url": "http://shop:80"}, "15m"),

@@ -173,6 +173,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert!(has("api /metrics", "refuses scrapes without the bearer"), "{findings:?}");
     assert!(has("api /metrics", "accepts the managed bearer"));
     assert!(has("migrations", "schema at version"));
+    assert!(has("audit ledger", "complete"), "{findings:?}");
     assert!(has("stream caracal.events", "group audit"));
     assert!(findings.iter().any(|f| f["subject"] == "clock skew: postgres"));
 

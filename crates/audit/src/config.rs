@@ -48,7 +48,7 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(30), interval: Duration::from_secs(5), heal_batch: 5_000 }
+        Self { grace: caracal_store::ledger::DEFAULT_GRACE, interval: Duration::from_secs(5), heal_batch: 5_000 }
     }
 }
 

@@ -105,7 +105,7 @@ impl Reconciler {
         let settled = self.horizon.observe(reading, Instant::now());
         let watermark = ledger::advance(&self.pool, settled, STEP).await?;
         self.metrics.ledger_watermark.set(watermark);
-        let gap = ledger::gap(&self.pool, self.config.grace).await?;
+        let gap = ledger::gap(&self.pool, watermark, self.config.grace).await?;
         self.metrics.ledger_gap.set(gap);
         self.state.record(gap);
         if gap == 0 {
@@ -125,7 +125,7 @@ impl Reconciler {
         // Heal the whole gap found, in bounded statements.
         let mut healed = 0;
         while healed < gap.unsigned_abs() {
-            let n = ledger::heal(&self.pool, self.config.grace, self.config.heal_batch).await?;
+            let n = ledger::heal(&self.pool, watermark, self.config.grace, self.config.heal_batch).await?;
             healed += n;
             self.metrics.ledger_healed.inc_by(n);
             if n < self.config.heal_batch.unsigned_abs() {

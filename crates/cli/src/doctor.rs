@@ -112,6 +112,9 @@ fn remedy_for(check: &str) -> &'static str {
         "outbox" => "is the coordinator's relay running? check `caracal status --ready` and its log",
         "stream" => "is the audit consumer running and keeping up? check its log and `XINFO GROUPS caracal.events`",
         "dlq" => "read `XRANGE caracal.events.dlq - +`: each entry carries its reason",
+        "audit" => {
+            "caracal-audit heals the ledger from the outbox within seconds: is it running? see its log and docs/runbooks.md"
+        }
         "prober" => "the coordinator's prober loop is stuck; check its log and restart it",
         "sts" if check.ends_with("signing_key") => {
             "check the STS log: a CARACAL_STS_KEY_ENCRYPTION_FILE other than the one that sealed the keys cannot open them"
@@ -225,6 +228,7 @@ async fn database(url: &str) -> Vec<Finding> {
         )),
     }
     out.push(signing_keys(&pool).await);
+    out.push(ledger(&pool).await);
     let backlog: Result<(i64, f64, i64), _> = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
          (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
@@ -255,6 +259,32 @@ async fn database(url: &str) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The audit ledger's completeness: dispatched outbox rows missing from it past the default
+/// grace period (the stream lost them and no audit replica has healed them yet).
+async fn ledger(pool: &sqlx::PgPool) -> Finding {
+    let grace = caracal_store::ledger::DEFAULT_GRACE;
+    let found = async {
+        let watermark = caracal_store::ledger::watermark(pool).await?;
+        let gap = caracal_store::ledger::gap(pool, watermark, grace).await?;
+        Ok::<_, caracal_store::Error>((gap, watermark))
+    };
+    match found.await {
+        Ok((0, watermark)) => finding(
+            "audit ledger",
+            Severity::Ok,
+            format!("complete: every dispatched event is in it (checked above outbox id {watermark})"),
+            "",
+        ),
+        Ok((gap, _)) => finding(
+            "audit ledger",
+            Severity::Warn,
+            format!("{gap} dispatched events older than {}s are not in the ledger", grace.as_secs()),
+            remedy_for("audit:ledger_gap"),
+        ),
+        Err(e) => finding("audit ledger", Severity::Warn, format!("cannot read: {e}"), "run the migrations"),
+    }
 }
 
 /// The STS's signing keys: how long signing is covered by the keys made so far.

@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use crate::{Error, Event};
 
+/// How long a dispatched row may take to reach the ledger by stream before it counts as lost
+/// (`[audit.ledger] grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 /// Inserts `events` into the ledger, each at most once (keyed on the outbox id); returns how
 /// many were new. One statement for the whole batch.
 ///
@@ -128,61 +132,77 @@ impl Horizon {
 
 /// Moves the watermark up as far as the ledger is complete: to just below the first live row
 /// above it that is not in the ledger, but never past `settled` nor more than `step` ids in
-/// one call (so one call's work is bounded). Returns the watermark.
+/// one call (so one call's work is bounded). Returns the watermark. Replicas may race: the
+/// watermark only ever moves up, and every value any of them computes is true.
 ///
 /// # Errors
-/// When the query fails.
+/// When a query fails.
 pub async fn advance(pool: &sqlx::PgPool, settled: i64, step: i64) -> Result<i64, Error> {
-    let watermark: i64 = sqlx::query_scalar(
-        "WITH w AS (SELECT outbox_id AS at, least($1::bigint, outbox_id + $2) AS upto FROM ledger_watermark), \
-              blocker AS (SELECT min(o.id) AS id FROM outbox o, w \
-                          WHERE o.id > w.at AND o.id <= w.upto AND o.dead_at IS NULL \
-                            AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id)) \
-         UPDATE ledger_watermark SET \
-                outbox_id = greatest(outbox_id, coalesce((SELECT id - 1 FROM blocker), (SELECT upto FROM w))), \
-                updated_at = now() \
-         RETURNING outbox_id",
+    let at = watermark(pool).await?;
+    let upto = settled.min(at.saturating_add(step));
+    if upto <= at {
+        return Ok(at);
+    }
+    // Unprepared (`persistent(false)`), so each run is planned with the actual bounds: a range
+    // of a few rows probes the ledger's primary key instead of hashing the whole ledger.
+    let blocker: Option<i64> = sqlx::query_scalar(
+        "SELECT min(o.id) FROM outbox o WHERE o.id > $1 AND o.id <= $2 AND o.dead_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id)",
     )
-    .bind(settled)
-    .bind(step)
+    .bind(at)
+    .bind(upto)
+    .persistent(false)
     .fetch_one(pool)
     .await?;
-    Ok(watermark)
+    let to = blocker.map_or(upto, |id| id - 1);
+    Ok(sqlx::query_scalar(
+        "UPDATE ledger_watermark SET outbox_id = greatest(outbox_id, $1), updated_at = now() RETURNING outbox_id",
+    )
+    .bind(to)
+    .fetch_one(pool)
+    .await?)
 }
 
-/// The ledger's gap: outbox rows above the watermark dispatched more than `grace` ago that are
+/// The ledger's gap: outbox rows above `watermark` dispatched more than `grace` ago that are
 /// not in the ledger (the stream lost them, or no consumer has read them for that long).
 ///
 /// # Errors
 /// When the query fails.
-pub async fn gap(pool: &sqlx::PgPool, grace: Duration) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar(GAP_COUNT).bind(grace.as_secs_f64()).fetch_one(pool).await?)
+pub async fn gap(pool: &sqlx::PgPool, watermark: i64, grace: Duration) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(GAP_COUNT)
+        .bind(watermark)
+        .bind(grace.as_secs_f64())
+        .persistent(false)
+        .fetch_one(pool)
+        .await?)
 }
 
-/// The gap query, kept as one constant so the store's README shows the plan of exactly it.
+/// The gap query (`$1` the watermark, `$2` the grace period in seconds), kept as one constant
+/// so the store's README shows the plan of exactly it.
 pub const GAP_COUNT: &str = "SELECT count(*) FROM outbox o \
-     WHERE o.id > (SELECT outbox_id FROM ledger_watermark) \
-       AND o.dispatched_at < now() - make_interval(secs => $1) \
+     WHERE o.id > $1 AND o.dispatched_at < now() - make_interval(secs => $2) \
        AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id)";
 
-/// Heals up to `limit` rows of the gap by copying them from the outbox into the ledger, oldest
-/// first (the outbox row holds everything the stream entry would have carried). Returns how
-/// many rows it wrote; a consumer delivering the same event later changes nothing.
+/// Heals up to `limit` rows of the gap above `watermark` by copying them from the outbox into
+/// the ledger, oldest first (the outbox row holds everything the stream entry would have
+/// carried). Returns how many rows it wrote; a consumer delivering the same event later
+/// changes nothing.
 ///
 /// # Errors
 /// When the insert fails.
-pub async fn heal(pool: &sqlx::PgPool, grace: Duration, limit: i64) -> Result<u64, Error> {
+pub async fn heal(pool: &sqlx::PgPool, watermark: i64, grace: Duration, limit: i64) -> Result<u64, Error> {
     let done = sqlx::query(
         "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
          SELECT o.id, o.event_type, o.target, o.instance, o.payload, o.created_at FROM outbox o \
-         WHERE o.id > (SELECT outbox_id FROM ledger_watermark) \
-           AND o.dispatched_at < now() - make_interval(secs => $1) \
+         WHERE o.id > $1 AND o.dispatched_at < now() - make_interval(secs => $2) \
            AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id) \
-         ORDER BY o.id LIMIT $2 \
+         ORDER BY o.id LIMIT $3 \
          ON CONFLICT (outbox_id) DO NOTHING",
     )
+    .bind(watermark)
     .bind(grace.as_secs_f64())
     .bind(limit)
+    .persistent(false)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
