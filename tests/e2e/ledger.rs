@@ -91,9 +91,10 @@ async fn exactly_once(pool: &sqlx::PgPool, n: i64, audits: &[&Service]) {
 }
 
 /// Scrapes the audits' `caracal_audit_ledger_gap` every 50 ms in the background and keeps the
-/// highest value seen.
+/// highest value seen; notes whether `/ready` ever answered 200 with `audit:ledger_gap` warning.
 struct GapWatch {
     max: Arc<AtomicU64>,
+    warned: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -101,19 +102,27 @@ impl GapWatch {
     fn start(audits: &[&Service]) -> GapWatch {
         let bases: Vec<String> = audits.iter().map(|a| a.base.clone()).collect();
         let max = Arc::new(AtomicU64::new(0));
+        let warned = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen, done) = (Arc::clone(&max), Arc::clone(&stop));
+        let (seen, warning, done) = (Arc::clone(&max), Arc::clone(&warned), Arc::clone(&stop));
         tokio::spawn(async move {
             while !done.load(Ordering::SeqCst) {
                 for base in &bases {
                     if let Some(gap) = metric(base, "caracal_audit_ledger_gap").await {
                         seen.fetch_max(gap as u64, Ordering::SeqCst);
                     }
+                    if let Ok(answer) = reqwest::get(format!("{base}/ready")).await
+                        && answer.status() == 200
+                        && let Ok(body) = answer.json::<serde_json::Value>().await
+                        && body["checks"]["audit:ledger_gap"][0]["status"] == "warn"
+                    {
+                        warning.store(true, Ordering::SeqCst);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        GapWatch { max, stop }
+        GapWatch { max, warned, stop }
     }
 
     /// The highest gap seen so far.
@@ -142,6 +151,10 @@ async fn healed(watch: &GapWatch, audits: &[&Service], at_least: u64) {
     .await;
     assert!(settled.is_ok(), "the gap metric returns to 0 once the ledger is healed");
     assert!(watch.max() > 0, "the gap metric rose during the fault");
+    assert!(
+        watch.warned.load(Ordering::SeqCst),
+        "audit:ledger_gap warned while the gap was open, and the audit stayed ready (200)"
+    );
     let mut total = 0.0;
     for audit in audits {
         total += metric(&audit.base, "caracal_audit_ledger_healed_total").await.unwrap_or(0.0);

@@ -37,6 +37,11 @@ impl Metrics {
         registry.register("events_dead_lettered", "Entries moved to the DLQ", m.dead_lettered.clone());
         registry.register("entries_claimed", "Pending entries taken over from another consumer", m.claimed.clone());
         registry.register("dlq_length", "Entries in caracal.events.dlq", m.dlq_length.clone());
+        // Both series exist from the start at 0, so the first reset is an increase
+        // (`increase()` cannot see a series that appears already at 1).
+        for reason in ["group_missing", "stream_behind"] {
+            m.stream_resets.get_or_create(&ResetLabels { reason }).inc_by(0);
+        }
         registry.register(
             "stream_resets",
             "Times caracal.events went backwards under the group (Redis lost data) and the group was reset",
