@@ -55,7 +55,8 @@ async fn status_exit_codes_tell_pass_fail_could_not_check_and_usage_apart() {
         let mut args: Vec<String> = vec!["status".into()];
         for (name, url) in urls {
             args.push("--url".into());
-            args.push(format!("{name}={url}"));
+            // An empty name: the bare URL, which is named by its host:port.
+            args.push(if name.is_empty() { url.to_string() } else { format!("{name}={url}") });
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = dir.clone();
@@ -72,6 +73,11 @@ async fn status_exit_codes_tell_pass_fail_could_not_check_and_usage_apart() {
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json is JSON");
     assert_eq!(doc["summary"]["fail"], 1);
     assert_eq!(doc["exit_code"], 1);
+    let bare = run(&[("", &good)], &["--json"]).await.expect("join");
+    assert_eq!(code(&bare), Some(0), "a bare URL is accepted: {}", String::from_utf8_lossy(&bare.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&bare.stdout).expect("json");
+    let host_port = good.trim_start_matches("http://");
+    assert!(doc.to_string().contains(&format!("\"{host_port}\"")), "named by host:port: {doc}");
     let usage = run(&[], &["--url", "no-equals-sign"]).await.expect("join");
     assert_eq!(code(&usage), Some(2));
     let unknown = tokio::task::spawn_blocking(move || caracal(Path::new("."), &["launch"])).await.expect("join");
@@ -230,4 +236,79 @@ async fn a_taken_port_is_a_one_line_error_saying_what_to_do() {
     let down = tokio::task::spawn_blocking(move || caracal(&d, &["down", "-v"])).await.expect("join");
     assert_eq!(code(&down), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `up` → `status --ready` → `down -v` from a directory only its owner may enter (mode 0700,
+/// like root's home or any `mktemp -d`), run as `user` (via `runuser`) or as ourselves.
+async fn up_and_down_in_a_private_directory(user: Option<&str>) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(caracal_testkit::unique_name("caracal-private"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let owner = user.map(|name| nix::unistd::User::from_name(name).expect("passwd").expect("user"));
+    if let Some(owner) = &owner {
+        nix::unistd::chown(&dir, Some(owner.uid), Some(owner.gid)).expect("chown");
+    }
+    let free = || caracal_testkit::free_port().expect("port").to_string();
+    let flags = [
+        "--api-port",
+        "--coordinator-port",
+        "--audit-port",
+        "--pg-port",
+        "--redis-port",
+        "--sts-port",
+        "--gateway-port",
+    ];
+    let mut up: Vec<String> = vec!["up".into()];
+    up.extend(flags.iter().flat_map(|flag| [flag.to_string(), free()]));
+    let as_user = |args: Vec<String>| {
+        let (dir, user) = (dir.clone(), user.map(str::to_string));
+        tokio::task::spawn_blocking(move || {
+            let mut command = match &user {
+                Some(user) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", user, "--", CARACAL]);
+                    c
+                }
+                None => Command::new(CARACAL),
+            };
+            command.arg("--dir").arg(&dir).args(&args).env_remove("METRICS_BEARER_FILE").output().expect("run caracal")
+        })
+    };
+    let _cleanup = DownOnDrop(dir.clone());
+    let started = as_user(up).await.expect("join");
+    assert_eq!(
+        code(&started),
+        Some(0),
+        "up as {user:?} in a 0700 directory:\n{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let pointer = dir.join(".caracal/postgres.path");
+    let elsewhere = std::fs::read_to_string(&pointer).ok().map(|p| std::path::PathBuf::from(p.trim()));
+    let root = nix::unistd::geteuid().is_root() && user.is_none();
+    assert_eq!(elsewhere.is_some(), root, "PostgreSQL's data moves out only when root's postgres user cannot enter");
+    if let Some(pg) = &elsewhere {
+        let meta = std::fs::metadata(pg).expect("postgres dir");
+        let postgres = nix::unistd::User::from_name("postgres").expect("passwd").expect("postgres user");
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (postgres.uid.as_raw(), 0o700), "{}", pg.display());
+        assert!(pg.join("data/PG_VERSION").exists());
+    }
+    let status = as_user(vec!["status".into(), "--ready".into()]).await.expect("join");
+    assert_eq!(code(&status), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
+    let down = as_user(vec!["down".into(), "-v".into()]).await.expect("join");
+    assert_eq!(code(&down), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!dir.join(".caracal").exists(), "down -v deletes .caracal");
+    if let Some(pg) = &elsewhere {
+        assert!(!pg.exists(), "down -v deletes PostgreSQL's directory at {}", pg.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_works_from_a_private_directory_for_root_and_for_another_user() {
+    up_and_down_in_a_private_directory(None).await;
+    if nix::unistd::geteuid().is_root() {
+        // A user other than root (and other than `postgres`): PostgreSQL runs as that user.
+        up_and_down_in_a_private_directory(Some("nobody")).await;
+    }
 }

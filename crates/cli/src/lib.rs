@@ -110,7 +110,8 @@ pub struct UpArgs {
 /// Where the services are, for `status` and `doctor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
-    /// A service's base URL, as NAME=URL (repeatable); default: the local platform.
+    /// A service's base URL, as NAME=URL or a bare URL named by its host:port (repeatable);
+    /// default: the local platform.
     #[arg(long = "url", value_parser = parse_url)]
     pub urls: Vec<(String, String)>,
     /// File holding the metrics bearer (default: METRICS_BEARER_FILE, else the local secret).
@@ -138,12 +139,43 @@ pub struct StatusArgs {
     pub target: TargetArgs,
 }
 
+/// `NAME=URL`, or a bare `URL` named by its `host:port`.
 fn parse_url(raw: &str) -> Result<(String, String), String> {
-    let (name, url) = raw.split_once('=').ok_or("expected NAME=URL, e.g. api=http://127.0.0.1:3000")?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("`{url}` is not an http:// URL"));
+    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    let (name, url) = match raw.split_once('=') {
+        Some((name, url)) if !is_url(raw) => (Some(name.to_string()), url),
+        _ => (None, raw),
+    };
+    if !is_url(url) {
+        return Err(format!(
+            "`{url}` is not an http:// URL (expected URL or NAME=URL, e.g. api=http://127.0.0.1:3000)"
+        ));
     }
-    Ok((name.to_string(), url.trim_end_matches('/').to_string()))
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let host = parsed.host_str().ok_or_else(|| format!("`{url}` has no host"))?;
+    let name = match name {
+        Some(name) if !name.is_empty() => name,
+        Some(_) => return Err("the NAME in NAME=URL is empty".into()),
+        None => format!("{host}:{}", parsed.port_or_known_default().unwrap_or(80)),
+    };
+    Ok((name, url.trim_end_matches('/').to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn a_url_is_named_or_named_by_its_host_and_port() {
+        let parsed = |raw: &str| parse_url(raw).map(|(n, u)| format!("{n} {u}"));
+        assert_eq!(parsed("api=http://10.0.0.5:3000/"), Ok("api http://10.0.0.5:3000".into()));
+        assert_eq!(parsed("http://10.0.0.5:3000"), Ok("10.0.0.5:3000 http://10.0.0.5:3000".into()));
+        assert_eq!(parsed("https://caracal.example"), Ok("caracal.example:443 https://caracal.example".into()));
+        assert_eq!(parsed("http://host:9090/?a=b"), Ok("host:9090 http://host:9090/?a=b".into()));
+        assert!(parsed("api=ftp://x").is_err());
+        assert!(parsed("localhost:3000").is_err());
+        assert!(parsed("=http://x:1").is_err());
+    }
 }
 
 /// Runs a parsed command; returns the exit code.

@@ -82,10 +82,24 @@ fn run(command: &mut Command, what: &str) -> Result<(), CliError> {
     }
 }
 
-/// Whether something accepts connections on 127.0.0.1:`port`.
+/// Whether `port` on 127.0.0.1 is taken: something accepts connections there, or it cannot be
+/// bound (an outgoing connection uses it as its local port).
 pub fn port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(300))
         .is_ok()
+        || std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_err()
+}
+
+/// Whether the user `uid`/`gid` may enter `dir` and every directory above it.
+fn reachable(dir: &Path, (uid, gid): (u32, u32)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().all(|d| match std::fs::metadata(d) {
+        Ok(m) if m.uid() == uid => m.mode() & 0o100 != 0,
+        Ok(m) if m.gid() == gid => m.mode() & 0o010 != 0,
+        Ok(m) => m.mode() & 0o001 != 0,
+        // Not created yet: what matters is the directories above it.
+        Err(_) => true,
+    })
 }
 
 /// The PostgreSQL under `home`.
@@ -103,7 +117,24 @@ impl LocalPostgres {
     /// # Errors
     /// When PostgreSQL is not installed.
     pub fn new(home: &Home, port: u16) -> Result<Self, CliError> {
-        Ok(Self { bin: pg_bin_dir()?, dir: home.postgres(), port, owner: pg_owner()? })
+        let owner = pg_owner()?;
+        let dir = match (home.relocated_postgres(), owner) {
+            (Some(dir), _) => dir,
+            // Root in a private directory (root's home, a `mktemp -d`): the `postgres` user
+            // cannot enter it, so PostgreSQL's directory goes where it can, owned by it, and
+            // `.caracal/postgres.path` remembers where (`down -v` removes it).
+            (None, Some(owner)) if !reachable(&home.root, owner) => {
+                let suffix: String = crate::state::random_bytes(6)?.iter().map(|b| format!("{b:02x}")).collect();
+                std::env::temp_dir().join(format!("caracal-postgres-{suffix}"))
+            }
+            (None, _) => home.postgres(),
+        };
+        Ok(Self { bin: pg_bin_dir()?, dir, port, owner })
+    }
+
+    /// PostgreSQL's directory (data, log, socket).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn data(&self) -> PathBuf {
@@ -132,9 +163,17 @@ impl LocalPostgres {
     ///
     /// # Errors
     /// A taken port, or a failing `initdb`/`pg_ctl`/`createdb`, with its log's path.
-    pub fn start(&self) -> Result<(), CliError> {
+    pub fn start(&self, home: &Home) -> Result<(), CliError> {
         if !self.data().join("PG_VERSION").exists() {
             std::fs::create_dir_all(&self.dir).map_err(CliError::io(format!("create {}", self.dir.display())))?;
+            if !self.dir.starts_with(&home.root) {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(CliError::io(format!("restrict {}", self.dir.display())))?;
+                std::fs::create_dir_all(&home.root).map_err(CliError::io(format!("create {}", home.root.display())))?;
+                std::fs::write(home.postgres_pointer(), format!("{}\n", self.dir.display()))
+                    .map_err(CliError::io(format!("write {}", home.postgres_pointer().display())))?;
+            }
             if let Some((uid, gid)) = self.owner {
                 nix::unistd::chown(&self.dir, Some(uid.into()), Some(gid.into())).map_err(|e| {
                     CliError::Step(format!("cannot give {} to the postgres user: {e}", self.dir.display()))
@@ -169,7 +208,7 @@ impl LocalPostgres {
         }
         let log = self.dir.join("postgres.log");
         let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.dir.display());
-        run(
+        let started = run(
             as_owner(Command::new(self.bin.join("pg_ctl")), self.owner)
                 .arg("start")
                 .arg("-D")
@@ -178,7 +217,19 @@ impl LocalPostgres {
                 .arg(&log)
                 .args(["-w", "-t", "30", "-o", &options]),
             &format!("starting PostgreSQL (log: {})", log.display()),
-        )?;
+        );
+        if started.is_err()
+            && std::fs::read_to_string(&log).is_ok_and(|text| {
+                text.lines()
+                    .rev()
+                    .take(20)
+                    .any(|l| l.contains("could not bind") || l.contains("Address already in use"))
+            })
+        {
+            // Taken between our check and its bind (or by a connection's local port).
+            return Err(CliError::PortTaken { port: self.port, what: "PostgreSQL", flag: "--pg-port" });
+        }
+        started?;
         // The database may exist already (a restart): createdb then fails harmlessly.
         let _ = as_owner(Command::new(self.bin.join("createdb")), self.owner)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", DATABASE])

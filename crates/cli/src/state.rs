@@ -34,7 +34,7 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, gateway: 8081, postgres: 55432, redis: 56379 }
+        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, gateway: 8081, postgres: 15432, redis: 16379 }
     }
 }
 
@@ -104,9 +104,22 @@ impl Home {
         self.secrets().join("admin_token")
     }
 
-    /// PostgreSQL's directory (data, log, socket).
+    /// PostgreSQL's directory (data, log, socket): `.caracal/postgres`, or where
+    /// [`postgres_pointer`](Self::postgres_pointer) says `up` put it.
     pub fn postgres(&self) -> PathBuf {
-        self.root.join("postgres")
+        self.relocated_postgres().unwrap_or_else(|| self.root.join("postgres"))
+    }
+
+    /// The file naming PostgreSQL's directory when `up` had to put it outside `.caracal/`
+    /// (run as root from a directory the `postgres` user cannot enter).
+    pub fn postgres_pointer(&self) -> PathBuf {
+        self.root.join("postgres.path")
+    }
+
+    /// PostgreSQL's directory outside `.caracal/`, if `up` put it there.
+    pub fn relocated_postgres(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.postgres_pointer()).ok()?;
+        Some(PathBuf::from(text.trim())).filter(|p| p.is_absolute())
     }
 
     /// Redis's directory (append-only file, log, pid file).
@@ -177,7 +190,7 @@ impl Home {
 }
 
 /// `n` bytes from the kernel's CSPRNG.
-fn random_bytes(n: usize) -> Result<Vec<u8>, CliError> {
+pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, CliError> {
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

@@ -20,7 +20,7 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     let redis = LocalRedis::new(home, state.ports.redis);
     home.save(&state)?;
     home.ensure_secrets()?;
-    step("PostgreSQL", || postgres.start())?;
+    step("PostgreSQL", || postgres.start(home))?;
     step("Redis", || redis.start())?;
     let env = services::environment(home, &state, &postgres.url(), &redis.url());
     step("migrations", || services::migrate(&bin, &env))?;
@@ -133,6 +133,10 @@ pub fn down(home: &Home, delete: bool) -> Result<(), CliError> {
     match LocalPostgres::new(home, state.ports.postgres) {
         Ok(pg) => step("postgres", || pg.stop())?,
         Err(e) => eprintln!("  postgres     not checked: {e}"),
+    }
+    if delete && let Some(elsewhere) = home.relocated_postgres() {
+        std::fs::remove_dir_all(&elsewhere).map_err(CliError::io(format!("remove {}", elsewhere.display())))?;
+        eprintln!("  removed {}", elsewhere.display());
     }
     if delete {
         std::fs::remove_dir_all(&home.root).map_err(CliError::io(format!("remove {}", home.root.display())))?;
