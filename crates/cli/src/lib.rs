@@ -161,23 +161,6 @@ fn parse_url(raw: &str) -> Result<(String, String), String> {
     Ok((name, url.trim_end_matches('/').to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn a_url_is_named_or_named_by_its_host_and_port() {
-        let parsed = |raw: &str| parse_url(raw).map(|(n, u)| format!("{n} {u}"));
-        assert_eq!(parsed("api=http://10.0.0.5:3000/"), Ok("api http://10.0.0.5:3000".into()));
-        assert_eq!(parsed("http://10.0.0.5:3000"), Ok("10.0.0.5:3000 http://10.0.0.5:3000".into()));
-        assert_eq!(parsed("https://caracal.example"), Ok("caracal.example:443 https://caracal.example".into()));
-        assert_eq!(parsed("http://host:9090/?a=b"), Ok("host:9090 http://host:9090/?a=b".into()));
-        assert!(parsed("api=ftp://x").is_err());
-        assert!(parsed("localhost:3000").is_err());
-        assert!(parsed("=http://x:1").is_err());
-    }
-}
-
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -299,4 +282,21 @@ async fn doctor_command(home: &Home, args: TargetArgs) -> Result<u8, CliError> {
         print!("{}", doctor::render(&findings));
     }
     Ok(u8::from(findings.iter().any(|f| f.severity == doctor::Severity::Critical)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn a_url_is_named_or_named_by_its_host_and_port() {
+        let parsed = |raw: &str| parse_url(raw).map(|(n, u)| format!("{n} {u}"));
+        assert_eq!(parsed("api=http://10.0.0.5:3000/"), Ok("api http://10.0.0.5:3000".into()));
+        assert_eq!(parsed("http://10.0.0.5:3000"), Ok("10.0.0.5:3000 http://10.0.0.5:3000".into()));
+        assert_eq!(parsed("https://caracal.example"), Ok("caracal.example:443 https://caracal.example".into()));
+        assert_eq!(parsed("http://host:9090/?a=b"), Ok("host:9090 http://host:9090/?a=b".into()));
+        assert!(parsed("api=ftp://x").is_err());
+        assert!(parsed("localhost:3000").is_err());
+        assert!(parsed("=http://x:1").is_err());
+    }
 }
