@@ -40,3 +40,7 @@ smoke:
 # What CI runs on a fresh machine.
 ci:
     bash .ci/run
+
+# The container image (FROM scratch, no network): ghcr.io/caracal/caracal:<version>.
+image:
+    bash infra/docker/build-image.sh

@@ -294,3 +294,12 @@ def test_listed_targets_are_federated_through_the_gateway_with_honor_labels():
     assert all(e["authorization"]["credentials"]["key"] == "metrics-bearer" for e in monitor["spec"]["endpoints"])
     with pytest.raises(helm_python.HelmError):
         render(dict(URLS, federation={"targets": [{"target": "Bad Name"}]}))
+
+
+def test_the_default_image_is_the_one_the_image_command_builds():
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    script = (ROOT / "infra" / "docker" / "build-image.sh").read_text()
+    assert "image=${CARACAL_IMAGE:-ghcr.io/caracal/caracal:$version}" in script
+    images = {c["image"] for d in documents(render()) if d["kind"] in ("Deployment", "Job")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {f"ghcr.io/caracal/caracal:{version}"}, images
