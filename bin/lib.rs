@@ -10,8 +10,11 @@ use clap::Parser;
 /// The version every binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A binary's main.
+pub type Main = fn() -> ExitCode;
+
 /// The binaries, by the name each is started as.
-pub const BINARIES: [(&str, fn() -> ExitCode); 6] = [
+pub const BINARIES: [(&str, Main); 6] = [
     ("caracal", cli),
     ("caracal-api", api),
     ("caracal-coordinator", coordinator),
