@@ -152,7 +152,7 @@ fn the_image_runs_every_binary_as_nonroot_from_its_own_root() {
             ));
             if answered.is_err() {
                 let _ = child.kill();
-                let log = std::fs::read_to_string(logs.join(&**binary)).unwrap_or_default();
+                let log = std::fs::read_to_string(logs.join(**binary)).unwrap_or_default();
                 panic!("{binary} from the image: {path} never answered 200; its log:\n{log}");
             }
         }
