@@ -14,22 +14,26 @@ import yaml
 
 from conftest import CHART, HERE, ROOT, URLS, documents, render, tool, values_file
 
-CORE_KINDS = {"Deployment", "Service", "ConfigMap", "Secret", "Job", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
+CORE_KINDS = {"Deployment", "StatefulSet", "Service", "ConfigMap", "Secret", "Job", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
+# The two shapes of an install: nothing set (in-chart PostgreSQL and Redis), and managed stores.
+IN_CHART = {}
 
 
-@pytest.mark.parametrize("values_name", [None, "values-dev.yaml", "values-production.yaml"])
+@pytest.mark.parametrize("values_name", [None, "in-chart", "values-dev.yaml", "values-production.yaml"])
 def test_renders_and_lints_strictly(values_name):
-    values = URLS if values_name is None else values_file(values_name)
+    shapes = {None: URLS, "in-chart": IN_CHART}
+    values = shapes[values_name] if values_name in shapes else values_file(values_name)
     docs = documents(render(values))
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "ConfigMap", "Job", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert ("StatefulSet" in kinds) == (values_name == "in-chart"), kinds
     report = helm_python.lint(str(CHART), values=values, strict=True)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
 
 
 def test_every_core_kind_validates_strictly():
-    for values in [URLS, values_file("values-dev.yaml"), values_file("values-production.yaml")]:
+    for values in [IN_CHART, URLS, values_file("values-dev.yaml"), values_file("values-production.yaml")]:
         docs = [d for d in documents(render(values)) if d["kind"] in CORE_KINDS]
         with tempfile.TemporaryDirectory() as tmp:
             files = []
@@ -42,11 +46,14 @@ def test_every_core_kind_validates_strictly():
             assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_servicemonitors_and_rules_validate_against_the_operator_schemas():
-    docs = [d for d in documents(render(values_file("values-production.yaml"))) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
+@pytest.mark.parametrize("shape", ["in-chart", "production"])
+def test_servicemonitors_and_rules_validate_against_the_operator_schemas(shape):
+    values = IN_CHART if shape == "in-chart" else values_file("values-production.yaml")
+    docs = [d for d in documents(render(values)) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
     result = subprocess.run(["node", str(HERE / "validate_crds.mjs")], input=json.dumps(docs), capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("valid ") == 7, result.stdout  # five ServiceMonitors, federation's, and the rules
+    # Five ServiceMonitors and the rules; production also federates (one more ServiceMonitor).
+    assert result.stdout.count("valid ") == (6 if shape == "in-chart" else 7), result.stdout
 
 
 def test_deployments_are_hardened_and_probed():
@@ -111,7 +118,8 @@ def test_the_config_file_loads_in_the_real_binary():
 
 def test_secret_is_generated_or_taken_from_an_existing_one():
     generated = next(d for d in documents(render()) if d["kind"] == "Secret")
-    assert set(generated["data"]) == {"metrics-bearer", "admin-token", "database-url", "redis-url", "sts-key-encryption"}
+    assert set(generated["data"]) == {"metrics-bearer", "admin-token", "database-url", "redis-url", "sts-key-encryption",
+                                      "postgres-password", "redis-password"}
     kek = base64.b64decode(base64.b64decode(generated["data"]["sts-key-encryption"]))
     assert len(kek) == 32, "the STS's key-encryption key is 32 random bytes, base64 in the file"
     assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -153,11 +161,12 @@ def rule_groups(values=None):
     return rule["spec"]["groups"]
 
 
-def test_promtool_checks_the_rendered_rules():
+@pytest.mark.parametrize("values", [IN_CHART, URLS], ids=["in-chart", "managed"])
+def test_promtool_checks_the_rendered_rules(values):
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/rules.yml"
         with open(path, "w") as f:
-            yaml.safe_dump({"groups": rule_groups()}, f)
+            yaml.safe_dump({"groups": rule_groups(values)}, f)
         result = subprocess.run([tool("promtool"), "check", "rules", path], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -303,3 +312,52 @@ def test_the_default_image_is_the_one_the_image_command_builds():
     images = {c["image"] for d in documents(render()) if d["kind"] in ("Deployment", "Job")
               for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {f"ghcr.io/caracal/caracal:{version}"}, images
+
+
+def test_a_first_install_with_no_values_runs_its_own_postgres_and_redis():
+    rendered = render(IN_CHART)
+    docs = documents(rendered)
+    sets = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "StatefulSet"}
+    assert set(sets) == {"postgresql", "redis"}
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert len(data["postgres-password"]) == 32 and len(data["redis-password"]) == 32
+    assert data["database-url"] == f"postgres://caracal:{data['postgres-password']}@caracal-postgresql:5432/caracal"
+    assert data["redis-url"] == f"redis://:{data['redis-password']}@caracal-redis:6379/"
+    for name, statefulset in sets.items():
+        pod = statefulset["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"].startswith(f"docker.io/library/{'postgres' if name == 'postgresql' else 'redis'}:")
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        claim = statefulset["spec"]["volumeClaimTemplates"][0]
+        assert claim["spec"]["resources"]["requests"]["storage"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        password = env["POSTGRES_PASSWORD" if name == "postgresql" else "REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": "caracal-secrets", "key": f"{'postgres' if name == 'postgresql' else 'redis'}-password"}
+    redis_args = sets["redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert redis_args[redis_args.index("--appendonly") + 1] == "yes", "Redis keeps its data (append-only file)"
+    assert redis_args[redis_args.index("--maxmemory-policy") + 1] == "noeviction", "a stream is never evicted"
+    # The migration waits for the database, and is part of the release (not a pre-install hook,
+    # which would run before the database exists).
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    (wait,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert "pg_isready -h caracal-postgresql" in wait["command"][-1]
+    notes = next(t for p, t in rendered.items() if p.endswith("NOTES.txt"))
+    assert "PostgreSQL: in-chart" in notes and "Redis: in-chart" in notes and "evaluation only" in notes
+
+
+def test_managed_stores_turn_the_in_chart_ones_off_one_value_each():
+    only_db = documents(render({"database": {"url": "postgres://caracal@db:5432/caracal"}}))
+    assert [d["metadata"]["labels"]["app.kubernetes.io/component"] for d in only_db if d["kind"] == "StatefulSet"] == ["redis"]
+    managed = render(URLS)
+    docs = documents(managed)
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert base64.b64decode(secret["data"]["database-url"]).decode() == URLS["database"]["url"]
+    notes = next(t for p, t in managed.items() if p.endswith("NOTES.txt"))
+    assert "PostgreSQL: managed" in notes and "evaluation only" not in notes
+    existing = documents(render({"secrets": {"existingSecret": "mine"}}))
+    assert not [d for d in existing if d["kind"] in ("StatefulSet", "Secret")]

@@ -23,6 +23,16 @@ app.kubernetes.io/component: {{ .name }}
 {{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "caracal.fullname" .)) -}}
 {{- end -}}
 
+{{/* "true" when the chart runs its own PostgreSQL (no database.url, no existing Secret). */}}
+{{- define "caracal.inChartPostgres" -}}
+{{- if and (not .Values.database.url) (not .Values.secrets.existingSecret) }}true{{ end -}}
+{{- end -}}
+
+{{/* "true" when the chart runs its own Redis (no redis.url, no existing Secret). */}}
+{{- define "caracal.inChartRedis" -}}
+{{- if and (not .Values.redis.url) (not .Values.secrets.existingSecret) }}true{{ end -}}
+{{- end -}}
+
 {{- define "caracal.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
