@@ -1,7 +1,10 @@
 //! `/openapi.json`, generated from the handlers' annotations and the types they exchange.
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Object, ObjectBuilder, RefOr, Type};
+use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,9 +20,63 @@ use utoipa::OpenApi;
         crate::healthchecks::aggregate,
     ),
     components(schemas(crate::target::TargetSpec, crate::target::Target)),
-    tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history"))
+    tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
+    modifiers(&Shapes)
 )]
 struct ApiDoc;
+
+/// What the derives cannot say: the bearer on `/v1`, and the two shapes derived from
+/// `TargetSpec` — `Target` (the spec with every field, plus its times) and `TargetUpdate`
+/// (a `PUT` body, whose name the path gives).
+struct Shapes;
+
+impl Modify for Shapes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        // The admin token, or an STS token with the route's scope.
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        if let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get("TargetSpec").cloned() {
+            components.schemas.insert("Target".into(), RefOr::T(Schema::Object(answered(spec.clone()))));
+            let mut update = spec;
+            update.properties.remove("name");
+            update.required.retain(|r| r != "name");
+            update.description = Some("A target's new document; the path names it.".into());
+            components.schemas.insert("TargetUpdate".into(), RefOr::T(Schema::Object(update)));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+                operation.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+            }
+            if let Some(RefOr::T(body)) = item.put.as_mut().and_then(|p| p.request_body.as_mut()) {
+                for content in body.content.values_mut() {
+                    if let RefOr::T(content) = content {
+                        content.schema = Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("TargetUpdate")));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A target as answered: every field of the spec present, plus its times.
+fn answered(mut spec: Object) -> Object {
+    let time = |what: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+            .description(Some(what))
+            .build()
+    };
+    spec.properties.insert("created_at".into(), time("When it was registered").into());
+    spec.properties.insert("updated_at".into(), time("When it last changed").into());
+    spec.required = spec.properties.keys().cloned().collect();
+    spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    spec.description = Some("A registered target.".into());
+    spec
+}
 
 /// The OpenAPI document.
 pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {

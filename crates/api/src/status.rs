@@ -1,6 +1,7 @@
 //! `/v1/status` (every instance's current status) and `/v1/targets/{name}/history`.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use caracal_store::rfc3339;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,8 @@ type StatusRow = (String, String, String, Option<String>, Option<String>);
 type TransitionRow = (i64, String, String, String, Option<String>, String);
 
 /// The current status of every registered instance.
-#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusPage)))]
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusPage),
+    (status = 401, description = "No valid token"), (status = 403, description = "The token lacks targets:read")))]
 pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<StatusPage>, ApiError> {
     let rows: Vec<StatusRow> = sqlx::query_as(concat!(
         "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
@@ -57,10 +59,13 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
 
 /// Paging of the history, newest first.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
-    /// Page size, 1 to the configured maximum (default 50).
+    /// Page size, 1 to the configured maximum (default 50; the maximum defaults to 500).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     cursor: Option<String>,
 }
 
@@ -84,14 +89,21 @@ pub(crate) struct HistoryPage {
 }
 
 /// A target's status transitions, newest first, paginated (kept after the target is deleted).
-#[utoipa::path(get, path = "/v1/targets/{name}/history", tag = "status", params(("name" = String, Path), HistoryParams),
-    responses((status = 200, body = HistoryPage), (status = 404, description = "No such target and no history"),
-              (status = 422, description = "Bad limit or cursor")))]
+#[utoipa::path(get, path = "/v1/targets/{name}/history", tag = "status", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), HistoryParams),
+    responses((status = 200, body = HistoryPage), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:read"), (status = 404, description = "No such target and no history"),
+              (status = 422, description = "Bad, repeated or unknown limit or cursor")))]
 pub(crate) async fn history(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    Query(params): Query<HistoryParams>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<HistoryPage>, ApiError> {
+    // A repeated or malformed parameter: the same answer as a bad value.
+    let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    // No target ever had a name outside the registry's pattern: no such history.
+    if !crate::target::valid_name(&name) {
+        return Err(ApiError::NotFound(name));
+    }
     let max = state.config.max_page;
     let limit = match params.limit.as_deref() {
         None => 50.min(max),

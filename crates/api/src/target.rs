@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::Uri;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -17,32 +16,127 @@ pub const MAX_INSTANCES: usize = 100;
 /// Labels per target.
 pub const MAX_LABELS: usize = 32;
 
+/// Target names: 1–63 of `a-z 0-9 - _ .`, starting with a letter or digit.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+/// Probe paths: `/` then up to 255 RFC 3986 path characters.
+pub const PATH_PATTERN: &str = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255}$";
+/// Instance base URLs: `http://host[:port][/prefix]`, no query or fragment, port 1–65535.
+pub const INSTANCE_PATTERN: &str = "^http://[A-Za-z0-9.-]{1,253}\
+     (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
+     (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?$";
+/// Label keys, like Prometheus label names.
+pub const LABEL_KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,62}$";
+/// Longest label value, in characters.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Whether `name` is one the registry could hold.
+pub fn valid_name(name: &str) -> bool {
+    matches(NAME_PATTERN, name)
+}
+
+/// The patterns compiled once. The OpenAPI document states the same patterns, so what the
+/// schema allows is exactly what the server accepts (schemathesis checks both directions).
+fn matches(pattern: &'static str, value: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static COMPILED: LazyLock<Mutex<HashMap<&'static str, regex::Regex>>> = LazyLock::new(Default::default);
+    let mut compiled = COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    compiled
+        .entry(pattern)
+        .or_insert_with(|| regex::Regex::new(pattern).unwrap_or_else(|e| unreachable!("a constant pattern: {e}")))
+        .is_match(value)
+}
+
 /// A target as registered: a named service with one or more instances to probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
-    /// Unique name: 1–63 of `a-z 0-9 - _ .`, starting with a letter or digit.
+    /// Unique name: 1–63 of `a-z 0-9 - _ .`, starting with a letter or digit. Optional in a
+    /// `PUT`, where it must equal the path's.
+    #[serde(default)]
+    #[schema(schema_with = name_schema, required = true)]
     pub name: String,
-    /// Base URLs (`http://host:port`), one per instance; 1 to 100, distinct.
+    /// Base URLs (`http://host[:port][/prefix]`), one per instance; 1 to 100, distinct.
+    #[schema(schema_with = instances_schema)]
     pub instances: Vec<String>,
     /// Liveness path, default `/health`.
     #[serde(default = "default_health")]
+    #[schema(schema_with = path_schema)]
     pub health_path: String,
     /// Readiness path, default `/ready`.
     #[serde(default = "default_ready")]
+    #[schema(schema_with = path_schema)]
     pub ready_path: String,
     /// Metrics path, default `/metrics`.
     #[serde(default = "default_metrics")]
+    #[schema(schema_with = path_schema)]
     pub metrics_path: String,
     /// Probe interval, 100 ms to 1 h; default 5,000.
-    #[serde(default = "default_interval")]
+    #[serde(default = "default_interval", deserialize_with = "whole_number")]
+    #[schema(minimum = 100, maximum = 3_600_000, default = 5_000)]
     pub interval_ms: i32,
-    /// Probe timeout, 50 ms to 60 s and below the interval; default 1,000.
-    #[serde(default = "default_timeout")]
+    /// Probe timeout, 50 ms to 60 s; default 1,000. A probe slower than the interval delays
+    /// the next one (probes of one instance never overlap).
+    #[serde(default = "default_timeout", deserialize_with = "whole_number")]
+    #[schema(minimum = 50, maximum = 60_000, default = 1_000)]
     pub timeout_ms: i32,
     /// Free-form labels (up to 32; keys like Prometheus label names).
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A JSON number with no fractional part (`5000` or `5000.0`: JSON Schema's `integer`) as an
+/// `i32`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.fract() != 0.0 || value < f64::from(i32::MIN) || value > f64::from(i32::MAX) {
+        return Err(serde::de::Error::custom(format!("expected a whole number, got {value}")));
+    }
+    // In range and whole: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(value as i32)
+}
+
+fn string_schema(pattern: &str, description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .build()
+}
+
+fn name_schema() -> utoipa::openapi::Object {
+    string_schema(NAME_PATTERN, "Unique name: 1–63 of a-z 0-9 - _ ., starting with a letter or digit")
+}
+
+fn path_schema() -> utoipa::openapi::Object {
+    string_schema(PATH_PATTERN, "A path starting with '/'")
+}
+
+fn instances_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(string_schema(INSTANCE_PATTERN, "An instance's base URL"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_INSTANCES))
+        .unique_items(true)
+        .description(Some("Base URLs, one per instance"))
+        .build()
+}
+
+fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::AdditionalProperties;
+    let value = utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .max_length(Some(MAX_LABEL_VALUE))
+        .pattern(Some("^[^\\x00]*$"))
+        .build();
+    utoipa::openapi::ObjectBuilder::new()
+        .property_names(Some(string_schema(LABEL_KEY_PATTERN, "A label key")))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .max_properties(Some(MAX_LABELS))
+        .description(Some("Free-form labels"))
+        .build()
 }
 
 fn default_health() -> String {
@@ -67,10 +161,7 @@ impl TargetSpec {
     /// # Errors
     /// [`ApiError::Validation`].
     pub fn validate(&self) -> Result<(), ApiError> {
-        let name_ok = (1..=63).contains(&self.name.len())
-            && self.name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-        if !name_ok {
+        if !matches(NAME_PATTERN, &self.name) {
             return Err(ApiError::invalid(
                 "name",
                 "1 to 63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
@@ -90,10 +181,10 @@ impl TargetSpec {
         for (field, path) in
             [("health_path", &self.health_path), ("ready_path", &self.ready_path), ("metrics_path", &self.metrics_path)]
         {
-            if !path.starts_with('/') || path.len() > 256 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if !matches(PATH_PATTERN, path) {
                 return Err(ApiError::invalid(
                     field,
-                    "a path starting with '/', at most 256 characters, no whitespace",
+                    "a path starting with '/', at most 256 characters of a-z A-Z 0-9 . _ ~ ! $ & ' ( ) * + , ; = : @ % / -",
                 ));
             }
         }
@@ -103,23 +194,24 @@ impl TargetSpec {
                 format!("between {} and {}", INTERVAL_MS.start(), INTERVAL_MS.end()),
             ));
         }
-        if !TIMEOUT_MS.contains(&self.timeout_ms) || self.timeout_ms >= self.interval_ms {
+        if !TIMEOUT_MS.contains(&self.timeout_ms) {
             return Err(ApiError::invalid(
                 "timeout_ms",
-                format!("between {} and {}, and below interval_ms", TIMEOUT_MS.start(), TIMEOUT_MS.end()),
+                format!("between {} and {}", TIMEOUT_MS.start(), TIMEOUT_MS.end()),
             ));
         }
         if self.labels.len() > MAX_LABELS {
             return Err(ApiError::invalid("labels", format!("at most {MAX_LABELS} labels")));
         }
         for (key, value) in &self.labels {
-            let key_ok = (1..=63).contains(&key.len())
-                && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !key_ok {
+            if !matches(LABEL_KEY_PATTERN, key) {
                 return Err(ApiError::invalid(format!("labels.{key}"), "label keys are 1 to 63 of A-Z, a-z, 0-9, '_'"));
             }
-            if value.len() > 256 {
+            if value.contains('\0') {
+                // PostgreSQL's text (and jsonb) cannot hold NUL.
+                return Err(ApiError::invalid(format!("labels.{key}"), "label values cannot contain NUL (U+0000)"));
+            }
+            if value.chars().count() > MAX_LABEL_VALUE {
                 return Err(ApiError::invalid(format!("labels.{key}"), "label values are at most 256 characters"));
             }
         }
@@ -127,21 +219,17 @@ impl TargetSpec {
     }
 }
 
-/// An `http(s)://host[:port][/prefix]` URL with no query or fragment.
+/// An `http://host[:port][/prefix]` URL with no query or fragment ([`INSTANCE_PATTERN`]).
 fn check_base_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url.parse().map_err(|_| "not a URL".to_string())?;
-    if uri.scheme_str() != Some("http") {
+    if !url.starts_with("http://") {
         // Probes speak plain HTTP (in-cluster, like kubelet's); TLS probing is not built yet.
         return Err("must start with http:// (https targets are not supported yet)".into());
     }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err("must name a host".into());
-    }
-    if uri.query().is_some() || url.contains('#') {
+    if url.contains(['?', '#']) {
         return Err("must not have a query or fragment".into());
     }
-    if url.len() > 2048 {
-        return Err("at most 2048 characters".into());
+    if !matches(INSTANCE_PATTERN, url) {
+        return Err("must be http://host[:port][/prefix] (host of a-z A-Z 0-9 . -, port 1 to 65535)".into());
     }
     Ok(())
 }
@@ -209,8 +297,24 @@ mod tests {
         s.interval_ms = 10;
         assert_eq!(field_of(&s), "interval_ms");
         let mut s = spec();
-        s.timeout_ms = 5_000;
-        assert_eq!(field_of(&s), "timeout_ms", "a timeout must be below the interval");
+        s.timeout_ms = 60_001;
+        assert_eq!(field_of(&s), "timeout_ms");
+        let mut s = spec();
+        s.instances = vec!["http://a:65536".into()];
+        assert_eq!(field_of(&s), "instances[0]", "ports stop at 65535");
+        let mut s = spec();
+        s.labels.insert("team".into(), "é".repeat(256));
+        assert!(s.validate().is_ok(), "label values are counted in characters, as JSON Schema counts");
+        let whole: TargetSpec =
+            serde_json::from_value(serde_json::json!({"name": "x", "instances": ["http://a"], "interval_ms": 321.0}))
+                .expect("a whole float is an integer");
+        assert_eq!(whole.interval_ms, 321);
+        assert!(
+            serde_json::from_value::<TargetSpec>(
+                serde_json::json!({"name": "x", "instances": ["http://a"], "interval_ms": 1.5})
+            )
+            .is_err()
+        );
         let mut s = spec();
         s.labels.insert("bad-key".into(), "v".into());
         assert_eq!(field_of(&s), "labels.bad-key");

@@ -58,7 +58,8 @@ async fn fetch(conn: &mut PgConnection, name: &str) -> Result<Option<Target>, Ap
 
 /// List every target.
 #[utoipa::path(get, path = "/v1/targets", tag = "targets",
-    responses((status = 200, description = "All targets, by name", body = [Target]), (status = 401, description = "No valid admin bearer")))]
+    responses((status = 200, description = "All targets, by name", body = [Target]), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:read")))]
 pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<Target>>, ApiError> {
     let rows: Vec<Row> =
         sqlx::query_as(select_targets!(" GROUP BY t.id ORDER BY t.name")).fetch_all(&state.pool).await?;
@@ -66,8 +67,9 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<Targe
 }
 
 /// One target.
-#[utoipa::path(get, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path, description = "Target name")),
-    responses((status = 200, body = Target), (status = 404, description = "No such target")))]
+#[utoipa::path(get, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, body = Target), (status = 401, description = "No valid token"), (status = 403, description = "The token lacks targets:read"),
+              (status = 404, description = "No such target")))]
 pub(crate) async fn get_one(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Target>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     fetch(&mut conn, &name).await?.map(Json).ok_or(ApiError::NotFound(name))
@@ -75,8 +77,10 @@ pub(crate) async fn get_one(State(state): State<ApiState>, Path(name): Path<Stri
 
 /// Register a target.
 #[utoipa::path(post, path = "/v1/targets", tag = "targets", request_body = TargetSpec,
-    responses((status = 201, body = Target), (status = 400, description = "Malformed JSON"), (status = 409, description = "Name taken"),
-              (status = 413, description = "Body too large"), (status = 422, description = "A field is invalid")))]
+    responses((status = 201, body = Target), (status = 400, description = "Malformed JSON"), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:write"), (status = 409, description = "Name taken"),
+              (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
+              (status = 422, description = "A field is invalid")))]
 pub(crate) async fn create(
     State(state): State<ApiState>,
     body: Result<Json<TargetSpec>, JsonRejection>,
@@ -107,18 +111,24 @@ pub(crate) async fn create(
 }
 
 /// Replace a target (instances no longer listed are dropped, new ones added).
-#[utoipa::path(put, path = "/v1/targets/{name}", tag = "targets", request_body = TargetSpec, params(("name" = String, Path)),
-    responses((status = 200, body = Target), (status = 404, description = "No such target"), (status = 422, description = "A field is invalid")))]
+#[utoipa::path(put, path = "/v1/targets/{name}", tag = "targets", request_body = TargetSpec, params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, body = Target), (status = 400, description = "Malformed JSON"), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target"),
+              (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
+              (status = 422, description = "A field is invalid, or the name differs from the path's")))]
 pub(crate) async fn replace(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: Result<Json<TargetSpec>, JsonRejection>,
 ) -> Result<Json<Target>, ApiError> {
-    let Json(spec) = body?;
-    spec.validate()?;
-    if spec.name != name {
+    let Json(mut spec) = body?;
+    // The body may leave the name out (the path names the target) or repeat it.
+    if spec.name.is_empty() {
+        spec.name.clone_from(&name);
+    } else if spec.name != name {
         return Err(ApiError::invalid("name", format!("must match the path (`{name}`); targets are not renamed")));
     }
+    spec.validate()?;
     let mut tx = state.pool.begin().await?;
     let id: Option<i64> = bind_spec(
         sqlx::query_scalar(
@@ -147,8 +157,9 @@ pub(crate) async fn replace(
 }
 
 /// Delete a target and its instances (its history is kept).
-#[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, description = "No such target")))]
+#[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target")))]
 pub(crate) async fn remove(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
     let deleted: Option<i64> = sqlx::query_scalar("DELETE FROM targets WHERE name = $1 RETURNING id")

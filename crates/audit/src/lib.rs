@@ -5,7 +5,7 @@
 //! # Layout
 //! - [`config`]: [`AuditConfig`], the `[audit]` settings.
 //! - [`consumer`]: the consumer loop, reclaiming entries a dead consumer left pending.
-//! - `events` (private): `GET /v1/events`.
+//! - `events` (private): `GET /v1/events`; `openapi` (private): `/openapi.json`.
 //! - [`reconcile`]: keeps the ledger complete when the stream loses entries: the watermark,
 //!   the gap (`caracal_audit_ledger_gap`, `audit:ledger_gap`) and healing from the outbox.
 //! - [`metrics`]: the `caracal_audit_*` families.
@@ -14,6 +14,7 @@ pub mod config;
 pub mod consumer;
 mod events;
 pub mod metrics;
+mod openapi;
 pub mod reconcile;
 
 use axum::Router;
@@ -58,7 +59,8 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let routes = Router::new()
         .route("/v1/events", get(events::list))
         .layer(access.layer(caracal_tokens::Guard::all(caracal_tokens::Scope::EventsRead)))
-        .with_state(events::EventsState { pool: pool.clone(), max_page: config.max_page });
+        .with_state(events::EventsState { pool: pool.clone(), max_page: config.max_page })
+        .route("/openapi.json", get(openapi::document));
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis.clone()))
         .check(lag)

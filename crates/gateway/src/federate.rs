@@ -14,13 +14,13 @@ use tokio::task::JoinSet;
 
 use crate::GatewayState;
 use crate::error::GatewayError;
-use crate::exposition::{Format, valid_label_name};
+use crate::exposition::Format;
 use crate::metrics::ResultLabels;
 use crate::registry::TargetInfo;
 use crate::render::{InstanceResult, Options, render};
 
 /// Longest `match[]` regex accepted, and the compiled size allowed.
-const MAX_MATCH_LEN: usize = 1024;
+pub(crate) const MAX_MATCH_LEN: usize = 1024;
 const MAX_REGEX_BYTES: usize = 1 << 20;
 
 /// Query parameters of a federation request.
@@ -42,6 +42,7 @@ struct Query {
               (status = 400, description = "bad_match, bad_metrics_path or bad_timeout_header"),
               (status = 401, description = "No metrics bearer nor a valid token"), (status = 403, description = "The token lacks metrics:read"),
               (status = 404, description = "No such target"), (status = 406, description = "Unacceptable Accept"),
+              (status = 414, description = "The request line is too long for the HTTP server"),
               (status = 503, description = "The registry cannot be read and nothing is cached")),
     security(("metrics_bearer" = []), ("sts_token" = ["metrics:read"])))]
 pub(crate) async fn target(
@@ -69,7 +70,8 @@ pub(crate) async fn target(
     responses((status = 200, description = "The merged exposition of every matching target", content_type = "text/plain"),
               (status = 400, description = "bad_selector, bad_match or bad_timeout_header"),
               (status = 401, description = "No metrics bearer nor a valid token"), (status = 403, description = "The token lacks metrics:read"),
-              (status = 406, description = "Unacceptable Accept"), (status = 503, description = "The registry cannot be read and nothing is cached")),
+              (status = 406, description = "Unacceptable Accept"), (status = 414, description = "The request line is too long for the HTTP server"),
+              (status = 503, description = "The registry cannot be read and nothing is cached")),
     security(("metrics_bearer" = []), ("sts_token" = ["metrics:read"])))]
 pub(crate) async fn selected(
     State(state): State<GatewayState>,
@@ -172,6 +174,23 @@ async fn federate(
     Ok((response, label))
 }
 
+/// `metrics_path`: `/` then printable ASCII but `?`, `#` and `\`, no `..` (every `.` is
+/// followed by another character or ends the path); at most 256 characters. The OpenAPI
+/// document states exactly this pattern.
+pub(crate) const METRICS_PATH_PATTERN: &str = "^/(\\.?[!\"$%&'()*+,\\-/0-9:;<=>@A-Z\\[\\]^_`a-z{|}~])*\\.?$";
+/// `label`: `key=value`, the key a label name (the value anything).
+pub(crate) const LABEL_SELECTOR_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,62}=";
+
+fn matches_pattern(pattern: &str, value: &str) -> bool {
+    use std::sync::LazyLock;
+    static METRICS_PATH: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(METRICS_PATH_PATTERN).unwrap_or_else(|e| unreachable!("a constant: {e}")));
+    static LABEL: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(LABEL_SELECTOR_PATTERN).unwrap_or_else(|e| unreachable!("a constant: {e}")));
+    let regex = if pattern == METRICS_PATH_PATTERN { &*METRICS_PATH } else { &*LABEL };
+    regex.is_match(value)
+}
+
 fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> Result<Query, GatewayError> {
     let mut query = Query::default();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -184,11 +203,7 @@ fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> 
                 }
             }
             "metrics_path" if !selector_route => {
-                let ok = value.starts_with('/')
-                    && value.len() <= 256
-                    && !value.contains("..")
-                    && value.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '?' | '#' | '\\'));
-                if !ok {
+                if value.len() > 256 || !matches_pattern(METRICS_PATH_PATTERN, &value) {
                     return Err(GatewayError::bad(
                         "bad_metrics_path",
                         "metrics_path must start with `/`, be at most 256 printable characters, without `..`, `?` or `#`",
@@ -221,7 +236,7 @@ fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> 
             "label" if selector_route => {
                 let (k, v) = value
                     .split_once('=')
-                    .filter(|(k, _)| valid_label_name(k) && k.len() <= 63)
+                    .filter(|_| matches_pattern(LABEL_SELECTOR_PATTERN, &value))
                     .ok_or_else(|| GatewayError::bad("bad_selector", "label takes key=value, the key a label name"))?;
                 query.selector.push((k.to_string(), v.to_string()));
             }

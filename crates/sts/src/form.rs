@@ -83,15 +83,21 @@ pub struct Credentials {
 /// `invalid_request` when both mechanisms are used or the form names another client than
 /// the header; `invalid_client` when none is, or the header is not a usable Basic one.
 pub fn credentials(headers: &HeaderMap, form: &Form) -> Result<Credentials, OAuthError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(header) = values.next() else {
-        return match (form.get("client_id"), form.get("client_secret")) {
-            (Some(id), Some(secret)) => Ok(Credentials { id: id.into(), secret: secret.into() }),
-            _ => Err(OAuthError::invalid_client()),
-        };
+    let from_form = || match (form.get("client_id"), form.get("client_secret")) {
+        (Some(id), Some(secret)) => Ok(Credentials { id: id.into(), secret: secret.into() }),
+        _ => Err(OAuthError::invalid_client()),
     };
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(header) = values.next() else { return from_form() };
     if values.next().is_some() {
         return Err(OAuthError::invalid_request("more than one Authorization header"));
+    }
+    // Only Basic authenticates a client here (RFC 6749 §2.3.1); another scheme (a Bearer
+    // token sent to every endpoint by a generic client, say) is not a second method.
+    let is_basic =
+        header.to_str().ok().and_then(|v| v.trim().split(' ').next()).is_some_and(|s| s.eq_ignore_ascii_case("basic"));
+    if !is_basic {
+        return from_form();
     }
     if form.get("client_secret").is_some() {
         return Err(OAuthError::invalid_request("the client authenticated twice: Basic and client_secret"));

@@ -38,8 +38,8 @@ pub(crate) struct TokenResponse {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct TokenRequest {
-    /// Must be `client_credentials`.
-    grant_type: String,
+    /// The only grant: `client_credentials`.
+    grant_type: GrantType,
     /// Space-separated scopes; all the client's allowed scopes when absent.
     scope: Option<String>,
     /// With `client_secret_post`.
@@ -48,11 +48,21 @@ pub(crate) struct TokenRequest {
     client_secret: Option<String>,
 }
 
+/// The grants the STS issues tokens for.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum GrantType {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+}
+
 /// The form of a revocation or introspection request.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct TokenForm {
     /// The token.
+    #[schema(min_length = 1)]
     token: String,
     /// A hint, ignored (only access tokens exist).
     token_type_hint: Option<String>,

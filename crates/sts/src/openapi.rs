@@ -1,7 +1,9 @@
 //! `/openapi.json`, generated from the handlers' annotations and the types they exchange.
 
 use axum::Json;
+use utoipa::openapi::schema::AdditionalProperties;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -34,6 +36,13 @@ impl Modify for Security {
         components.add_security_scheme("admin", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
         components.add_security_scheme("sts_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
         components.add_security_scheme("client_secret_basic", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+        // The forms take only their parameters (an unknown one is ignored, as RFC 6749 asks,
+        // but a repeated one is refused): say so, so generated forms stay within them.
+        for form in ["TokenRequest", "TokenForm"] {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(form) {
+                object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
     }
 }
 

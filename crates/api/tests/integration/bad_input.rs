@@ -89,11 +89,21 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
         (
             Method::POST,
             "/v1/targets",
-            Some(json!({"name": "x", "instances": ["http://a:1"], "timeout_ms": 9000}).to_string()),
+            Some(json!({"name": "x", "instances": ["http://a:1"], "timeout_ms": 60_001}).to_string()),
             "application/json",
             422,
             "validation_failed",
             Some("timeout_ms"),
+        ),
+        (
+            // PostgreSQL cannot store NUL: refused up front, never a 500.
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["http://a:1"], "labels": {"team": "a\u{0}b"}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("labels.team"),
         ),
         (
             Method::POST,
