@@ -91,6 +91,10 @@ async fn status_exit_codes_tell_pass_fail_could_not_check_and_usage_apart() {
     assert_eq!(code(&gave_up), Some(1));
 }
 
+/// Every port `up` takes, so a test can move them all to free ones.
+const PORT_FLAGS: [&str; 7] =
+    ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port", "--sts-port", "--gateway-port"];
+
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(caracal_testkit::unique_name("caracal-cli"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -128,20 +132,9 @@ fn alive(pid: i32) -> bool {
 async fn up_status_doctor_down_leave_nothing_behind() {
     let dir = tempfile_dir();
     let _cleanup = DownOnDrop(dir.clone());
-    let ports: Vec<u16> = (0..7).map(|_| caracal_testkit::free_port().expect("port")).collect();
-    let port_args: Vec<String> = [
-        "--api-port",
-        "--coordinator-port",
-        "--audit-port",
-        "--pg-port",
-        "--redis-port",
-        "--sts-port",
-        "--gateway-port",
-    ]
-    .iter()
-    .zip(&ports)
-    .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
-    .collect();
+    let ports: Vec<u16> = (0..PORT_FLAGS.len()).map(|_| caracal_testkit::free_port().expect("port")).collect();
+    let port_args: Vec<String> =
+        PORT_FLAGS.iter().zip(&ports).flat_map(|(flag, port)| [flag.to_string(), port.to_string()]).collect();
     let mut up_args = vec!["up".to_string(), "--mode".into(), "rc".into()];
     up_args.extend(port_args);
     let run = |args: Vec<String>| {
@@ -250,17 +243,8 @@ async fn up_and_down_in_a_private_directory(user: Option<&str>) {
         nix::unistd::chown(&dir, Some(owner.uid), Some(owner.gid)).expect("chown");
     }
     let free = || caracal_testkit::free_port().expect("port").to_string();
-    let flags = [
-        "--api-port",
-        "--coordinator-port",
-        "--audit-port",
-        "--pg-port",
-        "--redis-port",
-        "--sts-port",
-        "--gateway-port",
-    ];
     let mut up: Vec<String> = vec!["up".into()];
-    up.extend(flags.iter().flat_map(|flag| [flag.to_string(), free()]));
+    up.extend(PORT_FLAGS.iter().flat_map(|flag| [flag.to_string(), free()]));
     let as_user = |args: Vec<String>| {
         let (dir, user) = (dir.clone(), user.map(str::to_string));
         tokio::task::spawn_blocking(move || {

@@ -90,6 +90,35 @@ async fn exactly_once(pool: &sqlx::PgPool, n: i64, audits: &[&Service]) {
     );
 }
 
+/// Writes 20 events every 25 ms until stopped, as a busy platform would.
+struct Producer {
+    producing: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+impl Producer {
+    fn start(pool: &sqlx::PgPool) -> Producer {
+        let producing = Arc::new(AtomicBool::new(true));
+        let (pool, running) = (pool.clone(), Arc::clone(&producing));
+        let task = tokio::spawn(async move {
+            let mut sent = 0;
+            while running.load(Ordering::SeqCst) {
+                insert(&pool, 20).await;
+                sent += 20;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            sent
+        });
+        Producer { producing, task }
+    }
+
+    /// Stops producing; returns how many events were written.
+    async fn stop(self) -> i64 {
+        self.producing.store(false, Ordering::SeqCst);
+        self.task.await.expect("producer")
+    }
+}
+
 /// Scrapes the audits' `caracal_audit_ledger_gap` every 50 ms in the background and keeps the
 /// highest value seen; notes whether `/ready` ever answered 200 with `audit:ledger_gap` warning.
 struct GapWatch {
@@ -226,20 +255,8 @@ async fn flushall_mid_run_loses_nothing() {
     let coordinator = coordinator(&stores).await;
     let audit = audit(&stores).await;
     let watch = GapWatch::start(&[&audit]);
-    // Events keep coming throughout: 20 every 25 ms.
-    let producing = Arc::new(AtomicBool::new(true));
-    let producer = {
-        let (pool, producing) = (pool.clone(), Arc::clone(&producing));
-        tokio::spawn(async move {
-            let mut sent = 0;
-            while producing.load(Ordering::SeqCst) {
-                insert(&pool, 20).await;
-                sent += 20;
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            sent
-        })
-    };
+    // Events keep coming throughout.
+    let producer = Producer::start(&pool);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The consumer falls behind (paused), then Redis is flushed under it.
     audit.process.signal(Signal::SIGSTOP);
@@ -248,8 +265,7 @@ async fn flushall_mid_run_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     audit.process.signal(Signal::SIGCONT);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    producing.store(false, Ordering::SeqCst);
-    let sent = producer.await.expect("producer");
+    let sent = producer.stop().await;
 
     exactly_once(&pool, sent, &[&audit]).await;
     healed(&watch, &[&audit], 1).await;
@@ -383,19 +399,7 @@ async fn postgres_frozen_longer_than_the_check_timeout_loses_nothing() {
     let pool = stores.pool().await;
     let coordinator = coordinator(&stores).await;
     let audit = audit(&stores).await;
-    let producing = Arc::new(AtomicBool::new(true));
-    let producer = {
-        let (pool, producing) = (pool.clone(), Arc::clone(&producing));
-        tokio::spawn(async move {
-            let mut sent = 0;
-            while producing.load(Ordering::SeqCst) {
-                insert(&pool, 20).await;
-                sent += 20;
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            sent
-        })
-    };
+    let producer = Producer::start(&pool);
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The whole server, backends included, stops for 4 s (the checks time out after 1 s).
     stores.postgres.pause();
@@ -407,8 +411,7 @@ async fn postgres_frozen_longer_than_the_check_timeout_loses_nothing() {
     stores.postgres.resume();
     assert!(unready.is_ok(), "both services went unready while PostgreSQL was frozen");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    producing.store(false, Ordering::SeqCst);
-    let sent = producer.await.expect("producer");
+    let sent = producer.stop().await;
 
     exactly_once(&pool, sent, &[&audit]).await;
     for service in [&audit, &coordinator] {

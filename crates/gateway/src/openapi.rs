@@ -41,6 +41,12 @@ impl Modify for Parameters {
             for param in get.parameters.iter_mut().flatten() {
                 let RefOr::T(param) = param else { continue };
                 let schema: Schema = match param.name.as_str() {
+                    // A flag: bare (`?only_target_metrics`) means true, as Prometheus reads it.
+                    "only_target_metrics" => ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(["", "true", "false", "1", "0"]))
+                        .build()
+                        .into(),
                     "metrics_path" => string(Some(METRICS_PATH_PATTERN), Some(256)).build().into(),
                     "label" => ArrayBuilder::new()
                         .items(string(Some(LABEL_SELECTOR_PATTERN), None).build())
