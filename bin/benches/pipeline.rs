@@ -13,6 +13,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use caracal_testkit::bench::{cpu_seconds_of, peak_rss_mib_of};
 use caracal_testkit::{Postgres, Redis};
 
 const BACKLOG: i64 = 100_000;
@@ -122,11 +123,14 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         redis.command("XLEN caracal.events").expect("xlen").trim().trim_start_matches(':').parse().expect("xlen");
     let duplicates = entries - BACKLOG;
 
-    let cpu = |role: &str| children.iter().filter(|(r, _)| r == role).map(|(_, c)| cpu_seconds_of(c.id())).sum::<f64>();
+    let cpu = |role: &str| {
+        children.iter().filter(|(r, _)| r == role).map(|(_, c)| cpu_seconds_of(c.id()).unwrap_or(0.0)).sum::<f64>()
+    };
     let (relay_cpu, audit_cpu) = (cpu("relay"), cpu("audit"));
     let lone = if replicas == 1 { Some(lone_events(&pool).await) } else { None };
-    let rss =
-        |role: &str| children.iter().filter(|(r, _)| r == role).map(|(_, c)| peak_rss_of(c.id())).fold(0.0, f64::max);
+    let rss = |role: &str| {
+        children.iter().filter(|(r, _)| r == role).map(|(_, c)| peak_rss_mib_of(c.id())).fold(0.0, f64::max)
+    };
     let (relay_rss, audit_rss) = (rss("relay"), rss("audit"));
     for (_, mut child) in children {
         let _ = child.kill();
@@ -197,24 +201,6 @@ fn spawn(role: &str, database_url: &str, redis_url: &str) -> Child {
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
     assert_eq!(line.trim(), "ready", "the {role} child did not start");
     child
-}
-
-/// A child's CPU time so far (user + system), in seconds.
-fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// A child's peak resident memory (`VmHWM`), in MiB.
-fn peak_rss_of(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The child side: run the relay or the audit consumer (with its reconciler) with defaults.

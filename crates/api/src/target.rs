@@ -34,17 +34,16 @@ pub fn valid_name(name: &str) -> bool {
     matches(NAME_PATTERN, name)
 }
 
-/// The patterns compiled once. The OpenAPI document states the same patterns, so what the
-/// schema allows is exactly what the server accepts (schemathesis checks both directions).
+/// Whether `value` matches `pattern`, one of this module's constants. The OpenAPI document
+/// states the same patterns, so what the schema allows is exactly what the server accepts
+/// (schemathesis checks both directions).
 fn matches(pattern: &'static str, value: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{LazyLock, Mutex};
-    static COMPILED: LazyLock<Mutex<HashMap<&'static str, regex::Regex>>> = LazyLock::new(Default::default);
-    let mut compiled = COMPILED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    compiled
-        .entry(pattern)
-        .or_insert_with(|| regex::Regex::new(pattern).unwrap_or_else(|e| unreachable!("a constant pattern: {e}")))
-        .is_match(value)
+    use std::sync::LazyLock;
+    static COMPILED: LazyLock<[(&str, regex::Regex); 4]> = LazyLock::new(|| {
+        [NAME_PATTERN, PATH_PATTERN, INSTANCE_PATTERN, LABEL_KEY_PATTERN]
+            .map(|p| (p, regex::Regex::new(p).unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))))
+    });
+    COMPILED.iter().find(|(p, _)| *p == pattern).is_some_and(|(_, regex)| regex.is_match(value))
 }
 
 /// A target as registered: a named service with one or more instances to probe.

@@ -181,14 +181,12 @@ pub(crate) const METRICS_PATH_PATTERN: &str = "^/(\\.?[!\"$%&'()*+,\\-/0-9:;<=>@
 /// `label`: `key=value`, the key a label name (the value anything).
 pub(crate) const LABEL_SELECTOR_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,62}=";
 
-fn matches_pattern(pattern: &str, value: &str) -> bool {
-    use std::sync::LazyLock;
-    static METRICS_PATH: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(METRICS_PATH_PATTERN).unwrap_or_else(|e| unreachable!("a constant: {e}")));
-    static LABEL: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(LABEL_SELECTOR_PATTERN).unwrap_or_else(|e| unreachable!("a constant: {e}")));
-    let regex = if pattern == METRICS_PATH_PATTERN { &*METRICS_PATH } else { &*LABEL };
-    regex.is_match(value)
+/// The query patterns, compiled once.
+static METRICS_PATH: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| compile(METRICS_PATH_PATTERN));
+static LABEL_SELECTOR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| compile(LABEL_SELECTOR_PATTERN));
+
+fn compile(pattern: &str) -> regex::Regex {
+    regex::Regex::new(pattern).unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))
 }
 
 fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> Result<Query, GatewayError> {
@@ -203,7 +201,7 @@ fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> 
                 }
             }
             "metrics_path" if !selector_route => {
-                if value.len() > 256 || !matches_pattern(METRICS_PATH_PATTERN, &value) {
+                if value.len() > 256 || !METRICS_PATH.is_match(&value) {
                     return Err(GatewayError::bad(
                         "bad_metrics_path",
                         "metrics_path must start with `/`, be at most 256 printable characters, without `..`, `?` or `#`",
@@ -236,7 +234,7 @@ fn parse_query(raw: Option<&str>, max_matchers: usize, selector_route: bool) -> 
             "label" if selector_route => {
                 let (k, v) = value
                     .split_once('=')
-                    .filter(|_| matches_pattern(LABEL_SELECTOR_PATTERN, &value))
+                    .filter(|_| LABEL_SELECTOR.is_match(&value))
                     .ok_or_else(|| GatewayError::bad("bad_selector", "label takes key=value, the key a label name"))?;
                 query.selector.push((k.to_string(), v.to_string()));
             }

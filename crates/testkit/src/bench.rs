@@ -38,15 +38,26 @@ pub fn median(values: &mut [f64]) -> f64 {
 /// # Panics
 /// When `/proc/self/stat` cannot be read (not Linux).
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / 100.0
+    cpu_seconds_of("self").expect("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) process `pid` (or `"self"`) has used; `None` when it is gone.
+pub fn cpu_seconds_of(pid: impl std::fmt::Display) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// This process's peak resident memory (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_mib_of("self")
+}
+
+/// The peak resident memory (`VmHWM`) of process `pid` (or `"self"`), in MiB; 0 when it is
+/// gone.
+pub fn peak_rss_mib_of(pid: impl std::fmt::Display) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
