@@ -14,11 +14,13 @@
 //!   view of their status.
 //! - [`error`]: [`ApiError`], the one place errors become HTTP answers.
 //! - `openapi` (private): `/openapi.json`, generated from the handlers and types.
+//! - `page` (private): the live status page at `/` and `/status`.
 
 pub mod config;
 pub mod error;
 mod healthchecks;
 mod openapi;
+mod page;
 mod platform;
 mod status;
 pub mod target;
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use caracal_core::{App, Mode, Readiness, checks};
 use caracal_tokens::{Access, Guard, Scope};
 
@@ -54,14 +56,21 @@ pub struct ApiState {
     pub platform: Arc<platform::PlatformView>,
     /// Settings.
     pub config: Arc<ApiConfig>,
+    /// The status page's live feed.
+    feed: Arc<page::live::Feed>,
+    /// Draining ends the status page's open event streams.
+    lifecycle: Arc<caracal_core::Lifecycle>,
 }
 
-/// The API's routes: `/v1/*` behind the admin token or a scoped STS token, plus `/healthchecks` and `/openapi.json`.
-pub fn router(state: ApiState) -> Router {
+/// The API's routes: `/v1/*` behind the admin token or a scoped STS token, plus
+/// `/healthchecks`, `/openapi.json` and the status page.
+fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/targets", get(targets::list).post(targets::create))
         .route("/v1/targets/{name}", get(targets::get_one).put(targets::replace).delete(targets::remove))
         .route("/v1/targets/{name}/history", get(status::history))
+        .route("/v1/targets/{name}/pause", post(targets::pause))
+        .route("/v1/targets/{name}/resume", post(targets::resume))
         .route("/v1/status", get(status::current))
         // Target documents are small; a larger body is answered 413 with the API's error shape.
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -70,6 +79,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(v1)
         .route("/healthchecks", get(healthchecks::aggregate))
         .route("/openapi.json", get(openapi::document))
+        .merge(page::routes())
         .with_state(state)
 }
 
@@ -85,6 +95,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
     let platform = Arc::new(platform::PlatformView::default());
+    let feed = Arc::new(page::live::Feed::default());
     let state = ApiState {
         pool: pool.clone(),
         access,
@@ -92,12 +103,16 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         readiness: app.readiness(),
         platform: Arc::clone(&platform),
         config: Arc::new(config.clone()),
+        feed: Arc::clone(&feed),
+        lifecycle: app.lifecycle(),
     };
     let worker_pool = pool.clone();
+    let (feed_pool, services) = (pool.clone(), config.platform.clone());
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis))
         .check(outbox_age)
         .check(outbox_dead)
         .routes(router(state))
-        .worker("platform", move |stop| platform::run(worker_pool, config, platform, stop, Duration::from_secs(5))))
+        .worker("platform", move |stop| platform::run(worker_pool, config, platform, stop, Duration::from_secs(5)))
+        .worker("status-page", move |stop| page::live::run(feed, feed_pool, services, stop)))
 }

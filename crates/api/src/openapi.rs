@@ -15,6 +15,8 @@ use utoipa::{Modify, OpenApi};
         crate::targets::create,
         crate::targets::replace,
         crate::targets::remove,
+        crate::targets::pause,
+        crate::targets::resume,
         crate::status::current,
         crate::status::history,
         crate::healthchecks::aggregate,
@@ -61,7 +63,7 @@ impl Modify for Shapes {
     }
 }
 
-/// A target as answered: every field of the spec present, plus its times.
+/// A target as answered: every field of the spec present, plus its times and whether probing is paused.
 fn answered(mut spec: Object) -> Object {
     let time = |what: &str| {
         ObjectBuilder::new()
@@ -72,6 +74,9 @@ fn answered(mut spec: Object) -> Object {
     };
     spec.properties.insert("created_at".into(), time("When it was registered").into());
     spec.properties.insert("updated_at".into(), time("When it last changed").into());
+    let mut paused = time("Since when probing is paused; null while it is probed");
+    paused.schema_type = utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]);
+    spec.properties.insert("paused_at".into(), paused.into());
     spec.required = spec.properties.keys().cloned().collect();
     spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     spec.description = Some("A registered target.".into());

@@ -19,6 +19,8 @@ pub(crate) struct InstanceStatus {
     /// Since when (RFC 3339), once probed.
     since: Option<String>,
     last_error: Option<String>,
+    /// Whether probing its target is paused (the status is then the last one known).
+    paused: bool,
 }
 
 /// Every instance's status.
@@ -27,8 +29,8 @@ pub(crate) struct StatusPage {
     instances: Vec<InstanceStatus>,
 }
 
-/// Target, instance, status, since, last error.
-type StatusRow = (String, String, String, Option<String>, Option<String>);
+/// Target, instance, status, since, last error, paused.
+type StatusRow = (String, String, String, Option<String>, Option<String>, bool);
 /// Id, instance, from, to, reason, occurred at.
 type TransitionRow = (i64, String, String, String, Option<String>, String);
 
@@ -39,19 +41,20 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
     let rows: Vec<StatusRow> = sqlx::query_as(concat!(
         "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
         rfc3339!("s.since"),
-        ", s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
+        ", s.last_error, t.paused_at IS NOT NULL FROM instances i JOIN targets t ON t.id = i.target_id \
          LEFT JOIN instance_status s ON s.instance_id = i.id ORDER BY t.name, i.url"
     ))
     .fetch_all(&state.pool)
     .await?;
     let instances = rows
         .into_iter()
-        .map(|(target, instance, status, since, last_error)| InstanceStatus {
+        .map(|(target, instance, status, since, last_error, paused)| InstanceStatus {
             target,
             instance,
             status,
             since,
             last_error,
+            paused,
         })
         .collect();
     Ok(Json(StatusPage { instances }))

@@ -243,6 +243,8 @@ pub struct Target {
     pub created_at: String,
     /// When it last changed (RFC 3339).
     pub updated_at: String,
+    /// Since when probing is paused (RFC 3339); `null` while it is probed.
+    pub paused_at: Option<String>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use crate::target::{Target, TargetSpec};
 use crate::{ApiError, ApiState};
 
-type Row = (String, serde_json::Value, String, String, String, i32, i32, String, String, Vec<String>);
+type Row = (String, serde_json::Value, String, String, String, i32, i32, String, String, Option<String>, Vec<String>);
 
 /// The target query, with `$tail` (a `WHERE` and `GROUP BY`) appended at compile time.
 macro_rules! select_targets {
@@ -22,6 +22,8 @@ macro_rules! select_targets {
             rfc3339!("t.created_at"),
             ", ",
             rfc3339!("t.updated_at"),
+            ", ",
+            rfc3339!("t.paused_at"),
             ", COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') \
              FROM targets t LEFT JOIN instances i ON i.target_id = t.id",
             $tail
@@ -40,6 +42,7 @@ fn to_target(row: Row) -> Target {
         timeout_ms,
         created_at,
         updated_at,
+        paused_at,
         instances,
     ) = row;
     let labels = serde_json::from_value(labels).unwrap_or_default();
@@ -47,6 +50,7 @@ fn to_target(row: Row) -> Target {
         spec: TargetSpec { name, instances, health_path, ready_path, metrics_path, interval_ms, timeout_ms, labels },
         created_at,
         updated_at,
+        paused_at,
     }
 }
 
@@ -201,4 +205,46 @@ fn event(event_type: &str, spec: &TargetSpec) -> NewEvent {
         instance: None,
         payload: serde_json::to_value(spec).unwrap_or_default(),
     }
+}
+
+/// Pause probing a target: the coordinator stops probing its instances (within its refresh
+/// interval) and their last known status stays. Pausing a paused target changes nothing.
+#[utoipa::path(post, path = "/v1/targets/{name}/pause", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, description = "Paused (or already paused)", body = Target), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target")))]
+pub(crate) async fn pause(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Target>, ApiError> {
+    set_paused(&state.pool, &name, true).await.map(Json)
+}
+
+/// Resume probing a paused target. Resuming a probed target changes nothing.
+#[utoipa::path(post, path = "/v1/targets/{name}/resume", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, description = "Probed again (or never paused)", body = Target), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target")))]
+pub(crate) async fn resume(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Target>, ApiError> {
+    set_paused(&state.pool, &name, false).await.map(Json)
+}
+
+/// Pauses or resumes probing `name`, with its outbox event (`target.paused` or
+/// `target.resumed`) when that changes anything; the target as it now is. Shared by the API
+/// and the status page's forms.
+pub(crate) async fn set_paused(pool: &sqlx::PgPool, name: &str, paused: bool) -> Result<Target, ApiError> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE targets SET paused_at = CASE WHEN $2 THEN now() END, updated_at = now() \
+         WHERE name = $1 AND (paused_at IS NULL) = $2",
+    )
+    .bind(name)
+    .bind(paused)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed > 0 {
+        let event_type = if paused { "target.paused" } else { "target.resumed" };
+        let payload = serde_json::json!({ "name": name });
+        let event = NewEvent { event_type: event_type.into(), target: Some(name.into()), instance: None, payload };
+        outbox::enqueue(&mut tx, &event).await?;
+    }
+    let target = fetch(&mut tx, name).await?.ok_or_else(|| ApiError::NotFound(name.into()))?;
+    tx.commit().await?;
+    Ok(target)
 }

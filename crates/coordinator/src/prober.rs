@@ -213,8 +213,8 @@ impl Prober {
         Arc::clone(&self.heartbeat)
     }
 
-    /// Re-reads the registry every `refresh` and keeps one task per owned instance, until
-    /// `stop`.
+    /// Re-reads the registry every `refresh` and keeps one task per owned instance of a target
+    /// that is not paused, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut running: HashMap<i64, (Instance, CancellationToken)> = HashMap::new();
         let mut tasks = JoinSet::new();
@@ -242,7 +242,8 @@ impl Prober {
         type Row = (i64, String, String, String, String, i32, i32, Option<String>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, s.status \
-             FROM instances i JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id",
+             FROM instances i JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
+             WHERE t.paused_at IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod faults;
+mod page;
 mod registry;
 mod support;

@@ -61,3 +61,31 @@ async fn flips_are_recorded_once_and_blips_are_ignored() {
     assert_eq!((events, reasons), (3, 1), "one event per transition, the failure with its reason");
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_target_is_not_probed_and_keeps_its_last_status_until_resumed() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    support::register(&pool, "shop", &[fleet.url(1)], 100).await;
+    let replica = Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
+    let probed = || fleet.probed_by().get(&1).is_some_and(|by| !by.is_empty());
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async { probed().then_some(()) })
+        .await
+        .expect("probed while not paused");
+
+    sqlx::query("UPDATE targets SET paused_at = now()").execute(&pool).await.expect("pause");
+    // The registry is re-read every 200 ms; after a generous second no probe may arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.reset();
+    fleet.set_ready(1, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!probed(), "a paused target was probed");
+    assert_eq!(transitions(&pool).await, [("unknown".into(), "up".into())], "its last status stays");
+
+    sqlx::query("UPDATE targets SET paused_at = NULL").execute(&pool).await.expect("resume");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async { probed().then_some(()) })
+        .await
+        .expect("probed again once resumed");
+    replica.stop().await;
+}

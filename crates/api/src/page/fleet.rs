@@ -1,0 +1,254 @@
+//! The fleet as the status page shows it: every target with its instances, their current
+//! status and the last 24 hours of transitions, read from the store in two queries.
+
+use std::collections::HashMap;
+
+/// The timeline's window, in seconds.
+pub(crate) const WINDOW_SECS: f64 = 24.0 * 3600.0;
+/// Transitions kept per target for its timeline (a flapping target keeps its latest).
+const MAX_POINTS: usize = 500;
+
+/// Every target, by name, as of one read of the store.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fleet {
+    /// Targets in name order.
+    pub targets: Vec<TargetView>,
+    /// The store's clock at the read (Unix seconds): the timelines' right edge.
+    pub as_of: f64,
+}
+
+/// One target.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TargetView {
+    pub name: String,
+    /// One of the platform's own services (label `caracal=platform`).
+    pub platform: bool,
+    /// Since when probing is paused (Unix seconds).
+    pub paused_since: Option<f64>,
+    /// When it was registered (Unix seconds): its timeline starts no earlier.
+    pub created: f64,
+    pub instances: Vec<InstanceView>,
+    /// Its transitions of the last 24 hours, oldest first.
+    pub transitions: Vec<Point>,
+}
+
+/// One instance's current status.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InstanceView {
+    pub url: String,
+    /// `unknown`, `up`, `unready` or `down`.
+    pub status: String,
+    /// Since when (Unix seconds), once probed.
+    pub since: Option<f64>,
+    /// Why it is not up; shown only to a caller who may see errors.
+    pub last_error: Option<String>,
+}
+
+/// One recorded transition.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Point {
+    pub instance: String,
+    pub from: String,
+    pub to: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
+impl TargetView {
+    /// The target's overall status: the worst of its instances (`paused` while paused).
+    pub(crate) fn overall(&self) -> &'static str {
+        if self.paused_since.is_some() {
+            return "paused";
+        }
+        let has = |s: &str| self.instances.iter().any(|i| i.status == s);
+        if self.instances.is_empty() {
+            "unknown"
+        } else if self.instances.iter().all(|i| i.status == "down") {
+            "down"
+        } else if has("down") || has("unready") {
+            "degraded"
+        } else if has("unknown") {
+            "unknown"
+        } else {
+            "up"
+        }
+    }
+}
+
+/// Target, platform, paused since, created, instance url, status, since, last error.
+type Row = (String, bool, Option<f64>, f64, Option<String>, Option<String>, Option<f64>, Option<String>);
+/// Target, instance, from, to, at.
+type PointRow = (String, String, String, String, f64);
+
+/// Reads the whole fleet: targets, instances and statuses in one query, the last 24 hours of
+/// transitions in another (through `status_transitions_occurred_idx`).
+pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One snapshot for both reads, so a transition and the status it led to agree.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let as_of: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8").fetch_one(&mut *tx).await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
+         extract(epoch FROM t.created_at)::float8, i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error \
+         FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
+         ORDER BY t.name, i.url",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let points: Vec<PointRow> = sqlx::query_as(
+        "SELECT target_name, instance_url, from_status, to_status, extract(epoch FROM occurred_at)::float8 \
+         FROM status_transitions WHERE occurred_at > now() - interval '24 hours' ORDER BY id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut targets: Vec<TargetView> = Vec::new();
+    for (name, platform, paused_since, created, url, status, since, last_error) in rows {
+        if targets.last().is_none_or(|t| t.name != name) {
+            let (instances, transitions) = (Vec::new(), Vec::new());
+            targets.push(TargetView { name, platform, paused_since, created, instances, transitions });
+        }
+        if let (Some(url), Some(target)) = (url, targets.last_mut()) {
+            let status = status.unwrap_or_else(|| "unknown".into());
+            target.instances.push(InstanceView { url, status, since, last_error });
+        }
+    }
+    let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    for (target, instance, from, to, at) in points {
+        // A deleted target's history stays in the store but not on the page.
+        if let Some(&i) = index.get(&target) {
+            targets[i].transitions.push(Point { instance, from, to, at });
+        }
+    }
+    for target in &mut targets {
+        let excess = target.transitions.len().saturating_sub(MAX_POINTS);
+        target.transitions.drain(..excess);
+    }
+    Ok(Fleet { targets, as_of })
+}
+
+/// A stretch of time one instance spent in one status, within the window.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Segment {
+    pub status: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// What a target's last 24 hours come to, for reading at a glance.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Summary {
+    /// Times an instance went from up to down or unready.
+    pub outages: usize,
+    /// Seconds instances spent down or unready (summed over instances).
+    pub downtime: f64,
+    /// Transitions of any kind: a high count is flapping.
+    pub changes: usize,
+    /// The latest outage: its start, and its end unless it is still going on.
+    pub last_outage: Option<(f64, Option<f64>)>,
+}
+
+/// Each instance's segments over `[as_of - 24 h, as_of]` (from its registration, if later),
+/// in the target's instance order.
+pub(crate) fn segments(target: &TargetView, as_of: f64) -> Vec<(String, Vec<Segment>)> {
+    let start = (as_of - WINDOW_SECS).max(target.created.min(as_of));
+    target
+        .instances
+        .iter()
+        .map(|instance| {
+            let points: Vec<&Point> = target.transitions.iter().filter(|p| p.instance == instance.url).collect();
+            // Before its first transition in the window, an instance was in that transition's
+            // `from` status; with none, in its current one.
+            let mut status = points.first().map_or(instance.status.clone(), |p| p.from.clone());
+            let mut at = start;
+            let mut out = Vec::new();
+            for p in points {
+                let t = p.at.clamp(start, as_of);
+                if t > at {
+                    out.push(Segment { status: status.clone(), start: at, end: t });
+                }
+                status.clone_from(&p.to);
+                at = t;
+            }
+            if as_of > at {
+                out.push(Segment { status, start: at, end: as_of });
+            }
+            (instance.url.clone(), out)
+        })
+        .collect()
+}
+
+/// The target's 24 hours summed up.
+pub(crate) fn summary(target: &TargetView, as_of: f64) -> Summary {
+    let bad = |s: &str| s == "down" || s == "unready";
+    let mut summary = Summary { changes: target.transitions.len(), ..Summary::default() };
+    summary.outages = target.transitions.iter().filter(|p| p.from == "up" && bad(&p.to)).count();
+    for (_, segments) in segments(target, as_of) {
+        for s in segments.iter().filter(|s| bad(&s.status)) {
+            summary.downtime += s.end - s.start;
+            // An outage reaching the window's right edge is still going on: no end.
+            let end = (s.end < as_of).then_some(s.end);
+            if summary.last_outage.is_none_or(|(start, _)| s.start >= start) {
+                summary.last_outage = Some((s.start, end));
+            }
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(status: &str, points: &[(&str, &str, f64)]) -> TargetView {
+        TargetView {
+            name: "shop".into(),
+            platform: false,
+            paused_since: None,
+            created: 0.0,
+            instances: vec![InstanceView { url: "http://a".into(), status: status.into(), since: None, last_error: None }],
+            transitions: points
+                .iter()
+                .map(|(from, to, at)| Point { instance: "http://a".into(), from: (*from).into(), to: (*to).into(), at: *at })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_quiet_instance_is_one_segment_in_its_status() {
+        let t = target("up", &[]);
+        let segs = segments(&t, WINDOW_SECS);
+        assert_eq!(segs[0].1, vec![Segment { status: "up".into(), start: 0.0, end: WINDOW_SECS }]);
+        assert_eq!(summary(&t, WINDOW_SECS), Summary::default());
+    }
+
+    #[test]
+    fn an_outage_is_counted_timed_and_located() {
+        let now = WINDOW_SECS;
+        let t = target("up", &[("up", "down", 1000.0), ("down", "up", 1600.0), ("up", "down", 5000.0), ("down", "up", 5060.0)]);
+        let s = summary(&t, now);
+        assert_eq!(s.outages, 2);
+        assert_eq!(s.changes, 4);
+        assert!((s.downtime - 660.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.last_outage, Some((5000.0, Some(5060.0))));
+        let segs = &segments(&t, now)[0].1;
+        assert_eq!(segs.len(), 5);
+        assert_eq!(segs[1], Segment { status: "down".into(), start: 1000.0, end: 1600.0 });
+    }
+
+    #[test]
+    fn an_ongoing_outage_has_no_end_and_the_state_before_the_window_is_kept() {
+        let now = WINDOW_SECS + 100.0;
+        // Down since before the window, briefly up, down again now.
+        let t = target("down", &[("down", "up", 200.0), ("up", "down", 300.0)]);
+        let mut young = t.clone();
+        young.created = 150.0;
+        assert_eq!(segments(&young, now)[0].1[0].start, 150.0, "nothing is drawn before its registration");
+        let segs = &segments(&t, now)[0].1;
+        assert_eq!(segs[0], Segment { status: "down".into(), start: 100.0, end: 200.0 });
+        let s = summary(&t, now);
+        assert_eq!(s.last_outage, Some((300.0, None)));
+        assert_eq!(s.outages, 1);
+    }
+}

@@ -1,0 +1,333 @@
+//! The live feed: one loop per api process reads the store (and the platform's ladders),
+//! works out what changed, renders the changed pieces once per view, and hands them to every
+//! open page over server-sent events.
+//!
+//! The store is polled rather than the `caracal.events` stream followed: what the page shows
+//! is the store's current state, which a poll reads whole whatever Redis has lost, and a
+//! poll costs one index lookup (`max(outbox.id)`: every change the page shows writes an
+//! outbox row) every [`TICK`]. Event ids are `<process>-<sequence>`; a reconnect within the
+//! same process resumes from its last id out of the recent changes kept here, and any other
+//! reconnect starts over with the whole `<main>`.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::StreamExt as _;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+use tokio_util::sync::CancellationToken;
+
+use super::fleet::{self, Fleet};
+use super::ladders::{self, ServiceLadder};
+use super::render::{self, Page, Variants, View};
+
+/// How often the store is asked whether anything changed.
+pub(crate) const TICK: Duration = Duration::from_millis(500);
+/// The fleet is read whole at least this often, whatever the outbox says.
+const FULL_EVERY: u32 = 20;
+/// The platform's ladders are read every this many ticks (2 s).
+const LADDERS_EVERY: u32 = 4;
+/// Changes kept for reconnects.
+const KEPT: usize = 1024;
+/// A live page hears something this often, so it can tell a silent feed from a lost one.
+pub(crate) const PING: Duration = Duration::from_secs(5);
+/// A connection is closed after this long; the browser reconnects at once (resuming), and its
+/// credential is judged afresh, so an expired or revoked token does not keep seeing errors.
+const MAX_CONNECTION: Duration = Duration::from_secs(600);
+
+/// What the page shows now, and the feed position it corresponds to.
+#[derive(Debug)]
+pub(crate) struct Current {
+    pub fleet: Fleet,
+    pub ladders: Vec<ServiceLadder>,
+    pub seq: u64,
+}
+
+/// One change, rendered for every view.
+#[derive(Debug)]
+pub(crate) struct Change {
+    seq: u64,
+    /// `target`, `removed`, `platform` or `summary`.
+    kind: &'static str,
+    /// The event's JSON data, per view.
+    data: Variants,
+}
+
+/// The feed one api process serves.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    /// Tells this process's event ids from another's (or a restarted one's).
+    boot: String,
+    current: ArcSwapOption<Current>,
+    /// Held while publishing and subscribing, so a subscriber misses nothing in between.
+    recent: Mutex<VecDeque<Arc<Change>>>,
+    sender: broadcast::Sender<Arc<Change>>,
+}
+
+/// Where a new subscriber starts.
+pub(crate) enum Start {
+    /// The changes after its last id, in order.
+    Resume(Vec<Arc<Change>>),
+    /// The whole page as of now: its id was unknown, too old or another process's.
+    Over(Arc<Current>),
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            boot: format!("{:08x}", fastrand::u32(..)),
+            current: ArcSwapOption::empty(),
+            recent: Mutex::new(VecDeque::new()),
+            sender: broadcast::channel(KEPT).0,
+        }
+    }
+}
+
+impl Feed {
+    /// What the page shows now; `None` before the first read of the store.
+    pub(crate) fn current(&self) -> Option<Arc<Current>> {
+        self.current.load_full()
+    }
+
+    /// The event id of position `seq`.
+    pub(crate) fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.boot)
+    }
+
+    /// Publishes `changes` together with the state they lead to.
+    fn publish(&self, fleet: Fleet, ladders: Vec<ServiceLadder>, changes: Vec<(&'static str, Variants)>) {
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seq = self.current.load().as_ref().map_or(0, |c| c.seq);
+        let mut published = Vec::with_capacity(changes.len());
+        for (kind, data) in changes {
+            seq += 1;
+            let change = Arc::new(Change { seq, kind, data });
+            if recent.len() == KEPT {
+                recent.pop_front();
+            }
+            recent.push_back(Arc::clone(&change));
+            published.push(change);
+        }
+        self.current.store(Some(Arc::new(Current { fleet, ladders, seq })));
+        for change in published {
+            // No receiver is fine: nobody has the page open.
+            let _ = self.sender.send(change);
+        }
+    }
+
+    /// Subscribes a page whose last event id was `last`; `None` before the first read.
+    pub(crate) fn subscribe(&self, last: Option<&str>) -> Option<(Start, broadcast::Receiver<Arc<Change>>)> {
+        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.current()?;
+        let receiver = self.sender.subscribe();
+        let seq = last.and_then(|id| id.strip_prefix(&self.boot)?.strip_prefix('-')?.parse::<u64>().ok());
+        let oldest = recent.front().map_or(current.seq + 1, |c| c.seq);
+        let start = match seq {
+            // Everything after `seq` is still kept (or nothing happened since).
+            Some(seq) if seq <= current.seq && seq + 1 >= oldest => {
+                Start::Resume(recent.iter().filter(|c| c.seq > seq).cloned().collect())
+            }
+            _ => Start::Over(current),
+        };
+        Some((start, receiver))
+    }
+}
+
+/// Keeps the feed current until `stop`: asks the store every [`TICK`] whether anything
+/// changed, reads the fleet when it did, and the ladders every 2 s.
+pub(crate) async fn run(
+    feed: Arc<Feed>,
+    pool: sqlx::PgPool,
+    platform: std::collections::BTreeMap<String, Vec<String>>,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("caracal-api/", env!("CARGO_PKG_VERSION"), " (status page)"))
+        .build()
+        .unwrap_or_default();
+    let mut fleet: Option<Fleet> = None;
+    let mut ladders: Vec<ServiceLadder> = Vec::new();
+    let mut last_mark: Option<i64> = None;
+    // Outbox ids commit out of order: after a move, read once more on the next tick.
+    let mut settle = false;
+    let mut tick: u32 = 0;
+    loop {
+        let mut changes = Vec::new();
+        let mut new_fleet = None;
+        let mark = sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM outbox").fetch_one(&pool).await;
+        let moved = match &mark {
+            Ok(mark) => last_mark != Some(mark.unwrap_or(0)),
+            Err(_) => false,
+        };
+        if fleet.is_none() || moved || settle || tick.is_multiple_of(FULL_EVERY) {
+            match fleet::load(&pool).await {
+                Ok(loaded) => {
+                    if let Ok(mark) = mark {
+                        last_mark = Some(mark.unwrap_or(0));
+                    }
+                    changes.extend(fleet_changes(fleet.as_ref(), &loaded));
+                    new_fleet = Some(loaded);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the fleet for the status page failed; keeping the last"),
+            }
+        }
+        settle = moved;
+        if tick.is_multiple_of(LADDERS_EVERY) {
+            let read = ladders::read(&client, &platform).await;
+            if read != ladders {
+                let html = render::platform(&read).into_string();
+                changes.push(("platform", render::same(serde_json::json!({ "html": html }).to_string())));
+                ladders = read;
+            }
+        }
+        if let Some(loaded) = new_fleet {
+            fleet = Some(loaded);
+        }
+        if let Some(fleet) = &fleet
+            && (!changes.is_empty() || feed.current().is_none())
+        {
+            feed.publish(fleet.clone(), ladders.clone(), changes);
+        }
+        tick = tick.wrapping_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The changes from `old` to `new`: each new or changed target's card, each removed name,
+/// and the summary line when anything changed.
+fn fleet_changes(old: Option<&Fleet>, new: &Fleet) -> Vec<(&'static str, Variants)> {
+    let Some(old) = old else { return Vec::new() };
+    let before: HashMap<&str, &fleet::TargetView> = old.targets.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut changes = Vec::new();
+    for target in &new.targets {
+        if before.get(target.name.as_str()) != Some(&target) {
+            let data = render::variants(|view| {
+                let card = render::card(target, new.as_of, view).into_string();
+                serde_json::json!({ "name": target.name, "html": card }).to_string()
+            });
+            changes.push(("target", data));
+        }
+    }
+    let after: std::collections::HashSet<&str> = new.targets.iter().map(|t| t.name.as_str()).collect();
+    for name in before.keys().filter(|n| !after.contains(*n)) {
+        changes.push(("removed", render::same(serde_json::json!({ "name": name }).to_string())));
+    }
+    if !changes.is_empty() {
+        let data = serde_json::json!({
+            "html": render::summary(new).into_string(),
+            "as_of": render::rfc3339(new.as_of),
+        });
+        changes.push(("summary", render::same(data.to_string())));
+    }
+    changes
+}
+
+fn event(feed: &Feed, change: &Change, view: View) -> Event {
+    let index = View::ALL.iter().position(|v| *v == view).unwrap_or(0);
+    Event::default().id(feed.id(change.seq)).event(change.kind).data(&change.data[index])
+}
+
+/// The whole `<main>` and summary, for a page that must start over.
+fn over(feed: &Feed, current: &Current, view: View, version: &str) -> Event {
+    let id = feed.id(current.seq);
+    let page = Page { fleet: &current.fleet, ladders: &current.ladders, event_id: &id, version, signed_in: false };
+    let data = serde_json::json!({
+        "html": render::main_content(&page, view).into_string(),
+        "summary": render::summary(&current.fleet).into_string(),
+        "as_of": render::rfc3339(current.fleet.as_of),
+    });
+    Event::default().id(id).event("reset").data(data.to_string())
+}
+
+/// The SSE response for a page with `view` whose last event id was `last`; `None` before the
+/// first read of the store. Ends when the process starts draining, or after
+/// [`MAX_CONNECTION`].
+pub(crate) fn stream(
+    feed: Arc<Feed>,
+    view: View,
+    last: Option<String>,
+    draining: impl Future<Output = ()> + Send + 'static,
+    version: &'static str,
+) -> Option<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
+    let (start, receiver) = feed.subscribe(last.as_deref())?;
+    let first: Vec<Event> = match start {
+        Start::Resume(changes) => changes.iter().map(|c| event(&feed, c, view)).collect(),
+        Start::Over(current) => vec![over(&feed, &current, view, version)],
+    };
+    let live_feed = Arc::clone(&feed);
+    let live = BroadcastStream::new(receiver).filter_map(move |item| {
+        let event = match item {
+            Ok(change) => Some(event(&live_feed, &change, view)),
+            // Too slow to keep up: start over from the current state.
+            Err(BroadcastStreamRecvError::Lagged(_)) => live_feed.current().map(|c| over(&live_feed, &c, view, version)),
+        };
+        std::future::ready(event)
+    });
+    let mut every = tokio::time::interval(PING);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pings = IntervalStream::new(every).map(|_| Event::default().event("ping").data(""));
+    let end = async move {
+        tokio::select! {
+            () = draining => {}
+            () = tokio::time::sleep(MAX_CONNECTION) => {}
+        }
+    };
+    let stream = futures_util::stream::iter(first)
+        .chain(futures_util::stream::select(live, pings))
+        .take_until(Box::pin(end))
+        .map(Ok);
+    // Comments keep idle proxies from closing the connection between pings.
+    Some(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet_of(names: &[&str]) -> Fleet {
+        Fleet {
+            targets: names
+                .iter()
+                .map(|n| fleet::TargetView {
+                    name: (*n).into(),
+                    platform: false,
+                    paused_since: None,
+                    created: 0.0,
+                    instances: Vec::new(),
+                    transitions: Vec::new(),
+                })
+                .collect(),
+            as_of: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_reconnect_resumes_within_its_process_and_starts_over_otherwise() {
+        let feed = Feed::default();
+        assert!(feed.subscribe(None).is_none(), "nothing to serve before the first read");
+        feed.publish(fleet_of(&[]), Vec::new(), Vec::new());
+        let first = feed.id(0);
+        let changes = fleet_changes(Some(&fleet_of(&[])), &fleet_of(&["a"]));
+        assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), ["target", "summary"]);
+        feed.publish(fleet_of(&["a"]), Vec::new(), changes);
+
+        let Some((Start::Resume(missed), _)) = feed.subscribe(Some(&first)) else { panic!("resume") };
+        assert_eq!(missed.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+        let Some((Start::Resume(missed), _)) = feed.subscribe(Some(&feed.id(2))) else { panic!("resume") };
+        assert!(missed.is_empty());
+        for stranger in ["00000000-1", "garbage", "", &feed.id(99)] {
+            assert!(matches!(feed.subscribe(Some(stranger)), Some((Start::Over(_), _))), "{stranger}");
+        }
+        let removed = fleet_changes(Some(&fleet_of(&["a", "b"])), &fleet_of(&["b"]));
+        assert_eq!(removed.iter().map(|c| c.0).collect::<Vec<_>>(), ["removed", "summary"]);
+    }
+}

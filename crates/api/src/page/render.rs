@@ -1,0 +1,428 @@
+//! The status page's HTML: the whole page, and the pieces the live feed swaps in (a target's
+//! card, the platform section, the summary line). Written with `maud`, so every value is
+//! escaped by construction; no inline script or style (the page's CSP forbids both).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::fleet::{self, Fleet, TargetView, WINDOW_SECS};
+use super::ladders::{InstanceLadder, RUNGS, ServiceLadder};
+
+/// What a caller may see and do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum View {
+    /// Names and status only (the same rule as `/ready`'s details).
+    Public,
+    /// Errors too (the admin token or a `targets:read` token; anyone in dev).
+    Details,
+    /// Errors, and the controls to pause and resume probing (`targets:write`).
+    Operator,
+}
+
+impl View {
+    /// Every view, in the order [`Variants`] holds them.
+    pub(crate) const ALL: [View; 3] = [View::Public, View::Details, View::Operator];
+
+    fn details(self) -> bool {
+        self != View::Public
+    }
+}
+
+/// One piece of HTML rendered for each view.
+pub(crate) type Variants = [String; 3];
+
+/// Renders `piece` once per view.
+pub(crate) fn variants(piece: impl Fn(View) -> String) -> Variants {
+    View::ALL.map(piece)
+}
+
+/// The same text for every view.
+pub(crate) fn same(text: String) -> Variants {
+    [text.clone(), text.clone(), text]
+}
+
+/// Everything the page needs besides the caller.
+pub(crate) struct Page<'a> {
+    pub fleet: &'a Fleet,
+    pub ladders: &'a [ServiceLadder],
+    /// The live feed's position this page reflects (the script resumes from it).
+    pub event_id: &'a str,
+    pub version: &'a str,
+    /// The caller signed in on this page (shows "sign out" instead of "sign in").
+    pub signed_in: bool,
+}
+
+/// The whole page.
+pub(crate) fn page(page: &Page<'_>, view: View) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
+                title { "Caracal status" }
+                link rel="stylesheet" href=(super::asset_path("status.css"));
+                link rel="icon" type="image/svg+xml" href=(super::asset_path("icon.svg"));
+                script src=(super::asset_path("status.js")) defer {}
+                // Without script, the page still refreshes itself.
+                noscript { meta http-equiv="refresh" content="30"; }
+            }
+            body {
+                a.skip href="#main" { "Skip to the status" }
+                header.top {
+                    div.brand {
+                        h1 { "Caracal status" }
+                        (summary(page.fleet))
+                    }
+                    nav aria-label="Session" {
+                        @if page.signed_in {
+                            form method="post" action="/status/signout" {
+                                span.who { (if view == View::Public { "Signed in (no access to errors)" } else { "Signed in" }) }
+                                " "
+                                button type="submit" { "Sign out" }
+                            }
+                        } @else if view == View::Public {
+                            a href="/status/signin" { "Sign in to see errors" }
+                        }
+                    }
+                }
+                div #feed role="status" aria-live="polite" {
+                    p #feed-lost .banner hidden {
+                        strong { "Live updates lost." }
+                        " Reconnecting; what you see may be out of date."
+                    }
+                }
+                main #main data-event-id=(page.event_id) {
+                    (main_content(page, view))
+                }
+                footer {
+                    p {
+                        "Caracal " (page.version) " · as of "
+                        time #as-of datetime=(rfc3339(page.fleet.as_of)) { (clock(page.fleet.as_of)) }
+                        " · " a href="/v1/status" { "JSON" }
+                        noscript { " · This page refreshes every 30 s." }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `<main>`'s content: the platform, then every target. Sent whole when a live client must
+/// start over.
+pub(crate) fn main_content(page: &Page<'_>, view: View) -> Markup {
+    html! {
+        (platform(page.ladders))
+        section aria-labelledby="targets-h" {
+            h2 #targets-h { "Targets" }
+            @if page.fleet.targets.is_empty() {
+                p #no-targets { "No targets are registered yet." }
+            }
+            div #targets {
+                @for target in &page.fleet.targets {
+                    (card(target, page.fleet.as_of, view))
+                }
+            }
+        }
+    }
+}
+
+/// The one-line count at the top of the page.
+pub(crate) fn summary(fleet: &Fleet) -> Markup {
+    let count = |status: &str| fleet.targets.iter().filter(|t| t.overall() == status).count();
+    let parts: Vec<String> = ["up", "degraded", "down", "unknown", "paused"]
+        .into_iter()
+        .map(|s| (s, count(s)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    let n = fleet.targets.len();
+    html! {
+        p #summary {
+            (n) (if n == 1 { " target" } else { " targets" })
+            @if !parts.is_empty() { ": " (parts.join(", ")) }
+        }
+    }
+}
+
+/// The platform's own services, each with its ladder.
+pub(crate) fn platform(ladders: &[ServiceLadder]) -> Markup {
+    html! {
+        section #platform aria-labelledby="platform-h" {
+            h2 #platform-h { "Platform" }
+            @if ladders.is_empty() {
+                p { "No platform services are configured ([api.platform])." }
+            }
+            div.services {
+                @for service in ladders {
+                    article.service aria-labelledby=(format!("svc-{}", service.name)) {
+                        h3 #(format!("svc-{}", service.name)) { (service.name) }
+                        @for instance in &service.instances {
+                            (ladder(instance, service.instances.len() > 1))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ladder(instance: &InstanceLadder, named: bool) -> Markup {
+    let (label, class) = match instance.status.as_deref() {
+        Some("pass") => ("ready", "up"),
+        Some("warn") => ("ready, degraded", "unready"),
+        Some(_) => ("not ready", "down"),
+        None => ("unreachable", "down"),
+    };
+    let (failing, held) = instance.held_back_by();
+    html! {
+        div.ladder-box {
+            @if named { p.instance-url { (instance.url) } }
+            p { (badge(class, label)) }
+            @if instance.status.is_some() {
+                ol.ladder aria-label="Readiness ladder, bottom rung first" {
+                    @for rung in RUNGS {
+                        @let status = instance.rung_status(rung);
+                        li class=(format!("rung r-{status}")) {
+                            span.rung-name { (rung) }
+                            " "
+                            span.rung-status { (glyph(status)) " " (status) }
+                        }
+                    }
+                }
+                @if !held.is_empty() {
+                    p.held {
+                        (if failing { "Held back by " } else { "Degraded by " })
+                        @for (i, name) in held.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            code { (name) }
+                        }
+                    }
+                }
+                details {
+                    summary { (instance.checks.len()) " checks" }
+                    ul.checks {
+                        @for check in &instance.checks {
+                            li {
+                                code { (check.name) } " · " (check.rung) " · " (glyph(&check.status)) " " (check.status)
+                                @if !check.required { " (optional)" }
+                            }
+                        }
+                    }
+                }
+            } @else {
+                p.held { "Its /ready could not be read." }
+            }
+        }
+    }
+}
+
+/// One target's card: its instances, their status, and its last 24 hours.
+pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
+    let overall = target.overall();
+    let id = format!("t-{}", target.name);
+    let heading = format!("h-{}", target.name);
+    html! {
+        article.target #(id) data-name=(target.name) data-status=(overall) aria-labelledby=(heading) {
+            div.target-head {
+                h3 #(heading) { (target.name) }
+                (badge(overall, overall))
+                @if target.platform { span.tag { "platform" } }
+            }
+            @if let Some(since) = target.paused_since {
+                p.paused { "Probing paused since " (time_el(since)) "; statuses below are the last known." }
+            }
+            @if target.instances.is_empty() {
+                p { "No instances." }
+            }
+            ul.instances {
+                @for instance in &target.instances {
+                    li.instance data-status=(instance.status) {
+                        span.url { (instance.url) }
+                        " "
+                        (badge(&instance.status, &instance.status))
+                        @if let Some(since) = instance.since {
+                            span.since { " since " (time_el(since)) " (" (duration(as_of - since)) ")" }
+                        }
+                        @if view.details() && instance.status != "up" {
+                            @if let Some(error) = &instance.last_error {
+                                p.error { span.label { "Last error: " } code { (error) } }
+                            }
+                        }
+                    }
+                }
+            }
+            (timeline(target, as_of))
+            @if view == View::Operator {
+                @let (action, label) = if target.paused_since.is_some() { ("resume", "Resume probing") } else { ("pause", "Pause probing") };
+                form.control method="post" action=(format!("/status/targets/{}/{action}", target.name)) {
+                    button type="submit" { (label) span.visually-hidden { " " (target.name) } }
+                }
+            }
+        }
+    }
+}
+
+/// The last 24 hours: one bar per instance (drawn), and the same told in words.
+fn timeline(target: &TargetView, as_of: f64) -> Markup {
+    let start = as_of - WINDOW_SECS;
+    let rows = fleet::segments(target, as_of);
+    let s = fleet::summary(target, as_of);
+    let words = if s.changes == 0 {
+        "Last 24 h: no change.".to_string()
+    } else {
+        let mut words = format!(
+            "Last 24 h: {} outage{}, {} down in total",
+            s.outages,
+            if s.outages == 1 { "" } else { "s" },
+            duration(s.downtime)
+        );
+        match s.last_outage {
+            Some((from, Some(to))) => words.push_str(&format!("; last {}–{} ({})", clock(from), clock(to), duration(to - from))),
+            Some((from, None)) => words.push_str(&format!("; down since {}", clock(from))),
+            None => {}
+        }
+        words.push_str(&format!("; {} change{}", s.changes, if s.changes == 1 { "" } else { "s" }));
+        if s.changes >= 6 {
+            words.push_str(" (flapping)");
+        }
+        words.push('.');
+        words
+    };
+    let height = rows.len().max(1) * 12;
+    html! {
+        figure.timeline {
+            svg viewBox=(format!("0 0 1440 {height}")) preserveAspectRatio="none" role="img" aria-label=(words) {
+                @for (row, (url, segments)) in rows.iter().enumerate() {
+                    @for segment in segments {
+                        // At least a minute wide, so a blip shows; kept inside the box.
+                        @let w = ((segment.end - segment.start) / 60.0).max(1.0);
+                        @let x = ((segment.start - start) / 60.0).min(1440.0 - w);
+                        rect class=(format!("s-{}", segment.status)) x=(format!("{x:.1}")) y=(row * 12) width=(format!("{w:.1}")) height="10" {
+                            title { (url) ": " (segment.status) " " (clock(segment.start)) "–" (clock(segment.end)) " (" (duration(segment.end - segment.start)) ")" }
+                        }
+                    }
+                }
+            }
+            figcaption {
+                span.axis aria-hidden="true" { span { "24 h ago" } span { "now" } }
+                span.words { (words) }
+            }
+        }
+    }
+}
+
+/// A status as text with a glyph, so it never depends on colour.
+fn badge(class: &str, label: &str) -> Markup {
+    html! { span class=(format!("badge b-{class}")) { span aria-hidden="true" { (glyph(class)) } " " (label) } }
+}
+
+fn glyph(status: &str) -> &'static str {
+    match status {
+        "up" | "pass" => "✔",
+        "down" | "fail" => "✖",
+        "unready" | "warn" | "degraded" => "▲",
+        "paused" => "⏸",
+        "skipped" | "none" => "–",
+        _ => "?",
+    }
+}
+
+fn time_el(secs: f64) -> Markup {
+    html! { time datetime=(rfc3339(secs)) { (clock(secs)) } }
+}
+
+fn system_time(secs: f64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+}
+
+/// RFC 3339 to the second, UTC.
+pub(crate) fn rfc3339(secs: f64) -> String {
+    humantime::format_rfc3339_seconds(system_time(secs)).to_string()
+}
+
+/// `2026-11-25 10:32:05 UTC`.
+fn clock(secs: f64) -> String {
+    let text = rfc3339(secs);
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// A short human duration: `45 s`, `14 min`, `2 h 5 min`, `3 d 4 h`.
+pub(crate) fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// The sign-in page: a form taking the admin token or an STS access token.
+pub(crate) fn signin(problem: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · Caracal status" }
+                link rel="stylesheet" href=(super::asset_path("status.css"));
+                link rel="icon" type="image/svg+xml" href=(super::asset_path("icon.svg"));
+            }
+            body {
+                header.top { div.brand { h1 { "Caracal status" } } }
+                main #main {
+                    h2 { "Sign in" }
+                    p { "The admin token, or an STS access token with " code { "targets:read" } " (to see errors) or "
+                        code { "targets:write" } " (to pause and resume probing)." }
+                    @if let Some(problem) = problem {
+                        p.banner role="alert" { (problem) }
+                    }
+                    form.signin method="post" action="/status/signin" {
+                        label for="token" { "Token" }
+                        input #token name="token" type="password" autocomplete="current-password" required;
+                        button type="submit" { "Sign in" }
+                    }
+                    p { a href="/status" { "Back to the status page" } }
+                }
+            }
+        }
+    }
+}
+
+/// The page answered before the first read of the store.
+pub(crate) fn starting() -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Caracal status" } }
+            body { main { h1 { "Caracal status" } p { "Starting; try again in a moment." } } }
+        }
+    }
+}
+
+/// A refusal from one of the page's forms, naming its stable code.
+pub(crate) fn problem(status: u16, code: &str, message: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Caracal status" }
+                link rel="stylesheet" href=(super::asset_path("status.css"));
+            }
+            body {
+                main #main {
+                    h1 { "Caracal status" }
+                    p.banner role="alert" { (message) }
+                    p { "Error " (status) " · " code { (code) } }
+                    p { a href="/status" { "Back to the status page" } }
+                }
+            }
+        }
+    }
+}
