@@ -345,6 +345,8 @@ def test_a_first_install_with_no_values_runs_its_own_postgres_and_redis():
     assert "pg_isready -h caracal-postgresql" in wait["command"][-1]
     notes = next(t for p, t in rendered.items() if p.endswith("NOTES.txt"))
     assert "PostgreSQL: in-chart" in notes and "Redis: in-chart" in notes and "evaluation only" in notes
+    # How to reach the status page: the api's Service, on its port, at /.
+    assert "port-forward svc/caracal-api 3000" in notes and "http://127.0.0.1:3000/ " in notes, notes
 
 
 def test_managed_stores_turn_the_in_chart_ones_off_one_value_each():

@@ -148,6 +148,11 @@ async fn up_status_doctor_down_leave_nothing_behind() {
         stdout.contains("Caracal is up (mode rc)") && stdout.contains(&format!("http://127.0.0.1:{}", ports[0])),
         "{stdout}"
     );
+    // `up` names the status page, and it is there.
+    let page = format!("http://127.0.0.1:{}/", ports[0]);
+    assert!(stdout.lines().any(|l| l.contains("status page") && l.contains(&page)), "{stdout}");
+    let html = reqwest::get(&page).await.expect("page").text().await.expect("html");
+    assert!(html.contains("<h1>Caracal status</h1>") && html.contains("id=\"svc-api\""), "{html}");
     let secret = dir.join(".caracal/secrets/metrics_bearer");
     let mode = std::fs::metadata(&secret).expect("secret").permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "secrets are private");

@@ -272,6 +272,8 @@ fn timeline(target: &TargetView, as_of: f64) -> Markup {
     let s = fleet::summary(target, as_of);
     let words = if s.changes == 0 {
         "Last 24 h: no change.".to_string()
+    } else if s.outages == 0 && s.downtime == 0.0 {
+        format!("Last 24 h: no outage; {} change{}.", s.changes, if s.changes == 1 { "" } else { "s" })
     } else {
         let mut words = format!(
             "Last 24 h: {} outage{}, {} down in total",
