@@ -57,12 +57,23 @@ pub fn peak_rss_mib() -> f64 {
 /// The peak resident memory (`VmHWM`) of process `pid` (or `"self"`), in MiB; 0 when it is
 /// gone.
 pub fn peak_rss_mib_of(pid: impl std::fmt::Display) -> f64 {
+    status_kib(pid, "VmHWM:") / 1024.0
+}
+
+/// The current resident memory (`VmRSS`) of process `pid` (or `"self"`), in MiB; 0 when it
+/// is gone.
+pub fn rss_mib_of(pid: impl std::fmt::Display) -> f64 {
+    status_kib(pid, "VmRSS:") / 1024.0
+}
+
+/// A `kB` field of `/proc/{pid}/status`; 0 when missing.
+fn status_kib(pid: impl std::fmt::Display, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 /// Starts this same harness again as a child with `flag` (its fleet, say, so the fleet's CPU

@@ -37,19 +37,21 @@ pub(crate) struct TargetView {
 pub(crate) struct InstanceView {
     pub url: String,
     /// `unknown`, `up`, `unready` or `down`.
-    pub status: String,
+    pub status: &'static str,
     /// Since when (Unix seconds), once probed.
     pub since: Option<f64>,
     /// Why it is not up; shown only to a caller who may see errors.
     pub last_error: Option<String>,
 }
 
-/// One recorded transition.
+/// One recorded transition. Small on purpose: a fleet holds tens of thousands, read again on
+/// every change.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Point {
-    pub instance: String,
-    pub from: String,
-    pub to: String,
+    /// The instance's index in its target's `instances`.
+    pub instance: usize,
+    pub from: &'static str,
+    pub to: &'static str,
     /// Unix seconds.
     pub at: f64,
 }
@@ -110,16 +112,16 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
             targets.push(TargetView { name, platform, paused_since, created, instances, transitions });
         }
         if let (Some(url), Some(target)) = (url, targets.last_mut()) {
-            let status = status.unwrap_or_else(|| "unknown".into());
+            let status = known(status.as_deref().unwrap_or("unknown"));
             target.instances.push(InstanceView { url, status, since, last_error });
         }
     }
     let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    for (target, instance, from, to, at) in points {
-        // A deleted target's history stays in the store but not on the page.
-        if let Some(&i) = index.get(&target) {
-            targets[i].transitions.push(Point { instance, from, to, at });
-        }
+    for (target, url, from, to, at) in points {
+        // A deleted target's (or instance's) history stays in the store but not on the page.
+        let Some(&i) = index.get(&target) else { continue };
+        let Some(instance) = targets[i].instances.iter().position(|x| x.url == url) else { continue };
+        targets[i].transitions.push(Point { instance, from: known(&from), to: known(&to), at });
     }
     for target in &mut targets {
         let excess = target.transitions.len().saturating_sub(MAX_POINTS);
@@ -128,10 +130,15 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     Ok(Fleet { targets, as_of })
 }
 
+/// A status as one of the four the coordinator writes (anything else reads as `unknown`).
+fn known(status: &str) -> &'static str {
+    ["up", "unready", "down"].into_iter().find(|s| *s == status).unwrap_or("unknown")
+}
+
 /// A stretch of time one instance spent in one status, within the window.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Segment {
-    pub status: String,
+    pub status: &'static str,
     pub start: f64,
     pub end: f64,
 }
@@ -156,19 +163,20 @@ pub(crate) fn segments(target: &TargetView, as_of: f64) -> Vec<(String, Vec<Segm
     target
         .instances
         .iter()
-        .map(|instance| {
-            let points: Vec<&Point> = target.transitions.iter().filter(|p| p.instance == instance.url).collect();
+        .enumerate()
+        .map(|(n, instance)| {
+            let points: Vec<&Point> = target.transitions.iter().filter(|p| p.instance == n).collect();
             // Before its first transition in the window, an instance was in that transition's
             // `from` status; with none, in its current one.
-            let mut status = points.first().map_or(instance.status.clone(), |p| p.from.clone());
+            let mut status = points.first().map_or(instance.status, |p| p.from);
             let mut at = start;
             let mut out = Vec::new();
             for p in points {
                 let t = p.at.clamp(start, as_of);
                 if t > at {
-                    out.push(Segment { status: status.clone(), start: at, end: t });
+                    out.push(Segment { status, start: at, end: t });
                 }
-                status.clone_from(&p.to);
+                status = p.to;
                 at = t;
             }
             if as_of > at {
@@ -183,9 +191,9 @@ pub(crate) fn segments(target: &TargetView, as_of: f64) -> Vec<(String, Vec<Segm
 pub(crate) fn summary(target: &TargetView, as_of: f64) -> Summary {
     let bad = |s: &str| s == "down" || s == "unready";
     let mut summary = Summary { changes: target.transitions.len(), ..Summary::default() };
-    summary.outages = target.transitions.iter().filter(|p| p.from == "up" && bad(&p.to)).count();
+    summary.outages = target.transitions.iter().filter(|p| p.from == "up" && bad(p.to)).count();
     for (_, segments) in segments(target, as_of) {
-        for s in segments.iter().filter(|s| bad(&s.status)) {
+        for s in segments.iter().filter(|s| bad(s.status)) {
             summary.downtime += s.end - s.start;
             // An outage reaching the window's right edge is still going on: no end.
             let end = (s.end < as_of).then_some(s.end);
@@ -201,16 +209,16 @@ pub(crate) fn summary(target: &TargetView, as_of: f64) -> Summary {
 mod tests {
     use super::*;
 
-    fn target(status: &str, points: &[(&str, &str, f64)]) -> TargetView {
+    fn target(status: &'static str, points: &[(&'static str, &'static str, f64)]) -> TargetView {
         TargetView {
             name: "shop".into(),
             platform: false,
             paused_since: None,
             created: 0.0,
-            instances: vec![InstanceView { url: "http://a".into(), status: status.into(), since: None, last_error: None }],
+            instances: vec![InstanceView { url: "http://a".into(), status, since: None, last_error: None }],
             transitions: points
                 .iter()
-                .map(|(from, to, at)| Point { instance: "http://a".into(), from: (*from).into(), to: (*to).into(), at: *at })
+                .map(|(from, to, at)| Point { instance: 0, from, to, at: *at })
                 .collect(),
         }
     }
@@ -219,7 +227,7 @@ mod tests {
     fn a_quiet_instance_is_one_segment_in_its_status() {
         let t = target("up", &[]);
         let segs = segments(&t, WINDOW_SECS);
-        assert_eq!(segs[0].1, vec![Segment { status: "up".into(), start: 0.0, end: WINDOW_SECS }]);
+        assert_eq!(segs[0].1, vec![Segment { status: "up", start: 0.0, end: WINDOW_SECS }]);
         assert_eq!(summary(&t, WINDOW_SECS), Summary::default());
     }
 
@@ -234,7 +242,7 @@ mod tests {
         assert_eq!(s.last_outage, Some((5000.0, Some(5060.0))));
         let segs = &segments(&t, now)[0].1;
         assert_eq!(segs.len(), 5);
-        assert_eq!(segs[1], Segment { status: "down".into(), start: 1000.0, end: 1600.0 });
+        assert_eq!(segs[1], Segment { status: "down", start: 1000.0, end: 1600.0 });
     }
 
     #[test]
@@ -246,7 +254,7 @@ mod tests {
         young.created = 150.0;
         assert_eq!(segments(&young, now)[0].1[0].start, 150.0, "nothing is drawn before its registration");
         let segs = &segments(&t, now)[0].1;
-        assert_eq!(segs[0], Segment { status: "down".into(), start: 100.0, end: 200.0 });
+        assert_eq!(segs[0], Segment { status: "down", start: 100.0, end: 200.0 });
         let s = summary(&t, now);
         assert_eq!(s.last_outage, Some((300.0, None)));
         assert_eq!(s.outages, 1);

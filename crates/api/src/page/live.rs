@@ -43,7 +43,7 @@ const MAX_CONNECTION: Duration = Duration::from_secs(600);
 /// What the page shows now, and the feed position it corresponds to.
 #[derive(Debug)]
 pub(crate) struct Current {
-    pub fleet: Fleet,
+    pub fleet: Arc<Fleet>,
     pub ladders: Vec<ServiceLadder>,
     pub seq: u64,
 }
@@ -100,7 +100,7 @@ impl Feed {
     }
 
     /// Publishes `changes` together with the state they lead to.
-    fn publish(&self, fleet: Fleet, ladders: Vec<ServiceLadder>, changes: Vec<(&'static str, Variants)>) {
+    fn publish(&self, fleet: Arc<Fleet>, ladders: Vec<ServiceLadder>, changes: Vec<(&'static str, Variants)>) {
         let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seq = self.current.load().as_ref().map_or(0, |c| c.seq);
         let mut published = Vec::with_capacity(changes.len());
@@ -151,7 +151,8 @@ pub(crate) async fn run(
         .user_agent(concat!("caracal-api/", env!("CARGO_PKG_VERSION"), " (status page)"))
         .build()
         .unwrap_or_default();
-    let mut fleet: Option<Fleet> = None;
+    // Shared with what the page shows, not copied: a fleet of 1,000 targets is megabytes.
+    let mut fleet: Option<Arc<Fleet>> = None;
     let mut ladders: Vec<ServiceLadder> = Vec::new();
     let mut last_mark: Option<i64> = None;
     // Outbox ids commit out of order: after a move, read once more on the next tick.
@@ -171,8 +172,8 @@ pub(crate) async fn run(
                     if let Ok(mark) = mark {
                         last_mark = Some(mark.unwrap_or(0));
                     }
-                    changes.extend(fleet_changes(fleet.as_ref(), &loaded));
-                    new_fleet = Some(loaded);
+                    changes.extend(fleet_changes(fleet.as_deref(), &loaded));
+                    new_fleet = Some(Arc::new(loaded));
                 }
                 Err(e) => tracing::debug!(error = %e, "reading the fleet for the status page failed; keeping the last"),
             }
@@ -192,7 +193,7 @@ pub(crate) async fn run(
         if let Some(fleet) = &fleet
             && (!changes.is_empty() || feed.current().is_none())
         {
-            feed.publish(fleet.clone(), ladders.clone(), changes);
+            feed.publish(Arc::clone(fleet), ladders.clone(), changes);
         }
         tick = tick.wrapping_add(1);
         tokio::select! {
@@ -314,11 +315,11 @@ mod tests {
     fn a_reconnect_resumes_within_its_process_and_starts_over_otherwise() {
         let feed = Feed::default();
         assert!(feed.subscribe(None).is_none(), "nothing to serve before the first read");
-        feed.publish(fleet_of(&[]), Vec::new(), Vec::new());
+        feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new());
         let first = feed.id(0);
         let changes = fleet_changes(Some(&fleet_of(&[])), &fleet_of(&["a"]));
         assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), ["target", "summary"]);
-        feed.publish(fleet_of(&["a"]), Vec::new(), changes);
+        feed.publish(Arc::new(fleet_of(&["a"])), Vec::new(), changes);
 
         let Some((Start::Resume(missed), _)) = feed.subscribe(Some(&first)) else { panic!("resume") };
         assert_eq!(missed.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);

@@ -297,13 +297,13 @@ fn timeline(target: &TargetView, as_of: f64) -> Markup {
     html! {
         figure.timeline {
             svg viewBox=(format!("0 0 1440 {height}")) preserveAspectRatio="none" role="img" aria-label=(words) {
-                @for (row, (url, segments)) in rows.iter().enumerate() {
+                @for (row, (_, segments)) in rows.iter().enumerate() {
                     @for segment in segments {
                         // At least a minute wide, so a blip shows; kept inside the box.
                         @let w = ((segment.end - segment.start) / 60.0).max(1.0);
                         @let x = ((segment.start - start) / 60.0).min(1440.0 - w);
                         rect class=(format!("s-{}", segment.status)) x=(format!("{x:.1}")) y=(row * 12) width=(format!("{w:.1}")) height="10" {
-                            title { (url) ": " (segment.status) " " (clock(segment.start)) "–" (clock(segment.end)) " (" (duration(segment.end - segment.start)) ")" }
+                            title { (segment.status) " " (hh_mm(segment.start)) "–" (hh_mm(segment.end)) " UTC (" (duration(segment.end - segment.start)) ")" }
                         }
                     }
                 }
@@ -349,6 +349,11 @@ pub(crate) fn rfc3339(secs: f64) -> String {
 fn clock(secs: f64) -> String {
     let text = rfc3339(secs);
     format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// `10:32`, UTC: enough inside a 24-hour timeline.
+fn hh_mm(secs: f64) -> String {
+    rfc3339(secs).get(11..16).unwrap_or_default().to_string()
 }
 
 /// A short human duration: `45 s`, `14 min`, `2 h 5 min`, `3 d 4 h`.

@@ -113,6 +113,11 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
     assert_eq!(status, 200);
     assert!(!wrong.contains("db password"));
 
+    // Compressed for a browser that asks; the event stream never is (it would hold events back).
+    let response =
+        served.http.get(served.url("/")).header("accept-encoding", "gzip").send().await.expect("gzip page");
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+
     for (asset, kind) in [("status.css", "text/css"), ("status.js", "text/javascript"), ("icon.svg", "image/svg+xml")] {
         let (status, headers, _) = page(&served, &format!("/status/assets/{asset}"), Auth::None).await;
         assert_eq!(status, 200, "{asset}");
@@ -230,9 +235,10 @@ impl Events {
         if let Auth::Bearer(token) = auth {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.expect("events");
+        let response = request.header("accept-encoding", "gzip").send().await.expect("events");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert!(response.headers().get("content-encoding").is_none(), "events are sent as they come");
         Events { response, buffer: String::new() }
     }
 
