@@ -95,7 +95,15 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
     let platform = Arc::new(platform::PlatformView::default());
-    let feed = Arc::new(page::live::Feed::default());
+    let mut app = app;
+    // How many status pages have a live feed open: `caracal_api_live_pages`.
+    let live_pages = prometheus_client::metrics::gauge::Gauge::default();
+    app.registry_mut().sub_registry_with_prefix("caracal_api").register(
+        "live_pages",
+        "Status pages with a live feed open",
+        live_pages.clone(),
+    );
+    let feed = Arc::new(page::live::Feed::new(live_pages));
     let state = ApiState {
         pool: pool.clone(),
         access,

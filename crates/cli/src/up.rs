@@ -32,7 +32,10 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     print!("{}", crate::status::render_table(&probes, std::io::stdout().is_terminal()));
     println!();
     println!("Caracal is up (mode {}) in {}", state.mode, home.root.display());
-    println!("  {:<12} http://127.0.0.1:{}/  (sign in with the admin token to see errors)", "status page", state.ports.api);
+    println!(
+        "  {:<12} http://127.0.0.1:{}/  (sign in with the admin token to see errors)",
+        "status page", state.ports.api
+    );
     for service in SERVICES {
         println!("  {:<12} http://127.0.0.1:{}", service.name, service.port(&state.ports));
     }

@@ -216,10 +216,7 @@ mod tests {
             paused_since: None,
             created: 0.0,
             instances: vec![InstanceView { url: "http://a".into(), status, since: None, last_error: None }],
-            transitions: points
-                .iter()
-                .map(|(from, to, at)| Point { instance: 0, from, to, at: *at })
-                .collect(),
+            transitions: points.iter().map(|(from, to, at)| Point { instance: 0, from, to, at: *at }).collect(),
         }
     }
 
@@ -234,7 +231,10 @@ mod tests {
     #[test]
     fn an_outage_is_counted_timed_and_located() {
         let now = WINDOW_SECS;
-        let t = target("up", &[("up", "down", 1000.0), ("down", "up", 1600.0), ("up", "down", 5000.0), ("down", "up", 5060.0)]);
+        let t = target(
+            "up",
+            &[("up", "down", 1000.0), ("down", "up", 1600.0), ("up", "down", 5000.0), ("down", "up", 5060.0)],
+        );
         let s = summary(&t, now);
         assert_eq!(s.outages, 2);
         assert_eq!(s.changes, 4);

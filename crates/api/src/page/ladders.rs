@@ -148,7 +148,8 @@ mod tests {
 
     #[test]
     fn an_optional_failure_only_degrades_and_garbage_reads_as_unreachable() {
-        let body = br#"{"status":"warn","checks":{"audit:ledger_gap":[{"status":"fail","rung":"service","required":false}]}}"#;
+        let body =
+            br#"{"status":"warn","checks":{"audit:ledger_gap":[{"status":"fail","rung":"service","required":false}]}}"#;
         let ladder = parse("http://a", body);
         assert_eq!(ladder.rung_status("service"), "warn");
         assert_eq!(ladder.held_back_by(), (false, vec!["audit:ledger_gap"]));

@@ -67,6 +67,24 @@ pub(crate) struct Feed {
     /// Held while publishing and subscribing, so a subscriber misses nothing in between.
     recent: Mutex<VecDeque<Arc<Change>>>,
     sender: broadcast::Sender<Arc<Change>>,
+    /// Open event streams (`caracal_api_live_pages`).
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Counts one open event stream for as long as it lives.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Where a new subscriber starts.
@@ -77,18 +95,18 @@ pub(crate) enum Start {
     Over(Arc<Current>),
 }
 
-impl Default for Feed {
-    fn default() -> Self {
+impl Feed {
+    /// An empty feed counting its open streams in `open`.
+    pub(crate) fn new(open: prometheus_client::metrics::gauge::Gauge) -> Self {
         Self {
             boot: format!("{:08x}", fastrand::u32(..)),
             current: ArcSwapOption::empty(),
             recent: Mutex::new(VecDeque::new()),
             sender: broadcast::channel(KEPT).0,
+            open,
         }
     }
-}
 
-impl Feed {
     /// What the page shows now; `None` before the first read of the store.
     pub(crate) fn current(&self) -> Option<Arc<Current>> {
         self.current.load_full()
@@ -265,11 +283,16 @@ pub(crate) fn stream(
         Start::Over(current) => vec![over(&feed, &current, view, version)],
     };
     let live_feed = Arc::clone(&feed);
+    let open = Open::new(&feed.open);
     let live = BroadcastStream::new(receiver).filter_map(move |item| {
+        // Lives as long as the stream: dropped when the page goes away.
+        let _open = &open;
         let event = match item {
             Ok(change) => Some(event(&live_feed, &change, view)),
             // Too slow to keep up: start over from the current state.
-            Err(BroadcastStreamRecvError::Lagged(_)) => live_feed.current().map(|c| over(&live_feed, &c, view, version)),
+            Err(BroadcastStreamRecvError::Lagged(_)) => {
+                live_feed.current().map(|c| over(&live_feed, &c, view, version))
+            }
         };
         std::future::ready(event)
     });
@@ -313,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_resumes_within_its_process_and_starts_over_otherwise() {
-        let feed = Feed::default();
+        let feed = Feed::new(Default::default());
         assert!(feed.subscribe(None).is_none(), "nothing to serve before the first read");
         feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new());
         let first = feed.id(0);

@@ -111,9 +111,9 @@ async fn show(State(state): State<ApiState>, headers: HeaderMap) -> Response {
 /// `?since=` (the id the page was rendered at), says where to resume.
 async fn events(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let viewer = session::viewer(&state.access, &headers).await;
-    let since = query.as_deref().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "since").map(|(_, v)| v.into_owned())
-    });
+    let since = query
+        .as_deref()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "since").map(|(_, v)| v.into_owned()));
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or(since);
     let lifecycle = std::sync::Arc::clone(&state.lifecycle);
     let draining = async move { lifecycle.drain_started().await };
@@ -204,12 +204,10 @@ async fn control(
 /// `GET /status/assets/{file}`.
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => (
-            StatusCode::OK,
-            [(CONTENT_TYPE, *content_type), (CACHE_CONTROL, "public, max-age=86400")],
-            *body,
-        )
-            .into_response(),
+        Some((_, content_type, body)) => {
+            (StatusCode::OK, [(CONTENT_TYPE, *content_type), (CACHE_CONTROL, "public, max-age=86400")], *body)
+                .into_response()
+        }
         None => problem(StatusCode::NOT_FOUND, "not_found", "No such file."),
     }
 }

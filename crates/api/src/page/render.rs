@@ -242,7 +242,7 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                     li.instance data-status=(instance.status) {
                         span.url { (instance.url) }
                         " "
-                        (badge(&instance.status, &instance.status))
+                        (badge(instance.status, instance.status))
                         @if let Some(since) = instance.since {
                             span.since { " since " (time_el(since)) " (" (duration(as_of - since)) ")" }
                         }
@@ -282,7 +282,9 @@ fn timeline(target: &TargetView, as_of: f64) -> Markup {
             duration(s.downtime)
         );
         match s.last_outage {
-            Some((from, Some(to))) => words.push_str(&format!("; last {}–{} ({})", clock(from), clock(to), duration(to - from))),
+            Some((from, Some(to))) => {
+                words.push_str(&format!("; last {}–{} ({})", clock(from), clock(to), duration(to - from)))
+            }
             Some((from, None)) => words.push_str(&format!("; down since {}", clock(from))),
             None => {}
         }

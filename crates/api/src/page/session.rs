@@ -85,10 +85,8 @@ pub(crate) async fn accepts(access: &Access, token: &str) -> bool {
 /// through an HTTPS front end (`X-Forwarded-Proto: https`): on plain HTTP the browser would
 /// drop a secure cookie and the sign-in would silently fail.
 pub(crate) fn start(token: &str, headers: &HeaderMap) -> String {
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let secure =
+        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
     format!(
         "{COOKIE_NAME}={}; Path=/; Max-Age={MAX_AGE}; HttpOnly; SameSite=Strict{}",
         URL_SAFE_NO_PAD.encode(token),

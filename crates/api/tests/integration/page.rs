@@ -7,7 +7,7 @@ use caracal_core::Mode;
 use caracal_testkit::app::Served;
 use serde_json::json;
 
-use crate::support::{self, ADMIN};
+use crate::support::{self, ADMIN, METRICS};
 
 const SECRET_ERROR: &str = "/ready answered 503 (db password rejected)";
 
@@ -104,7 +104,10 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
     assert_eq!(status, 200);
     assert!(admin.contains(SECRET_ERROR) && admin.contains("Pause probing"), "{admin}");
     let csp = headers["content-security-policy"].to_str().expect("csp");
-    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(headers["x-content-type-options"], "nosniff");
 
@@ -114,8 +117,7 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
     assert!(!wrong.contains("db password"));
 
     // Compressed for a browser that asks; the event stream never is (it would hold events back).
-    let response =
-        served.http.get(served.url("/")).header("accept-encoding", "gzip").send().await.expect("gzip page");
+    let response = served.http.get(served.url("/")).header("accept-encoding", "gzip").send().await.expect("gzip page");
     assert_eq!(response.headers()["content-encoding"], "gzip");
 
     for (asset, kind) in [("status.css", "text/css"), ("status.js", "text/javascript"), ("icon.svg", "image/svg+xml")] {
@@ -177,7 +179,8 @@ async fn signing_in_sets_a_strict_cookie_and_the_controls_pause_and_resume_probi
         sqlx::query_scalar("SELECT paused_at IS NOT NULL FROM targets").fetch_one(&pool).await.expect("paused");
     assert!(!paused, "a refused control changes nothing");
 
-    let response = post("/status/targets/shop/pause", String::new(), Some(&cookie), "same-origin").await.expect("pause");
+    let response =
+        post("/status/targets/shop/pause", String::new(), Some(&cookie), "same-origin").await.expect("pause");
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/status#t-shop");
     let body = page_shows(&served, Auth::Cookie(&cookie), "Resume probing").await;
@@ -187,13 +190,13 @@ async fn signing_in_sets_a_strict_cookie_and_the_controls_pause_and_resume_probi
 
     let response = post("/status/targets/nope/pause", String::new(), Some(&cookie), "same-origin").await.expect("404");
     assert_eq!(response.status(), 404);
-    let response = post("/status/targets/shop/explode", String::new(), Some(&cookie), "same-origin").await.expect("404");
+    let response =
+        post("/status/targets/shop/explode", String::new(), Some(&cookie), "same-origin").await.expect("404");
     assert_eq!(response.status(), 404);
 
     // The API's own pause and resume: idempotent, one event per change.
-    let call = |action: &str| {
-        served.http.post(served.url(&format!("/v1/targets/shop/{action}"))).bearer_auth(ADMIN).send()
-    };
+    let call =
+        |action: &str| served.http.post(served.url(&format!("/v1/targets/shop/{action}"))).bearer_auth(ADMIN).send();
     let again = call("pause").await.expect("pause");
     assert_eq!(again.status(), 200);
     let target: serde_json::Value = again.json().await.expect("json");
@@ -321,6 +324,11 @@ async fn the_feed_sends_each_change_and_a_reconnect_resumes_from_its_last_event_
     assert_eq!(kind, "reset");
     assert!(!id.is_empty());
     assert!(data.contains("db password") && data.contains("t-cart"), "{data}");
+
+    // Two pages have the feed open: `events` and `admin`.
+    let metrics = served.http.get(served.url("/metrics")).bearer_auth(METRICS).send().await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.lines().any(|l| l == "caracal_api_live_pages 2"), "{text}");
 
     // Gone is gone.
     let response = served.http.delete(served.url("/v1/targets/cart")).bearer_auth(ADMIN).send().await.expect("delete");

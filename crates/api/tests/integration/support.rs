@@ -6,6 +6,7 @@ use caracal_testkit::app::{Served, core_config, serve};
 use caracal_testkit::{Postgres, Redis};
 
 pub const ADMIN: &str = "admin-token-for-tests";
+pub const METRICS: &str = "metrics-bearer-for-tests";
 
 pub use caracal_testkit::shared;
 
@@ -23,6 +24,7 @@ pub async fn api_on(
     core.database_url = Some(Secret::new(url));
     core.redis_url = Some(Secret::new(redis.url()));
     core.admin_token = Some(Secret::new(ADMIN));
+    core.metrics.bearer = Some(Secret::new(METRICS));
     // Five checks share two cores with the other tests: a roomier timeout than the default
     // test setting keeps a slow moment from reading as a failure.
     core.checks.timeout = std::time::Duration::from_secs(1);

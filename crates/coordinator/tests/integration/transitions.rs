@@ -68,7 +68,8 @@ async fn a_paused_target_is_not_probed_and_keeps_its_last_status_until_resumed()
     let pool = support::database(&shared.postgres).await;
     let fleet = Fleet::start().await;
     support::register(&pool, "shop", &[fleet.url(1)], 100).await;
-    let replica = Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
+    let replica =
+        Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
     let probed = || fleet.probed_by().get(&1).is_some_and(|by| !by.is_empty());
     caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async { probed().then_some(()) })
         .await
