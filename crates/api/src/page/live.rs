@@ -32,8 +32,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(500);
 const FULL_EVERY: u32 = 20;
 /// The platform's ladders are read every this many ticks (2 s).
 const LADDERS_EVERY: u32 = 4;
-/// Changes kept for reconnects.
-const KEPT: usize = 1024;
+/// Changes kept for reconnects (a card is a few KiB per view: this bounds them to a few MiB).
+const KEPT: usize = 256;
 /// A live page hears something this often, so it can tell a silent feed from a lost one.
 pub(crate) const PING: Duration = Duration::from_secs(5);
 /// A connection is closed after this long; the browser reconnects at once (resuming), and its
@@ -157,18 +157,16 @@ impl Feed {
 }
 
 /// Keeps the feed current until `stop`: asks the store every [`TICK`] whether anything
-/// changed, reads the fleet when it did, and the ladders every 2 s.
+/// changed and reads the fleet when it did. The ladders come from their own loop, so a
+/// platform service that hangs never delays a target's news.
 pub(crate) async fn run(
     feed: Arc<Feed>,
     pool: sqlx::PgPool,
     platform: std::collections::BTreeMap<String, Vec<String>>,
     stop: CancellationToken,
 ) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("caracal-api/", env!("CARGO_PKG_VERSION"), " (status page)"))
-        .build()
-        .unwrap_or_default();
+    let (ladders_tx, mut ladders_rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(read_ladders(platform, ladders_tx, stop.clone()));
     // Shared with what the page shows, not copied: a fleet of 1,000 targets is megabytes.
     let mut fleet: Option<Arc<Fleet>> = None;
     let mut ladders: Vec<ServiceLadder> = Vec::new();
@@ -197,13 +195,10 @@ pub(crate) async fn run(
             }
         }
         settle = moved;
-        if tick.is_multiple_of(LADDERS_EVERY) {
-            let read = ladders::read(&client, &platform).await;
-            if read != ladders {
-                let html = render::platform(&read).into_string();
-                changes.push(("platform", render::same(serde_json::json!({ "html": html }).to_string())));
-                ladders = read;
-            }
+        if ladders_rx.has_changed().unwrap_or(false) {
+            ladders = ladders_rx.borrow_and_update().clone();
+            let html = render::platform(&ladders).into_string();
+            changes.push(("platform", render::same(serde_json::json!({ "html": html }).to_string())));
         }
         if let Some(loaded) = new_fleet {
             fleet = Some(loaded);
@@ -216,6 +211,34 @@ pub(crate) async fn run(
         tick = tick.wrapping_add(1);
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Reads the platform's ladders every [`LADDERS_EVERY`] ticks, passing them on when they
+/// changed, until `stop`.
+async fn read_ladders(
+    platform: std::collections::BTreeMap<String, Vec<String>>,
+    sender: tokio::sync::watch::Sender<Vec<ServiceLadder>>,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("caracal-api/", env!("CARGO_PKG_VERSION"), " (status page)"))
+        .build()
+        .unwrap_or_default();
+    loop {
+        let read = ladders::read(&client, &platform).await;
+        sender.send_if_modified(|current| {
+            let changed = *current != read;
+            if changed {
+                *current = read;
+            }
+            changed
+        });
+        tokio::select! {
+            () = tokio::time::sleep(TICK * LADDERS_EVERY) => {}
             () = stop.cancelled() => return,
         }
     }

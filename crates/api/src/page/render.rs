@@ -298,7 +298,8 @@ fn timeline(target: &TargetView, as_of: f64) -> Markup {
     let height = rows.len().max(1) * 12;
     html! {
         figure.timeline {
-            svg viewBox=(format!("0 0 1440 {height}")) preserveAspectRatio="none" role="img" aria-label=(words) {
+            // The words below say what the bars draw, so a screen reader reads them once.
+            svg viewBox=(format!("0 0 1440 {height}")) preserveAspectRatio="none" aria-hidden="true" {
                 @for (row, (_, segments)) in rows.iter().enumerate() {
                     @for segment in segments {
                         // At least a minute wide, so a blip shows; kept inside the box.
