@@ -11,12 +11,14 @@ import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const API = process.env.CARACAL_API_URL ?? "http://127.0.0.1:3000";
+const STS = process.env.CARACAL_STS_URL ?? "http://127.0.0.1:8080";
 const ADMIN = readFileSync(process.env.CARACAL_ADMIN_TOKEN_FILE, "utf8").split("\n")[0].trim();
 const SHOTS = new URL("../../target/browser/", import.meta.url).pathname;
 const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 // The issue's bound: a transition shows within 2 s, without a reload.
 const LIVE_BOUND_MS = 2000;
 const NAME = `browser-${process.pid}`;
+const READER = `browser-reader-${process.pid}`;
 
 // The flags Chromium needs on a machine with no network beyond loopback.
 const ARGS = [
@@ -62,6 +64,7 @@ before(async () => {
 
 after(async () => {
   await api("DELETE", `/v1/targets/${NAME}`);
+  await fetch(`${STS}/v1/clients/${READER}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } });
   await browser?.close();
   watched?.close();
 });
@@ -155,13 +158,45 @@ test("the admin signs in, sees the error, and pauses and resumes probing", async
   await context.close();
 });
 
+test("an STS token with targets:read sees errors but not the controls", async () => {
+  const created = await fetch(`${STS}/v1/clients`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+    body: JSON.stringify({ client_id: READER, scopes: ["targets:read"] }),
+  });
+  assert.equal(created.status, 201);
+  const { client_secret: secret } = await created.json();
+  const issued = await fetch(`${STS}/oauth/token`, {
+    method: "POST",
+    headers: {
+      authorization: "Basic " + Buffer.from(`${READER}:${secret}`).toString("base64"),
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: "grant_type=client_credentials&scope=targets%3Aread",
+  });
+  assert.equal(issued.status, 200);
+  const { access_token: token } = await issued.json();
+
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await open(context, "/status/signin", "reader");
+  await page.getByLabel("Token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(/\/status$/);
+  await card(page).locator(".error").waitFor();
+  assert.match(await card(page).locator(".error").innerText(), /answered 503/);
+  assert.equal(await page.locator("form.control").count(), 0, "targets:read cannot pause");
+  await shot(page, "06-sts-reader-down.png");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test("a lost feed shows a banner, and the reconnect resumes from the last event", async () => {
   const context = publicPage.context();
   const feeds = [];
   publicPage.on("request", (r) => r.url().includes("/status/events") && feeds.push(new URL(r.url())));
   await context.setOffline(true);
   await publicPage.locator("#feed-lost").waitFor({ state: "visible", timeout: 30000 });
-  await shot(publicPage, "06-public-feed-lost.png");
+  await shot(publicPage, "07-public-feed-lost.png");
   // A change while the page is cut off.
   healthy = true;
   await context.setOffline(false);
@@ -171,7 +206,7 @@ test("a lost feed shows a banner, and the reconnect resumes from the last event"
   const since = feeds.at(-1)?.searchParams.get("since");
   const rendered = await publicPage.locator("#main").getAttribute("data-event-id");
   assert.ok(since && since !== rendered, `the reconnect asked for what followed ${since}, not the page's start`);
-  await shot(publicPage, "07-public-recovered.png");
+  await shot(publicPage, "08-public-recovered.png");
   // The only errors allowed are the offline browser's own failed reconnects.
   const expected = (p) => p.includes("net::ERR_INTERNET_DISCONNECTED");
   problems.splice(0, problems.length, ...problems.filter((p) => !expected(p)));
@@ -184,7 +219,7 @@ test("on a phone the page fits the screen, and without script it is a plain page
   await card(page).waitFor();
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `no sideways scrolling (${overflow}px too wide)`);
-  await shot(page, "08-phone.png");
+  await shot(page, "09-phone.png");
   await phone.close();
 
   const plain = await browser.newContext({ javaScriptEnabled: false });
@@ -193,7 +228,7 @@ test("on a phone the page fits the screen, and without script it is a plain page
   await card(still).waitFor();
   assert.match(await card(still).innerText(), /up/);
   assert.equal(await still.locator("noscript").count() > 0, true);
-  await shot(still, "09-no-script.png");
+  await shot(still, "10-no-script.png");
   await plain.close();
   assert.deepEqual(problems, []);
 });
