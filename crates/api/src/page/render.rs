@@ -55,59 +55,49 @@ pub(crate) struct Page<'a> {
 
 /// The whole page.
 pub(crate) fn page(page: &Page<'_>, view: View) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light dark";
-                title { "Caracal status" }
-                link rel="stylesheet" href=(super::asset_path("status.css"));
-                link rel="icon" type="image/svg+xml" href=(super::asset_path("icon.svg"));
-                script src=(super::asset_path("status.js")) defer {}
-                // Without script, the page still refreshes itself.
-                noscript { meta http-equiv="refresh" content="30"; }
+    let extra = html! {
+        script src=(super::asset_path("status.js")) defer {}
+        // Without script, the page still refreshes itself.
+        noscript { meta http-equiv="refresh" content="30"; }
+    };
+    let body = html! {
+        a.skip href="#main" { "Skip to the status" }
+        header.top {
+            div.brand {
+                h1 { "Caracal status" }
+                (summary(page.fleet))
             }
-            body {
-                a.skip href="#main" { "Skip to the status" }
-                header.top {
-                    div.brand {
-                        h1 { "Caracal status" }
-                        (summary(page.fleet))
+            nav aria-label="Session" {
+                @if page.signed_in {
+                    form method="post" action="/status/signout" {
+                        span.who { (if view == View::Public { "Signed in (no access to errors)" } else { "Signed in" }) }
+                        " "
+                        button type="submit" { "Sign out" }
                     }
-                    nav aria-label="Session" {
-                        @if page.signed_in {
-                            form method="post" action="/status/signout" {
-                                span.who { (if view == View::Public { "Signed in (no access to errors)" } else { "Signed in" }) }
-                                " "
-                                button type="submit" { "Sign out" }
-                            }
-                        } @else if view == View::Public {
-                            a href="/status/signin" { "Sign in to see errors" }
-                        }
-                    }
-                }
-                div #feed role="status" aria-live="polite" {
-                    p #feed-lost .banner hidden {
-                        strong { "Live updates lost." }
-                        " Reconnecting; what you see may be out of date."
-                    }
-                }
-                main #main data-event-id=(page.event_id) {
-                    (main_content(page, view))
-                }
-                footer {
-                    p {
-                        "Caracal " (page.version) " · as of "
-                        time #as-of datetime=(rfc3339(page.fleet.as_of)) { (clock(page.fleet.as_of)) }
-                        " · " a href="/v1/status" { "JSON" }
-                        noscript { " · This page refreshes every 30 s." }
-                    }
+                } @else if view == View::Public {
+                    a href="/status/signin" { "Sign in to see errors" }
                 }
             }
         }
-    }
+        div #feed role="status" aria-live="polite" {
+            p #feed-lost .banner hidden {
+                strong { "Live updates lost." }
+                " Reconnecting; what you see may be out of date."
+            }
+        }
+        main #main data-event-id=(page.event_id) {
+            (main_content(page, view))
+        }
+        footer {
+            p {
+                "Caracal " (page.version) " · as of "
+                time #as-of datetime=(rfc3339(page.fleet.as_of)) { (clock(page.fleet.as_of)) }
+                " · " a href="/v1/status" { "JSON" }
+                noscript { " · This page refreshes every 30 s." }
+            }
+        }
+    };
+    document("Caracal status", extra, body)
 }
 
 /// `<main>`'s content: the platform, then every target. Sent whole when a live client must
@@ -370,69 +360,62 @@ pub(crate) fn duration(secs: f64) -> String {
     }
 }
 
-/// The sign-in page: a form taking the admin token or an STS access token.
-pub(crate) fn signin(problem: Option<&str>) -> Markup {
+/// A whole document: the page's head (stylesheet, icon, `extra`) around `body`.
+fn document(title: &str, extra: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · Caracal status" }
+                meta name="color-scheme" content="light dark";
+                title { (title) }
                 link rel="stylesheet" href=(super::asset_path("status.css"));
                 link rel="icon" type="image/svg+xml" href=(super::asset_path("icon.svg"));
+                (extra)
             }
-            body {
-                header.top { div.brand { h1 { "Caracal status" } } }
-                main #main {
-                    h2 { "Sign in" }
-                    p { "The admin token, or an STS access token with " code { "targets:read" } " (to see errors) or "
-                        code { "targets:write" } " (to pause and resume probing)." }
-                    @if let Some(problem) = problem {
-                        p.banner role="alert" { (problem) }
-                    }
-                    form.signin method="post" action="/status/signin" {
-                        label for="token" { "Token" }
-                        input #token name="token" type="password" autocomplete="current-password" required;
-                        button type="submit" { "Sign in" }
-                    }
-                    p { a href="/status" { "Back to the status page" } }
-                }
-            }
+            body { (body) }
         }
     }
+}
+
+/// The sign-in page: a form taking the admin token or an STS access token.
+pub(crate) fn signin(problem: Option<&str>) -> Markup {
+    let body = html! {
+        header.top { div.brand { h1 { "Caracal status" } } }
+        main #main {
+            h2 { "Sign in" }
+            p { "The admin token, or an STS access token with " code { "targets:read" } " (to see errors) or "
+                code { "targets:write" } " (to pause and resume probing)." }
+            @if let Some(problem) = problem {
+                p.banner role="alert" { (problem) }
+            }
+            form.signin method="post" action="/status/signin" {
+                label for="token" { "Token" }
+                input #token name="token" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+            p { a href="/status" { "Back to the status page" } }
+        }
+    };
+    document("Sign in · Caracal status", html! {}, body)
 }
 
 /// The page answered before the first read of the store.
 pub(crate) fn starting() -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head { meta charset="utf-8"; title { "Caracal status" } }
-            body { main { h1 { "Caracal status" } p { "Starting; try again in a moment." } } }
-        }
-    }
+    let body = html! { main #main { h1 { "Caracal status" } p { "Starting; try again in a moment." } } };
+    document("Caracal status", html! {}, body)
 }
 
 /// A refusal from one of the page's forms, naming its stable code.
 pub(crate) fn problem(status: u16, code: &str, message: &str) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Caracal status" }
-                link rel="stylesheet" href=(super::asset_path("status.css"));
-            }
-            body {
-                main #main {
-                    h1 { "Caracal status" }
-                    p.banner role="alert" { (message) }
-                    p { "Error " (status) " · " code { (code) } }
-                    p { a href="/status" { "Back to the status page" } }
-                }
-            }
+    let body = html! {
+        main #main {
+            h1 { "Caracal status" }
+            p.banner role="alert" { (message) }
+            p { "Error " (status) " · " code { (code) } }
+            p { a href="/status" { "Back to the status page" } }
         }
-    }
+    };
+    document("Caracal status", html! {}, body)
 }
