@@ -32,10 +32,9 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     print!("{}", crate::status::render_table(&probes, std::io::stdout().is_terminal()));
     println!();
     println!("Caracal is up (mode {}) in {}", state.mode, home.root.display());
-    println!(
-        "  {:<12} http://127.0.0.1:{}/  (sign in with the admin token to see errors)",
-        "status page", state.ports.api
-    );
+    // In dev, `/v1` reads are open, so the page shows errors to everyone.
+    let sign_in = if state.mode == "dev" { "to pause probing" } else { "to see errors and pause probing" };
+    println!("  {:<12} http://127.0.0.1:{}/  (sign in with the admin token {sign_in})", "status page", state.ports.api);
     for service in SERVICES {
         println!("  {:<12} http://127.0.0.1:{}", service.name, service.port(&state.ports));
     }
