@@ -156,46 +156,40 @@ async fn probe_one(
         }
     };
     let code = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-    probe.mode = body["mode"].as_str().map(str::to_string);
+    let body = caracal_core::ready_body::ReadyBody::parse(&response.bytes().await.unwrap_or_default());
     probe.outcome = if code == 200 { Outcome::Pass } else { Outcome::Fail };
-    if let Some(checks) = body["checks"].as_object() {
-        for (name, entries) in checks {
-            let entry = &entries[0];
-            let status = entry["status"].as_str().unwrap_or("unknown");
-            if status != "pass" {
-                probe.failing.push(FailingCheck {
-                    name: name.clone(),
-                    rung: entry["rung"].as_str().unwrap_or("?").into(),
-                    status: status.into(),
-                    output: entry["output"].as_str().map(str::to_string),
-                });
-            }
+    probe.failing = body
+        .checks
+        .iter()
+        .filter(|c| c.status != "pass")
+        .map(|c| FailingCheck {
+            name: c.name.clone(),
+            rung: c.rung.clone(),
+            status: c.status.clone(),
+            output: c.output.clone(),
+        })
+        .collect();
+    for rung in ["process", "storage", "delivery", "service"] {
+        let statuses: Vec<&str> = body.rung(rung).map(|c| c.status.as_str()).collect();
+        if statuses.is_empty() {
+            continue;
         }
+        let state = if statuses.contains(&"fail") {
+            "failing"
+        } else if statuses.contains(&"skipped") {
+            "waiting"
+        } else {
+            "ok"
+        };
+        probe.rungs.push(RungState { rung: rung.to_string(), state: state.to_string() });
     }
-    if let Some(checks) = body["checks"].as_object() {
-        for rung in ["process", "storage", "delivery", "service"] {
-            let statuses: Vec<&str> =
-                checks.values().filter(|e| e[0]["rung"] == rung).filter_map(|e| e[0]["status"].as_str()).collect();
-            if statuses.is_empty() {
-                continue;
-            }
-            let state = if statuses.contains(&"fail") {
-                "failing"
-            } else if statuses.contains(&"skipped") {
-                "waiting"
-            } else {
-                "ok"
-            };
-            probe.rungs.push(RungState { rung: rung.to_string(), state: state.to_string() });
-        }
-    }
-    probe.detail = summary(code, &body, &probe.failing);
+    probe.detail = summary(code, body.output.as_deref(), &probe.failing);
+    probe.mode = body.mode;
     probe
 }
 
 /// One line: the failing checks with their rungs (skipped ones counted), else the HTTP status.
-fn summary(code: u16, body: &serde_json::Value, failing: &[FailingCheck]) -> String {
+fn summary(code: u16, output: Option<&str>, failing: &[FailingCheck]) -> String {
     let named: Vec<String> = failing
         .iter()
         .filter(|c| c.status != "skipped")
@@ -206,7 +200,7 @@ fn summary(code: u16, body: &serde_json::Value, failing: &[FailingCheck]) -> Str
     if skipped > 0 {
         parts.push(format!("{skipped} skipped above"));
     }
-    if let Some(output) = body["output"].as_str() {
+    if let Some(output) = output {
         parts.insert(0, output.to_string());
     }
     if parts.is_empty() && code != 200 { format!("HTTP {code}") } else { parts.join(", ") }

@@ -29,7 +29,8 @@
 //!   `/metrics.json` handlers; [`auth`]: the fail-closed metrics bearer.
 //! - [`metrics`]: every metric name, declared once; `http_metrics` and `layers` (private):
 //!   the golden-signal layer and the standard tower stack, composed in one function.
-//! - [`readiness`]: [`Readiness`], the latest results for a service's own status endpoints.
+//! - [`readiness`]: [`Readiness`], the latest results for a service's own status endpoints;
+//!   [`ready_body`]: a `/ready` answer read back by a client.
 //! - [`lifecycle`]: draining, forced unhealthy, signal handling; [`app`]: [`App`] and
 //!   [`Running`], serving and the drain sequence; [`telemetry`]: logs and OTLP spans.
 
@@ -49,6 +50,7 @@ pub mod metrics;
 mod metrics_json;
 mod probes;
 pub mod readiness;
+pub mod ready_body;
 pub mod telemetry;
 
 use std::future::Future;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use caracal_core::ready_body::{CheckEntry, ReadyBody};
 
 /// The rungs, bottom first, as `/ready` names them.
 pub(crate) const RUNGS: [&str; 4] = ["process", "storage", "delivery", "service"];
@@ -23,17 +23,7 @@ pub(crate) struct InstanceLadder {
     /// `pass`, `warn` or `fail`; `None` when `/ready` could not be read.
     pub status: Option<String>,
     /// Every check, in `/ready`'s (name) order.
-    pub checks: Vec<CheckRow>,
-}
-
-/// One check of a ladder.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct CheckRow {
-    pub name: String,
-    pub rung: String,
-    /// `pass`, `warn`, `fail` or `skipped`.
-    pub status: String,
-    pub required: bool,
+    pub checks: Vec<CheckEntry>,
 }
 
 impl InstanceLadder {
@@ -41,7 +31,7 @@ impl InstanceLadder {
     /// do, `skipped` when a lower rung holds it back, `pass`, or `none` (no checks; the
     /// process rung passes by answering at all).
     pub(crate) fn rung_status(&self, rung: &str) -> &'static str {
-        let checks: Vec<&CheckRow> = self.checks.iter().filter(|c| c.rung == rung).collect();
+        let checks: Vec<&CheckEntry> = self.checks.iter().filter(|c| c.rung == rung).collect();
         if checks.is_empty() {
             // A service that answered `/ready` is a running process, checked or not.
             if rung == "process" && self.status.is_some() { "pass" } else { "none" }
@@ -82,23 +72,9 @@ impl InstanceLadder {
 
 /// Reads a `/ready` body into a ladder. Anything not shaped like one reads as unreachable.
 pub(crate) fn parse(url: &str, body: &[u8]) -> InstanceLadder {
-    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-    let status = text(&value, "status");
-    let mut checks = Vec::new();
-    if let Some(map) = value.get("checks").and_then(Value::as_object) {
-        for (name, entries) in map {
-            let Some(entry) = entries.get(0) else { continue };
-            checks.push(CheckRow {
-                name: name.clone(),
-                rung: text(entry, "rung").unwrap_or_else(|| "service".into()),
-                status: text(entry, "status").unwrap_or_else(|| "fail".into()),
-                required: entry.get("required").and_then(Value::as_bool).unwrap_or(true),
-            });
-        }
-    }
-    let status = status.filter(|s| ["pass", "warn", "fail"].contains(&s.as_str()));
-    InstanceLadder { url: url.to_string(), status, checks }
+    let body = ReadyBody::parse(body);
+    let status = body.status.filter(|s| ["pass", "warn", "fail"].contains(&s.as_str()));
+    InstanceLadder { url: url.to_string(), status, checks: body.checks }
 }
 
 /// Reads every configured platform instance's `/ready` at once.
