@@ -1,7 +1,7 @@
 //! The mains of Caracal's binaries, as functions: each thin binary (`caracal-api`, ...) calls
 //! one, and `caracal-all`, the multi-call binary the container image ships, picks one by the
 //! name it was started as. The image then holds the shared code (tokio, axum, sqlx, the
-//! crypto) once instead of six times.
+//! crypto) once instead of seven times.
 
 use std::process::ExitCode;
 
@@ -14,13 +14,14 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub type Main = fn() -> ExitCode;
 
 /// The binaries, by the name each is started as.
-pub const BINARIES: [(&str, Main); 6] = [
+pub const BINARIES: [(&str, Main); 7] = [
     ("caracal", cli),
     ("caracal-api", api),
     ("caracal-coordinator", coordinator),
     ("caracal-audit", audit),
     ("caracal-sts", sts),
     ("caracal-gateway", gateway),
+    ("caracal-control", control),
 ];
 
 /// `caracal`: up, down, status and doctor. Usage errors exit 2 (clap), failures 1, "could not
@@ -95,6 +96,15 @@ pub fn sts() -> ExitCode {
 pub fn gateway() -> ExitCode {
     service_args("caracal-gateway", "Metrics federation: every instance of a target in one scrape (port 8081).");
     caracal_core::main("gateway", VERSION, caracal_gateway::PORT, |app| async move { caracal_gateway::build(app) })
+}
+
+/// `caracal-control`: the control plane — DNS discovery, declared targets (port 8082).
+pub fn control() -> ExitCode {
+    service_args(
+        "caracal-control",
+        "The control plane: DNS discovery, declared targets, registry invalidations (port 8082).",
+    );
+    caracal_core::main("control", VERSION, caracal_control::PORT, |app| async move { caracal_control::build(app) })
 }
 
 /// `caracal-all`: runs the binary named by the file it was started as (a link named

@@ -61,7 +61,10 @@ fn main() {
         let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
         let prober = Prober::new(pool, membership, metrics, CoordinatorConfig::default()).expect("prober");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(prober.run(stop.clone()));
+        // One full read of the registry, as the invalidations follower asks at start-up.
+        let (notices, received) = tokio::sync::mpsc::channel(1);
+        notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
+        let task = tokio::spawn(prober.run(received, stop.clone()));
         tokio::time::sleep(WARMUP).await;
         let (p0, c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
         tokio::time::sleep(WINDOW).await;

@@ -26,7 +26,7 @@ mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp" "$rootfs/
 
 binary=target/release/caracal-all
 strip -o "$rootfs/usr/local/bin/caracal-all" "$binary"
-for name in caracal caracal-api caracal-coordinator caracal-audit caracal-sts caracal-gateway; do
+for name in caracal caracal-api caracal-coordinator caracal-audit caracal-sts caracal-gateway caracal-control; do
   ln -s caracal-all "$rootfs/usr/local/bin/$name"
 done
 

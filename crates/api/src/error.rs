@@ -32,6 +32,10 @@ pub enum ApiError {
     /// The target exists already (409, `conflict`).
     #[error("a target named `{0}` exists already")]
     Conflict(String),
+    /// The target is control's to change (409, `managed_by_control`), or its instances are
+    /// (409, `discovered_instances`).
+    #[error("{0}")]
+    Owned(caracal_store::registry::Refused),
     /// No valid admin bearer (401, `unauthorized`).
     #[error("a valid admin bearer token is required")]
     Unauthorized,
@@ -54,6 +58,7 @@ impl ApiError {
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Owned(refused) => (StatusCode::CONFLICT, refused.code()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -106,6 +111,18 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<caracal_store::Error> for ApiError {
     fn from(error: caracal_store::Error) -> Self {
-        ApiError::Internal(Box::new(error))
+        use caracal_store::registry::Refused;
+        match error {
+            caracal_store::Error::Refused(Refused::NotFound(name)) => ApiError::NotFound(name),
+            caracal_store::Error::Refused(Refused::Conflict(name)) => ApiError::Conflict(name),
+            caracal_store::Error::Refused(refused) => ApiError::Owned(refused),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<caracal_store::target::Invalid> for ApiError {
+    fn from(invalid: caracal_store::target::Invalid) -> Self {
+        ApiError::Validation { field: invalid.field, message: invalid.message }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`ApiConfig`], the `[api]` settings.
-//! - [`target`]: the target document, its validation and defaults.
+//! - [`target`]: the target document, its validation and defaults (from `caracal-store`).
 //! - `targets` (private): the `/v1/targets` handlers and their SQL.
 //! - `status` (private): `/v1/status` and `/v1/targets/{name}/history`.
 //! - `healthchecks` (private): the public `/healthchecks` aggregate.
@@ -23,8 +23,10 @@ mod openapi;
 mod page;
 mod platform;
 mod status;
-pub mod target;
 mod targets;
+
+/// The target document, defined in the store so every writer judges it alike.
+pub use caracal_store::target;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,7 +21,14 @@ use utoipa::{Modify, OpenApi};
         crate::status::history,
         crate::healthchecks::aggregate,
     ),
-    components(schemas(crate::target::TargetSpec, crate::target::Target)),
+    components(schemas(
+        crate::target::TargetSpec,
+        crate::target::Target,
+        caracal_store::discovery::Discovery,
+        caracal_store::discovery::DnsDiscovery,
+        caracal_store::discovery::RecordType,
+        caracal_store::discovery::DiscoveryStatus,
+    )),
     tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
     modifiers(&Shapes)
 )]
@@ -77,13 +84,51 @@ fn answered(mut spec: Object) -> Object {
     let mut paused = time("Since when probing is paused; null while it is probed");
     paused.schema_type = utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]);
     spec.properties.insert("paused_at".into(), paused.into());
-    spec.required = spec.properties.keys().cloned().collect();
+    let owner = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["api", "control"]))
+        .description(Some("Who owns it: `api`, or `control` (declared in a file)"));
+    spec.properties.insert("managed_by".into(), owner.build().into());
+    let mut file = ObjectBuilder::new().description(Some("The file declaring it, for a target control owns")).build();
+    file.schema_type = utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]);
+    spec.properties.insert("declared_in".into(), file.into());
+    let status = utoipa::openapi::schema::OneOfBuilder::new()
+        .item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("DiscoveryStatus")))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some("How a discovered target's instances were last resolved"));
+    spec.properties.insert("discovery_status".into(), RefOr::T(Schema::OneOf(status.build())));
+    // `discovery` is answered only for a discovered target; every other field always.
+    spec.required = spec.properties.keys().filter(|k| *k != "discovery").cloned().collect();
     spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     spec.description = Some("A registered target.".into());
     spec
 }
 
 /// The OpenAPI document.
-pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(crate) async fn document() -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    exclusive_shapes(&mut doc);
+    Json(doc)
+}
+
+/// The rules the server enforces across fields, stated in JSON Schema (OpenAPI 3.1), which the
+/// derives cannot say: a target has `instances` or `discovery`, never both; an SRV discovery
+/// has no `port`, an A/AAAA one needs it.
+fn exclusive_shapes(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let schemas = &mut doc["components"]["schemas"];
+    for name in ["TargetSpec", "TargetUpdate"] {
+        if let Some(schema) = schemas.get_mut(name).and_then(serde_json::Value::as_object_mut) {
+            schema.insert("oneOf".into(), json!([{"required": ["instances"]}, {"required": ["discovery"]}]));
+        }
+    }
+    if let Some(schema) = schemas.get_mut("DnsDiscovery").and_then(serde_json::Value::as_object_mut) {
+        schema.insert(
+            "oneOf".into(),
+            json!([
+                {"required": ["type"], "properties": {"type": {"const": "SRV"}}, "not": {"required": ["port"]}},
+                {"required": ["port"], "properties": {"type": {"enum": ["A", "AAAA"]}}}
+            ]),
+        );
+    }
 }

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use caracal_store::{NewEvent, outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::ApiConfig;
@@ -73,31 +72,25 @@ pub(crate) async fn run(
 }
 
 async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal_store::Error> {
+    use caracal_store::registry::{self, Refused, Writer};
     for (name, urls) in &config.platform {
-        let mut tx = pool.begin().await?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-             VALUES ($1, '{\"caracal\": \"platform\"}', '/health', '/ready', '/metrics', 2000, 1000) \
-             ON CONFLICT (name) DO NOTHING RETURNING id",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = id {
-            sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
-                .bind(id)
-                .bind(urls)
-                .execute(&mut *tx)
-                .await?;
-            let payload = serde_json::json!({ "name": name, "instances": urls, "labels": { "caracal": "platform" } });
-            outbox::enqueue(
-                &mut tx,
-                &NewEvent { event_type: "target.created".into(), target: Some(name.clone()), instance: None, payload },
-            )
-            .await?;
-            tracing::info!(target = %name, "registered a platform service as a target");
+        let spec = caracal_store::target::TargetSpec {
+            name: name.clone(),
+            instances: urls.clone(),
+            discovery: None,
+            health_path: "/health".into(),
+            ready_path: "/ready".into(),
+            metrics_path: "/metrics".into(),
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            labels: [("caracal".to_string(), "platform".to_string())].into(),
+        };
+        match registry::create(pool, &spec, &Writer::Api).await {
+            Ok(_) => tracing::info!(target = %name, "registered a platform service as a target"),
+            // An existing target of that name is left as the operator has it.
+            Err(caracal_store::Error::Refused(Refused::Conflict(_))) => {}
+            Err(e) => return Err(e),
         }
-        tx.commit().await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`up`]: `up` (with its live readiness display) and `down`.
 //! - [`probe`] and [`status`]: probing endpoints; the table, the JSON, the exit codes.
 //! - [`doctor`]: authenticated, in-depth findings with remedies.
+//! - [`apply`]: declared targets from files, planned and applied through the API.
 //! - [`error`]: the error type, [`CliError`].
 //!
 //! Exit codes: 0 success / all pass, 1 failure / something fails, 2 usage, 3 could not check.
@@ -15,6 +16,7 @@
 // Printing the results is this crate's job.
 #![allow(clippy::print_stdout)]
 
+pub mod apply;
 pub mod doctor;
 pub mod error;
 pub mod local;
@@ -62,6 +64,32 @@ pub enum Command {
     Status(StatusArgs),
     /// Authenticated, in-depth checks with a remedy for each finding.
     Doctor(TargetArgs),
+    /// Make the registry hold the targets declared in files (YAML or JSON), through the API:
+    /// print the plan (create/update/delete, one line each) and apply it.
+    Apply(ApplyArgs),
+}
+
+/// `apply`'s options.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A file of targets (one or a list; YAML, or JSON for `.json`), or a directory of them
+    /// (repeatable).
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete the targets created through the API that no file declares (never the
+    /// platform's own, never those caracal-control manages).
+    #[arg(long)]
+    pub prune: bool,
+    /// The API's base URL (default: the local platform's).
+    #[arg(long, env = "CARACAL_API_URL")]
+    pub api: Option<String>,
+    /// A file holding a bearer with `targets:write`: the admin token or an STS token
+    /// (default: CARACAL_ADMIN_TOKEN_FILE, else the local admin token).
+    #[arg(long, env = "CARACAL_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Deployment modes.
@@ -96,6 +124,9 @@ pub struct UpArgs {
     /// Port of caracal-gateway.
     #[arg(long)]
     pub gateway_port: Option<u16>,
+    /// Port of caracal-control.
+    #[arg(long)]
+    pub control_port: Option<u16>,
     /// Port of the local PostgreSQL.
     #[arg(long)]
     pub pg_port: Option<u16>,
@@ -177,6 +208,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Down { volumes } => up::down(&home, volumes).map(|()| 0),
             Command::Status(args) => status_command(&home, args).await,
             Command::Doctor(args) => doctor_command(&home, args).await,
+            Command::Apply(args) => apply_command(&home, args).await,
         };
         result.unwrap_or_else(|e| {
             eprintln!("caracal: {e}");
@@ -194,6 +226,7 @@ async fn up_command(home: &Home, args: UpArgs) -> Result<(), CliError> {
         audit: args.audit_port.unwrap_or(base.ports.audit),
         sts: args.sts_port.unwrap_or(base.ports.sts),
         gateway: args.gateway_port.unwrap_or(base.ports.gateway),
+        control: args.control_port.unwrap_or(base.ports.control),
         postgres: args.pg_port.unwrap_or(base.ports.postgres),
         redis: args.redis_port.unwrap_or(base.ports.redis),
     };
@@ -282,6 +315,20 @@ async fn doctor_command(home: &Home, args: TargetArgs) -> Result<u8, CliError> {
         print!("{}", doctor::render(&findings));
     }
     Ok(u8::from(findings.iter().any(|f| f.severity == doctor::Severity::Critical)))
+}
+
+async fn apply_command(home: &Home, args: ApplyArgs) -> Result<u8, CliError> {
+    let api = match args.api {
+        Some(api) => api,
+        None => format!("http://127.0.0.1:{}", home.load()?.map(|s| s.ports).unwrap_or_default().api),
+    };
+    let token = match &args.token_file {
+        Some(path) => Some(
+            read_secret(path).ok_or_else(|| CliError::Step(format!("cannot read a token from {}", path.display())))?,
+        ),
+        None => read_secret(&home.admin_token()),
+    };
+    apply::apply(apply::Apply { files: args.files, api, token, dry_run: args.dry_run, prune: args.prune }).await
 }
 
 #[cfg(test)]

@@ -21,12 +21,13 @@ pub struct Service {
 
 /// Every service `up` runs, in start order: the STS first, so the services that verify its
 /// tokens find its keys at once.
-pub const SERVICES: [Service; 5] = [
+pub const SERVICES: [Service; 6] = [
     Service { name: "sts", binary: "caracal-sts" },
     Service { name: "api", binary: "caracal-api" },
     Service { name: "coordinator", binary: "caracal-coordinator" },
     Service { name: "audit", binary: "caracal-audit" },
     Service { name: "gateway", binary: "caracal-gateway" },
+    Service { name: "control", binary: "caracal-control" },
 ];
 
 impl Service {
@@ -36,6 +37,7 @@ impl Service {
             "api" => ports.api,
             "sts" => ports.sts,
             "gateway" => ports.gateway,
+            "control" => ports.control,
             "coordinator" => ports.coordinator,
             _ => ports.audit,
         }
@@ -46,6 +48,7 @@ impl Service {
             "api" => "--api-port",
             "sts" => "--sts-port",
             "gateway" => "--gateway-port",
+            "control" => "--control-port",
             "coordinator" => "--coordinator-port",
             _ => "--audit-port",
         }
@@ -94,6 +97,8 @@ pub fn environment(home: &Home, state: &State, database_url: &str, redis_url: &s
         ("CARACAL_ADMIN_TOKEN_FILE".to_string(), home.admin_token().display().to_string()),
         ("CARACAL_BIND".to_string(), "127.0.0.1".to_string()),
         ("CARACAL_TOKENS__STS_URL".to_string(), format!("http://127.0.0.1:{}", state.ports.sts)),
+        // Control reconciles the declared targets kept here (a ConfigMap in Kubernetes).
+        ("CARACAL_CONTROL__TARGETS_DIR".to_string(), home.targets_dir().display().to_string()),
     ];
     for service in SERVICES {
         let key = format!("CARACAL_API__PLATFORM__{}", service.name.to_ascii_uppercase());

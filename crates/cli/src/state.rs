@@ -26,6 +26,9 @@ pub struct Ports {
     /// caracal-gateway (likewise).
     #[serde(default = "default_gateway_port")]
     pub gateway: u16,
+    /// caracal-control (likewise).
+    #[serde(default = "default_control_port")]
+    pub control: u16,
     /// The local PostgreSQL (not 5432, so a system server is left alone).
     pub postgres: u16,
     /// The local Redis (not 6379, likewise).
@@ -34,7 +37,16 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self { api: 3000, coordinator: 4000, audit: 9090, sts: 8080, gateway: 8081, postgres: 15432, redis: 16379 }
+        Self {
+            api: 3000,
+            coordinator: 4000,
+            audit: 9090,
+            sts: 8080,
+            gateway: 8081,
+            control: 8082,
+            postgres: 15432,
+            redis: 16379,
+        }
     }
 }
 
@@ -44,6 +56,10 @@ fn default_sts_port() -> u16 {
 
 fn default_gateway_port() -> u16 {
     Ports::default().gateway
+}
+
+fn default_control_port() -> u16 {
+    Ports::default().control
 }
 
 /// What `up` decided, remembered for the other commands.
@@ -82,6 +98,11 @@ impl Home {
     /// Service logs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+
+    /// Declared targets (YAML or JSON files) that caracal-control reconciles into the registry.
+    pub fn targets_dir(&self) -> PathBuf {
+        self.root.join("targets")
     }
 
     /// Pid files of the services.

@@ -20,6 +20,8 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     let redis = LocalRedis::new(home, state.ports.redis);
     home.save(&state)?;
     home.ensure_secrets()?;
+    let targets = home.targets_dir();
+    std::fs::create_dir_all(&targets).map_err(CliError::io(format!("create {}", targets.display())))?;
     step("PostgreSQL", || postgres.start(home))?;
     step("Redis", || redis.start())?;
     let env = services::environment(home, &state, &postgres.url(), &redis.url());
@@ -41,6 +43,7 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     println!("  {:<12} {}", "postgres", postgres.url());
     println!("  {:<12} {}", "redis", redis.url());
     println!("  secrets      {} and {}", home.metrics_bearer().display(), home.admin_token().display());
+    println!("  targets      {} (YAML or JSON files; caracal-control keeps the registry in step)", targets.display());
     println!("Next: `caracal status --ready`, `caracal doctor`, `caracal down` (add -v to delete the data)");
     Ok(())
 }

@@ -14,9 +14,16 @@ pub struct CoordinatorConfig {
     pub success_threshold: u32,
     /// Probes in flight at once, across all instances.
     pub max_concurrency: usize,
-    /// How often the prober re-reads the registry and the membership.
+    /// How often the prober looks at the membership (in memory) and beats its heartbeat.
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
+    /// The safety net: the whole registry is re-read this often even when no change was
+    /// announced on `caracal.invalidations` (which covers Redis losing the stream).
+    #[serde(with = "humantime_serde")]
+    pub full_resync: Duration,
+    /// `stream:invalidations` fails when the stream was not read for this long.
+    #[serde(with = "humantime_serde")]
+    pub invalidations_max_age: Duration,
     /// Replica membership.
     pub membership: MembershipConfig,
     /// The outbox relay.
@@ -71,6 +78,8 @@ impl Default for CoordinatorConfig {
             success_threshold: 2,
             max_concurrency: 512,
             refresh: Duration::from_secs(2),
+            full_resync: Duration::from_secs(300),
+            invalidations_max_age: Duration::from_secs(10),
             membership: MembershipConfig::default(),
             relay: RelayConfig::default(),
         }

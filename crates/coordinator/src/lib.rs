@@ -6,7 +6,9 @@
 //! - [`config`]: [`CoordinatorConfig`], the `[coordinator]` settings.
 //! - [`membership`]: replicas announce themselves in Redis; rendezvous hashing gives each
 //!   instance exactly one owner, and a dead replica's instances move within a bounded time.
-//! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes.
+//! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes. It
+//!   holds the registry in memory, kept current by `caracal.invalidations` (store's
+//!   `invalidations` follower), with a full re-read every `full_resync` as the safety net.
 //! - [`relay`]: outbox → stream, with `FOR UPDATE SKIP LOCKED`, capped backoff and dead rows.
 //! - [`metrics`]: the `caracal_coordinator_*` families.
 
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caracal_core::{App, Check, Failure, Observed, Rung, checks};
+use caracal_store::invalidations;
 
 pub use config::CoordinatorConfig;
 
@@ -43,13 +46,19 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let relay = relay::Relay::new(pool.clone(), redis.clone(), metrics, config.relay.clone());
     let membership_redis = redis.clone();
     let membership_config = config.membership.clone();
+    // The follower blocks in XREAD: a connection of its own keeps the checks' PING prompt.
+    let follower = invalidations::Follower::new(app.redis()?, config.full_resync);
+    let freshness = follower.freshness();
+    let (notices, received) = tokio::sync::mpsc::channel(64);
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis))
         .check(outbox_age)
         .check(outbox_dead)
+        .check(invalidations::check(freshness, config.invalidations_max_age))
         .check(heartbeat_check(heartbeat, config.refresh * 3))
         .worker("membership", move |stop| membership::run(members, membership_redis, membership_config, stop))
-        .worker("prober", move |stop| prober.run(stop))
+        .worker("invalidations", move |stop| follower.run(notices, stop))
+        .worker("prober", move |stop| prober.run(received, stop))
         .worker("relay", move |stop| relay.run(stop)))
 }
 

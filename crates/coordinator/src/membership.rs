@@ -49,7 +49,7 @@ impl Membership {
     /// Whether this replica owns `key` among the live members. Nothing is owned before the
     /// first read, so a starting replica never probes what another one holds.
     pub fn owns(&self, key: i64) -> bool {
-        let members = self.members.read().map(|m| m.clone()).unwrap_or_default();
+        let Ok(members) = self.members.read() else { return false };
         owner(&members, key).is_some_and(|owner| owner == &*self.id)
     }
 

@@ -2,12 +2,13 @@
 //! interval, judges the result with hysteresis, and records each change (status, transition
 //! and outbox event) in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use caracal_store::invalidations::Notice;
 use caracal_store::{NewEvent, outbox};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -213,24 +214,51 @@ impl Prober {
         Arc::clone(&self.heartbeat)
     }
 
-    /// Re-reads the registry every `refresh` and keeps one task per owned instance of a target
-    /// that is not paused, until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Keeps one task per owned instance of a target that is not paused, until `stop`.
+    ///
+    /// The registry is held in memory: read whole when `notices` says so (start-up, the
+    /// follower's periodic safety net, after a Redis error) and one target at a time as
+    /// `caracal.invalidations` announces changes. Every `refresh` the membership is looked at
+    /// (in memory) and ownership reconciled; nothing is read from PostgreSQL on that timer.
+    pub async fn run(self, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
+        let mut registry: HashMap<i64, Instance> = HashMap::new();
         let mut running: HashMap<i64, (Instance, CancellationToken)> = HashMap::new();
         let mut tasks = JoinSet::new();
+        let mut members = Vec::new();
+        // A registry read that failed is retried at the next tick.
+        let mut retry: Option<Notice> = None;
         loop {
-            if !self.members.members().is_empty() {
-                match self.load().await {
-                    Ok(rows) => self.reconcile(rows, &mut running, &mut tasks, &stop),
-                    Err(e) => tracing::warn!(error = %e, "reading the registry failed; keeping the current probes"),
+            let notice = tokio::select! {
+                notice = notices.recv() => match notice {
+                    Some(notice) => Some(notice),
+                    None => break,
+                },
+                () = tokio::time::sleep(self.config.refresh) => retry.take(),
+                () = stop.cancelled() => break,
+            };
+            // Instances announced as changed are probed at once; the rest spread their first
+            // probe over an interval, so a start or a takeover does not probe in a burst.
+            let mut fresh = HashSet::new();
+            let mut changed = false;
+            if let Some(notice) = notice {
+                match self.load(notice.clone(), &mut registry).await {
+                    Ok(ids) => (fresh, changed) = (ids, true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the registry failed; keeping the current probes");
+                        retry = Some(notice);
+                    }
                 }
+            }
+            // Ownership is worked out again only when the registry or the members changed: an
+            // idle tick costs nothing however large the fleet.
+            let now = self.members.members();
+            if !now.is_empty() && (changed || now != members) {
+                self.reconcile(&registry, &fresh, &mut running, &mut tasks, &stop);
+                self.metrics.members.set(now.len() as i64);
+                members = now;
             }
             self.heartbeat.beat();
             while tasks.try_join_next().is_some() {}
-            tokio::select! {
-                () = tokio::time::sleep(self.config.refresh) => {}
-                () = stop.cancelled() => break,
-            }
         }
         for (_, (_, token)) in running.drain() {
             token.cancel();
@@ -238,18 +266,25 @@ impl Prober {
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn load(&self) -> Result<Vec<(Instance, Status)>, sqlx::Error> {
-        type Row = (i64, String, String, String, String, i32, i32, Option<String>);
+    /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
+    /// the ids of instances that are new or changed by a `Changed` notice.
+    async fn load(&self, notice: Notice, registry: &mut HashMap<i64, Instance>) -> Result<HashSet<i64>, sqlx::Error> {
+        type Row = (i64, String, String, String, String, i32, i32);
+        let names = match &notice {
+            Notice::Resync => None,
+            Notice::Changed(names) => Some(names.clone()),
+        };
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, s.status \
-             FROM instances i JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
-             WHERE t.paused_at IS NULL",
+            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms \
+             FROM instances i JOIN targets t ON t.id = i.target_id \
+             WHERE t.paused_at IS NULL AND ($1::text[] IS NULL OR t.name = ANY($1))",
         )
+        .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
+        let loaded: HashMap<i64, Instance> = rows
             .into_iter()
-            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, status)| {
+            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms)| {
                 let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
                 let instance = Instance {
                     id,
@@ -260,46 +295,69 @@ impl Prober {
                     interval: ms(interval_ms),
                     timeout: ms(timeout_ms),
                 };
-                (instance, Status::parse(status.as_deref().unwrap_or("unknown")))
+                (id, instance)
             })
-            .collect())
+            .collect();
+        let Some(names) = names else {
+            *registry = loaded;
+            return Ok(HashSet::new());
+        };
+        registry.retain(|_, i| !names.contains(&i.target));
+        let fresh = loaded.keys().copied().collect();
+        registry.extend(loaded);
+        Ok(fresh)
     }
 
     fn reconcile(
         &self,
-        rows: Vec<(Instance, Status)>,
+        registry: &HashMap<i64, Instance>,
+        fresh: &HashSet<i64>,
         running: &mut HashMap<i64, (Instance, CancellationToken)>,
         tasks: &mut JoinSet<()>,
         stop: &CancellationToken,
     ) {
-        let owned: HashMap<i64, (Instance, Status)> =
-            rows.into_iter().filter(|(i, _)| self.members.owns(i.id)).map(|(i, s)| (i.id, (i, s))).collect();
         running.retain(|id, (instance, token)| {
-            let keep = owned.get(id).is_some_and(|(now, _)| now == instance);
+            let keep = registry.get(id).is_some_and(|now| now == instance && self.members.owns(*id));
             if !keep {
                 token.cancel();
             }
             keep
         });
-        for (id, (instance, status)) in owned {
-            if running.contains_key(&id) {
+        for (id, instance) in registry {
+            if running.contains_key(id) || !self.members.owns(*id) {
                 continue;
             }
             let token = stop.child_token();
-            running.insert(id, (instance.clone(), token.clone()));
+            running.insert(*id, (instance.clone(), token.clone()));
             let this = self.clone();
-            tasks.spawn(async move { this.probe_loop(instance, status, token).await });
+            let (instance, at_once) = (instance.clone(), fresh.contains(id));
+            tasks.spawn(async move { this.probe_loop(instance, at_once, token).await });
         }
         self.metrics.instances_owned.set(running.len() as i64);
     }
 
-    async fn probe_loop(self, instance: Instance, status: Status, stop: CancellationToken) {
+    async fn probe_loop(self, instance: Instance, at_once: bool, stop: CancellationToken) {
         let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
+        // The status as recorded (by whoever owned it before), so a new owner does not
+        // re-announce it. Read once per task: tasks start only when something changed.
+        let status = loop {
+            match self.stored_status(instance.id).await {
+                Ok(status) => break status,
+                Err(e) => {
+                    tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
         let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
         // While this replica owns the instance it exports its status; the series goes with it.
         let _exported = Exported { metrics: &self.metrics, labels: labels.clone() };
-        // Spread first probes over one interval, so a takeover does not probe in a burst.
-        let mut wait = instance.interval.mul_f64(fastrand::f64());
+        // A new instance is probed at once; otherwise first probes spread over one interval.
+        let spread = if at_once { Duration::from_millis(50) } else { instance.interval };
+        let mut wait = spread.mul_f64(fastrand::f64());
         loop {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -330,6 +388,15 @@ impl Prober {
                 }
             }
         }
+    }
+
+    /// The instance's recorded status (`unknown` when it has none).
+    async fn stored_status(&self, id: i64) -> Result<Status, sqlx::Error> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM instance_status WHERE instance_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Status::parse(status.as_deref().unwrap_or("unknown")))
     }
 
     /// Probes `/health` and `/ready` at once; the status and, when not up, why.

@@ -17,9 +17,13 @@ pub struct GatewayConfig {
     pub request_concurrency: usize,
     /// Instances scraped at once by the whole gateway.
     pub global_concurrency: usize,
-    /// How long the registry is cached.
+    /// The safety net: the registry is re-read whole this often even when no change was
+    /// announced on `caracal.invalidations` (which covers Redis losing the stream).
     #[serde(with = "humantime_serde")]
-    pub registry_ttl: Duration,
+    pub full_resync: Duration,
+    /// `stream:invalidations` fails when the stream was not read for this long.
+    #[serde(with = "humantime_serde")]
+    pub invalidations_max_age: Duration,
     /// Taken off `X-Prometheus-Scrape-Timeout-Seconds`, so the answer is back before Prometheus
     /// gives up.
     #[serde(with = "humantime_serde")]
@@ -35,7 +39,8 @@ impl Default for GatewayConfig {
             request_body_cap_bytes: 512 * 1024 * 1024,
             request_concurrency: 32,
             global_concurrency: 128,
-            registry_ttl: Duration::from_secs(2),
+            full_resync: Duration::from_secs(300),
+            invalidations_max_age: Duration::from_secs(10),
             timeout_margin: Duration::from_millis(500),
             max_matchers: 32,
         }

@@ -54,8 +54,8 @@ pub(crate) async fn target(
     let started = Instant::now();
     let result = async {
         let query = parse_query(query.as_deref(), state.config.max_matchers, false)?;
-        let targets = state.registry.targets().await.map_err(|_| GatewayError::Unavailable)?;
-        let target = targets.iter().find(|t| t.name == name).cloned().ok_or(GatewayError::NotFound(name))?;
+        let target = state.registry.target(&name).await.map_err(|_| GatewayError::Unavailable)?;
+        let target = target.ok_or(GatewayError::NotFound(name))?;
         federate(&state, &headers, vec![target], query).await
     }
     .await;

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` settings.
-//! - [`registry`]: the targets registry from PostgreSQL, cached briefly.
+//! - [`registry`]: the targets registry held in memory, kept current by
+//!   `caracal.invalidations`.
 //! - [`exposition`]: reading text 0.0.4 and OpenMetrics 1.0 as bodies arrive.
 //! - [`scrape`]: one instance: bearer, timeout, caps, no redirects.
 //! - [`render`]: merging instances with identity labels and writing the answer.
@@ -35,6 +36,7 @@ use axum::response::Response;
 use axum::routing::get;
 use caracal_core::App;
 use caracal_core::auth::BearerAuth;
+use caracal_store::invalidations;
 use caracal_tokens::{Access, Scope};
 
 pub use config::GatewayConfig;
@@ -88,7 +90,8 @@ async fn require_metrics_read(State(auth): State<FederationAuth>, request: Reque
 }
 
 /// Adds the gateway to `app`: storage (PostgreSQL for the registry, Redis for revocations),
-/// delivery (`revocations:lag`) and service (`sts:keys_loaded`) checks, and the routes.
+/// delivery (`revocations:lag`, `stream:invalidations`) and service (`sts:keys_loaded`)
+/// checks, the routes, and the registry's follower.
 ///
 /// # Errors
 /// Configuration errors (missing URLs, bad `[gateway]` or `[tokens]` settings, unusable
@@ -104,8 +107,14 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let scraper = scrape::Scraper::new(credential, config.instance_body_cap_bytes)
         .map_err(|e| caracal_core::Error::startup("build the scrape HTTP client", e))?;
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
+    let registry = Arc::new(registry::Registry::new(pool.clone(), metrics.registry_targets.clone()));
+    // The follower blocks in XREAD: a connection of its own keeps the checks' PING prompt.
+    let follower = invalidations::Follower::new(app.redis()?, config.full_resync);
+    let freshness = follower.freshness();
+    let (notices, received) = tokio::sync::mpsc::channel(64);
+    let max_age = config.invalidations_max_age;
     let state = GatewayState {
-        registry: Arc::new(registry::Registry::new(pool.clone(), config.registry_ttl)),
+        registry: Arc::clone(&registry),
         scraper: Arc::new(scraper),
         global: Arc::new(tokio::sync::Semaphore::new(config.global_concurrency)),
         config: Arc::new(config),
@@ -113,5 +122,8 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     };
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis))
-        .routes(router(state, FederationAuth { metrics: metrics_auth, access })))
+        .check(invalidations::check(freshness, max_age))
+        .routes(router(state, FederationAuth { metrics: metrics_auth, access }))
+        .worker("invalidations", move |stop| follower.run(notices, stop))
+        .worker("registry", move |stop| registry.run(received, stop)))
 }

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// `caracal_gateway_instance_scrapes_total{result}`.
     pub instance_scrapes: Family<ResultLabels, Counter>,
+    /// `caracal_gateway_registry_targets`: targets held in memory.
+    pub registry_targets: Gauge,
 }
 
 impl Metrics {
@@ -32,7 +35,13 @@ impl Metrics {
             federations: Family::default(),
             duration: Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             instance_scrapes: Family::default(),
+            registry_targets: Gauge::default(),
         };
+        registry.register(
+            "registry_targets",
+            "Targets the gateway holds in memory (compare with the registry's count)",
+            m.registry_targets.clone(),
+        );
         registry.register("federations", "Federation requests, by result", m.federations.clone());
         registry.register("federation_duration_seconds", "Time to answer a federation request", m.duration.clone());
         registry.register(

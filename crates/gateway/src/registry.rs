@@ -1,11 +1,19 @@
-//! The targets registry as the gateway reads it: from PostgreSQL, cached for a few seconds so a
-//! burst of federation requests costs one query, and a registry change shows within that time.
-//! When PostgreSQL cannot be read, the last copy is served, however old; only with no copy at
-//! all is the registry unavailable.
+//! The targets registry as the gateway holds it: in memory, read whole when the
+//! `caracal.invalidations` follower says so (start-up, its periodic safety net, after a Redis
+//! error) and one target at a time as changes are announced, so nothing grows with the fleet
+//! on a timer and a registration federates within a second. A name not held is looked up once
+//! in PostgreSQL before the answer is 404 (a registration whose announcement is still on its
+//! way). When PostgreSQL cannot be read, the copy held is served, however old; only with no
+//! copy at all is the registry unavailable.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use caracal_store::invalidations::Notice;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// One target, as federation needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,70 +33,142 @@ pub struct TargetInfo {
 /// Every target, by name order.
 pub type Targets = Arc<Vec<Arc<TargetInfo>>>;
 
-/// The cached registry.
+/// The registry held in memory.
 #[derive(Debug)]
 pub struct Registry {
     pool: sqlx::PgPool,
-    ttl: Duration,
-    cache: tokio::sync::Mutex<Option<(Instant, Targets)>>,
+    held: ArcSwapOption<Vec<Arc<TargetInfo>>>,
+    /// `caracal_gateway_registry_targets`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    /// Serialises writers of `held` (the follower, and a request reading a missing name).
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// A target row: name, labels, metrics path, timeout (ms), instance URLs.
 type Row = (String, serde_json::Value, String, i32, Vec<String>);
 
 impl Registry {
-    /// A registry read from `pool`, cached for `ttl`.
-    pub fn new(pool: sqlx::PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: tokio::sync::Mutex::new(None) }
+    /// An empty registry read from `pool`, counting what it holds in `gauge`.
+    pub fn new(pool: sqlx::PgPool, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Self { pool, held: ArcSwapOption::empty(), gauge, writing: tokio::sync::Mutex::new(()) }
     }
 
-    /// Every target: the cached copy when fresh, else a new read (one at a time), else the last
-    /// copy when PostgreSQL fails.
+    fn hold(&self, targets: Arc<Vec<Arc<TargetInfo>>>) {
+        self.gauge.set(targets.len() as i64);
+        self.held.store(Some(targets));
+    }
+
+    /// Every target: the copy held, else a whole read.
     ///
     /// # Errors
-    /// When PostgreSQL fails and nothing was ever read.
+    /// When nothing is held and PostgreSQL fails.
     pub async fn targets(&self) -> Result<Targets, sqlx::Error> {
-        let mut cache = self.cache.lock().await;
-        if let Some((at, targets)) = cache.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Arc::clone(targets));
+        if let Some(held) = self.held.load_full() {
+            return Ok(held);
         }
-        match self.read().await {
-            Ok(targets) => {
-                *cache = Some((Instant::now(), Arc::clone(&targets)));
-                Ok(targets)
-            }
-            Err(e) => match cache.as_ref() {
-                Some((at, targets)) => {
-                    tracing::warn!(error = %e, age = ?at.elapsed(), "reading the registry failed; serving the last copy");
-                    Ok(Arc::clone(targets))
-                }
-                None => Err(e),
-            },
+        let _writing = self.writing.lock().await;
+        if let Some(held) = self.held.load_full() {
+            return Ok(held);
         }
+        let all = Arc::new(read(&self.pool, None).await?);
+        self.hold(Arc::clone(&all));
+        Ok(all)
     }
 
-    async fn read(&self) -> Result<Targets, sqlx::Error> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT t.name, t.labels, t.metrics_path, t.timeout_ms, \
-                    COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}') \
-             FROM targets t LEFT JOIN instances i ON i.target_id = t.id GROUP BY t.id ORDER BY t.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(Arc::new(
-            rows.into_iter()
-                .map(|(name, labels, metrics_path, timeout_ms, instances)| {
-                    Arc::new(TargetInfo {
-                        name,
-                        labels: serde_json::from_value(labels).unwrap_or_default(),
-                        metrics_path,
-                        timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(1000)),
-                        instances,
-                    })
-                })
-                .collect(),
-        ))
+    /// One target: from the copy held, else looked up in PostgreSQL (and then held).
+    ///
+    /// # Errors
+    /// When the target is not held and PostgreSQL fails.
+    pub async fn target(&self, name: &str) -> Result<Option<Arc<TargetInfo>>, sqlx::Error> {
+        let targets = self.targets().await?;
+        if let Ok(i) = targets.binary_search_by(|t| t.name.as_str().cmp(name)) {
+            return Ok(Some(Arc::clone(&targets[i])));
+        }
+        let _writing = self.writing.lock().await;
+        let found = read(&self.pool, Some(&[name.to_string()])).await?;
+        let target = found.first().cloned();
+        if target.is_some() {
+            self.merge(&[name.to_string()], found);
+        }
+        Ok(target)
     }
+
+    /// Applies a notice from the follower.
+    ///
+    /// # Errors
+    /// When PostgreSQL fails (the copy held stays as it was).
+    pub async fn apply(&self, notice: &Notice) -> Result<(), sqlx::Error> {
+        let _writing = self.writing.lock().await;
+        match notice {
+            Notice::Resync => {
+                let all = read(&self.pool, None).await?;
+                self.hold(Arc::new(all));
+            }
+            Notice::Changed(names) => {
+                let found = read(&self.pool, Some(names)).await?;
+                self.merge(names, found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the held entries of `names` with `found` (a name not found was deleted).
+    fn merge(&self, names: &[String], found: Vec<Arc<TargetInfo>>) {
+        let Some(held) = self.held.load_full() else { return };
+        let mut next: Vec<Arc<TargetInfo>> = held.iter().filter(|t| !names.contains(&t.name)).cloned().collect();
+        next.extend(found);
+        next.sort_by(|a, b| a.name.cmp(&b.name));
+        self.hold(Arc::new(next));
+    }
+
+    /// Applies the follower's notices until `stop`; a read that fails is retried a second later.
+    pub async fn run(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
+        let mut failed: Option<Notice> = None;
+        loop {
+            let notice = if let Some(notice) = failed.take() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => notice,
+                    () = stop.cancelled() => return,
+                }
+            } else {
+                tokio::select! {
+                    notice = notices.recv() => match notice {
+                        Some(notice) => notice,
+                        None => return,
+                    },
+                    () = stop.cancelled() => return,
+                }
+            };
+            if let Err(e) = self.apply(&notice).await {
+                tracing::warn!(error = %e, "reading the registry failed; serving the copy held and retrying");
+                // A failed partial read is retried as a whole one: simpler, and rare.
+                failed = Some(Notice::Resync);
+            }
+        }
+    }
+}
+
+/// Reads every target, or those of `names`, by name.
+async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<TargetInfo>>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.name, t.labels, t.metrics_path, t.timeout_ms, \
+                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}') \
+         FROM targets t LEFT JOIN instances i ON i.target_id = t.id \
+         WHERE ($1::text[] IS NULL OR t.name = ANY($1)) GROUP BY t.id ORDER BY t.name",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, labels, metrics_path, timeout_ms, instances)| {
+            Arc::new(TargetInfo {
+                name,
+                labels: serde_json::from_value(labels).unwrap_or_default(),
+                metrics_path,
+                timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(1000)),
+                instances,
+            })
+        })
+        .collect())
 }

@@ -12,4 +12,7 @@ pub enum Error {
     /// A Redis command failed.
     #[error("redis command failed")]
     Redis(#[from] redis::RedisError),
+    /// A registry write was refused (not found, a clash, a target someone else owns).
+    #[error(transparent)]
+    Refused(#[from] crate::registry::Refused),
 }

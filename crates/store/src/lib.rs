@@ -12,18 +12,27 @@
 //! - [`ledger`]: the audit ledger's idempotent batch insert, and the watermark, gap and heal
 //!   queries that keep it complete when the stream loses entries.
 //! - [`revocation`]: token revocations, written with their outbox event, and the set in force.
+//! - [`invalidations`]: following `caracal.invalidations` (which targets changed), with a
+//!   full re-read as the safety net, and its `stream:invalidations` check.
+//! - [`target`]: the target document and its validation; [`discovery`]: its DNS discovery;
+//!   [`registry`]: reading and writing targets, each write with its events and a
+//!   `registry.changed` for the followers of `caracal.invalidations`.
 //! - [`schema_check`]: the `postgres:schema_version` readiness check; [`storage_checks`]: it
 //!   with the PostgreSQL and Redis connectivity checks, the storage rung of every service.
 //!
 //! Timestamps leave PostgreSQL as RFC 3339 text (UTC, microseconds), so no date-time crate is
 //! needed on either side.
 
+pub mod discovery;
 pub mod error;
 pub mod event;
+pub mod invalidations;
 pub mod ledger;
 pub mod outbox;
+pub mod registry;
 pub mod revocation;
 pub mod stream;
+pub mod target;
 
 use caracal_core::{Check, Failure, Observed, Rung};
 pub use error::Error;

@@ -10,11 +10,18 @@ pub const EVENTS: &str = "caracal.events";
 pub const EVENTS_DLQ: &str = "caracal.events.dlq";
 /// Token revocations from the STS.
 pub const REVOCATIONS: &str = "caracal.revocations";
+/// Registry changes (`registry.changed`, one target each): followers re-read that target.
+pub const INVALIDATIONS: &str = "caracal.invalidations";
 
 /// The streams an event is published to besides `caracal.events`, which gets every event so
-/// the ledger is complete: revocations also go to `caracal.revocations`.
+/// the ledger is complete: revocations also go to `caracal.revocations`, registry changes to
+/// `caracal.invalidations`.
 pub fn extra_streams(event: &Event) -> &'static [&'static str] {
-    if event.event_type == crate::revocation::EVENT_TYPE { &[REVOCATIONS] } else { &[] }
+    match event.event_type.as_str() {
+        crate::revocation::EVENT_TYPE => &[REVOCATIONS],
+        crate::registry::CHANGED => &[INVALIDATIONS],
+        _ => &[],
+    }
 }
 
 /// Appends `events` to `stream` (and, for `caracal.events`, each to its [`extra_streams`]) in

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`postgres`]: [`Postgres`], a PostgreSQL cluster (`initdb` + `postgres`).
 //! - [`redis`]: [`Redis`], a `redis-server`.
+//! - [`dns`]: [`Dnsmasq`], an authoritative DNS server for `.test` (hosts file, SRV records).
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
 //! - `app` (feature `app`): serving a caracal-core app in-process, with polling helpers.
@@ -21,6 +22,7 @@
 #[cfg(feature = "app")]
 pub mod app;
 pub mod bench;
+pub mod dns;
 pub mod error;
 pub mod poll;
 pub mod postgres;
@@ -28,6 +30,7 @@ pub mod process;
 pub mod redis;
 mod spawn;
 
+pub use dns::Dnsmasq;
 pub use error::Error;
 /// Signals for [`ServiceProcess::signal`], re-exported so tests need no `nix` of their own.
 pub use nix::sys::signal::Signal;

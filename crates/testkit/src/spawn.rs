@@ -196,8 +196,13 @@ impl Supervised {
     }
 
     pub(crate) fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Sends `signal` to the server's process group, if it runs.
+    pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
-            signal_group(child, nix::sys::signal::Signal::SIGSTOP);
+            signal_group(child, signal);
         }
     }
 

@@ -32,7 +32,7 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
     let (status, _) = send(&served, Method::POST, "/v1/targets", Some(&good), "application/json").await;
     assert_eq!(status, 201);
     let before = support::counts(&pool).await;
-    assert_eq!(before, (1, 1, 1), "one target, one instance, one outbox event");
+    assert_eq!(before, (1, 1, 2), "one target, one instance, its event and registry.changed");
 
     let big =
         json!({"name": "big", "instances": ["http://127.0.0.1:1"], "labels": {"x": "y".repeat(100_000)}}).to_string();
@@ -94,6 +94,77 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
             422,
             "validation_failed",
             Some("timeout_ms"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(
+                json!({"name": "d", "instances": ["http://a:1"], "discovery": {"dns": {"name": "d.test", "port": 80}}})
+                    .to_string(),
+            ),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(
+                json!({"name": "d", "discovery": {"dns": {"name": "_http._tcp.d.test", "type": "SRV", "port": 80}}})
+                    .to_string(),
+            ),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.port"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "d", "discovery": {"dns": {"name": "d.test"}}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.port"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "d", "discovery": {"dns": {"name": "d.test", "type": "MX", "port": 80}}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.type"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "d", "discovery": {"dns": {"name": "not a dns name", "port": 80}}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.name"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(
+                json!({"name": "d", "discovery": {"dns": {"name": "d.test", "port": 80, "refresh_ms": 5}}}).to_string(),
+            ),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.refresh_ms"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "d", "discovery": {"dns": {"name": "d.test", "port": 80, "ttl": 5}}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("discovery.dns.ttl"),
         ),
         (
             // PostgreSQL cannot store NUL: refused up front, never a 500.

@@ -46,9 +46,20 @@ async fn writes_commit_with_their_outbox_events() {
     let events: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT event_type, target FROM outbox ORDER BY id").fetch_all(&pool).await.expect("outbox");
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(types, ["target.created", "target.updated", "target.deleted"]);
+    assert_eq!(
+        types,
+        [
+            "target.created",
+            "registry.changed",
+            "target.updated",
+            "registry.changed",
+            "target.deleted",
+            "registry.changed"
+        ],
+        "every write announces itself to the followers of caracal.invalidations in the same transaction"
+    );
     assert!(events.iter().all(|(_, target)| target.as_deref() == Some("shop")));
-    assert_eq!(support::counts(&pool).await, (0, 0, 3), "the target and its instances are gone, the events stay");
+    assert_eq!(support::counts(&pool).await, (0, 0, 6), "the target and its instances are gone, the events stay");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,4 +98,66 @@ async fn the_openapi_document_describes_the_routes() {
     }
     assert!(doc["paths"]["/v1/targets"]["post"]["responses"].get("422").is_some());
     assert!(doc["components"]["schemas"].get("TargetSpec").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_discovered_target_keeps_its_instances_for_control() {
+    let (served, pool) = support::api(Mode::Stable).await;
+    let http = caracal_testkit::app::client();
+    let shop = json!({"name": "shop", "discovery": {"dns": {"name": "shop.test", "port": 8080}}, "labels": {"team": "payments"}});
+    let created = http.post(served.url("/v1/targets")).bearer_auth(ADMIN).json(&shop).send().await.expect("create");
+    assert_eq!(created.status(), 201);
+    let body: serde_json::Value = created.json().await.expect("json");
+    assert_eq!(body["instances"], json!([]), "nothing is resolved yet");
+    assert_eq!(body["discovery"]["dns"]["type"], "A", "the record type defaults to A");
+    assert_eq!((body["managed_by"].as_str(), body["discovery_status"].is_null()), (Some("api"), true));
+
+    // Control resolved it: the instances and how they were resolved show in GET.
+    let id: i64 = sqlx::query_scalar("SELECT id FROM targets WHERE name = 'shop'").fetch_one(&pool).await.expect("id");
+    let urls = vec!["http://127.0.0.2:8080".to_string()];
+    let change = caracal_store::registry::set_discovered(&pool, id, &urls).await.expect("write").expect("discovered");
+    assert_eq!(change.added, urls);
+    sqlx::query(
+        "INSERT INTO discovery_status (target_id, attempted_at, outcome, resolved_at, records, ttl_s) \
+         VALUES ($1, now(), 'ok', now(), 1, 30)",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect("status");
+    let got = http.get(served.url("/v1/targets/shop")).bearer_auth(ADMIN).send().await.expect("get");
+    let got: serde_json::Value = got.json().await.expect("json");
+    assert_eq!(got["instances"], json!(urls));
+    assert_eq!(
+        (got["discovery_status"]["outcome"].as_str(), got["discovery_status"]["ttl_s"].as_i64()),
+        (Some("ok"), Some(30))
+    );
+
+    // Writing its instances through the API is refused; changing the discovery is not.
+    let listed = json!({"instances": ["http://127.0.0.9:1"]});
+    let refused = http.put(served.url("/v1/targets/shop")).bearer_auth(ADMIN).json(&listed).send().await.expect("put");
+    assert_eq!(refused.status(), 409);
+    let error: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "discovered_instances");
+    let moved = json!({"discovery": {"dns": {"name": "shop2.test", "port": 8080}}});
+    let ok = http.put(served.url("/v1/targets/shop")).bearer_auth(ADMIN).json(&moved).send().await.expect("put");
+    assert_eq!(ok.status(), 200);
+    let body: serde_json::Value = ok.json().await.expect("json");
+    assert_eq!(body["instances"], json!(urls), "the last known set stays until control resolves the new name");
+
+    // A target control owns is changed through its file, not the API (pausing is fine).
+    sqlx::query(
+        "UPDATE targets SET managed_by = 'control', declared_in = '/etc/caracal/targets/shop.yaml' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect("own");
+    let refused = http.delete(served.url("/v1/targets/shop")).bearer_auth(ADMIN).send().await.expect("delete");
+    assert_eq!(refused.status(), 409);
+    let error: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "managed_by_control");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("shop.yaml")), "{error}");
+    let paused = http.post(served.url("/v1/targets/shop/pause")).bearer_auth(ADMIN).send().await.expect("pause");
+    assert_eq!(paused.status(), 200);
 }

@@ -2,6 +2,7 @@
 //! hysteresis, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
 //! and HTTP.
 
+mod invalidations;
 mod ladder;
 mod relay;
 mod replicas;

@@ -12,6 +12,7 @@ use caracal_coordinator::config::{CoordinatorConfig, MembershipConfig};
 use caracal_coordinator::membership::{self, Membership};
 use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::prober::Prober;
+use caracal_store::invalidations;
 use caracal_testkit::Postgres;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +106,13 @@ pub async fn register(pool: &sqlx::PgPool, name: &str, instances: &[String], int
 
 /// Fast settings for tests.
 pub fn config(members_key: &str) -> CoordinatorConfig {
-    let mut config = CoordinatorConfig { refresh: Duration::from_millis(200), ..Default::default() };
+    // Targets written straight into the tables (no `registry.changed`) are picked up by the
+    // follower's full re-read; the fast path has its own test.
+    let mut config = CoordinatorConfig {
+        refresh: Duration::from_millis(200),
+        full_resync: Duration::from_millis(500),
+        ..Default::default()
+    };
     config.membership = MembershipConfig {
         heartbeat: Duration::from_millis(200),
         ttl: Duration::from_secs(1),
@@ -128,6 +135,8 @@ impl Replica {
         let metrics = Metrics::register(&mut registry);
         let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone()).expect("prober");
         let stop = CancellationToken::new();
+        let follower = invalidations::Follower::new(redis(redis_url).await, config.full_resync);
+        let (notices, received) = tokio::sync::mpsc::channel(64);
         let tasks = vec![
             tokio::spawn(membership::run(
                 membership.clone(),
@@ -135,7 +144,8 @@ impl Replica {
                 config.membership.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(prober.run(stop.clone())),
+            tokio::spawn(follower.run(notices, stop.clone())),
+            tokio::spawn(prober.run(received, stop.clone())),
         ];
         Replica { membership, tasks, stop }
     }

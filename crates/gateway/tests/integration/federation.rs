@@ -141,7 +141,7 @@ async fn no_instance_answering_is_still_200_and_selectors_span_targets() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_timeout_header_caps_each_instance_and_registry_changes_show() {
-    let gw = gateway(serde_json::json!({ "registry_ttl": "500ms", "timeout_margin": "200ms" })).await;
+    let gw = gateway(serde_json::json!({ "timeout_margin": "200ms" })).await;
     let slow = instance(Behaviour::Slow(Duration::from_secs(10)), BEARER).await;
     gw.register("slowpoke", serde_json::json!({}), 9_000, std::slice::from_ref(&slow)).await;
     let started = Instant::now();
@@ -170,7 +170,7 @@ async fn prometheus_timeout_header_caps_each_instance_and_registry_changes_show(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_registry_unreadable_is_503_only_without_a_copy() {
     let mut postgres = caracal_testkit::Postgres::start_default().expect("postgres");
-    let gw = crate::support::gateway_on(&postgres, serde_json::json!({ "registry_ttl": "100ms" })).await;
+    let gw = crate::support::gateway_on(&postgres, serde_json::json!({})).await;
     let a = instance(Behaviour::Text("a 1\n".into()), BEARER).await;
     gw.register("cached", serde_json::json!({}), 500, &[a]).await;
     let (status, _, _) = gw.federate("/v1/targets/cached/metrics", &[]).await;

@@ -41,7 +41,8 @@ pub async fn gateway(settings: serde_json::Value) -> Gateway {
 }
 
 impl Gateway {
-    /// Registers a target straight in the registry's tables.
+    /// Registers a target straight in the registry's tables, announces it on
+    /// `caracal.invalidations` as the relay would, and waits until the gateway holds it.
     pub async fn register(&self, name: &str, labels: serde_json::Value, timeout_ms: i32, instances: &[String]) {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
@@ -61,6 +62,36 @@ impl Gateway {
                 .await
                 .expect("instance");
         }
+        let announcement = caracal_store::Event {
+            id: id.max(1),
+            event_type: caracal_store::registry::CHANGED.into(),
+            target: Some(name.into()),
+            instance: None,
+            payload: serde_json::json!({ "name": name }),
+            occurred_at: "2026-12-01T00:00:00Z".into(),
+        };
+        let client = redis::Client::open(caracal_testkit::shared().redis.url()).expect("redis url");
+        let mut redis = redis::aio::ConnectionManager::new(client).await.expect("redis");
+        caracal_store::stream::publish(&mut redis, caracal_store::stream::INVALIDATIONS, &[announcement], 10_000)
+            .await
+            .expect("announce");
+        let want: i64 = sqlx::query_scalar("SELECT count(*) FROM targets").fetch_one(&self.pool).await.expect("count");
+        caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(20), || async {
+            (self.held().await == want).then_some(())
+        })
+        .await
+        .expect("the gateway holds the announced target");
+    }
+
+    /// `caracal_gateway_registry_targets`, from its own `/metrics`.
+    pub async fn held(&self) -> i64 {
+        let metrics = self.served.http.get(self.served.url("/metrics")).bearer_auth(BEARER).send().await;
+        let Ok(metrics) = metrics else { return -1 };
+        let text = metrics.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("caracal_gateway_registry_targets "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1)
     }
 
     /// GET `path` with the metrics bearer and extra headers: status, content type, body.

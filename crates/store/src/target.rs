@@ -1,11 +1,31 @@
-//! The target document: what operators register, its validation and its defaults.
+//! The target document: what operators register (through the API, a declared file or
+//! `caracal apply`), its validation and its defaults. One definition for every writer, so a
+//! file control reconciles is judged exactly as the API judges a request.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ApiError;
+pub use crate::discovery::{Discovery, DnsDiscovery, RecordType};
+
+/// Why a target document is refused, naming the field (a JSON path: `instances[1]`,
+/// `discovery.dns.port`). The API answers it 422; control reports it with the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// The field, as a JSON path.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl Invalid {
+    /// A validation error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
 
 /// Probe intervals accepted, in milliseconds.
 pub const INTERVAL_MS: std::ops::RangeInclusive<i32> = 100..=3_600_000;
@@ -37,10 +57,10 @@ pub fn valid_name(name: &str) -> bool {
 /// Whether `value` matches `pattern`, one of this module's constants. The OpenAPI document
 /// states the same patterns, so what the schema allows is exactly what the server accepts
 /// (schemathesis checks both directions).
-fn matches(pattern: &'static str, value: &str) -> bool {
+pub(crate) fn matches(pattern: &'static str, value: &str) -> bool {
     use std::sync::LazyLock;
-    static COMPILED: LazyLock<[(&str, regex::Regex); 4]> = LazyLock::new(|| {
-        [NAME_PATTERN, PATH_PATTERN, INSTANCE_PATTERN, LABEL_KEY_PATTERN]
+    static COMPILED: LazyLock<[(&str, regex::Regex); 5]> = LazyLock::new(|| {
+        [NAME_PATTERN, PATH_PATTERN, INSTANCE_PATTERN, LABEL_KEY_PATTERN, crate::discovery::DNS_NAME_PATTERN]
             .map(|p| (p, regex::Regex::new(p).unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))))
     });
     COMPILED.iter().find(|(p, _)| *p == pattern).is_some_and(|(_, regex)| regex.is_match(value))
@@ -56,8 +76,13 @@ pub struct TargetSpec {
     #[schema(schema_with = name_schema, required = true)]
     pub name: String,
     /// Base URLs (`http://host[:port][/prefix]`), one per instance; 1 to 100, distinct.
+    /// Exclusive with `discovery`: a discovered target's instances are control's to write.
+    #[serde(default)]
     #[schema(schema_with = instances_schema)]
     pub instances: Vec<String>,
+    /// Where the instances come from instead of `instances`: DNS, resolved by caracal-control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
     /// Liveness path, default `/health`.
     #[serde(default = "default_health")]
     #[schema(schema_with = path_schema)]
@@ -87,7 +112,7 @@ pub struct TargetSpec {
 
 /// A JSON number with no fractional part (`5000` or `5000.0`: JSON Schema's `integer`) as an
 /// `i32`.
-fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
     let value = f64::deserialize(deserializer)?;
     if value.fract() != 0.0 || value < f64::from(i32::MIN) || value > f64::from(i32::MAX) {
         return Err(serde::de::Error::custom(format!("expected a whole number, got {value}")));
@@ -158,60 +183,67 @@ impl TargetSpec {
     /// Checks every field; the first problem is returned, naming its field.
     ///
     /// # Errors
-    /// [`ApiError::Validation`].
-    pub fn validate(&self) -> Result<(), ApiError> {
+    /// [`Invalid`], naming the field.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !matches(NAME_PATTERN, &self.name) {
-            return Err(ApiError::invalid(
-                "name",
-                "1 to 63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
-            ));
+            return Err(Invalid::new("name", "1 to 63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"));
         }
-        if self.instances.is_empty() || self.instances.len() > MAX_INSTANCES {
-            return Err(ApiError::invalid("instances", format!("between 1 and {MAX_INSTANCES} base URLs")));
+        match &self.discovery {
+            Some(_) if !self.instances.is_empty() => {
+                return Err(Invalid::new(
+                    "discovery",
+                    "a target has either `instances` or `discovery`, not both: discovered instances are written by caracal-control",
+                ));
+            }
+            Some(discovery) => discovery.validate()?,
+            None if self.instances.is_empty() || self.instances.len() > MAX_INSTANCES => {
+                return Err(Invalid::new(
+                    "instances",
+                    format!("between 1 and {MAX_INSTANCES} base URLs (or `discovery` instead)"),
+                ));
+            }
+            None => {}
         }
         for (i, url) in self.instances.iter().enumerate() {
             if let Err(why) = check_base_url(url) {
-                return Err(ApiError::invalid(format!("instances[{i}]"), why));
+                return Err(Invalid::new(format!("instances[{i}]"), why));
             }
             if self.instances[..i].contains(url) {
-                return Err(ApiError::invalid(format!("instances[{i}]"), "listed twice"));
+                return Err(Invalid::new(format!("instances[{i}]"), "listed twice"));
             }
         }
         for (field, path) in
             [("health_path", &self.health_path), ("ready_path", &self.ready_path), ("metrics_path", &self.metrics_path)]
         {
             if !matches(PATH_PATTERN, path) {
-                return Err(ApiError::invalid(
+                return Err(Invalid::new(
                     field,
                     "a path starting with '/', at most 256 characters of a-z A-Z 0-9 . _ ~ ! $ & ' ( ) * + , ; = : @ % / -",
                 ));
             }
         }
         if !INTERVAL_MS.contains(&self.interval_ms) {
-            return Err(ApiError::invalid(
+            return Err(Invalid::new(
                 "interval_ms",
                 format!("between {} and {}", INTERVAL_MS.start(), INTERVAL_MS.end()),
             ));
         }
         if !TIMEOUT_MS.contains(&self.timeout_ms) {
-            return Err(ApiError::invalid(
-                "timeout_ms",
-                format!("between {} and {}", TIMEOUT_MS.start(), TIMEOUT_MS.end()),
-            ));
+            return Err(Invalid::new("timeout_ms", format!("between {} and {}", TIMEOUT_MS.start(), TIMEOUT_MS.end())));
         }
         if self.labels.len() > MAX_LABELS {
-            return Err(ApiError::invalid("labels", format!("at most {MAX_LABELS} labels")));
+            return Err(Invalid::new("labels", format!("at most {MAX_LABELS} labels")));
         }
         for (key, value) in &self.labels {
             if !matches(LABEL_KEY_PATTERN, key) {
-                return Err(ApiError::invalid(format!("labels.{key}"), "label keys are 1 to 63 of A-Z, a-z, 0-9, '_'"));
+                return Err(Invalid::new(format!("labels.{key}"), "label keys are 1 to 63 of A-Z, a-z, 0-9, '_'"));
             }
             if value.contains('\0') {
                 // PostgreSQL's text (and jsonb) cannot hold NUL.
-                return Err(ApiError::invalid(format!("labels.{key}"), "label values cannot contain NUL (U+0000)"));
+                return Err(Invalid::new(format!("labels.{key}"), "label values cannot contain NUL (U+0000)"));
             }
             if value.chars().count() > MAX_LABEL_VALUE {
-                return Err(ApiError::invalid(format!("labels.{key}"), "label values are at most 256 characters"));
+                return Err(Invalid::new(format!("labels.{key}"), "label values are at most 256 characters"));
             }
         }
         Ok(())
@@ -234,7 +266,7 @@ fn check_base_url(url: &str) -> Result<(), String> {
 }
 
 /// A registered target, as answered.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Target {
     /// The registered document.
     #[serde(flatten)]
@@ -245,6 +277,13 @@ pub struct Target {
     pub updated_at: String,
     /// Since when probing is paused (RFC 3339); `null` while it is probed.
     pub paused_at: Option<String>,
+    /// Who owns it: `api` (created through the API) or `control` (declared in a file).
+    pub managed_by: String,
+    /// The file that declares it, for a target control owns.
+    pub declared_in: Option<String>,
+    /// How its instances were last resolved, for a discovered target (`null` before the first
+    /// resolution, and for listed instances).
+    pub discovery_status: Option<crate::discovery::DiscoveryStatus>,
 }
 
 #[cfg(test)]
@@ -258,7 +297,7 @@ mod tests {
 
     fn field_of(spec: &TargetSpec) -> String {
         match spec.validate() {
-            Err(ApiError::Validation { field, .. }) => field,
+            Err(Invalid { field, .. }) => field,
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
@@ -319,5 +358,36 @@ mod tests {
         let mut s = spec();
         s.labels.insert("bad-key".into(), "v".into());
         assert_eq!(field_of(&s), "labels.bad-key");
+    }
+
+    #[test]
+    fn an_answered_target_reads_back() {
+        let answered = serde_json::json!({
+            "name": "shop", "instances": ["http://a:1"], "health_path": "/health", "ready_path": "/ready",
+            "metrics_path": "/metrics", "interval_ms": 5000, "timeout_ms": 1000, "labels": {},
+            "created_at": "t", "updated_at": "t", "paused_at": null, "managed_by": "api",
+            "declared_in": null, "discovery_status": null
+        });
+        let target: Target = serde_json::from_value(answered.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&target).expect("json"), answered);
+    }
+
+    #[test]
+    fn instances_or_discovery_never_both() {
+        let discovered: TargetSpec = serde_json::from_value(serde_json::json!({
+            "name": "shop", "discovery": {"dns": {"name": "shop.test", "port": 8080}}
+        }))
+        .expect("a discovered target");
+        assert!(discovered.instances.is_empty());
+        assert!(discovered.validate().is_ok());
+        let mut both = discovered.clone();
+        both.instances = vec!["http://a:1".into()];
+        assert_eq!(field_of(&both), "discovery");
+        let mut bad = discovered;
+        bad.discovery.as_mut().expect("set").dns.port = None;
+        assert_eq!(field_of(&bad), "discovery.dns.port", "discovery's own fields are checked too");
+        let mut neither = spec();
+        neither.instances.clear();
+        assert_eq!(field_of(&neither), "instances");
     }
 }

@@ -1,0 +1,233 @@
+//! Declared targets: files of target documents (YAML or JSON; one target or a list per file),
+//! read and judged exactly as the API judges a request, and the plan that brings the registry
+//! to what they declare. Control applies the plan for `control.targets_dir`; `caracal apply`
+//! prints and applies it through the API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use caracal_store::target::{Target, TargetSpec};
+
+/// A file that does not parse or validate, or a declaration that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct Problem {
+    /// The file.
+    pub file: String,
+    /// The line (1-based; 0 when the file as a whole is at fault).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A target and the file that declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    /// The document.
+    pub spec: TargetSpec,
+    /// The file's path.
+    pub file: String,
+}
+
+/// What a set of files declares: the targets (first declaration of a name wins), the problems,
+/// and a fingerprint of the files' names and contents (unchanged files need no reconciling).
+#[derive(Debug, Default)]
+pub struct Files {
+    /// Every valid declaration.
+    pub targets: Vec<Declared>,
+    /// Every problem; the targets of a file with a problem are left as they are.
+    pub problems: Vec<Problem>,
+    /// A hash of every file's path and contents.
+    pub fingerprint: u64,
+}
+
+impl Files {
+    /// Files that have a problem: the registry's targets they declared are kept as they are.
+    pub fn broken(&self) -> BTreeSet<&str> {
+        self.problems.iter().map(|p| p.file.as_str()).collect()
+    }
+}
+
+/// Whether `path` names a file of declarations (`.yaml`, `.yml`, `.json`; hidden files, such as
+/// a Kubernetes ConfigMap mount's `..data`, are not).
+fn declares(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    !hidden && matches!(ext, "yaml" | "yml" | "json")
+}
+
+/// Reads `path`: a file, or every declaring file directly in a directory (in name order).
+pub fn read(path: &Path) -> Files {
+    let mut files = Files::default();
+    let paths: Vec<PathBuf> = if path.is_dir() {
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> =
+                    entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && declares(p)).collect();
+                paths.sort();
+                paths
+            }
+            Err(e) => {
+                files.problems.push(Problem { file: path.display().to_string(), line: 0, message: e.to_string() });
+                return files;
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for path in paths {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                files.problems.push(Problem { file, line: 0, message: e.to_string() });
+                continue;
+            }
+        };
+        std::hash::Hash::hash(&(&file, &text), &mut hasher);
+        match parse(&file, &text) {
+            Ok(specs) => {
+                for spec in specs {
+                    if let Some(other) = first.get(&spec.name) {
+                        files.problems.push(Problem {
+                            line: line_of(&text, &spec.name),
+                            message: format!("target `{}` is declared in `{other}` already", spec.name),
+                            file: file.clone(),
+                        });
+                        continue;
+                    }
+                    first.insert(spec.name.clone(), file.clone());
+                    files.targets.push(Declared { spec, file: file.clone() });
+                }
+            }
+            Err(problem) => files.problems.push(problem),
+        }
+    }
+    files.fingerprint = std::hash::Hasher::finish(&hasher);
+    files
+}
+
+/// Parses and validates one file's text: a target or a list of targets, JSON for `.json`,
+/// YAML otherwise.
+///
+/// # Errors
+/// The first [`Problem`], with its line: a syntax error, a field of the wrong type or unknown,
+/// or a value the API would refuse (naming the target and field).
+pub fn parse(file: &str, text: &str) -> Result<Vec<TargetSpec>, Problem> {
+    let problem = |line: usize, message: String| Problem { file: file.into(), line, message };
+    let specs: Vec<TargetSpec> = if file.ends_with(".json") {
+        let list = text.trim_start().starts_with('[');
+        let parsed = if list {
+            serde_json::from_str::<Vec<TargetSpec>>(text)
+        } else {
+            serde_json::from_str::<TargetSpec>(text).map(|s| vec![s])
+        };
+        parsed.map_err(|e| problem(e.line(), e.to_string()))?
+    } else {
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?;
+        let parsed = if value.is_sequence() {
+            serde_yaml_ng::from_str::<Vec<TargetSpec>>(text)
+        } else {
+            serde_yaml_ng::from_str::<TargetSpec>(text).map(|s| vec![s])
+        };
+        parsed.map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?
+    };
+    for spec in &specs {
+        if let Err(invalid) = spec.validate() {
+            let what = if spec.name.is_empty() { "a target".to_string() } else { format!("target `{}`", spec.name) };
+            return Err(problem(line_of(text, &spec.name), format!("{what}: {invalid}")));
+        }
+    }
+    Ok(specs)
+}
+
+/// The line a target's name is declared on (1 when it cannot be told).
+pub(crate) fn line_of(text: &str, name: &str) -> usize {
+    if name.is_empty() {
+        return 1;
+    }
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches("- ");
+            (line.starts_with("name:") || line.starts_with("\"name\"")) && line.contains(name)
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// One change a plan makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Register a target the files declare and the registry lacks.
+    Create(Declared),
+    /// Replace a target whose document differs (the fields that differ are listed).
+    Update(Declared, Vec<&'static str>),
+    /// Delete a target no file declares any more.
+    Delete(String),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Create(d) => write!(f, "create {} ({})", d.spec.name, d.file),
+            Step::Update(d, fields) => write!(f, "update {} ({}: {})", d.spec.name, d.file, fields.join(", ")),
+            Step::Delete(name) => write!(f, "delete {name}"),
+        }
+    }
+}
+
+/// The steps that bring `existing` to `declared`: create what is missing, update what
+/// differs, and delete the existing targets no file declares for which `prunable` says yes.
+pub fn plan(declared: &[Declared], existing: &[Target], prunable: impl Fn(&Target) -> bool) -> Vec<Step> {
+    let by_name: BTreeMap<&str, &Target> = existing.iter().map(|t| (t.spec.name.as_str(), t)).collect();
+    let mut steps = Vec::new();
+    for d in declared {
+        match by_name.get(d.spec.name.as_str()) {
+            None => steps.push(Step::Create(d.clone())),
+            Some(target) => {
+                let mut fields = differences(&d.spec, &target.spec);
+                if target.managed_by == "control" && target.declared_in.as_deref() != Some(d.file.as_str()) {
+                    fields.push("declared_in");
+                }
+                if !fields.is_empty() {
+                    steps.push(Step::Update(d.clone(), fields));
+                }
+            }
+        }
+    }
+    let wanted: BTreeSet<&str> = declared.iter().map(|d| d.spec.name.as_str()).collect();
+    for target in existing {
+        if !wanted.contains(target.spec.name.as_str()) && prunable(target) {
+            steps.push(Step::Delete(target.spec.name.clone()));
+        }
+    }
+    steps
+}
+
+/// The fields in which `want` differs from `have` (instances as sets; a discovered target's
+/// instances are control's, not the document's).
+fn differences(want: &TargetSpec, have: &TargetSpec) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    fn sorted(v: &[String]) -> BTreeSet<&String> {
+        v.iter().collect()
+    }
+    if want.discovery.is_none() && sorted(&want.instances) != sorted(&have.instances) {
+        fields.push("instances");
+    }
+    let pairs: [(&'static str, bool); 7] = [
+        ("discovery", want.discovery != have.discovery),
+        ("health_path", want.health_path != have.health_path),
+        ("ready_path", want.ready_path != have.ready_path),
+        ("metrics_path", want.metrics_path != have.metrics_path),
+        ("interval_ms", want.interval_ms != have.interval_ms),
+        ("timeout_ms", want.timeout_ms != have.timeout_ms),
+        ("labels", want.labels != have.labels),
+    ];
+    fields.extend(pairs.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name));
+    fields
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+use super::*;
+
+fn target(spec: serde_json::Value, managed_by: &str, declared_in: Option<&str>) -> Target {
+    Target {
+        spec: serde_json::from_value(spec).expect("a spec"),
+        created_at: String::new(),
+        updated_at: String::new(),
+        paused_at: None,
+        managed_by: managed_by.into(),
+        declared_in: declared_in.map(String::from),
+        discovery_status: None,
+    }
+}
+
+#[test]
+fn a_file_holds_one_target_or_a_list_in_yaml_or_json() {
+    let one = "name: shop\ninstances: [\"http://127.0.0.1:7001\"]\nlabels: {team: payments}\n";
+    let specs = parse("a.yaml", one).expect("one target");
+    assert_eq!((specs.len(), specs[0].labels["team"].as_str()), (1, "payments"));
+    let list = "- name: a\n  instances: [\"http://h:1\"]\n- name: b\n  discovery: {dns: {name: b.test, port: 80}}\n";
+    let specs = parse("b.yml", list).expect("a list");
+    assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(specs[1].interval_ms, 5_000, "the API's defaults apply");
+    let json = r#"[{"name": "c", "instances": ["http://h:1"]}]"#;
+    assert_eq!(parse("c.json", json).expect("json").len(), 1);
+}
+
+#[test]
+fn a_broken_file_names_its_line() {
+    let syntax = "name: shop\ninstances: [\"http://h:1\"\nlabels: {}\n";
+    let p = parse("s.yaml", syntax).expect_err("bad syntax");
+    assert!(p.line >= 2, "{p}");
+    let unknown = "name: shop\ninstances: [\"http://h:1\"]\nintervall_ms: 5\n";
+    let p = parse("u.yaml", unknown).expect_err("unknown field");
+    assert_eq!(p.line, 3, "{p}");
+    assert!(p.message.contains("intervall_ms"), "{p}");
+    let invalid = "- name: ok\n  instances: [\"http://h:1\"]\n- name: srv\n  discovery: {dns: {name: _x._tcp.t, type: SRV, port: 80}}\n";
+    let p = parse("v.yaml", invalid).expect_err("invalid value");
+    assert_eq!(p.line, 3, "{p}");
+    assert!(p.message.contains("target `srv`: discovery.dns.port"), "{p}");
+    let p = parse("j.json", "{\"name\": \"x\",\n \"instances\": 7}").expect_err("wrong type");
+    assert_eq!(p.line, 2, "{p}");
+}
+
+#[test]
+fn a_directory_reads_its_declaring_files_and_reports_duplicates() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("a.yaml"), "name: shop\ninstances: [\"http://h:1\"]\n").expect("write");
+    std::fs::write(dir.path().join("b.json"), r#"{"name": "shop", "instances": ["http://h:2"]}"#).expect("write");
+    std::fs::write(dir.path().join("README.md"), "not a target").expect("write");
+    std::fs::write(dir.path().join(".hidden.yaml"), "broken: [").expect("write");
+    let files = read(dir.path());
+    assert_eq!(files.targets.len(), 1);
+    assert!(files.targets[0].file.ends_with("a.yaml"));
+    assert_eq!(files.problems.len(), 1);
+    assert!(files.problems[0].message.contains("declared in"), "{:?}", files.problems);
+    let again = read(dir.path());
+    assert_eq!(files.fingerprint, again.fingerprint, "unchanged files, unchanged fingerprint");
+    std::fs::write(dir.path().join("a.yaml"), "name: shop\ninstances: [\"http://h:3\"]\n").expect("write");
+    assert_ne!(read(dir.path()).fingerprint, files.fingerprint);
+}
+
+#[test]
+fn a_plan_creates_updates_and_deletes_only_what_it_may() {
+    let declared =
+        |spec: serde_json::Value| Declared { spec: serde_json::from_value(spec).expect("spec"), file: "t.yaml".into() };
+    let want = vec![
+        declared(serde_json::json!({"name": "new", "instances": ["http://h:1"]})),
+        declared(serde_json::json!({"name": "same", "instances": ["http://h:2", "http://h:1"]})),
+        declared(serde_json::json!({"name": "moved", "instances": ["http://h:1"], "interval_ms": 1000})),
+        declared(serde_json::json!({"name": "dns", "discovery": {"dns": {"name": "d.test", "port": 1}}})),
+    ];
+    let have = vec![
+        target(
+            serde_json::json!({"name": "same", "instances": ["http://h:1", "http://h:2"]}),
+            "control",
+            Some("t.yaml"),
+        ),
+        target(serde_json::json!({"name": "moved", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
+        target(
+            serde_json::json!({"name": "dns", "discovery": {"dns": {"name": "d.test", "port": 1}}}),
+            "control",
+            Some("t.yaml"),
+        ),
+        target(serde_json::json!({"name": "gone", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
+        target(serde_json::json!({"name": "theirs", "instances": ["http://h:1"]}), "api", None),
+    ];
+    let steps = plan(&want, &have, |t| t.managed_by == "control");
+    let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["create new (t.yaml)", "update moved (t.yaml: interval_ms)", "delete gone"]);
+}

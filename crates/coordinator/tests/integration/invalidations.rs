@@ -1,0 +1,69 @@
+//! The registry in memory: a write announced on `caracal.invalidations` is probed at once,
+//! with no periodic re-read of the registry to wait for.
+
+use std::time::{Duration, Instant};
+
+use caracal_coordinator::metrics::Metrics;
+use caracal_coordinator::relay::Relay;
+use caracal_store::registry::{self, Writer};
+use caracal_store::target::TargetSpec;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, Fleet, Replica};
+
+fn spec(name: &str, instances: Vec<String>) -> TargetSpec {
+    serde_json::from_value(serde_json::json!({"name": name, "instances": instances, "interval_ms": 600_000}))
+        .expect("a spec")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registered_target_is_probed_at_once() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    // Only the stream can tell the prober: the safety-net re-read is ten minutes away, and
+    // so is a first probe spread over the ten-minute interval.
+    config.full_resync = Duration::from_secs(600);
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    let stop = CancellationToken::new();
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let relay = Relay::new(
+        pool.clone(),
+        support::redis(&shared.redis.url()).await,
+        Metrics::register(&mut metrics_registry),
+        config.relay.clone(),
+    );
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        (!replica.membership.members().is_empty()).then_some(())
+    })
+    .await
+    .expect("the replica knows its members");
+    // The follower has started and read the registry (empty) once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let written = Instant::now();
+    registry::create(&pool, &spec("shop", vec![fleet.url(1)]), &Writer::Api).await.expect("create");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        fleet.probed_by().contains_key(&1).then_some(())
+    })
+    .await
+    .expect("the new instance is probed without waiting for a re-read");
+    let first = written.elapsed();
+
+    let written = Instant::now();
+    registry::replace(&pool, &spec("shop", vec![fleet.url(1), fleet.url(2)]), &Writer::Api).await.expect("replace");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        fleet.probed_by().contains_key(&2).then_some(())
+    })
+    .await
+    .expect("an added instance is probed at once too");
+    let second = written.elapsed();
+    eprintln!("write → first probe: {first:?} (create), {second:?} (an instance added)");
+    assert!(first < Duration::from_secs(5) && second < Duration::from_secs(5), "{first:?} {second:?}");
+
+    stop.cancel();
+    let _ = relaying.await;
+    replica.stop().await;
+}

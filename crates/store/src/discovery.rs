@@ -1,0 +1,190 @@
+//! DNS discovery as a target declares it (`"discovery": {"dns": {...}}`), and how control last
+//! resolved it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::target::{Invalid, matches};
+
+/// A DNS name: dot-separated labels of `A-Z a-z 0-9 - _` (SRV names start `_http._tcp.`),
+/// each 1–63 characters not starting or ending with `-`, optionally ending with a dot; at most
+/// 253 characters in all ([`MAX_DNS_NAME`]).
+pub const DNS_NAME_PATTERN: &str = "^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\
+     (\\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\\.?$";
+/// Longest DNS name, in characters.
+pub const MAX_DNS_NAME: usize = 253;
+/// Refresh intervals accepted, in milliseconds (control never resolves more often than 1 s).
+pub const REFRESH_MS: std::ops::RangeInclusive<i32> = 1_000..=3_600_000;
+/// Schemes a discovered instance may be probed with.
+pub const SCHEMES: &[&str] = &["http"];
+
+/// Where a target's instances come from, instead of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// Resolve a DNS name into instances.
+    pub dns: DnsDiscovery,
+}
+
+/// A DNS name whose records are the target's instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// The name to resolve (`shop.prod.svc.cluster.local`, `_http._tcp.shop.prod.svc...` for SRV).
+    #[schema(
+        pattern = "^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\\.?$",
+        max_length = 253
+    )]
+    pub name: String,
+    /// The record type: `A`, `AAAA` or `SRV` (SRV records give host and port).
+    #[serde(rename = "type", default)]
+    pub record_type: RecordType,
+    /// The instances' port: required for `A`/`AAAA`, refused for `SRV`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<u32>,
+    /// How instances are probed: `http` (default).
+    #[serde(default = "default_scheme")]
+    #[schema(pattern = "^http$", default = "http")]
+    pub scheme: String,
+    /// How often to resolve, 1 s to 1 h (default 30,000); a record's shorter TTL wins, never
+    /// below 1 s.
+    #[serde(default = "default_refresh", deserialize_with = "crate::target::whole_number")]
+    #[schema(minimum = 1000, maximum = 3_600_000, default = 30_000)]
+    pub refresh_ms: i32,
+}
+
+/// A DNS record type discovery reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum RecordType {
+    /// IPv4 addresses, with the declared port.
+    #[default]
+    A,
+    /// IPv6 addresses, with the declared port.
+    #[serde(rename = "AAAA")]
+    Aaaa,
+    /// Host and port per record.
+    #[serde(rename = "SRV")]
+    Srv,
+}
+
+impl RecordType {
+    /// Its name in DNS.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+            RecordType::Srv => "SRV",
+        }
+    }
+}
+
+fn default_scheme() -> String {
+    "http".into()
+}
+fn default_refresh() -> i32 {
+    30_000
+}
+
+impl Discovery {
+    /// Checks every field, naming the first bad one (`discovery.dns.port`).
+    ///
+    /// # Errors
+    /// [`Invalid`].
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let dns = &self.dns;
+        let field = |name: &str| format!("discovery.dns.{name}");
+        if dns.name.len() > MAX_DNS_NAME || !matches(DNS_NAME_PATTERN, &dns.name) {
+            return Err(Invalid::new(
+                field("name"),
+                "a DNS name: dot-separated labels of 1 to 63 of A-Z a-z 0-9 - _, at most 253 characters",
+            ));
+        }
+        match (dns.record_type, dns.port) {
+            (RecordType::Srv, Some(_)) => {
+                return Err(Invalid::new(field("port"), "SRV records carry their own ports; leave `port` out"));
+            }
+            (RecordType::A | RecordType::Aaaa, None) => {
+                return Err(Invalid::new(field("port"), "required for A and AAAA records (1 to 65535)"));
+            }
+            (_, Some(port)) if !(1..=65_535).contains(&port) => {
+                return Err(Invalid::new(field("port"), "between 1 and 65535"));
+            }
+            _ => {}
+        }
+        if !SCHEMES.contains(&dns.scheme.as_str()) {
+            return Err(Invalid::new(field("scheme"), format!("one of: {}", SCHEMES.join(", "))));
+        }
+        if !REFRESH_MS.contains(&dns.refresh_ms) {
+            return Err(Invalid::new(
+                field("refresh_ms"),
+                format!("between {} and {}", REFRESH_MS.start(), REFRESH_MS.end()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How control last resolved a discovered target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DiscoveryStatus {
+    /// The last attempt (RFC 3339).
+    pub attempted_at: String,
+    /// Its outcome: `ok`, `empty`, `nxdomain`, `timeout`, `servfail`, `refused` or `error`.
+    pub outcome: String,
+    /// The last successful resolution (RFC 3339), if any.
+    pub resolved_at: Option<String>,
+    /// Records in the last answer.
+    pub records: i32,
+    /// The lowest TTL among them, in seconds.
+    pub ttl_s: Option<i32>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dns(value: serde_json::Value) -> Discovery {
+        serde_json::from_value(serde_json::json!({ "dns": value })).expect("a discovery document")
+    }
+
+    fn field_of(d: &Discovery) -> String {
+        d.validate().expect_err("invalid").field
+    }
+
+    #[test]
+    fn defaults_and_good_documents() {
+        let d = dns(serde_json::json!({"name": "shop.prod.svc.cluster.local", "port": 8080}));
+        assert_eq!((d.dns.record_type, d.dns.scheme.as_str(), d.dns.refresh_ms), (RecordType::A, "http", 30_000));
+        assert!(d.validate().is_ok());
+        assert!(dns(serde_json::json!({"name": "_http._tcp.shop.test.", "type": "SRV"})).validate().is_ok());
+        assert!(dns(serde_json::json!({"name": "v6.test", "type": "AAAA", "port": 1})).validate().is_ok());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(
+            field_of(&dns(serde_json::json!({"name": "_s._tcp.x", "type": "SRV", "port": 80}))),
+            "discovery.dns.port"
+        );
+        assert_eq!(field_of(&dns(serde_json::json!({"name": "x.test"}))), "discovery.dns.port");
+        assert_eq!(field_of(&dns(serde_json::json!({"name": "x.test", "port": 70000}))), "discovery.dns.port");
+        assert_eq!(field_of(&dns(serde_json::json!({"name": "not a name", "port": 1}))), "discovery.dns.name");
+        assert_eq!(field_of(&dns(serde_json::json!({"name": "-x.test", "port": 1}))), "discovery.dns.name");
+        assert_eq!(field_of(&dns(serde_json::json!({"name": "a..b", "port": 1}))), "discovery.dns.name");
+        let long = format!("{}.test", "a".repeat(63).repeat(4));
+        assert_eq!(field_of(&dns(serde_json::json!({"name": long, "port": 1}))), "discovery.dns.name");
+        assert_eq!(
+            field_of(&dns(serde_json::json!({"name": "x", "port": 1, "scheme": "ftp"}))),
+            "discovery.dns.scheme"
+        );
+        assert_eq!(
+            field_of(&dns(serde_json::json!({"name": "x", "port": 1, "refresh_ms": 10}))),
+            "discovery.dns.refresh_ms"
+        );
+        let unknown = serde_json::from_value::<Discovery>(serde_json::json!({"dns": {"name": "x", "type": "MX"}}));
+        assert!(unknown.is_err(), "MX is not a type discovery reads");
+    }
+}

@@ -1,0 +1,439 @@
+//! The targets registry's reads and writes, shared by every writer (the API, control's declared
+//! files and its DNS discovery). Each write commits, in one transaction, the change, its own
+//! outbox event (`target.created`, `target.updated`, ...) and a `registry.changed` event, which
+//! the relay also publishes to `caracal.invalidations`: followers (the coordinator, the gateway)
+//! re-read just that target instead of the whole registry.
+
+use sqlx::PgConnection;
+
+use crate::discovery::DiscoveryStatus;
+use crate::target::{Target, TargetSpec};
+use crate::{Error, NewEvent, outbox, rfc3339};
+
+/// The event type announcing that one target changed (payload `{"name"}`); the relay sends it
+/// to `caracal.invalidations` as well as `caracal.events`.
+pub const CHANGED: &str = "registry.changed";
+
+/// Who writes: the API (on anyone's behalf) or control (for the file that declares the target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// A request to `/v1/targets`.
+    Api,
+    /// Control, reconciling the declared file at this path.
+    Control {
+        /// The file that declares the target.
+        file: String,
+    },
+}
+
+impl Writer {
+    fn managed_by(&self) -> &'static str {
+        match self {
+            Writer::Api => "api",
+            Writer::Control { .. } => "control",
+        }
+    }
+
+    fn file(&self) -> Option<&str> {
+        match self {
+            Writer::Api => None,
+            Writer::Control { file } => Some(file),
+        }
+    }
+}
+
+/// Why a write is refused (each has a stable code the API answers with).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No such target.
+    #[error("no target named `{0}`")]
+    NotFound(String),
+    /// The name is taken (by a target this writer may not touch, for control).
+    #[error("a target named `{0}` exists already")]
+    Conflict(String),
+    /// The target's instances are discovered: only control writes them.
+    #[error("target `{0}` discovers its instances from DNS; its `instances` are written by caracal-control")]
+    Discovered(String),
+    /// The target is declared in a file control reconciles; change the file instead.
+    #[error("target `{name}` is declared in `{file}` and managed by caracal-control; change that file instead")]
+    ManagedByControl {
+        /// The target.
+        name: String,
+        /// The file declaring it.
+        file: String,
+    },
+}
+
+impl Refused {
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::NotFound(_) => "not_found",
+            Refused::Conflict(_) => "conflict",
+            Refused::Discovered(_) => "discovered_instances",
+            Refused::ManagedByControl { .. } => "managed_by_control",
+        }
+    }
+}
+
+/// A target row with its instances and discovery status, as [`select!`] reads it.
+#[derive(sqlx::FromRow)]
+struct Row {
+    name: String,
+    labels: serde_json::Value,
+    health_path: String,
+    ready_path: String,
+    metrics_path: String,
+    interval_ms: i32,
+    timeout_ms: i32,
+    created_at: String,
+    updated_at: String,
+    paused_at: Option<String>,
+    managed_by: String,
+    declared_in: Option<String>,
+    discovery: Option<serde_json::Value>,
+    instances: Vec<String>,
+    attempted_at: Option<String>,
+    outcome: Option<String>,
+    resolved_at: Option<String>,
+    records: Option<i32>,
+    ttl_s: Option<i32>,
+    error: Option<String>,
+}
+
+/// The target query, with `$tail` (a `WHERE`, then `GROUP BY` and order) appended.
+macro_rules! select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT t.name, t.labels, t.health_path, t.ready_path, t.metrics_path, t.interval_ms, t.timeout_ms, ",
+            rfc3339!("t.created_at"),
+            " AS created_at, ",
+            rfc3339!("t.updated_at"),
+            " AS updated_at, ",
+            rfc3339!("t.paused_at"),
+            " AS paused_at, t.managed_by, t.declared_in, t.discovery, \
+             COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, ",
+            rfc3339!("d.attempted_at"),
+            " AS attempted_at, d.outcome, ",
+            rfc3339!("d.resolved_at"),
+            " AS resolved_at, d.records, d.ttl_s, d.error \
+             FROM targets t LEFT JOIN instances i ON i.target_id = t.id \
+             LEFT JOIN discovery_status d ON d.target_id = t.id",
+            $tail
+        )
+    };
+}
+
+impl From<Row> for Target {
+    fn from(row: Row) -> Self {
+        let discovery_status = match (row.attempted_at, row.outcome) {
+            (Some(attempted_at), Some(outcome)) => Some(DiscoveryStatus {
+                attempted_at,
+                outcome,
+                resolved_at: row.resolved_at,
+                records: row.records.unwrap_or(0),
+                ttl_s: row.ttl_s,
+                error: row.error,
+            }),
+            _ => None,
+        };
+        Target {
+            spec: TargetSpec {
+                name: row.name,
+                instances: row.instances,
+                discovery: row.discovery.and_then(|d| serde_json::from_value(d).ok()),
+                health_path: row.health_path,
+                ready_path: row.ready_path,
+                metrics_path: row.metrics_path,
+                interval_ms: row.interval_ms,
+                timeout_ms: row.timeout_ms,
+                labels: serde_json::from_value(row.labels).unwrap_or_default(),
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            paused_at: row.paused_at,
+            managed_by: row.managed_by,
+            declared_in: row.declared_in,
+            discovery_status,
+        }
+    }
+}
+
+/// One target, by name.
+///
+/// # Errors
+/// When the query fails.
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<Target>, Error> {
+    let row: Option<Row> = sqlx::query_as(select!(" WHERE t.name = $1 GROUP BY t.id, d.target_id"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(Target::from))
+}
+
+/// Every target, by name.
+///
+/// # Errors
+/// When the query fails.
+pub async fn list(pool: &sqlx::PgPool) -> Result<Vec<Target>, Error> {
+    let rows: Vec<Row> = sqlx::query_as(select!(" GROUP BY t.id, d.target_id ORDER BY t.name")).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(Target::from).collect())
+}
+
+/// Every target control owns, by name.
+///
+/// # Errors
+/// When the query fails.
+pub async fn list_declared(pool: &sqlx::PgPool) -> Result<Vec<Target>, Error> {
+    let rows: Vec<Row> =
+        sqlx::query_as(select!(" WHERE t.managed_by = 'control' GROUP BY t.id, d.target_id ORDER BY t.name"))
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(Target::from).collect())
+}
+
+/// Writes `registry.changed` for `name` in the caller's transaction.
+///
+/// # Errors
+/// When the insert fails.
+pub async fn announce(tx: &mut PgConnection, name: &str) -> Result<(), Error> {
+    let event = NewEvent {
+        event_type: CHANGED.into(),
+        target: Some(name.into()),
+        instance: None,
+        payload: serde_json::json!({ "name": name }),
+    };
+    outbox::enqueue(tx, &event).await.map(drop)
+}
+
+/// Writes `event_type` (payload: the document) and `registry.changed` for `spec`.
+async fn record(tx: &mut PgConnection, event_type: &str, spec: &TargetSpec) -> Result<(), Error> {
+    let event = NewEvent {
+        event_type: event_type.into(),
+        target: Some(spec.name.clone()),
+        instance: None,
+        payload: serde_json::to_value(spec).unwrap_or_default(),
+    };
+    outbox::enqueue(tx, &event).await?;
+    announce(tx, &spec.name).await
+}
+
+/// Registers `spec` (already validated) on behalf of `writer`.
+///
+/// # Errors
+/// [`Refused::Conflict`] when the name is taken; a database error.
+pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> Result<Target, Error> {
+    let mut tx = pool.begin().await?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
+                              discovery, managed_by, declared_in) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING RETURNING id",
+    )
+    .bind(&spec.name)
+    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
+    .bind(&spec.health_path)
+    .bind(&spec.ready_path)
+    .bind(&spec.metrics_path)
+    .bind(spec.interval_ms)
+    .bind(spec.timeout_ms)
+    .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
+    .bind(writer.managed_by())
+    .bind(writer.file())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else { return Err(Refused::Conflict(spec.name.clone()).into()) };
+    sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
+        .bind(id)
+        .bind(&spec.instances)
+        .execute(&mut *tx)
+        .await?;
+    record(&mut tx, "target.created", spec).await?;
+    let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
+    tx.commit().await?;
+    Ok(target)
+}
+
+/// Who owns a stored target, and whether it discovers its instances.
+#[derive(sqlx::FromRow)]
+struct Ownership {
+    id: i64,
+    managed_by: String,
+    declared_in: Option<String>,
+    discovered: bool,
+}
+
+/// Locks `name`'s row and checks that `writer` may change it.
+async fn lock_for(tx: &mut PgConnection, name: &str, writer: &Writer) -> Result<Ownership, Error> {
+    let owner: Option<Ownership> = sqlx::query_as(
+        "SELECT id, managed_by, declared_in, discovery IS NOT NULL AS discovered FROM targets WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(owner) = owner else { return Err(Refused::NotFound(name.into()).into()) };
+    match writer {
+        Writer::Api if owner.managed_by == "control" => {
+            Err(Refused::ManagedByControl { name: name.into(), file: owner.declared_in.unwrap_or_default() }.into())
+        }
+        // Control never touches a target created through the API: a name clash.
+        Writer::Control { .. } if owner.managed_by != "control" => Err(Refused::Conflict(name.into()).into()),
+        _ => Ok(owner),
+    }
+}
+
+/// Replaces `spec.name`'s document (validated) on behalf of `writer`: instances no longer listed
+/// are dropped, new ones added. A discovered target keeps the instances control resolved.
+///
+/// # Errors
+/// [`Refused::NotFound`]; [`Refused::ManagedByControl`] for the API on a declared target;
+/// [`Refused::Conflict`] for control on an API target; [`Refused::Discovered`] when the API
+/// lists instances for a discovered target; a database error.
+pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> Result<Target, Error> {
+    let mut tx = pool.begin().await?;
+    let Ownership { id, discovered, .. } = lock_for(&mut tx, &spec.name, writer).await?;
+    if discovered && spec.discovery.is_none() && *writer == Writer::Api {
+        return Err(Refused::Discovered(spec.name.clone()).into());
+    }
+    sqlx::query(
+        "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
+         timeout_ms = $7, discovery = $8, declared_in = COALESCE($9, declared_in), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
+    .bind(&spec.health_path)
+    .bind(&spec.ready_path)
+    .bind(&spec.metrics_path)
+    .bind(spec.interval_ms)
+    .bind(spec.timeout_ms)
+    .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
+    .bind(writer.file())
+    .execute(&mut *tx)
+    .await?;
+    // Listed instances replace the stored ones; a discovered target's stay until control
+    // resolves its (possibly new) name: a blip must never empty a target.
+    if spec.discovery.is_none() {
+        sqlx::query("DELETE FROM instances WHERE target_id = $1 AND url <> ALL($2::text[])")
+            .bind(id)
+            .bind(&spec.instances)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(&spec.instances)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM discovery_status WHERE target_id = $1").bind(id).execute(&mut *tx).await?;
+    }
+    record(&mut tx, "target.updated", spec).await?;
+    let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
+    tx.commit().await?;
+    Ok(target)
+}
+
+/// Deletes `name` and its instances (history is kept) on behalf of `writer`.
+///
+/// # Errors
+/// As [`replace`]'s ownership refusals; a database error.
+pub async fn delete(pool: &sqlx::PgPool, name: &str, writer: &Writer) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    let id = lock_for(&mut tx, name, writer).await?.id;
+    sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    let event = NewEvent {
+        event_type: "target.deleted".into(),
+        target: Some(name.into()),
+        instance: None,
+        payload: serde_json::json!({ "name": name }),
+    };
+    outbox::enqueue(&mut tx, &event).await?;
+    announce(&mut tx, name).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Pauses or resumes probing `name`, with its outbox event (`target.paused` or
+/// `target.resumed`) and `registry.changed` when that changes anything; the target as it now
+/// is. Anyone who may write targets may pause one, whoever owns it.
+///
+/// # Errors
+/// [`Refused::NotFound`]; a database error.
+pub async fn set_paused(pool: &sqlx::PgPool, name: &str, paused: bool) -> Result<Target, Error> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE targets SET paused_at = CASE WHEN $2 THEN now() END, updated_at = now() \
+         WHERE name = $1 AND (paused_at IS NULL) = $2",
+    )
+    .bind(name)
+    .bind(paused)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed > 0 {
+        let event_type = if paused { "target.paused" } else { "target.resumed" };
+        let payload = serde_json::json!({ "name": name });
+        let event = NewEvent { event_type: event_type.into(), target: Some(name.into()), instance: None, payload };
+        outbox::enqueue(&mut tx, &event).await?;
+        announce(&mut tx, name).await?;
+    }
+    let target = get(&mut tx, name).await?.ok_or_else(|| Refused::NotFound(name.into()))?;
+    tx.commit().await?;
+    Ok(target)
+}
+
+/// What a discovery write changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstancesChanged {
+    /// Instance URLs added.
+    pub added: Vec<String>,
+    /// Instance URLs removed.
+    pub removed: Vec<String>,
+}
+
+/// Sets a discovered target's instances to `urls` (control's resolution), with a
+/// `target.instances_changed` event (`added`, `removed`) and `registry.changed` when that
+/// changes anything. `None` when the target is gone or no longer discovered.
+///
+/// # Errors
+/// A database error.
+pub async fn set_discovered(
+    pool: &sqlx::PgPool,
+    target_id: i64,
+    urls: &[String],
+) -> Result<Option<InstancesChanged>, Error> {
+    let mut tx = pool.begin().await?;
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM targets WHERE id = $1 AND discovery IS NOT NULL FOR UPDATE")
+            .bind(target_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(name) = name else { return Ok(None) };
+    let removed: Vec<String> =
+        sqlx::query_scalar("DELETE FROM instances WHERE target_id = $1 AND url <> ALL($2::text[]) RETURNING url")
+            .bind(target_id)
+            .bind(urls)
+            .fetch_all(&mut *tx)
+            .await?;
+    let added: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING url",
+    )
+    .bind(target_id)
+    .bind(urls)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut change = InstancesChanged { added, removed };
+    if change.added.is_empty() && change.removed.is_empty() {
+        tx.commit().await?;
+        return Ok(Some(change));
+    }
+    change.added.sort();
+    change.removed.sort();
+    let event = NewEvent {
+        event_type: "target.instances_changed".into(),
+        target: Some(name.clone()),
+        instance: None,
+        payload: serde_json::json!({ "added": change.added, "removed": change.removed }),
+    };
+    outbox::enqueue(&mut tx, &event).await?;
+    announce(&mut tx, &name).await?;
+    tx.commit().await?;
+    Ok(Some(change))
+}
