@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Smoke test of a running Caracal platform, in plain bash + curl (what CI systems have).
 #
-# Probes /health and /ready of every service, then the whole flow: registers a target, waits
-# until the coordinator has probed it, finds the status event in the audit ledger, runs the
+# Probes /health and /ready of every service, then the whole flow: registers a target and
+# federates it through the gateway at once (no retry: the registry change reaches the gateway
+# through caracal.invalidations, or its lookup of a name it does not hold), waits until the
+# coordinator has probed it, finds the status event in the audit ledger, runs the
 # token flow (creates an STS client with the admin token, gets a scoped token, calls a /v1 API
 # with it, revokes it and sees it refused), federates the target through the gateway with a
 # metrics:read token (checking its instance's series and identity labels), scrapes each service's /metrics with the bearer
@@ -11,7 +13,8 @@
 #
 # Settings (environment):
 #   CARACAL_HOST              host of every service            (127.0.0.1)
-#   API_PORT COORDINATOR_PORT AUDIT_PORT STS_PORT GATEWAY_PORT (3000 4000 9090 8080 8081)
+#   API_PORT COORDINATOR_PORT AUDIT_PORT STS_PORT GATEWAY_PORT CONTROL_PORT
+#                             (3000 4000 9090 8080 8081 8082)
 #   METRICS_BEARER_FILE       metrics bearer                   (.caracal/secrets/metrics_bearer)
 #   CARACAL_ADMIN_TOKEN_FILE  admin token                      (.caracal/secrets/admin_token)
 #   SMOKE_TIMEOUT             seconds to wait for each step    (60)
@@ -23,6 +26,7 @@ coordinator="http://$host:${COORDINATOR_PORT:-4000}"
 audit="http://$host:${AUDIT_PORT:-9090}"
 sts="http://$host:${STS_PORT:-8080}"
 gateway="http://$host:${GATEWAY_PORT:-8081}"
+control="http://$host:${CONTROL_PORT:-8082}"
 bearer_file=${METRICS_BEARER_FILE:-.caracal/secrets/metrics_bearer}
 admin_file=${CARACAL_ADMIN_TOKEN_FILE:-.caracal/secrets/admin_token}
 timeout=${SMOKE_TIMEOUT:-60}
@@ -47,7 +51,7 @@ eventually() {
   done
 }
 
-for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway"; do
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway" "control $control"; do
   set -- $service
   [ "$(code "$2/health")" = 200 ] || fail "$1 /health at $2 is not 200"
   [ "$(code "$2/ready")" = 200 ] || fail "$1 /ready at $2 is not 200 (run: caracal status --ready)"
@@ -59,6 +63,12 @@ created=$(code -X POST "$api/v1/targets" -H "authorization: Bearer $admin" -H 'c
   -d "{\"name\": \"$name\", \"instances\": [\"$api\"], \"interval_ms\": 500, \"timeout_ms\": 400}")
 [ "$created" = 201 ] || fail "registering target $name answered $created, not 201"
 ok "registered target $name"
+instance="${api#http://}"
+at_once=$(curl -s --max-time 15 -w '\n%{http_code}' -H "authorization: Bearer $bearer" "$gateway/v1/targets/$name/metrics")
+[ "$(tail -n1 <<<"$at_once")" = 200 ] || fail "federating $name right after registering it answered $(tail -n1 <<<"$at_once")"
+grep -q "^caracal_federation_up{target=\"$name\",instance=\"$instance\"} 1$" <<<"$at_once" \
+  || fail "the gateway did not federate $instance of $name right after it was registered"
+ok "the gateway federates $name at once"
 client="smoke-$$-$RANDOM"
 cleanup() {
   curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"
@@ -96,7 +106,6 @@ ok "the revoked token is refused (401)"
 issued=$(body -u "$client:$secret" -d grant_type=client_credentials -d scope=metrics:read "$sts/oauth/token")
 metrics_token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$issued")
 [ -n "$metrics_token" ] || fail "the STS issued no metrics:read token: $issued"
-instance="${api#http://}"
 federated=$(curl -s --max-time 15 -w '\n%{http_code}' -H "authorization: Bearer $metrics_token" "$gateway/v1/targets/$name/metrics")
 [ "$(tail -n1 <<<"$federated")" = 200 ] || fail "federating $name through the gateway answered $(tail -n1 <<<"$federated")"
 grep -q "^caracal_federation_up{target=\"$name\",instance=\"$instance\"} 1$" <<<"$federated" \
@@ -107,7 +116,7 @@ grep -q "^caracal_build_info{.*target=\"$name\",instance=\"$instance\"" <<<"$fed
 [ "$(code "$gateway/v1/targets/$name/metrics")" = 401 ] || fail "the gateway federates without credentials"
 ok "the gateway federates $name: $instance up, its series labelled target and instance"
 
-for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway"; do
+for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "gateway $gateway" "control $control"; do
   set -- $service
   mode=$(body "$2/health" | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')
   scrape=$(curl -s --max-time 5 -w '\n%{http_code}' -H "authorization: Bearer $bearer" "$2/metrics")

@@ -52,8 +52,8 @@ def test_servicemonitors_and_rules_validate_against_the_operator_schemas(shape):
     docs = [d for d in documents(render(values)) if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
     result = subprocess.run(["node", str(HERE / "validate_crds.mjs")], input=json.dumps(docs), capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout + result.stderr
-    # Five ServiceMonitors and the rules; production also federates (one more ServiceMonitor).
-    assert result.stdout.count("valid ") == (6 if shape == "in-chart" else 7), result.stdout
+    # A ServiceMonitor per service (six) and the rules; production also federates (one more).
+    assert result.stdout.count("valid ") == (7 if shape == "in-chart" else 8), result.stdout
 
 
 def test_deployments_are_hardened_and_probed():
@@ -114,6 +114,29 @@ def test_the_config_file_loads_in_the_real_binary():
         result = subprocess.run([str(binary), "--migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr  # the config loaded; only the database is absent
     assert "invalid configuration" not in result.stderr
+
+
+def test_the_control_section_loads_in_the_real_control():
+    """caracal-control reads [control]: with the rendered file it starts (a bad key exits 2 at once)."""
+    values = dict(URLS, targets=[{"name": "shop", "instances": ["http://10.0.0.7:9100"]}], control={"nameservers": ["127.0.0.1:53"]})
+    config = next(d for d in documents(render(values)) if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])
+    binary = ROOT / "target" / "debug" / "caracal-control"
+    assert binary.exists(), "build the binaries first (cargo build --bins)"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(config["data"]["caracal.toml"])
+        f.flush()
+        env = {"CARACAL_CONFIG": f.name, "DATABASE_URL": "postgres://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/",
+               "CARACAL_MODE": "dev", "PORT": "0"}
+        control = subprocess.Popen([str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            control.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+        running = control.poll() is None
+        control.terminate()
+        _, stderr = control.communicate(timeout=30)
+    assert running, f"caracal-control exited at start: {stderr}"
+    assert "invalid configuration" not in stderr
 
 
 def test_secret_is_generated_or_taken_from_an_existing_one():
@@ -201,6 +224,13 @@ CASES = {
     "CaracalRevocationsLagging": ([f'caracal_revocations_lag{{{NS},job="caracal-api"}}', "30x40"], "0.5x40", {"job": "caracal-api"}, "15m"),
     "CaracalFederatedInstanceDown": ([f'caracal_federation_up{{{NS},job="caracal-gateway",target="shop",instance="10.0.0.7:9100"}}', "0x40"], "1x40",
                                      {"target": "shop", "instance": "10.0.0.7:9100"}, "20m"),
+    "CaracalDiscoveryFailing": ([f'caracal_control_discovery_failures_total{{{NS},job="caracal-control",target="shop",reason="timeout"}}', "0+6x40"],
+                                "5x40", {"target": "shop", "reason": "timeout"}, "20m"),
+    # At eval_time 15m, time() is 900: a last success at 0 is 900 s old, one at 890 is fresh.
+    "CaracalDiscoveryStale": ([f'caracal_control_discovery_last_success_timestamp_seconds{{{NS},job="caracal-control",target="shop"}}', "0x40"],
+                              "0+60x40", {"target": "shop"}, "15m"),
+    "CaracalDeclaredTargetsInvalid": ([f'caracal_control_declared_files_invalid{{{NS},job="caracal-control"}}', "1x40"], "0x40",
+                                      {"job": "caracal-control"}, "15m"),
 }
 
 
@@ -281,7 +311,7 @@ def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
 def test_only_the_sts_gets_the_key_encryption_key_and_every_service_finds_the_sts():
     docs = documents(render())
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"sts", "api", "coordinator", "audit", "gateway"}
+    assert set(deployments) == {"sts", "api", "coordinator", "audit", "gateway", "control"}
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         env = {e["name"] for e in pod["containers"][0]["env"]}
@@ -291,6 +321,25 @@ def test_only_the_sts_gets_the_key_encryption_key_and_every_service_finds_the_st
     config = next(d for d in docs if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])["data"]["caracal.toml"]
     assert 'sts_url = "http://caracal-sts:8080"' in config, config
     assert 'algorithm = "EdDSA"' in config
+
+
+def test_declared_targets_reach_control_alone_as_a_file_it_reconciles():
+    targets = [{"name": "shop", "discovery": {"dns": {"name": "shop.prod.svc.cluster.local", "port": 8080}}},
+               {"name": "legacy", "instances": ["http://10.0.0.7:9100"]}]
+    docs = documents(render(dict(URLS, targets=targets, control={"nameservers": ["10.96.0.10:53"]})))
+    (declared,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-targets")]
+    assert yaml.safe_load(declared["data"]["targets.yaml"]) == targets
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])["data"]["caracal.toml"]
+    assert 'targets_dir = "/var/run/caracal/targets"' in config and 'nameservers = ["10.96.0.10:53"]' in config, config
+    deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
+    for name, deployment in deployments.items():
+        mounts = {m["name"]: m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+        assert ("targets" in mounts) == (name == "control"), name
+    assert deployments["control"]["spec"]["template"]["spec"]["containers"][0]["command"] == ["caracal-control"]
+    for kind in ("Service", "ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy"):
+        assert any(d["kind"] == kind and d["metadata"]["name"] == "caracal-control" for d in docs), f"control has no {kind}"
+    with pytest.raises(Exception):
+        render(dict(URLS, targets=[{"name": "Bad Name"}]))
 
 
 def test_listed_targets_are_federated_through_the_gateway_with_honor_labels():

@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, documents, render, tool
 
 CARACAL = ROOT / "target" / "debug" / "caracal"
-SERVICES = ("sts", "api", "coordinator", "audit", "gateway")
+SERVICES = ("sts", "api", "coordinator", "audit", "gateway", "control")
 
 
 def free_port():
@@ -48,14 +48,33 @@ def eventually(probe, within, what):
 
 
 @pytest.fixture(scope="module")
-def platform():
+def dns():
+    """Debian's dnsmasq for caracal-control: `ok.test` resolves, `down.test` is forwarded to an
+    upstream that is not there (so its names fail)."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="caracal-dns-"))
+    (work / "hosts").write_text("127.0.0.1 ok.test\n")
+    port = free_port()
+    args = ["/usr/sbin/dnsmasq", "-k", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+            f"--port={port}", "--local=/test/", f"--server=/down.test/127.0.0.1#{free_port()}", f"--addn-hosts={work / 'hosts'}"]
+    if os.geteuid() == 0:
+        args.append("--user=root")
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def platform(dns):
     assert CARACAL.exists(), "build the binaries first (cargo build --bins)"
     home = tempfile.mkdtemp(prefix="caracal-live-")
     os.chmod(home, 0o755)  # PostgreSQL runs as the postgres user when we are root
     ports = {name: free_port() for name in (*SERVICES, "pg", "redis")}
     args = [str(CARACAL), "--dir", home, "up", "--mode", "rc", "--api-port", str(ports["api"]), "--coordinator-port", str(ports["coordinator"]),
-            "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--gateway-port", str(ports["gateway"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
-    up = subprocess.run(args, capture_output=True, text=True, timeout=180)
+            "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--gateway-port", str(ports["gateway"]),
+            "--control-port", str(ports["control"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
+    env = dict(os.environ, CARACAL_CONTROL__NAMESERVERS=json.dumps([dns]))
+    up = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
     assert up.returncode == 0, up.stderr
     bearer_file = pathlib.Path(home) / ".caracal" / "secrets" / "metrics_bearer"
     yield {"home": home, "ports": ports, "bearer_file": bearer_file, "bearer": bearer_file.read_text().strip()}
@@ -125,14 +144,24 @@ def test_dashboard_queries_use_metric_names_that_exist(platform, prometheus):
             urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=5)
         except urllib.error.HTTPError as refused:
             assert refused.code == 401
+    # Two DNS-discovered targets, one that resolves and one that fails, so control's
+    # per-target series have samples.
+    admin = (pathlib.Path(platform["home"]) / ".caracal" / "secrets" / "admin_token").read_text().strip()
+    api = f"http://127.0.0.1:{platform['ports']['api']}"
+    for name, dns_name in (("seen", "ok.test"), ("failing", "x.down.test")):
+        body = json.dumps({"name": name, "discovery": {"dns": {"name": dns_name, "port": 80, "refresh_ms": 1000}}}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{api}/v1/targets", data=body,
+                               headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}), timeout=5)
+    control = f"http://127.0.0.1:{platform['ports']['control']}/metrics"
+    eventually(lambda: all(m in get(control, platform["bearer"]) for m in (
+        'caracal_control_discovery_failures_total{target="failing"', 'caracal_control_discovery_last_success_timestamp_seconds{target="seen"}')),
+        30, "control resolves one target and counts the other's failures")
     exposed = set()
     for name in SERVICES:
         text = get(f"http://127.0.0.1:{platform['ports'][name]}/metrics", platform["bearer"])
         exposed |= {m.group(1) for m in re.finditer(r"^([a-z_:][a-z0-9_:]*)[{ ]", text, re.M)}
     # The federation series exist in the gateway's answers: one target that answers (the API,
     # which the platform registers itself) and one whose only instance is down.
-    admin = (pathlib.Path(platform["home"]) / ".caracal" / "secrets" / "admin_token").read_text().strip()
-    api = f"http://127.0.0.1:{platform['ports']['api']}"
     body = json.dumps({"name": "nowhere", "instances": [f"http://127.0.0.1:{free_port()}"]}).encode()
     request = urllib.request.Request(f"{api}/v1/targets", data=body, headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=5)

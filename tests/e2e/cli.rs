@@ -92,8 +92,16 @@ async fn status_exit_codes_tell_pass_fail_could_not_check_and_usage_apart() {
 }
 
 /// Every port `up` takes, so a test can move them all to free ones.
-const PORT_FLAGS: [&str; 7] =
-    ["--api-port", "--coordinator-port", "--audit-port", "--pg-port", "--redis-port", "--sts-port", "--gateway-port"];
+const PORT_FLAGS: [&str; 8] = [
+    "--api-port",
+    "--coordinator-port",
+    "--audit-port",
+    "--pg-port",
+    "--redis-port",
+    "--sts-port",
+    "--gateway-port",
+    "--control-port",
+];
 
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(caracal_testkit::unique_name("caracal-cli"));
@@ -164,7 +172,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     let status = run(vec!["status".into(), "--ready".into(), "--json".into()]).await.expect("join");
     assert_eq!(code(&status), Some(0), "{}", String::from_utf8_lossy(&status.stdout));
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
-    assert_eq!(doc["summary"]["pass"], 5);
+    assert_eq!(doc["summary"]["pass"], 6, "six services, control among them");
     assert!(doc["services"].as_array().expect("services").iter().all(|s| s["mode"] == "rc"));
 
     let doctor = run(vec!["doctor".into(), "--json".into()]).await.expect("join");
@@ -181,8 +189,45 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert!(has("stream caracal.events", "group audit"));
     assert!(findings.iter().any(|f| f["subject"] == "clock skew: postgres"));
 
+    // `apply` from a file: the plan, then the change, then nothing left to do.
+    let file = dir.join("targets.yaml");
+    let api = format!("http://127.0.0.1:{}", ports[0]);
+    std::fs::write(&file, format!("- name: applied\n  instances: [\"{api}\"]\n  labels: {{team: sre}}\n"))
+        .expect("write");
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply".to_string(), "-f".into(), file.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        run(args)
+    };
+    let planned = apply(&["--dry-run"]).await.expect("join");
+    assert_eq!(code(&planned), Some(0), "{}", String::from_utf8_lossy(&planned.stderr));
+    assert!(
+        String::from_utf8_lossy(&planned.stdout).starts_with("create applied ("),
+        "{}",
+        String::from_utf8_lossy(&planned.stdout)
+    );
+    let admin = std::fs::read_to_string(dir.join(".caracal/secrets/admin_token")).expect("admin token");
+    let http = reqwest::Client::new();
+    let get = |name: &str| http.get(format!("{api}/v1/targets/{name}")).bearer_auth(admin.trim()).send();
+    assert_eq!(get("applied").await.expect("get").status(), 404, "a dry run changes nothing");
+    let applied = apply(&[]).await.expect("join");
+    assert_eq!(code(&applied), Some(0), "{}", String::from_utf8_lossy(&applied.stdout));
+    assert_eq!(get("applied").await.expect("get").status(), 200);
+    let again = apply(&[]).await.expect("join");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "no changes");
+    // A file in .caracal/targets is control's: it registers it as a target it manages.
+    let declared = dir.join(".caracal/targets/declared.yaml");
+    std::fs::write(&declared, format!("name: declared\ninstances: [\"{api}\"]\n")).expect("write");
+    let managed = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(200), || async {
+        let body: serde_json::Value = get("declared").await.ok()?.json().await.ok()?;
+        (body["managed_by"] == "control").then_some(body)
+    })
+    .await
+    .expect("control registers the declared target");
+    assert_eq!(managed["declared_in"], declared.display().to_string());
+
     let before = pids(&dir.join(".caracal"));
-    assert_eq!(before.len(), 7, "five services, Redis and PostgreSQL: {before:?}");
+    assert_eq!(before.len(), 8, "six services, Redis and PostgreSQL: {before:?}");
     let down = run(vec!["down".into(), "-v".into()]).await.expect("join");
     assert_eq!(code(&down), Some(0), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(!dir.join(".caracal").exists(), "down -v deletes the data");
@@ -216,6 +261,8 @@ async fn a_taken_port_is_a_one_line_error_saying_what_to_do() {
         "--sts-port",
         &free(),
         "--gateway-port",
+        &free(),
+        "--control-port",
         &free(),
     ]
     .map(String::from);

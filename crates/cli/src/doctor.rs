@@ -110,7 +110,15 @@ fn remedy_for(check: &str) -> &'static str {
             "inspect `SELECT id, last_error FROM outbox WHERE dead_at IS NOT NULL`, fix the cause, then clear dead_at"
         }
         "outbox" => "is the coordinator's relay running? check `caracal status --ready` and its log",
+        "stream" if check.ends_with("invalidations") => {
+            "registry changes travel outbox -> coordinator relay -> caracal.invalidations: are Redis and the relay up?"
+        }
         "stream" => "is the audit consumer running and keeping up? check its log and `XINFO GROUPS caracal.events`",
+        "dns" => "control's nameservers do not answer: check /etc/resolv.conf (the cluster DNS) or control.nameservers",
+        "discovery" => {
+            "`GET /v1/targets/<name>` shows discovery_status (when and why); check the DNS name and control's log"
+        }
+        "targets_dir" => "control's /ready output names file:line; `caracal apply -f <file> --dry-run` shows the same",
         "dlq" => "read `XRANGE caracal.events.dlq - +`: each entry carries its reason",
         "audit" => {
             "caracal-audit heals the ledger from the outbox within seconds: is it running? see its log and docs/runbooks.md"
@@ -229,6 +237,7 @@ async fn database(url: &str) -> Vec<Finding> {
     }
     out.push(signing_keys(&pool).await);
     out.push(ledger(&pool).await);
+    out.push(discovery(&pool).await);
     let backlog: Result<(i64, f64, i64), _> = sqlx::query_as(
         "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
          (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
@@ -284,6 +293,32 @@ async fn ledger(pool: &sqlx::PgPool) -> Finding {
             remedy_for("audit:ledger_gap"),
         ),
         Err(e) => finding("audit ledger", Severity::Warn, format!("cannot read: {e}"), "run the migrations"),
+    }
+}
+
+/// DNS-discovered targets: how many, and which were not resolved within three refreshes.
+async fn discovery(pool: &sqlx::PgPool) -> Finding {
+    let found: Result<(i64, Vec<String>), _> = sqlx::query_as(
+        "SELECT count(*), COALESCE(array_agg(t.name ORDER BY t.name) FILTER (WHERE d.resolved_at IS NULL                 OR d.resolved_at < now() - make_interval(secs => 3 * (t.discovery->'dns'->>'refresh_ms')::float8 / 1000)), '{}')          FROM targets t LEFT JOIN discovery_status d ON d.target_id = t.id WHERE t.discovery IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await;
+    match found {
+        Ok((0, _)) => finding("discovery", Severity::Ok, "no DNS-discovered targets", ""),
+        Ok((n, stale)) if stale.is_empty() => {
+            finding("discovery", Severity::Ok, format!("{n} DNS-discovered targets, each resolved recently"), "")
+        }
+        Ok((n, stale)) => finding(
+            "discovery",
+            Severity::Warn,
+            format!(
+                "{} of {n} DNS-discovered targets not resolved for three refreshes: {}",
+                stale.len(),
+                stale.join(", ")
+            ),
+            remedy_for("discovery:fresh"),
+        ),
+        Err(e) => finding("discovery", Severity::Warn, format!("cannot read: {e}"), "run the migrations"),
     }
 }
 

@@ -104,6 +104,11 @@ impl Reconciler {
                     tracing::info!(step = %step, "reconciled a declared target");
                 }
                 Err(caracal_store::Error::Refused(Refused::Conflict(name))) => {
+                    // Another control replica created it first: its own, not a clash.
+                    let mut conn = self.pool.acquire().await?;
+                    if registry::get(&mut conn, &name).await?.is_some_and(|t| t.managed_by == "control") {
+                        continue;
+                    }
                     self.metrics.declared_actions.get_or_create(&ActionLabels { action: "clash" }).inc();
                     let (Step::Create(d) | Step::Update(d, _)) = &step else { continue };
                     let message = format!(

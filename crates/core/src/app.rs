@@ -268,7 +268,7 @@ impl Running {
     }
 }
 
-/// The shutdown sequence, in the order DESIGN.md gives.
+/// The shutdown sequence, in the order docs/operating.md gives.
 struct Drain {
     lifecycle: Arc<Lifecycle>,
     evaluator: Arc<Evaluator>,

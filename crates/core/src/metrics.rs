@@ -1,6 +1,6 @@
 //! Every metric caracal-core exposes, declared once, plus the process collector.
 //!
-//! Names are stable: the chart's alert rules and dashboards depend on them (see DESIGN.md).
+//! Names are stable: the chart's alert rules and dashboards depend on them (see docs/architecture.md).
 //! prometheus-client appends `_total` to counters itself, so counters are registered without it.
 
 use std::sync::atomic::AtomicU64;

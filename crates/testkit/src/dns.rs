@@ -30,6 +30,8 @@ pub struct Dnsmasq {
     nowhere: u16,
     /// `--srv-host` values (`_http._tcp.shop.test,host,port`).
     srv: Vec<String>,
+    /// The TTL of every record, in seconds.
+    ttl: u32,
     process: Supervised,
 }
 
@@ -40,6 +42,14 @@ impl Dnsmasq {
     /// [`Error::MissingBinary`] when `dnsmasq` is not installed, or it does not answer within
     /// 10 s.
     pub fn start(hosts: &str, srv: &[&str]) -> Result<Self, Error> {
+        Self::start_with_ttl(hosts, srv, 1)
+    }
+
+    /// [`start`](Self::start) with records of TTL `ttl` seconds.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_ttl(hosts: &str, srv: &[&str], ttl: u32) -> Result<Self, Error> {
         let binary = find_binary("dnsmasq", &[PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")], INSTALL)?;
         let mut dns = Dnsmasq {
             binary,
@@ -47,6 +57,7 @@ impl Dnsmasq {
             port: crate::free_port()?,
             nowhere: crate::free_port()?,
             srv: srv.iter().map(|s| s.to_string()).collect(),
+            ttl,
             process: Supervised::new(Signal::SIGTERM),
         };
         dns.set_hosts(hosts)?;
@@ -108,7 +119,8 @@ impl Dnsmasq {
         command
             .args(["-k", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1"])
             // Root keeps its rights, so SIGHUP can re-read a hosts file in a private directory.
-            .args(["--user=root", "--local=/test/", "--local-ttl=1", "--log-facility=-"])
+            .args(["--user=root", "--local=/test/", "--log-facility=-"])
+            .arg(format!("--local-ttl={}", self.ttl))
             .arg(format!("--port={}", self.port))
             .arg(format!("--server=/down.test/127.0.0.1#{}", self.nowhere))
             .arg(format!("--addn-hosts={}", self.hosts_path().display()))

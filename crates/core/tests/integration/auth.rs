@@ -1,4 +1,4 @@
-//! The fail-closed metrics auth matrix of DESIGN.md, and bearer-file rotation.
+//! The fail-closed metrics auth matrix of docs/operating.md, and bearer-file rotation.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,7 +46,7 @@ fn header(ask: Ask) -> Option<String> {
     }
 }
 
-/// What DESIGN.md says each cell must answer.
+/// What docs/operating.md says each cell must answer.
 fn expected(mode: Mode, bearer: Bearer, ask: Ask) -> u16 {
     let right = matches!(ask, Ask::RightToken | Ask::TrailingWhitespace);
     let allowed = match bearer {
