@@ -72,7 +72,7 @@ impl Health {
             .filter(|(_, (at, every))| at.elapsed() > *every * 3)
             .map(|(name, (at, _))| (name.clone(), at.elapsed()))
             .collect();
-        stale.sort_by(|a, b| b.1.cmp(&a.1));
+        stale.sort_by_key(|s| std::cmp::Reverse(s.1));
         stale
     }
 
