@@ -50,7 +50,8 @@ pub struct MembershipConfig {
 pub struct RelayConfig {
     /// Most rows claimed per batch: a backlog goes out in batches this big, a lone event alone.
     pub batch: i64,
-    /// Wait between polls while the outbox is empty (each poll is one index-only query).
+    /// The longest an idle relay waits before claiming again when no `NOTIFY caracal_outbox`
+    /// arrived (rows due after a retry delay, a notification lost with its connection).
     #[serde(with = "humantime_serde")]
     pub idle_wait: Duration,
     /// First retry delay after a failed delivery; doubled per attempt.
@@ -100,7 +101,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch: 2_000,
-            idle_wait: Duration::from_millis(10),
+            idle_wait: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
             max_attempts: 10,

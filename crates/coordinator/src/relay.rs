@@ -4,24 +4,32 @@
 //! batch is whatever is due, up to `batch`: a lone event goes out alone at once, a backlog in
 //! full batches.
 //!
+//! An idle relay sleeps until PostgreSQL tells it a transaction inserted outbox rows (the
+//! `outbox_notify` trigger's `NOTIFY caracal_outbox`, delivered at commit), and claims anyway
+//! every `idle_wait` for rows due after a retry delay or a notification lost with its
+//! connection. So a lone event leaves within milliseconds and an idle platform costs no
+//! polling.
+//!
 //! When Redis is unreachable the whole batch stays undispatched and the relay backs off
 //! (capped, exponential): an outage must not use up rows' attempts. When Redis refuses an
 //! entry, rows are sent one by one so only the bad one is retried, and after `max_attempts`
 //! marked dead (an alert, never unready). A batch sent but not marked (a crash in between) is
 //! sent again; consumers are idempotent on the outbox id.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caracal_store::outbox::{self, Retry};
 use caracal_store::{Error, stream};
 use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
 
-/// How often an idle relay claims even when no new id appeared.
-const FULL_POLL: Duration = Duration::from_secs(1);
+/// The channel the outbox trigger notifies (migration 0005).
+pub const OUTBOX_CHANNEL: &str = "caracal_outbox";
 /// How often dispatched rows past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -42,42 +50,24 @@ impl Relay {
 
     /// Relays until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(listen(self.pool.clone(), Arc::clone(&wake), stop.clone()));
         let mut backoff = self.config.backoff_base;
         let mut last_purge = Instant::now();
-        let mut idle = false;
-        let mut seen = 0;
-        let mut last_claim = Instant::now();
         while !stop.is_cancelled() {
-            // While idle, poll the newest id (nearly free) and claim when a new row appeared;
-            // claim anyway every FULL_POLL for rows due after a retry delay, or committed
-            // after a higher id was seen.
-            let round = if idle && last_claim.elapsed() < FULL_POLL {
-                match outbox::newest_id(&self.pool).await {
-                    Ok(newest) if newest > seen => {
-                        seen = newest;
-                        last_claim = Instant::now();
-                        self.relay_once().await
-                    }
-                    Ok(_) => Ok(0),
-                    Err(e) => Err(e),
-                }
-            } else {
-                last_claim = Instant::now();
-                self.relay_once().await
-            };
-            idle = matches!(round, Ok(0));
-            let wait = match round {
-                Ok(0) => self.config.idle_wait,
+            let round = self.relay_once().await;
+            let (wait, idle) = match round {
+                Ok(0) => (self.config.idle_wait, true),
                 Ok(_) => {
                     backoff = self.config.backoff_base;
-                    Duration::ZERO
+                    (Duration::ZERO, false)
                 }
                 Err(e) => {
                     self.metrics.relay_failures.inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "relaying the outbox failed");
                     let wait = backoff;
                     backoff = (backoff * 2).min(self.config.backoff_cap);
-                    wait
+                    (wait, false)
                 }
             };
             if last_purge.elapsed() >= PURGE_EVERY {
@@ -91,6 +81,8 @@ impl Relay {
             if !wait.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
+                    // Only an idle relay is woken early: a failing one keeps its backoff.
+                    () = wake.notified(), if idle => {}
                     () = stop.cancelled() => break,
                 }
             }
@@ -149,6 +141,35 @@ impl Relay {
         self.metrics.relay_batch.observe(dispatched as f64);
         self.metrics.relay_published.inc_by(dispatched as u64);
         Ok(dispatched)
+    }
+}
+
+/// Listens on [`OUTBOX_CHANNEL`] on a connection of its own and wakes the relay for each
+/// notification, until `stop`. When the connection is lost (or cannot be made) it retries
+/// every second, waking the relay after each reconnect for whatever was missed meanwhile;
+/// the relay's own `idle_wait` claims cover the gap.
+async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(OUTBOX_CHANNEL).await?;
+            wake.notify_one();
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+        };
+        let result: Result<(), sqlx::Error> = tokio::select! {
+            r = listening => r,
+            () = stop.cancelled() => return,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "listening for outbox rows failed; claiming on the timer until it works again");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -38,3 +38,14 @@ CREATE TABLE discovery_status (
 -- The api's summary of the platform's own services (every 5 s) reads them through this index
 -- instead of scanning the whole registry for the label.
 CREATE INDEX targets_platform_idx ON targets (id) WHERE labels @> '{"caracal": "platform"}';
+
+-- The relay sleeps until a transaction inserts outbox rows, instead of polling: one
+-- notification per inserting statement, delivered at commit (and folded into one per
+-- transaction by PostgreSQL).
+CREATE FUNCTION caracal_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('caracal_outbox', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION caracal_outbox_notify();

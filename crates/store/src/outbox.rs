@@ -61,17 +61,6 @@ pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Erro
     Ok(events)
 }
 
-/// The highest outbox id, or 0: one read of the primary key's last entry, so an idle relay can
-/// poll it often (and send a lone event within milliseconds) at almost no cost. (A query for
-/// due rows would read the relay index's entries of rows already sent until VACUUM removes
-/// them: milliseconds per poll after a backlog.)
-///
-/// # Errors
-/// When the query fails.
-pub async fn newest_id(pool: &sqlx::PgPool) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox").fetch_one(pool).await?)
-}
-
 /// Undoes [`claim`]'s mark for rows that were not sent, inside the claiming transaction.
 ///
 /// # Errors

@@ -67,3 +67,46 @@ async fn a_registered_target_is_probed_at_once() {
     let _ = relaying.await;
     replica.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_losing_everything_loses_no_registration() {
+    let shared = support::shared();
+    // A Redis of its own: FLUSHALL must not reach the other tests.
+    let redis = caracal_testkit::Redis::start_default().expect("redis");
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    config.full_resync = Duration::from_secs(3);
+    let replica = Replica::start(&pool, &redis.url(), &config).await;
+    let stop = CancellationToken::new();
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let relay =
+        Relay::new(pool.clone(), support::redis(&redis.url()).await, Metrics::register(&mut metrics_registry), config.relay.clone());
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    registry::create(&pool, &spec("before", vec![fleet.url(1)]), &Writer::Api).await.expect("create");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        fleet.probed_by().contains_key(&1).then_some(())
+    })
+    .await
+    .expect("probed");
+
+    redis.command("FLUSHALL").expect("flush");
+    // A change whose announcement never reaches the stream (written past the outbox), then
+    // one announced as usual on the emptied Redis.
+    support::register(&pool, "unannounced", &[fleet.url(2)], 1_000).await;
+    registry::create(&pool, &spec("after", vec![fleet.url(3)]), &Writer::Api).await.expect("create");
+    let fast = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        fleet.probed_by().contains_key(&3).then_some(())
+    })
+    .await;
+    assert!(fast.is_ok(), "an announcement after the flush still arrives");
+    let converged = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(50), || async {
+        fleet.probed_by().contains_key(&2).then_some(())
+    })
+    .await;
+    assert!(converged.is_ok(), "the full re-read picks up what the stream never carried");
+
+    stop.cancel();
+    let _ = relaying.await;
+    replica.stop().await;
+}
