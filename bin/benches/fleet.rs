@@ -165,8 +165,20 @@ async fn seed(pool: &sqlx::PgPool, n: i64, instances: &str) {
     .expect("seed");
 }
 
-/// Waits until the outbox is relayed and in the ledger, then vacuums: the steady state.
+/// Waits until every instance has its first status (the coordinator probes new instances at
+/// once, and each first status is a transition with its event), the outbox is relayed and in
+/// the ledger, then vacuums: the steady state, where nothing changes.
 async fn settle(pool: &sqlx::PgPool) {
+    let probed = caracal_testkit::wait_for(Duration::from_secs(900), Duration::from_secs(1), || async {
+        let (instances, statuses): (i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM instances), (SELECT count(*) FROM instance_status)")
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        (statuses >= instances).then_some(())
+    })
+    .await;
+    probed.expect("every instance probed once");
     let settled = caracal_testkit::wait_for(Duration::from_secs(900), Duration::from_secs(1), || async {
         let (pending, outbox, ledger): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL), (SELECT count(*) FROM outbox), \

@@ -285,7 +285,7 @@ fn over(feed: &Feed, current: &Current, view: View, version: &str) -> Event {
     let id = feed.id(current.seq);
     let page = Page { fleet: &current.fleet, ladders: &current.ladders, event_id: &id, version, signed_in: false };
     let data = serde_json::json!({
-        "html": render::main_content(&page, view).into_string(),
+        "html": render::main_content(&page, view, &render::Listing::default()).into_string(),
         "summary": render::summary(&current.fleet).into_string(),
         "as_of": render::rfc3339(current.fleet.as_of),
     });

@@ -88,8 +88,9 @@ fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(LOCATION, location.to_string())]).into_response()
 }
 
-/// `GET /` and `/status`: the page, as of the feed's latest read.
-async fn show(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+/// `GET /` and `/status` (`?q=` a part of a name, `?page=`): the page, as of the feed's
+/// latest read.
+async fn show(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let viewer = session::viewer(&state.access, &headers).await;
     let Some(current) = state.feed.current() else {
         let mut response = html(StatusCode::SERVICE_UNAVAILABLE, render::starting());
@@ -104,7 +105,8 @@ async fn show(State(state): State<ApiState>, headers: HeaderMap) -> Response {
         version: VERSION,
         signed_in: viewer.signed_in,
     };
-    html(StatusCode::OK, render::page(&page, viewer.view))
+    let listing = render::Listing::from_query(query.as_deref());
+    html(StatusCode::OK, render::page(&page, viewer.view, &listing))
 }
 
 /// `GET /status/events`: the live feed. The browser's `Last-Event-ID` (on a reconnect), or

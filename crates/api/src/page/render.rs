@@ -54,7 +54,7 @@ pub(crate) struct Page<'a> {
 }
 
 /// The whole page.
-pub(crate) fn page(page: &Page<'_>, view: View) -> Markup {
+pub(crate) fn page(page: &Page<'_>, view: View, listing: &Listing) -> Markup {
     let extra = html! {
         script src=(super::asset_path("status.js")) defer {}
         // Without script, the page still refreshes itself.
@@ -86,7 +86,7 @@ pub(crate) fn page(page: &Page<'_>, view: View) -> Markup {
             }
         }
         main #main data-event-id=(page.event_id) {
-            (main_content(page, view))
+            (main_content(page, view, listing))
         }
         footer {
             p {
@@ -100,19 +100,96 @@ pub(crate) fn page(page: &Page<'_>, view: View) -> Markup {
     document("Caracal status", extra, body)
 }
 
-/// `<main>`'s content: the platform, then every target. Sent whole when a live client must
-/// start over.
-pub(crate) fn main_content(page: &Page<'_>, view: View) -> Markup {
+/// Targets on one page: a fleet of 50,000 answers its first page at once (the summary counts
+/// them all), and a search by name or the page links reach the rest.
+pub(crate) const PAGE_SIZE: usize = 100;
+/// Longest search accepted (a target name's length).
+const MAX_QUERY: usize = 63;
+
+/// Which targets a page shows: those whose name contains `query`, page `page` (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listing {
+    pub query: String,
+    pub page: usize,
+}
+
+impl Default for Listing {
+    fn default() -> Self {
+        Self { query: String::new(), page: 1 }
+    }
+}
+
+impl Listing {
+    /// From a query string (`q=shop&page=2`); anything unreadable means the first page of all.
+    pub(crate) fn from_query(raw: Option<&str>) -> Self {
+        let mut listing = Self::default();
+        for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            match key.as_ref() {
+                "q" => listing.query = value.trim().to_lowercase().chars().take(MAX_QUERY).collect(),
+                "page" => listing.page = value.parse::<usize>().unwrap_or(1).max(1),
+                _ => {}
+            }
+        }
+        listing
+    }
+
+    fn href(&self, page: usize) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if !self.query.is_empty() {
+            query.append_pair("q", &self.query);
+        }
+        query.append_pair("page", &page.to_string());
+        format!("/status?{}", query.finish())
+    }
+}
+
+/// `<main>`'s content: the platform, then one page of targets. Sent whole when a live client
+/// with every target on its page must start over.
+pub(crate) fn main_content(page: &Page<'_>, view: View, listing: &Listing) -> Markup {
+    let all = &page.fleet.targets;
+    let matching: Vec<&TargetView> =
+        all.iter().filter(|t| listing.query.is_empty() || t.name.contains(&listing.query)).collect();
+    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
+    let current = listing.page.min(pages);
+    let first = (current - 1) * PAGE_SIZE;
+    let shown = &matching[first.min(matching.len())..(first + PAGE_SIZE).min(matching.len())];
+    // A page that shows every target takes new ones live; a partial page only updates its own.
+    let complete = listing.query.is_empty() && all.len() <= PAGE_SIZE;
     html! {
         (platform(page.ladders))
         section aria-labelledby="targets-h" {
             h2 #targets-h { "Targets" }
-            @if page.fleet.targets.is_empty() {
+            @if !complete {
+                form.search method="get" action="/status" role="search" {
+                    label for="q" { "Find a target by name" }
+                    " "
+                    input #q type="search" name="q" value=(listing.query) maxlength=(MAX_QUERY);
+                    " "
+                    button type="submit" { "Search" }
+                }
+                p #listing {
+                    @if shown.is_empty() {
+                        "No target's name contains “" (listing.query) "”."
+                    } @else {
+                        "Targets " (first + 1) "–" (first + shown.len()) " of " (matching.len())
+                        @if !listing.query.is_empty() { " whose name contains “" (listing.query) "”" }
+                        " (by name)."
+                    }
+                }
+            }
+            @if all.is_empty() {
                 p #no-targets { "No targets are registered yet." }
             }
-            div #targets {
-                @for target in &page.fleet.targets {
+            div #targets data-complete=(complete) {
+                @for target in shown {
                     (card(target, page.fleet.as_of, view))
+                }
+            }
+            @if pages > 1 {
+                nav.pages aria-label="Pages of targets" {
+                    @if current > 1 { a href=(listing.href(current - 1)) rel="prev" { "← Previous" } " " }
+                    span { "Page " (current) " of " (pages) }
+                    @if current < pages { " " a href=(listing.href(current + 1)) rel="next" { "Next →" } }
                 }
             }
         }

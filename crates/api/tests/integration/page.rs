@@ -336,3 +336,47 @@ async fn the_feed_sends_each_change_and_a_reconnect_resumes_from_its_last_event_
     let (_, _, data) = admin.next_of("removed").await;
     assert_eq!(serde_json::from_str::<serde_json::Value>(&data).expect("json"), json!({"name": "cart"}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_fleet_is_paged_and_searchable_by_name() {
+    let (served, pool) = support::api(Mode::Dev).await;
+    // 250 targets straight into the tables (as many registrations would leave them).
+    sqlx::query(
+        "WITH t AS (INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+                    SELECT 'fleet-' || lpad(g::text, 3, '0'), '/health', '/ready', '/metrics', 5000, 1000 \
+                    FROM generate_series(1, 250) g RETURNING id) \
+         INSERT INTO instances (target_id, url) SELECT id, 'http://127.0.0.1:9/a' FROM t",
+    )
+    .execute(&pool)
+    .await
+    .expect("seed");
+    sqlx::query("INSERT INTO outbox (event_type, payload) VALUES ('target.created', '{}')")
+        .execute(&pool)
+        .await
+        .expect("outbox");
+    let first = page_shows(&served, Auth::None, "250 targets").await;
+    let cards = |html: &str| html.matches("<article class=\"target\"").count();
+    assert_eq!(cards(&first), 100, "one page of cards, not the fleet");
+    assert!(
+        first.contains("Targets 1–100 of 250")
+            && first.contains("id=\"t-fleet-001\"")
+            && !first.contains("id=\"t-fleet-101\"")
+    );
+    assert!(first.contains("data-complete=\"false\""), "a partial page takes no new cards live");
+    assert!(first.contains("href=\"/status?page=2\"") && first.contains("Page 1 of 3"));
+
+    let (status, _, last) = page(&served, "/status?page=3", Auth::None).await;
+    assert_eq!(status, 200);
+    assert_eq!(cards(&last), 50);
+    assert!(last.contains("Targets 201–250 of 250") && last.contains("id=\"t-fleet-250\""));
+    let (_, _, beyond) = page(&served, "/status?page=99", Auth::None).await;
+    assert!(beyond.contains("Targets 201–250 of 250"), "a page past the end shows the last");
+
+    let (_, _, found) = page(&served, "/status?q=FLEET-12", Auth::None).await;
+    assert_eq!(cards(&found), 10, "fleet-120 to fleet-129");
+    assert!(found.contains("whose name contains “fleet-12”") && found.contains("value=\"fleet-12\""));
+    let (_, _, none) = page(&served, "/status?q=%3Cscript%3E", Auth::None).await;
+    assert!(none.contains("No target's name contains “&lt;script&gt;”"), "the query is escaped");
+    let (_, _, odd) = page(&served, "/status?page=-3&q", Auth::None).await;
+    assert!(odd.contains("Targets 1–100 of 250"), "an unreadable page number is the first");
+}

@@ -80,8 +80,12 @@ async fn redis_losing_everything_loses_no_registration() {
     let replica = Replica::start(&pool, &redis.url(), &config).await;
     let stop = CancellationToken::new();
     let mut metrics_registry = prometheus_client::registry::Registry::default();
-    let relay =
-        Relay::new(pool.clone(), support::redis(&redis.url()).await, Metrics::register(&mut metrics_registry), config.relay.clone());
+    let relay = Relay::new(
+        pool.clone(),
+        support::redis(&redis.url()).await,
+        Metrics::register(&mut metrics_registry),
+        config.relay.clone(),
+    );
     let relaying = tokio::spawn(relay.run(stop.clone()));
     registry::create(&pool, &spec("before", vec![fleet.url(1)]), &Writer::Api).await.expect("create");
     caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {

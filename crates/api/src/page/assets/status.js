@@ -25,6 +25,9 @@
     el.dateTime = rfc3339;
     el.textContent = rfc3339.replace("T", " ").replace("Z", " UTC");
   };
+  // A page showing every target: new ones join it live. A page of a larger fleet (or a
+  // search) only updates the cards it shows.
+  const complete = () => document.getElementById("targets")?.dataset.complete === "true";
   // A target's card replaces its old one, or goes in name order.
   const place = (name, html) => {
     const card = fragment(html).firstElementChild;
@@ -33,6 +36,7 @@
       old.replaceWith(card);
       return;
     }
+    if (!complete()) return;
     const list = document.getElementById("targets");
     const next = [...list.children].find((el) => el.dataset.name > name);
     list.insertBefore(card, next || null);
@@ -48,6 +52,11 @@
     },
     // The server could not resume from our position: everything, as of now.
     reset: (d) => {
+      // The server sends its first page; a later page or a search asks for itself again.
+      if (!complete()) {
+        location.reload();
+        return;
+      }
       main.replaceChildren(fragment(d.html));
       document.getElementById("summary")?.replaceWith(fragment(d.summary));
       setAsOf(d.as_of);
