@@ -333,13 +333,15 @@ async fn discovery(window: Duration) -> String {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = control.id();
     let attempts = || async {
-        let n: Option<i64> = sqlx::query_scalar(
-            "SELECT count(*) FROM discovery_status WHERE attempted_at > now() - interval '5 seconds'",
+        // Each target's row holds its latest attempt: with a 5 s refresh and a write a second,
+        // every one of them is under 7 s old.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM discovery_status WHERE attempted_at > clock_timestamp() - interval '7 seconds'",
         )
         .fetch_one(&pool)
         .await
-        .ok();
-        n.unwrap_or(0)
+        .expect("count the recent resolutions");
+        n
     };
     let (cpu0, t0) = (cpu_seconds_of(pid).unwrap_or(0.0), Instant::now());
     tokio::time::sleep(window).await;
@@ -350,7 +352,7 @@ async fn discovery(window: Duration) -> String {
     let _ = control.wait();
     format!(
         "| {TARGETS} DNS-discovered targets, refreshed every 5 s, one control | {cores:.4} cores, {rss:.1} MiB RSS \
-         ({recent} resolved in the last 5 s; {:.1} µs of CPU per resolution) |",
+         ({recent} of them resolved in the last 7 s; {:.1} µs of CPU per resolution) |",
         cores * 5.0 / TARGETS as f64 * 1e6
     )
 }

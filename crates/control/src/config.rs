@@ -43,7 +43,7 @@ impl Default for ControlConfig {
             resolve_concurrency: 64,
             targets_dir: None,
             targets_poll: Duration::from_secs(2),
-            full_resync: Duration::from_secs(300),
+            full_resync: Duration::from_secs(600),
             invalidations_max_age: Duration::from_secs(10),
         }
     }

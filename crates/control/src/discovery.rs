@@ -28,6 +28,8 @@ const EMPTY_CONFIRMATIONS: i32 = 2;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// Never resolve one target more often than this, whatever its TTL.
 const FLOOR: Duration = Duration::from_secs(1);
+/// Resolutions due this close together share one round.
+const COALESCE: Duration = Duration::from_millis(50);
 /// How often resolution outcomes are written (one statement for all of them).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -228,7 +230,8 @@ impl Discoverer {
 
     /// Resolves every due target (at most `concurrency` at once) and applies the answers.
     async fn resolve_due(&self, entries: &mut HashMap<String, Entry>, pending: &mut Vec<StatusRow>) {
-        let now = Instant::now();
+        // Whatever falls due within the next moment goes in this round: one wake-up for many.
+        let now = Instant::now() + COALESCE;
         let due: Vec<(String, DnsDiscovery)> =
             entries.values().filter(|e| e.due <= now).map(|e| (e.name.clone(), e.dns.clone())).collect();
         let permits = Arc::new(Semaphore::new(self.concurrency));
@@ -302,7 +305,9 @@ impl Discoverer {
         self.health.outcome(true, None);
         self.health.seen(&entry.name, every, true);
         self.metrics.last_success.get_or_create(&labels).set(row.at);
-        entry.due = Instant::now() + next;
+        // 90–100 % of the interval (never past the TTL): targets that started together drift
+        // apart instead of hitting the nameservers in one burst every refresh.
+        entry.due = Instant::now() + next.mul_f64(0.9 + fastrand::f64() * 0.1);
         if let Some(urls) = wanted.filter(|urls| *urls != entry.known) {
             match registry::set_discovered(&self.pool, entry.id, &urls).await {
                 Ok(Some(change)) => {

@@ -79,7 +79,7 @@ impl Default for CoordinatorConfig {
             success_threshold: 2,
             max_concurrency: 512,
             refresh: Duration::from_secs(2),
-            full_resync: Duration::from_secs(300),
+            full_resync: Duration::from_secs(600),
             invalidations_max_age: Duration::from_secs(10),
             membership: MembershipConfig::default(),
             relay: RelayConfig::default(),

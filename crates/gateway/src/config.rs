@@ -39,7 +39,7 @@ impl Default for GatewayConfig {
             request_body_cap_bytes: 512 * 1024 * 1024,
             request_concurrency: 32,
             global_concurrency: 128,
-            full_resync: Duration::from_secs(300),
+            full_resync: Duration::from_secs(600),
             invalidations_max_age: Duration::from_secs(10),
             timeout_margin: Duration::from_millis(500),
             max_matchers: 32,

@@ -28,10 +28,10 @@ use super::render::{self, Page, Variants, View};
 
 /// How often the store is asked whether anything changed.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
-/// The fleet is read whole at least this often (5 min), whatever the outbox says: the safety
+/// The fleet is read whole at least this often (10 min), whatever the outbox says: the safety
 /// net only. Every change the page shows writes an outbox row, so a quiet fleet costs one
 /// `max(id)` a tick, whatever its size.
-const FULL_EVERY: u32 = 600;
+const FULL_EVERY: u32 = 1200;
 /// The platform's ladders are read every this many ticks (2 s).
 const LADDERS_EVERY: u32 = 4;
 /// Changes kept for reconnects (a card is a few KiB per view: this bounds them to a few MiB).
