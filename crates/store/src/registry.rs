@@ -218,29 +218,39 @@ async fn record(tx: &mut PgConnection, event_type: &str, spec: &TargetSpec) -> R
     announce(tx, &spec.name).await
 }
 
+/// A statement over a target's columns that returns its id.
+type IdQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Binds a document's columns as `$2`..`$8`, after the `$1` the caller bound: labels, the
+/// three paths, interval, timeout and discovery.
+fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
+    query
+        .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
+        .bind(&spec.health_path)
+        .bind(&spec.ready_path)
+        .bind(&spec.metrics_path)
+        .bind(spec.interval_ms)
+        .bind(spec.timeout_ms)
+        .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
+}
+
 /// Registers `spec` (already validated) on behalf of `writer`.
 ///
 /// # Errors
 /// [`Refused::Conflict`] when the name is taken; a database error.
 pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> Result<Target, Error> {
     let mut tx = pool.begin().await?;
-    let id: Option<i64> = sqlx::query_scalar(
+    let insert = sqlx::query_scalar(
         "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
                               discovery, managed_by, declared_in) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING RETURNING id",
     )
-    .bind(&spec.name)
-    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
-    .bind(&spec.health_path)
-    .bind(&spec.ready_path)
-    .bind(&spec.metrics_path)
-    .bind(spec.interval_ms)
-    .bind(spec.timeout_ms)
-    .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
-    .bind(writer.managed_by())
-    .bind(writer.file())
-    .fetch_optional(&mut *tx)
-    .await?;
+    .bind(&spec.name);
+    let id: Option<i64> = bind_document(insert, spec)
+        .bind(writer.managed_by())
+        .bind(writer.file())
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(id) = id else { return Err(Refused::Conflict(spec.name.clone()).into()) };
     sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
         .bind(id)
@@ -294,21 +304,13 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
     if discovered && spec.discovery.is_none() && *writer == Writer::Api {
         return Err(Refused::Discovered(spec.name.clone()).into());
     }
-    sqlx::query(
+    let update = sqlx::query_scalar(
         "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
-         timeout_ms = $7, discovery = $8, declared_in = COALESCE($9, declared_in), updated_at = now() WHERE id = $1",
+         timeout_ms = $7, discovery = $8, declared_in = COALESCE($9, declared_in), updated_at = now() \
+         WHERE id = $1 RETURNING id",
     )
-    .bind(id)
-    .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
-    .bind(&spec.health_path)
-    .bind(&spec.ready_path)
-    .bind(&spec.metrics_path)
-    .bind(spec.interval_ms)
-    .bind(spec.timeout_ms)
-    .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
-    .bind(writer.file())
-    .execute(&mut *tx)
-    .await?;
+    .bind(id);
+    bind_document(update, spec).bind(writer.file()).fetch_one(&mut *tx).await?;
     // Listed instances replace the stored ones; a discovered target's stay until control
     // resolves its (possibly new) name: a blip must never empty a target.
     if spec.discovery.is_none() {
