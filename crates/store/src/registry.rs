@@ -246,11 +246,8 @@ pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> 
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING RETURNING id",
     )
     .bind(&spec.name);
-    let id: Option<i64> = bind_document(insert, spec)
-        .bind(writer.managed_by())
-        .bind(writer.file())
-        .fetch_optional(&mut *tx)
-        .await?;
+    let id: Option<i64> =
+        bind_document(insert, spec).bind(writer.managed_by()).bind(writer.file()).fetch_optional(&mut *tx).await?;
     let Some(id) = id else { return Err(Refused::Conflict(spec.name.clone()).into()) };
     sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
         .bind(id)
