@@ -1,7 +1,8 @@
-//! End-to-end tests: the built `caracal-api`, `caracal-coordinator`, `caracal-audit` and
+//! End-to-end tests: the built `caracal-api`, `caracal-coordinator`, `caracal-audit`, `caracal-control` and
 //! `caracal-sts` binaries against real PostgreSQL and Redis, talking HTTP over loopback.
 
 mod cli;
+mod discovery;
 mod ledger;
 mod pipeline;
 mod support;
