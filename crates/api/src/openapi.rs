@@ -112,22 +112,35 @@ pub(crate) async fn document() -> Json<serde_json::Value> {
 }
 
 /// The rules the server enforces across fields, stated in JSON Schema (OpenAPI 3.1), which the
-/// derives cannot say: a target has `instances` or `discovery`, never both; an SRV discovery
-/// has no `port`, an A/AAAA one needs it.
+/// derives cannot say: a target lists 1 to 100 `instances` (with `discovery` absent or null),
+/// or has a `discovery` object (with `instances` absent or empty), never both; an SRV
+/// discovery has no `port`, an A/AAAA one needs it.
 fn exclusive_shapes(doc: &mut serde_json::Value) {
     use serde_json::json;
     let schemas = &mut doc["components"]["schemas"];
+    let listed_or_discovered = json!([
+        {"required": ["instances"], "properties": {"instances": {"minItems": 1}, "discovery": {"type": "null"}}},
+        {"required": ["discovery"], "properties": {"instances": {"maxItems": 0}, "discovery": {"type": "object"}}}
+    ]);
     for name in ["TargetSpec", "TargetUpdate"] {
         if let Some(schema) = schemas.get_mut(name).and_then(serde_json::Value::as_object_mut) {
-            schema.insert("oneOf".into(), json!([{"required": ["instances"]}, {"required": ["discovery"]}]));
+            schema.insert("oneOf".into(), listed_or_discovered.clone());
         }
+    }
+    // An answered target's instances may be discovered ones: a DNS name or a bracketed IPv6
+    // address with a port, as caracal-control writes them.
+    if let Some(items) =
+        schemas.pointer_mut("/Target/properties/instances/items").and_then(serde_json::Value::as_object_mut)
+    {
+        items.insert("pattern".into(), json!(caracal_store::discovery::ANSWERED_URL_PATTERN));
     }
     if let Some(schema) = schemas.get_mut("DnsDiscovery").and_then(serde_json::Value::as_object_mut) {
         schema.insert(
             "oneOf".into(),
+            // `port: null` is no port, as the server reads it.
             json!([
-                {"required": ["type"], "properties": {"type": {"const": "SRV"}}, "not": {"required": ["port"]}},
-                {"required": ["port"], "properties": {"type": {"enum": ["A", "AAAA"]}}}
+                {"required": ["type"], "properties": {"type": {"const": "SRV"}, "port": {"type": "null"}}},
+                {"required": ["port"], "properties": {"type": {"enum": ["A", "AAAA"]}, "port": {"type": "integer"}}}
             ]),
         );
     }

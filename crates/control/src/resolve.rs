@@ -121,6 +121,11 @@ impl Resolver {
                         // A CNAME on the way, or a type we did not ask for.
                         _ => continue,
                     };
+                    if !caracal_store::discovery::valid_url(&url) {
+                        // An SRV target no HTTP client could use (escaped bytes, say).
+                        tracing::warn!(%url, name = %dns.name, "skipping a record that is not a usable instance");
+                        continue;
+                    }
                     ttl = Some(ttl.map_or(record.ttl, |t| t.min(record.ttl)));
                     urls.push(url);
                 }

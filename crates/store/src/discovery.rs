@@ -11,6 +11,21 @@ use crate::target::{Invalid, matches};
 /// 253 characters in all ([`MAX_DNS_NAME`]).
 pub const DNS_NAME_PATTERN: &str = "^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\
      (\\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\\.?$";
+/// A discovered instance's URL: `scheme://host:port` where the host is a DNS name (SRV targets
+/// may hold `_`) or a bracketed IPv6 address. What `GET /v1/targets` may answer in `instances`.
+pub const DISCOVERED_URL_PATTERN: &str = "^http://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+
+/// An instance URL as `GET /v1/targets` answers it: a listed one (`target::INSTANCE_PATTERN`)
+/// or a discovered one ([`DISCOVERED_URL_PATTERN`]).
+pub const ANSWERED_URL_PATTERN: &str = "^http://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])\
+     (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
+     (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?$";
+
+/// Whether `url` is one discovery may write ([`DISCOVERED_URL_PATTERN`]).
+pub fn valid_url(url: &str) -> bool {
+    matches(DISCOVERED_URL_PATTERN, url)
+}
+
 /// Longest DNS name, in characters.
 pub const MAX_DNS_NAME: usize = 253;
 /// Refresh intervals accepted, in milliseconds (control never resolves more often than 1 s).
@@ -40,7 +55,7 @@ pub struct DnsDiscovery {
     #[serde(rename = "type", default)]
     pub record_type: RecordType,
     /// The instances' port: required for `A`/`AAAA`, refused for `SRV`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_port")]
     #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u32>,
     /// How instances are probed: `http` (default).
@@ -77,6 +92,18 @@ impl RecordType {
             RecordType::Srv => "SRV",
         }
     }
+}
+
+/// A JSON number with no fractional part (`8080` or `8080.0`: JSON Schema's `integer`), or
+/// null, as a port.
+fn whole_port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let Some(value) = Option::<f64>::deserialize(deserializer)? else { return Ok(None) };
+    if value.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&value) {
+        return Err(serde::de::Error::custom(format!("expected a whole number, got {value}")));
+    }
+    // Whole and in range: the conversion is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(Some(value as u32))
 }
 
 fn default_scheme() -> String {
@@ -161,6 +188,23 @@ mod tests {
         assert!(d.validate().is_ok());
         assert!(dns(serde_json::json!({"name": "_http._tcp.shop.test.", "type": "SRV"})).validate().is_ok());
         assert!(dns(serde_json::json!({"name": "v6.test", "type": "AAAA", "port": 1})).validate().is_ok());
+        let whole = dns(serde_json::json!({"name": "x.test", "port": 8080.0}));
+        assert_eq!(whole.dns.port, Some(8080), "a whole float is an integer");
+        assert!(serde_json::from_value::<Discovery>(serde_json::json!({"dns": {"name": "x", "port": 80.5}})).is_err());
+    }
+
+    #[test]
+    fn discovered_urls_are_hostnames_or_bracketed_ipv6() {
+        for good in ["http://127.0.0.2:8080", "http://[::1]:80", "http://a_b.svc.cluster.local:9000"] {
+            assert!(valid_url(good), "{good}");
+        }
+        for bad in ["http://a b:80", "http://[::1]:99999", "http://x:80/path", "https://x:80"] {
+            assert!(!valid_url(bad), "{bad}");
+        }
+        let answered = regex::Regex::new(ANSWERED_URL_PATTERN).expect("a pattern");
+        for either in ["http://[::1]:80", "http://127.0.0.1:7001/prefix", "http://shop_1.test:9000"] {
+            assert!(answered.is_match(either), "{either}: the answer schema admits listed and discovered URLs");
+        }
     }
 
     #[test]

@@ -59,9 +59,16 @@ pub fn valid_name(name: &str) -> bool {
 /// (schemathesis checks both directions).
 pub(crate) fn matches(pattern: &'static str, value: &str) -> bool {
     use std::sync::LazyLock;
-    static COMPILED: LazyLock<[(&str, regex::Regex); 5]> = LazyLock::new(|| {
-        [NAME_PATTERN, PATH_PATTERN, INSTANCE_PATTERN, LABEL_KEY_PATTERN, crate::discovery::DNS_NAME_PATTERN]
-            .map(|p| (p, regex::Regex::new(p).unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))))
+    static COMPILED: LazyLock<[(&str, regex::Regex); 6]> = LazyLock::new(|| {
+        [
+            NAME_PATTERN,
+            PATH_PATTERN,
+            INSTANCE_PATTERN,
+            LABEL_KEY_PATTERN,
+            crate::discovery::DNS_NAME_PATTERN,
+            crate::discovery::DISCOVERED_URL_PATTERN,
+        ]
+        .map(|p| (p, regex::Regex::new(p).unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))))
     });
     COMPILED.iter().find(|(p, _)| *p == pattern).is_some_and(|(_, regex)| regex.is_match(value))
 }
@@ -141,7 +148,9 @@ fn path_schema() -> utoipa::openapi::Object {
 fn instances_schema() -> utoipa::openapi::Array {
     utoipa::openapi::ArrayBuilder::new()
         .items(string_schema(INSTANCE_PATTERN, "An instance's base URL"))
-        .min_items(Some(1))
+        // At least one unless the target discovers its instances: the API's document states
+        // that across the two fields (`oneOf`); a discovered target answers `[]` until
+        // resolved.
         .max_items(Some(MAX_INSTANCES))
         .unique_items(true)
         .description(Some("Base URLs, one per instance"))
