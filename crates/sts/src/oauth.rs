@@ -40,7 +40,11 @@ pub(crate) struct TokenResponse {
 pub(crate) struct TokenRequest {
     /// The only grant: `client_credentials`.
     grant_type: GrantType,
-    /// Space-separated scopes; all the client's allowed scopes when absent.
+    /// Space-separated scopes; all the client's allowed scopes when absent. A scope the
+    /// client was not granted is refused with 400 `invalid_scope` (RFC 6749 §5.2).
+    #[schema(
+        pattern = "^ *(targets:read|targets:write|events:read|metrics:read|clients:write)( +(targets:read|targets:write|events:read|metrics:read|clients:write))* *$"
+    )]
     scope: Option<String>,
     /// With `client_secret_post`.
     client_id: Option<String>,

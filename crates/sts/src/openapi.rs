@@ -47,6 +47,38 @@ impl Modify for Security {
 }
 
 /// The OpenAPI document.
-pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(StsDoc::openapi())
+pub(crate) async fn document() -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(StsDoc::openapi()).unwrap_or_default();
+    if let Some(schema) = doc.pointer_mut("/components/schemas/Introspection") {
+        *schema = introspection();
+    }
+    Json(doc)
+}
+
+/// RFC 7662's answer in its two shapes, which the derive (a flattened optional) cannot say:
+/// `{"active": false}` alone for anything not valid now, or `active: true` with every claim.
+fn introspection() -> serde_json::Value {
+    let text = serde_json::json!({"type": "string"});
+    let seconds = serde_json::json!({"type": "integer", "minimum": 0});
+    let claims = ["scope", "client_id", "token_type", "exp", "iat", "nbf", "sub", "aud", "iss", "jti"];
+    let mut properties = serde_json::Map::new();
+    properties.insert(
+        "active".into(),
+        serde_json::json!({"type": "boolean", "description": "Whether the token is valid now"}),
+    );
+    for claim in claims {
+        let schema = if matches!(claim, "exp" | "iat" | "nbf") { seconds.clone() } else { text.clone() };
+        properties.insert(claim.into(), schema);
+    }
+    serde_json::json!({
+        "type": "object",
+        "description": "What introspection says of a token (RFC 7662 §2.2)",
+        "properties": properties,
+        "required": ["active"],
+        "additionalProperties": false,
+        "oneOf": [
+            {"properties": {"active": {"const": false}}, "maxProperties": 1},
+            {"properties": {"active": {"const": true}}, "required": claims}
+        ]
+    })
 }
