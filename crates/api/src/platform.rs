@@ -84,6 +84,8 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
             interval_ms: 2_000,
             timeout_ms: 1_000,
             labels: [("caracal".to_string(), "platform".to_string())].into(),
+            tls: None,
+            grpc_service: None,
         };
         match registry::create(pool, &spec, &Writer::Api).await {
             Ok(_) => tracing::info!(target = %name, "registered a platform service as a target"),

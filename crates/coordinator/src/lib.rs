@@ -9,6 +9,8 @@
 //! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes. It
 //!   holds the registry in memory, kept current by `caracal.invalidations` (store's
 //!   `invalidations` follower), with a full re-read every `full_resync` as the safety net.
+//! - [`protocols`]: the HTTPS, TCP and gRPC probes (plain HTTP stays in the prober, pooled).
+//! - [`tls`]: TLS clients for probes, the presented chain's expiry, failures as stable words.
 //! - [`relay`]: outbox → stream, with `FOR UPDATE SKIP LOCKED`, capped backoff and dead rows.
 //! - [`metrics`]: the `caracal_coordinator_*` families.
 
@@ -16,7 +18,9 @@ pub mod config;
 pub mod membership;
 pub mod metrics;
 pub mod prober;
+pub mod protocols;
 pub mod relay;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let pool = app.postgres()?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_coordinator"));
+    metrics.register_target_families(app.registry_mut());
     let members = membership::Membership::new(membership::replica_id());
     let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone())
         .map_err(|e| caracal_core::Error::startup("build the probe HTTP client", e))?;

@@ -23,6 +23,15 @@ pub struct InstanceLabels {
     pub url: String,
 }
 
+/// Labels of `caracal_target_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The target's name.
+    pub target: String,
+    /// The instance's URL.
+    pub instance: String,
+}
+
 /// The coordinator's metric families.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -36,6 +45,8 @@ pub struct Metrics {
     pub(crate) relay_failures: Counter,
     pub(crate) relay_dead: Counter,
     pub(crate) members: Gauge,
+    pub(crate) tls_unverified: Counter,
+    pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +63,8 @@ impl Metrics {
             relay_failures: Counter::default(),
             relay_dead: Counter::default(),
             members: Gauge::default(),
+            tls_unverified: Counter::default(),
+            certificate_expiry: Family::default(),
         };
         registry.register("probes", "Probes of watched instances, by observed status", m.probes.clone());
         registry.register(
@@ -71,6 +84,21 @@ impl Metrics {
         registry.register("relay_failures", "Failed relay attempts (batches)", m.relay_failures.clone());
         registry.register("relay_dead", "Outbox rows marked dead by this replica", m.relay_dead.clone());
         registry.register("members", "Live coordinator replicas seen", m.members.clone());
+        registry.register(
+            "tls_unverified_probes",
+            "TLS probes made without verifying the certificate (targets with insecure_skip_verify)",
+            m.tls_unverified.clone(),
+        );
         m
+    }
+
+    /// Registers the families named for targets rather than for the coordinator
+    /// (`caracal_target_*`) in the service's root `registry`.
+    pub fn register_target_families(&self, registry: &mut Registry) {
+        registry.register(
+            "caracal_target_certificate_expiry_timestamp_seconds",
+            "The earliest notAfter of the certificate chain an instance presented (Unix seconds; exported by the replica probing it)",
+            self.certificate_expiry.clone(),
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use caracal_store::invalidations::Notice;
+use caracal_store::target::{Scheme, TlsSpec};
 use caracal_store::{NewEvent, outbox};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -14,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinatorConfig;
 use crate::membership::Membership;
-use crate::metrics::{InstanceLabels, Metrics, ResultLabels};
+use crate::metrics::{CertificateLabels, InstanceLabels, Metrics, ResultLabels};
+use crate::protocols::{self, Address, Seen};
+use crate::tls::{Presented, TlsClient};
 
 /// What an instance is, as far as probes can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,15 +127,18 @@ impl Judge {
     }
 }
 
-/// Removes an instance's `instance_up` series when its probe task ends (ownership moved).
+/// Removes an instance's `instance_up` and certificate series when its probe task ends
+/// (ownership moved).
 struct Exported<'a> {
     metrics: &'a Metrics,
     labels: InstanceLabels,
+    certificate: CertificateLabels,
 }
 
 impl Drop for Exported<'_> {
     fn drop(&mut self) {
         self.metrics.instance_up.remove(&self.labels);
+        self.metrics.certificate_expiry.remove(&self.certificate);
     }
 }
 
@@ -165,6 +171,18 @@ struct Instance {
     ready_path: String,
     interval: Duration,
     timeout: Duration,
+    scheme: Scheme,
+    tls: Option<TlsSpec>,
+    grpc_service: String,
+}
+
+/// How one instance task probes: its address, and its TLS client when it speaks TLS (built
+/// once per task; `Err` holds why it could not be, reported by every probe).
+struct Probing {
+    address: Option<Address>,
+    tls: Option<Result<TlsClient, String>>,
+    /// The certificate last presented (as recorded), to tell a renewal from the same one.
+    presented: Option<Presented>,
 }
 
 /// Probes the instances this replica owns.
@@ -269,13 +287,13 @@ impl Prober {
     /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
     /// the ids of instances that are new or changed by a `Changed` notice.
     async fn load(&self, notice: Notice, registry: &mut HashMap<i64, Instance>) -> Result<HashSet<i64>, sqlx::Error> {
-        type Row = (i64, String, String, String, String, i32, i32);
+        type Row = (i64, String, String, String, String, i32, i32, Option<serde_json::Value>, Option<String>);
         let names = match &notice {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms \
+            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, t.tls, t.grpc_service \
              FROM instances i JOIN targets t ON t.id = i.target_id \
              WHERE t.paused_at IS NULL AND ($1::text[] IS NULL OR t.name = ANY($1))",
         )
@@ -284,9 +302,12 @@ impl Prober {
         .await?;
         let loaded: HashMap<i64, Instance> = rows
             .into_iter()
-            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms)| {
+            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, tls, grpc_service)| {
                 let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
                 let instance = Instance {
+                    scheme: Scheme::of(&url).unwrap_or(Scheme::Http),
+                    tls: tls.and_then(|t| serde_json::from_value(t).ok()),
+                    grpc_service: grpc_service.unwrap_or_default(),
                     id,
                     target,
                     url,
@@ -340,9 +361,9 @@ impl Prober {
         let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
         // The status as recorded (by whoever owned it before), so a new owner does not
         // re-announce it. Read once per task: tasks start only when something changed.
-        let status = loop {
+        let (status, presented) = loop {
             match self.stored_status(instance.id).await {
-                Ok(status) => break status,
+                Ok(stored) => break stored,
                 Err(e) => {
                     tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
                     tokio::select! {
@@ -354,7 +375,19 @@ impl Prober {
         };
         let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
         // While this replica owns the instance it exports its status; the series goes with it.
-        let _exported = Exported { metrics: &self.metrics, labels: labels.clone() };
+        let certificate = CertificateLabels { target: instance.target.clone(), instance: instance.url.clone() };
+        let _exported = Exported { metrics: &self.metrics, labels: labels.clone(), certificate: certificate.clone() };
+        if let Some(p) = &presented {
+            self.metrics.certificate_expiry.get_or_create(&certificate).set(p.expires_at);
+        }
+        let mut probing = Probing {
+            address: Address::parse(&instance.url, instance.scheme),
+            tls: instance.scheme.is_tls().then(|| {
+                let alpn: &[u8] = if instance.scheme == Scheme::Grpcs { b"h2" } else { b"http/1.1" };
+                TlsClient::new(instance.tls.as_ref(), alpn)
+            }),
+            presented,
+        };
         // A new instance is probed at once; otherwise first probes spread over one interval.
         let spread = if at_once { Duration::from_millis(50) } else { instance.interval };
         let mut wait = spread.mul_f64(fastrand::f64());
@@ -366,8 +399,19 @@ impl Prober {
             wait = instance.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
             let Ok(permit) = self.permits.acquire().await else { return };
             let started = Instant::now();
-            let (observed, error) = self.probe(&instance).await;
+            let (observed, error, presented) = self.probe(&instance, &probing).await;
             drop(permit);
+            if let Some(presented) = presented {
+                self.metrics.certificate_expiry.get_or_create(&certificate).set(presented.expires_at);
+                if probing.presented.as_ref().is_none_or(|p| p.sha256 != presented.sha256) {
+                    match self.record_certificate(&instance, probing.presented.as_ref(), &presented).await {
+                        Ok(()) => probing.presented = Some(presented),
+                        Err(e) => {
+                            tracing::warn!(error = %e, instance = %instance.url, "recording a new certificate failed; will retry")
+                        }
+                    }
+                }
+            }
             self.metrics.probe_duration.observe(started.elapsed().as_secs_f64());
             self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
             let changed = judge.observe(observed);
@@ -390,24 +434,64 @@ impl Prober {
         }
     }
 
-    /// The instance's recorded status (`unknown` when it has none).
-    async fn stored_status(&self, id: i64) -> Result<Status, sqlx::Error> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM instance_status WHERE instance_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(Status::parse(status.as_deref().unwrap_or("unknown")))
+    /// The instance's recorded status (`unknown` when it has none) and certificate.
+    async fn stored_status(&self, id: i64) -> Result<(Status, Option<Presented>), sqlx::Error> {
+        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256 \
+             FROM instance_status WHERE instance_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((status, expires_at, sha256)) = row else { return Ok((Status::Unknown, None)) };
+        let presented = expires_at.zip(sha256).map(|(expires_at, sha256)| Presented { expires_at, sha256 });
+        Ok((Status::parse(&status), presented))
     }
 
-    /// Probes `/health` and `/ready` at once; the status and, when not up, why.
-    async fn probe(&self, instance: &Instance) -> (Status, Option<String>) {
-        let (health, ready) =
-            tokio::join!(self.get(instance, &instance.health_path), self.get(instance, &instance.ready_path));
-        match (health, ready) {
+    /// Probes the instance as its scheme says; the status, why when not up, and the certificate
+    /// a TLS server presented.
+    async fn probe(&self, instance: &Instance, probing: &Probing) -> (Status, Option<String>, Option<Presented>) {
+        let Some(address) = &probing.address else {
+            return (Status::Down, Some("the instance URL is not usable".into()), None);
+        };
+        let tls = match &probing.tls {
+            None => None,
+            Some(Ok(client)) => {
+                if client.insecure {
+                    self.metrics.tls_unverified.inc();
+                }
+                Some(client)
+            }
+            Some(Err(why)) => return (Status::Down, Some(why.clone()), None),
+        };
+        let previous = probing.presented.clone();
+        let seen = match (instance.scheme, tls) {
+            (Scheme::Http, _) => {
+                let (health, ready) =
+                    tokio::join!(self.get(instance, &instance.health_path), self.get(instance, &instance.ready_path));
+                Seen { health, ready, presented: None }
+            }
+            (Scheme::Https, Some(client)) => {
+                let paths = [instance.health_path.as_str(), instance.ready_path.as_str()];
+                protocols::https(address, client, paths, instance.timeout, &self.user_agent, previous).await
+            }
+            (Scheme::Tcp, _) => {
+                let health = protocols::tcp(address, instance.timeout).await;
+                Seen { ready: health.clone(), health, presented: None }
+            }
+            (Scheme::Grpc | Scheme::Grpcs, tls) => {
+                let (health, presented) =
+                    protocols::grpc(address, tls, &instance.grpc_service, instance.timeout, previous).await;
+                Seen { ready: health.clone(), health, presented }
+            }
+            (Scheme::Https, None) => return (Status::Down, Some("tls_config".into()), None),
+        };
+        let (status, why) = match (seen.health, seen.ready) {
             (Ok(()), Ok(())) => (Status::Up, None),
             (Ok(()), Err(why)) => (Status::Unready, Some(why)),
             (Err(why), _) => (Status::Down, Some(why)),
-        }
+        };
+        (status, why, seen.presented)
     }
 
     /// One GET of `path` on the instance: `Ok` for a 2xx, else a short reason (no body, no
@@ -433,6 +517,45 @@ impl Prober {
             Err(e) if e.is_connect() => Err(format!("{path}: connection refused or unreachable")),
             Err(_) => Err(format!("{path}: request failed")),
         }
+    }
+
+    /// Records a certificate the instance presents for the first time, or a new one (a
+    /// renewal): its expiry and fingerprint on the status row, and a `target.certificate_changed`
+    /// event, in one transaction. Nothing is written while the certificate stays the same.
+    async fn record_certificate(
+        &self,
+        instance: &Instance,
+        previous: Option<&Presented>,
+        presented: &Presented,
+    ) -> Result<(), caracal_store::Error> {
+        let mut tx = self.pool.begin().await?;
+        let expires_at: String = sqlx::query_scalar(concat!(
+            "INSERT INTO instance_status (instance_id, status, certificate_expires_at, certificate_sha256) \
+             VALUES ($1, 'unknown', to_timestamp($2), $3) \
+             ON CONFLICT (instance_id) DO UPDATE SET certificate_expires_at = excluded.certificate_expires_at, \
+             certificate_sha256 = excluded.certificate_sha256 RETURNING ",
+            caracal_store::rfc3339!("certificate_expires_at")
+        ))
+        .bind(instance.id)
+        .bind(presented.expires_at as f64)
+        .bind(&presented.sha256)
+        .fetch_one(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({
+            "expires_at": expires_at,
+            "sha256": presented.sha256,
+            "previous_sha256": previous.map(|p| p.sha256.as_str()),
+        });
+        let event = NewEvent {
+            event_type: "target.certificate_changed".into(),
+            target: Some(instance.target.clone()),
+            instance: Some(instance.url.clone()),
+            payload,
+        };
+        outbox::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        tracing::info!(target = %instance.target, instance = %instance.url, expires_at, "certificate recorded");
+        Ok(())
     }
 
     /// Records a change in one transaction: the status row (only if it still holds `from`, so

@@ -23,7 +23,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::probes::{self, Probes};
 use crate::readiness::Readiness;
-use crate::{Error, env, layers};
+use crate::{Error, env, grpc_health, layers};
 
 type Worker = (String, Pin<Box<dyn Future<Output = ()> + Send>>);
 
@@ -203,7 +203,8 @@ impl App {
             self.registry,
         ));
         let service_routes = self.routes.fallback(not_found);
-        let router = layers::probe_stack(probes::routes(probes)).merge(layers::service_stack(
+        let grpc = grpc_health::routes(Arc::clone(&probes), stop_checks.clone());
+        let router = layers::probe_stack(probes::routes(probes).merge(grpc)).merge(layers::service_stack(
             service_routes,
             self.metrics,
             &core.http,

@@ -30,6 +30,8 @@ pub(crate) struct Evaluator {
     snapshot: ArcSwap<Snapshot>,
     /// The highest rung whose checks may run.
     open: watch::Sender<Rung>,
+    /// The generation of the latest snapshot, for those who follow changes (gRPC `Watch`).
+    published: watch::Sender<u64>,
     publishing: Mutex<()>,
     metrics: Metrics,
     /// Read so that `caracal_ready` stays 0 once draining has started.
@@ -64,6 +66,7 @@ impl Evaluator {
             snapshot: ArcSwap::from_pointee(Snapshot { generation: 0, states: states.clone() }),
             states: states.into_iter().map(Mutex::new).collect(),
             open: watch::Sender::new(open),
+            published: watch::Sender::new(0),
             publishing: Mutex::new(()),
             metrics,
             lifecycle,
@@ -73,6 +76,11 @@ impl Evaluator {
     /// The latest published states.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Follows the snapshot's generation: changed on every publication.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Spawns one task per check; they stop when `stop` is cancelled.
@@ -169,6 +177,7 @@ impl Evaluator {
         // The generation tells readers (the rendered `/ready` body cache) that something changed.
         let generation = self.snapshot.load().generation + 1;
         self.snapshot.store(Arc::new(Snapshot { generation, states }));
+        self.published.send_replace(generation);
         self.open.send_if_modified(|current| std::mem::replace(current, open) != open);
     }
 

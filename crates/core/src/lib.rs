@@ -42,6 +42,7 @@ pub mod config;
 pub mod env;
 mod error;
 mod evaluator;
+pub mod grpc_health;
 mod http_metrics;
 mod ladder;
 mod layers;

@@ -116,6 +116,11 @@ async fn ready(State(p): State<Arc<Probes>>, RawQuery(query): RawQuery, headers:
 }
 
 impl Probes {
+    /// The status `/ready` answers now (without draining), from the same cached render.
+    pub(crate) fn ready_code(&self) -> StatusCode {
+        self.rendered().code
+    }
+
     /// The `/ready` bodies for the current snapshot, rendered once per snapshot (and again when
     /// a check turns stale), so each probe in a storm costs a pointer load and a cheap clone.
     fn rendered(&self) -> Arc<Rendered> {

@@ -13,11 +13,11 @@ pub const DNS_NAME_PATTERN: &str = "^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_
      (\\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\\.?$";
 /// A discovered instance's URL: `scheme://host:port` where the host is a DNS name (SRV targets
 /// may hold `_`) or a bracketed IPv6 address. What `GET /v1/targets` may answer in `instances`.
-pub const DISCOVERED_URL_PATTERN: &str = "^http://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+pub const DISCOVERED_URL_PATTERN: &str = "^(https?|tcp|grpcs?)://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
 
 /// An instance URL as `GET /v1/targets` answers it: a listed one (`target::INSTANCE_PATTERN`)
 /// or a discovered one ([`DISCOVERED_URL_PATTERN`]).
-pub const ANSWERED_URL_PATTERN: &str = "^http://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])\
+pub const ANSWERED_URL_PATTERN: &str = "^(https?|tcp|grpcs?)://([A-Za-z0-9._-]{1,253}|\\[[0-9A-Fa-f:.]{2,45}\\])\
      (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
      (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?$";
 
@@ -31,7 +31,7 @@ pub const MAX_DNS_NAME: usize = 253;
 /// Refresh intervals accepted, in milliseconds (control never resolves more often than 1 s).
 pub const REFRESH_MS: std::ops::RangeInclusive<i32> = 1_000..=3_600_000;
 /// Schemes a discovered instance may be probed with.
-pub const SCHEMES: &[&str] = &["http"];
+pub const SCHEMES: &[&str] = &["http", "https", "tcp", "grpc", "grpcs"];
 
 /// Where a target's instances come from, instead of a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -58,9 +58,9 @@ pub struct DnsDiscovery {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_port")]
     #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u32>,
-    /// How instances are probed: `http` (default).
+    /// How instances are probed: `http` (default), `https`, `tcp`, `grpc` or `grpcs`.
     #[serde(default = "default_scheme")]
-    #[schema(pattern = "^http$", default = "http")]
+    #[schema(pattern = "^(https?|tcp|grpcs?)$", default = "http")]
     pub scheme: String,
     /// How often to resolve, 1 s to 1 h (default 30,000); a record's shorter TTL wins, never
     /// below 1 s.

@@ -33,6 +33,7 @@ pub mod registry;
 pub mod revocation;
 pub mod stream;
 pub mod target;
+pub mod tls;
 
 use caracal_core::{Check, Failure, Observed, Rung};
 pub use error::Error;

@@ -92,7 +92,10 @@ struct Row {
     managed_by: String,
     declared_in: Option<String>,
     discovery: Option<serde_json::Value>,
+    tls: Option<serde_json::Value>,
+    grpc_service: Option<String>,
     instances: Vec<String>,
+    certificates: serde_json::Value,
     attempted_at: Option<String>,
     outcome: Option<String>,
     resolved_at: Option<String>,
@@ -111,13 +114,17 @@ macro_rules! select {
             rfc3339!("t.updated_at"),
             " AS updated_at, ",
             rfc3339!("t.paused_at"),
-            " AS paused_at, t.managed_by, t.declared_in, t.discovery, \
-             COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, ",
+            " AS paused_at, t.managed_by, t.declared_in, t.discovery, t.tls, t.grpc_service, \
+             COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, \
+             COALESCE(jsonb_agg(jsonb_build_object('instance', i.url, 'certificate_expires_at', ",
+            rfc3339!("s.certificate_expires_at"),
+            ") ORDER BY i.id) FILTER (WHERE s.certificate_expires_at IS NOT NULL), '[]') AS certificates, ",
             rfc3339!("d.attempted_at"),
             " AS attempted_at, d.outcome, ",
             rfc3339!("d.resolved_at"),
             " AS resolved_at, d.records, d.ttl_s, d.error \
              FROM targets t LEFT JOIN instances i ON i.target_id = t.id \
+             LEFT JOIN instance_status s ON s.instance_id = i.id \
              LEFT JOIN discovery_status d ON d.target_id = t.id",
             $tail
         )
@@ -148,7 +155,10 @@ impl From<Row> for Target {
                 interval_ms: row.interval_ms,
                 timeout_ms: row.timeout_ms,
                 labels: serde_json::from_value(row.labels).unwrap_or_default(),
+                tls: row.tls.and_then(|t| serde_json::from_value(t).ok()),
+                grpc_service: row.grpc_service,
             },
+            certificates: serde_json::from_value(row.certificates).unwrap_or_default(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             paused_at: row.paused_at,
@@ -221,8 +231,8 @@ async fn record(tx: &mut PgConnection, event_type: &str, spec: &TargetSpec) -> R
 /// A statement over a target's columns that returns its id.
 type IdQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
 
-/// Binds a document's columns as `$2`..`$8`, after the `$1` the caller bound: labels, the
-/// three paths, interval, timeout and discovery.
+/// Binds a document's columns as `$2`..`$10`, after the `$1` the caller bound: labels, the
+/// three paths, interval, timeout, discovery, TLS settings and gRPC service.
 fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
     query
         .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
@@ -232,6 +242,8 @@ fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
         .bind(spec.interval_ms)
         .bind(spec.timeout_ms)
         .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
+        .bind(spec.tls.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()))
+        .bind(spec.grpc_service.as_deref())
 }
 
 /// Registers `spec` (already validated) on behalf of `writer`.
@@ -242,8 +254,8 @@ pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> 
     let mut tx = pool.begin().await?;
     let insert = sqlx::query_scalar(
         "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
-                              discovery, managed_by, declared_in) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING RETURNING id",
+                              discovery, tls, grpc_service, managed_by, declared_in) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING RETURNING id",
     )
     .bind(&spec.name);
     let id: Option<i64> =
@@ -303,7 +315,8 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
     }
     let update = sqlx::query_scalar(
         "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
-         timeout_ms = $7, discovery = $8, declared_in = COALESCE($9, declared_in), updated_at = now() \
+         timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, declared_in = COALESCE($11, declared_in), \
+         updated_at = now() \
          WHERE id = $1 RETURNING id",
     )
     .bind(id);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use crate::discovery::{Discovery, DnsDiscovery, RecordType};
+pub use crate::tls::TlsSpec;
 
 /// Why a target document is refused, naming the field (a JSON path: `instances[1]`,
 /// `discovery.dns.port`). The API answers it 422; control reports it with the file.
@@ -40,10 +41,16 @@ pub const MAX_LABELS: usize = 32;
 pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 /// Probe paths: `/` then up to 255 RFC 3986 path characters.
 pub const PATH_PATTERN: &str = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255}$";
-/// Instance base URLs: `http://host[:port][/prefix]`, no query or fragment, port 1–65535.
-pub const INSTANCE_PATTERN: &str = "^http://[A-Za-z0-9.-]{1,253}\
+/// Instance URLs: `http(s)://host[:port][/prefix]` (no query or fragment), or
+/// `tcp://host:port`, `grpc://host:port`, `grpcs://host:port`; ports 1–65535.
+pub const INSTANCE_PATTERN: &str = "^(https?://[A-Za-z0-9.-]{1,253}\
      (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
-     (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?$";
+     (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?\
+     |(tcp|grpcs?)://[A-Za-z0-9.-]{1,253}\
+     :(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))$";
+/// gRPC health service names (`grpc.health.v1` `HealthCheckRequest.service`): empty for the
+/// server as a whole, else a fully qualified service name.
+pub const GRPC_SERVICE_PATTERN: &str = "^[A-Za-z0-9._/-]{0,200}$";
 /// Label keys, like Prometheus label names.
 pub const LABEL_KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,62}$";
 /// Longest label value, in characters.
@@ -59,9 +66,10 @@ pub fn valid_name(name: &str) -> bool {
 /// (schemathesis checks both directions).
 pub(crate) fn matches(pattern: &'static str, value: &str) -> bool {
     use std::sync::LazyLock;
-    static COMPILED: LazyLock<[(&str, regex::Regex); 6]> = LazyLock::new(|| {
+    static COMPILED: LazyLock<[(&str, regex::Regex); 7]> = LazyLock::new(|| {
         [
             NAME_PATTERN,
+            GRPC_SERVICE_PATTERN,
             PATH_PATTERN,
             INSTANCE_PATTERN,
             LABEL_KEY_PATTERN,
@@ -82,7 +90,9 @@ pub struct TargetSpec {
     #[serde(default)]
     #[schema(schema_with = name_schema, required = true)]
     pub name: String,
-    /// Base URLs (`http://host[:port][/prefix]`), one per instance; 1 to 100, distinct.
+    /// Instance URLs, one per instance; 1 to 100, distinct, one scheme: `http(s)://host[:port][/prefix]`
+    /// (probed with GETs of the paths below), `tcp://host:port` (up when a connection opens)
+    /// or `grpc(s)://host:port` (`grpc.health.v1.Health/Check`).
     /// Exclusive with `discovery`: a discovered target's instances are control's to write.
     #[serde(default)]
     #[schema(schema_with = instances_schema)]
@@ -115,6 +125,70 @@ pub struct TargetSpec {
     #[serde(default)]
     #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
+    /// How `https://` and `grpcs://` instances are verified; refused for other schemes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// The service a `grpc(s)://` instance is asked about (default `""`, the server as a
+    /// whole); refused for other schemes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._/-]{0,200}$")]
+    pub grpc_service: Option<String>,
+}
+
+/// How a target's instances are probed, from their URLs' scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http://`: GETs of the health and ready paths.
+    Http,
+    /// `https://`: the same over TLS, recording the certificate's expiry.
+    Https,
+    /// `tcp://`: a connection opening.
+    Tcp,
+    /// `grpc://`: `grpc.health.v1.Health/Check`.
+    Grpc,
+    /// `grpcs://`: the same over TLS.
+    Grpcs,
+}
+
+impl Scheme {
+    /// The scheme of `url`, when it is one probes speak.
+    pub fn of(url: &str) -> Option<Self> {
+        let (scheme, _) = url.split_once("://")?;
+        Self::parse(scheme)
+    }
+
+    /// The scheme named `name` (`https`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            "tcp" => Scheme::Tcp,
+            "grpc" => Scheme::Grpc,
+            "grpcs" => Scheme::Grpcs,
+            _ => return None,
+        })
+    }
+
+    /// Its name in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Tcp => "tcp",
+            Scheme::Grpc => "grpc",
+            Scheme::Grpcs => "grpcs",
+        }
+    }
+
+    /// Whether it speaks TLS (and takes a `tls` block).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Grpcs)
+    }
+
+    /// Whether it speaks gRPC (and takes `grpc_service`).
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Scheme::Grpc | Scheme::Grpcs)
+    }
 }
 
 /// A JSON number with no fractional part (`5000` or `5000.0`: JSON Schema's `integer`) as an
@@ -220,6 +294,33 @@ impl TargetSpec {
             if self.instances[..i].contains(url) {
                 return Err(Invalid::new(format!("instances[{i}]"), "listed twice"));
             }
+            if i > 0 && Scheme::of(url) != Scheme::of(&self.instances[0]) {
+                return Err(Invalid::new(
+                    format!("instances[{i}]"),
+                    "every instance of a target uses the same scheme (register another target for another scheme)",
+                ));
+            }
+        }
+        let scheme = self.scheme();
+        if let Some(tls) = &self.tls {
+            if !scheme.is_tls() {
+                return Err(Invalid::new(
+                    "tls",
+                    format!("only for https:// and grpcs:// instances, not {}://", scheme.as_str()),
+                ));
+            }
+            tls.validate()?;
+        }
+        if let Some(service) = &self.grpc_service {
+            if !scheme.is_grpc() {
+                return Err(Invalid::new(
+                    "grpc_service",
+                    format!("only for grpc:// and grpcs:// instances, not {}://", scheme.as_str()),
+                ));
+            }
+            if !matches(GRPC_SERVICE_PATTERN, service) {
+                return Err(Invalid::new("grpc_service", "up to 200 of A-Z a-z 0-9 . _ / -"));
+            }
         }
         for (field, path) in
             [("health_path", &self.health_path), ("ready_path", &self.ready_path), ("metrics_path", &self.metrics_path)]
@@ -259,17 +360,34 @@ impl TargetSpec {
     }
 }
 
-/// An `http://host[:port][/prefix]` URL with no query or fragment ([`INSTANCE_PATTERN`]).
-fn check_base_url(url: &str) -> Result<(), String> {
-    if !url.starts_with("http://") {
-        // Probes speak plain HTTP (in-cluster, like kubelet's); TLS probing is not built yet.
-        return Err("must start with http:// (https targets are not supported yet)".into());
+impl TargetSpec {
+    /// How its instances are probed: the scheme of its instances, or of its discovery.
+    pub fn scheme(&self) -> Scheme {
+        let named = match (&self.discovery, self.instances.first()) {
+            (Some(d), _) => Scheme::parse(&d.dns.scheme),
+            (None, Some(url)) => Scheme::of(url),
+            (None, None) => None,
+        };
+        named.unwrap_or(Scheme::Http)
     }
+}
+
+/// An instance URL ([`INSTANCE_PATTERN`]): `http(s)://host[:port][/prefix]` with no query or
+/// fragment, or `tcp|grpc|grpcs://host:port`.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let Some(scheme) = Scheme::of(url) else {
+        return Err("must start with http://, https://, tcp://, grpc:// or grpcs://".into());
+    };
     if url.contains(['?', '#']) {
         return Err("must not have a query or fragment".into());
     }
     if !matches(INSTANCE_PATTERN, url) {
-        return Err("must be http://host[:port][/prefix] (host of a-z A-Z 0-9 . -, port 1 to 65535)".into());
+        return Err(match scheme {
+            Scheme::Http | Scheme::Https => {
+                format!("must be {}://host[:port][/prefix] (host of a-z A-Z 0-9 . -, port 1 to 65535)", scheme.as_str())
+            }
+            _ => format!("must be {}://host:port (host of a-z A-Z 0-9 . -, port 1 to 65535, no path)", scheme.as_str()),
+        });
     }
     Ok(())
 }
@@ -293,6 +411,19 @@ pub struct Target {
     /// How its instances were last resolved, for a discovered target (`null` before the first
     /// resolution, and for listed instances).
     pub discovery_status: Option<crate::discovery::DiscoveryStatus>,
+    /// The certificate each TLS instance last presented (instances not probed over TLS yet
+    /// are left out).
+    #[serde(default)]
+    pub certificates: Vec<InstanceCertificate>,
+}
+
+/// When the certificate an instance presented expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceCertificate {
+    /// The instance's URL.
+    pub instance: String,
+    /// The earliest `notAfter` of the chain it presented (RFC 3339).
+    pub certificate_expires_at: String,
 }
 
 #[cfg(test)]
@@ -375,7 +506,7 @@ mod tests {
             "name": "shop", "instances": ["http://a:1"], "health_path": "/health", "ready_path": "/ready",
             "metrics_path": "/metrics", "interval_ms": 5000, "timeout_ms": 1000, "labels": {},
             "created_at": "t", "updated_at": "t", "paused_at": null, "managed_by": "api",
-            "declared_in": null, "discovery_status": null
+            "declared_in": null, "discovery_status": null, "certificates": []
         });
         let target: Target = serde_json::from_value(answered.clone()).expect("reads back");
         assert_eq!(serde_json::to_value(&target).expect("json"), answered);

@@ -9,6 +9,7 @@
 //! - [`postgres`]: [`Postgres`], a PostgreSQL cluster (`initdb` + `postgres`).
 //! - [`redis`]: [`Redis`], a `redis-server`.
 //! - [`dns`]: [`Dnsmasq`], an authoritative DNS server for `.test` (hosts file, SRV records).
+//! - [`pki`]: certificates from `openssl` and `openssl s_server` as a TLS server.
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
 //! - `app` (feature `app`): serving a caracal-core app in-process, with polling helpers.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod bench;
 pub mod dns;
 pub mod error;
+pub mod pki;
 pub mod poll;
 pub mod postgres;
 pub mod process;

@@ -1,5 +1,5 @@
 //! caracal-coordinator's integration tests: replicas sharing a fleet, transitions with
-//! hysteresis, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
+//! hysteresis, HTTPS, TCP and gRPC probes, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
 //! and HTTP.
 
 mod invalidations;
@@ -7,4 +7,5 @@ mod ladder;
 mod relay;
 mod replicas;
 mod support;
+mod tls;
 mod transitions;

@@ -124,6 +124,7 @@ pub fn config(members_key: &str) -> CoordinatorConfig {
 /// One in-process replica: membership and prober.
 pub struct Replica {
     pub membership: Membership,
+    registry: prometheus_client::registry::Registry,
     tasks: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
@@ -133,6 +134,7 @@ impl Replica {
         let membership = Membership::new(membership::replica_id());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut registry);
+        metrics.register_target_families(&mut registry);
         let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone()).expect("prober");
         let stop = CancellationToken::new();
         let follower = invalidations::Follower::new(redis(redis_url).await, config.full_resync);
@@ -147,7 +149,14 @@ impl Replica {
             tokio::spawn(follower.run(notices, stop.clone())),
             tokio::spawn(prober.run(received, stop.clone())),
         ];
-        Replica { membership, tasks, stop }
+        Replica { membership, registry, tasks, stop }
+    }
+
+    /// Its metrics, in the text exposition format.
+    pub fn exposition(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
+        text
     }
 
     /// Dies without a word: no goodbye in the membership set.

@@ -1,0 +1,279 @@
+//! The probes beyond pooled plain HTTP: HTTPS (one fresh TLS connection per probe, both paths
+//! over it), TCP (a connection opening) and gRPC (`grpc.health.v1.Health/Check`, over TLS for
+//! `grpcs://`). Each returns what it saw in [`Seen`]; reasons are stable words or, for HTTP
+//! answers, the path and status (`/ready answered 503`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use caracal_store::target::Scheme;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::tls::{Presented, TlsClient};
+
+/// Where an instance listens, from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The host as written (a bracketed IPv6 address keeps its brackets).
+    pub host: String,
+    /// The port (the scheme's default when the URL has none).
+    pub port: u16,
+    /// The path prefix (`""` or `/prefix`, no trailing slash).
+    pub prefix: String,
+}
+
+impl Address {
+    /// The address in `url` (already validated by the registry's patterns).
+    pub fn parse(url: &str, scheme: Scheme) -> Option<Self> {
+        let rest = url.split_once("://")?.1;
+        let (authority, prefix) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => (&authority[..i], authority[i + 1..].parse().ok()?),
+            _ => (authority, if scheme == Scheme::Https { 443 } else { 80 }),
+        };
+        Some(Self { host: host.into(), port, prefix: prefix.trim_end_matches('/').into() })
+    }
+
+    /// `host:port`, as a connect address and an HTTP `Host`.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn connect_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// What one probe saw: the worst path's result (health first), and the certificate presented.
+#[derive(Debug)]
+pub struct Seen {
+    /// `Err(reason)` when `/health` (or the connection) failed.
+    pub health: Result<(), String>,
+    /// `Err(reason)` when `/ready` failed.
+    pub ready: Result<(), String>,
+    /// The certificate the server presented, for TLS schemes.
+    pub presented: Option<Presented>,
+}
+
+/// The word for a connection that did not open.
+fn connect_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection_refused".into(),
+        std::io::ErrorKind::TimedOut => "timeout".into(),
+        std::io::ErrorKind::NotFound => "dns_not_found".into(),
+        _ if error.to_string().contains("failed to lookup address") => "dns_not_found".into(),
+        _ => "unreachable".into(),
+    }
+}
+
+async fn connect(address: &Address) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect((address.connect_host(), address.port)).await.map_err(|e| connect_reason(&e))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// `tcp://`: up when a connection opens within `timeout`.
+pub async fn tcp(address: &Address, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, connect(address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+/// One TLS connection's HTTP/1.1 sender; the connection is driven by its own task.
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn open_https(
+    address: &Address,
+    client: &TlsClient,
+    seen: &Arc<Mutex<Option<Presented>>>,
+    previous: Option<Presented>,
+) -> Result<Sender, String> {
+    let name = client.server_name(&address.host)?;
+    let tcp = connect(address).await?;
+    let tls = client
+        .connector(Arc::clone(seen), previous)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| crate::tls::reason(&e).unwrap_or("tls_handshake").to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| request_reason(&e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// The word for a request that got no answer over an open connection: a TLS alert the server
+/// sent after the handshake (TLS 1.3 reports a refused client certificate this way) or
+/// `connection_closed`.
+fn request_reason(error: &hyper::Error) -> String {
+    if let Some(word) = crate::tls::reason(error) {
+        return word.into();
+    }
+    if error.is_timeout() { "timeout".into() } else { "connection_closed".into() }
+}
+
+async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &str) -> Result<(), String> {
+    let mut request = hyper::Request::get(format!("{}{path}", address.prefix))
+        .header(hyper::header::HOST, address.authority())
+        .header(hyper::header::USER_AGENT, user_agent)
+        .body(Empty::new())
+        .map_err(|_| format!("{path}: request failed"))?;
+    caracal_core::telemetry::inject_trace_context(request.headers_mut());
+    let response = sender.send_request(request).await.map_err(|e| request_reason(&e))?;
+    let status = response.status();
+    // Reading the (small) body lets the connection carry the next request.
+    let _ = response.into_body().collect().await;
+    if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
+}
+
+/// `https://`: both paths over one fresh TLS connection (a second one when the server closes
+/// the first after answering), all within `timeout`.
+pub async fn https(
+    address: &Address,
+    client: &TlsClient,
+    paths: [&str; 2],
+    timeout: Duration,
+    user_agent: &str,
+    previous: Option<Presented>,
+) -> Seen {
+    let seen = Arc::new(Mutex::new(None));
+    let both = async {
+        let mut sender = open_https(address, client, &seen, previous.clone()).await?;
+        let health = get(&mut sender, address, paths[0], user_agent).await;
+        if sender.ready().await.is_err() {
+            sender = open_https(address, client, &seen, previous.clone()).await?;
+        }
+        let ready = get(&mut sender, address, paths[1], user_agent).await;
+        Ok::<_, String>((health, ready))
+    };
+    let (health, ready) = match tokio::time::timeout(timeout, both).await {
+        Ok(Ok(results)) => results,
+        Ok(Err(why)) => (Err(why.clone()), Err(why)),
+        Err(_) => (Err("timeout".into()), Err("timeout".into())),
+    };
+    let presented = seen.lock().ok().and_then(|s| s.clone());
+    Seen { health, ready, presented }
+}
+
+/// `grpc://` and `grpcs://`: `Check` for `service` over a fresh connection, within `timeout`.
+/// `SERVING` is up; anything else is down with the status (`not_serving`, `unknown`,
+/// `service_unknown`) or the transport's failure as the reason.
+pub async fn grpc(
+    address: &Address,
+    tls: Option<&TlsClient>,
+    service: &str,
+    timeout: Duration,
+    previous: Option<Presented>,
+) -> (Result<(), String>, Option<Presented>) {
+    let seen = Arc::new(Mutex::new(None));
+    let check = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", address.authority()))
+            .map_err(|_| "grpc: the address is not usable".to_string())?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = match tls {
+            None => endpoint.connect().await.map_err(|e| transport_reason(&e))?,
+            Some(client) => {
+                let (address, seen, previous) = (address.clone(), Arc::clone(&seen), previous.clone());
+                let name = client.server_name(&address.host)?;
+                let connector = client.connector(seen, previous);
+                let connect = tower::service_fn(move |_: hyper::Uri| {
+                    let (address, name, connector) = (address.clone(), name.clone(), connector.clone());
+                    async move {
+                        let tcp = connect(&address).await.map_err(std::io::Error::other)?;
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tls))
+                    }
+                });
+                endpoint.connect_with_connector(connect).await.map_err(|e| transport_reason(&e))?
+            }
+        };
+        let request = HealthCheckRequest { service: service.to_string() };
+        match HealthClient::new(channel).check(request).await {
+            Ok(response) => match response.into_inner().status() {
+                ServingStatus::Serving => Ok(()),
+                ServingStatus::NotServing => Err("not_serving".to_string()),
+                ServingStatus::ServiceUnknown => Err("service_unknown".into()),
+                ServingStatus::Unknown => Err("unknown".into()),
+            },
+            Err(status) => Err(status_reason(&status)),
+        }
+    };
+    let result = match tokio::time::timeout(timeout, check).await {
+        Ok(result) => result,
+        Err(_) => Err("timeout".into()),
+    };
+    let presented = seen.lock().ok().and_then(|s| s.clone());
+    (result, presented)
+}
+
+/// The word for a gRPC error status: `service_unknown` for `NOT_FOUND` (what `Check` answers for
+/// a service the server does not know), else the code in snake case (`unimplemented`).
+fn status_reason(status: &tonic::Status) -> String {
+    use tonic::Code;
+    if let Some(word) = crate::tls::reason(status) {
+        return word.into();
+    }
+    match status.code() {
+        Code::NotFound => "service_unknown".into(),
+        Code::DeadlineExceeded => "timeout".into(),
+        Code::Unavailable => "unavailable".into(),
+        code => {
+            let name = format!("{code:?}");
+            let mut word = String::new();
+            for (i, c) in name.chars().enumerate() {
+                if c.is_uppercase() && i > 0 {
+                    word.push('_');
+                }
+                word.push(c.to_ascii_lowercase());
+            }
+            word
+        }
+    }
+}
+
+/// The word for a channel that did not connect: a TLS failure, or the connection's.
+fn transport_reason(error: &tonic::transport::Error) -> String {
+    if let Some(word) = crate::tls::reason(error) {
+        return word.into();
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // Our connector wraps the connect word in an io::Error.
+            let text = io.to_string();
+            if ["connection_refused", "timeout", "unreachable", "dns_not_found"].contains(&text.as_str()) {
+                return text;
+            }
+            return connect_reason(io);
+        }
+        next = e.source();
+    }
+    "unavailable".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_urls() {
+        let a = Address::parse("https://shop.test/api/", Scheme::Https).expect("parses");
+        assert_eq!((a.host.as_str(), a.port, a.prefix.as_str()), ("shop.test", 443, "/api"));
+        let a = Address::parse("grpcs://[::1]:50051", Scheme::Grpcs).expect("parses");
+        assert_eq!((a.host.as_str(), a.port, a.connect_host()), ("[::1]", 50051, "::1"));
+        let a = Address::parse("tcp://db.test:5432", Scheme::Tcp).expect("parses");
+        assert_eq!(a.authority(), "db.test:5432");
+        assert_eq!(status_reason(&tonic::Status::unimplemented("x")), "unimplemented");
+        assert_eq!(status_reason(&tonic::Status::not_found("x")), "service_unknown");
+        assert_eq!(status_reason(&tonic::Status::resource_exhausted("x")), "resource_exhausted");
+    }
+}

@@ -1,0 +1,189 @@
+//! Probes beyond plain HTTP: HTTPS against `openssl s_server` with certificates from `openssl`
+//! (expiry to the second, each handshake failure by name, mTLS, insecure mode), TCP, and gRPC
+//! health against a real tonic server.
+
+use std::time::Duration;
+
+use caracal_store::registry::{self, Writer};
+use caracal_store::target::TargetSpec;
+use caracal_testkit::pki::{Pki, TlsServer};
+
+use crate::support::{self, Replica};
+
+async fn create(pool: &sqlx::PgPool, spec: serde_json::Value) {
+    let spec: TargetSpec = serde_json::from_value(spec).expect("a target document");
+    spec.validate().expect("valid");
+    registry::create(pool, &spec, &Writer::Api).await.expect("created");
+}
+
+/// Waits until every named target's instance has a status other than `unknown`; returns
+/// target -> (status, last error).
+async fn settled(pool: &sqlx::PgPool, names: &[&str]) -> std::collections::HashMap<String, (String, Option<String>)> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT t.name, s.status, s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
+             JOIN instance_status s ON s.instance_id = i.id WHERE t.name = ANY($1) AND s.status <> 'unknown'",
+        )
+        .bind(&names)
+        .fetch_all(pool)
+        .await
+        .ok()?;
+        (rows.len() == names.len()).then(|| rows.into_iter().map(|(n, s, e)| (n, (s, e))).collect())
+    })
+    .await
+    .expect("every instance probed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_probes_record_expiry_and_name_each_failure() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let mut pki = Pki::new().expect("a CA from openssl");
+    let names = "DNS:localhost,IP:127.0.0.1";
+    let good = pki.server(names, 10, None).expect("a leaf valid 10 days");
+    let expired = pki.server(names, 0, Some(("20200101000000Z", "20200201000000Z"))).expect("an expired leaf");
+    let elsewhere = pki.server("DNS:other.test", 10, None).expect("a leaf for another name");
+    let client = pki.client(10).expect("a client certificate");
+    let mut stranger = Pki::new().expect("another CA");
+    let unknown = stranger.server(names, 10, None).expect("a leaf from an unknown CA");
+
+    let good_server = TlsServer::start(&good, None).expect("s_server");
+    let expired_server = TlsServer::start(&expired, None).expect("s_server");
+    let elsewhere_server = TlsServer::start(&elsewhere, None).expect("s_server");
+    let unknown_server = TlsServer::start(&unknown, None).expect("s_server");
+    let mtls_server = TlsServer::start(&good, Some(&pki.ca.cert)).expect("s_server requiring a client certificate");
+
+    let ca = pki.ca.pem().expect("CA PEM");
+    let target = |name: &str, port: u16, tls: serde_json::Value| {
+        serde_json::json!({"name": name, "instances": [format!("https://127.0.0.1:{port}")],
+                           "interval_ms": 300, "timeout_ms": 2000, "tls": tls})
+    };
+    let with_client = serde_json::json!({"ca_pem": ca, "client_cert_file": client.cert, "client_key_file": client.key});
+    create(&pool, target("good", good_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+    create(&pool, target("expired", expired_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+    create(&pool, target("elsewhere", elsewhere_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+    create(&pool, target("stranger", unknown_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+    create(&pool, target("insecure", unknown_server.port(), serde_json::json!({"insecure_skip_verify": true}))).await;
+    create(&pool, target("mtls", mtls_server.port(), with_client)).await;
+    create(&pool, target("mtls-without", mtls_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+
+    let config = support::config(&caracal_testkit::unique_name("members"));
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    let all = ["good", "expired", "elsewhere", "stranger", "insecure", "mtls", "mtls-without"];
+    let statuses = settled(&pool, &all).await;
+    let status = |name: &str| statuses[name].clone();
+    assert_eq!(status("good"), ("up".into(), None), "a valid chain from the target's CA");
+    assert_eq!(status("expired"), ("down".into(), Some("certificate_expired".into())));
+    assert_eq!(status("elsewhere"), ("down".into(), Some("hostname_mismatch".into())));
+    assert_eq!(status("stranger"), ("down".into(), Some("unknown_issuer".into())));
+    assert_eq!(status("insecure"), ("up".into(), None), "insecure_skip_verify accepts any certificate");
+    assert_eq!(status("mtls"), ("up".into(), None), "the client certificate files are presented");
+    assert_eq!(status("mtls-without"), ("down".into(), Some("tls_handshake".into())));
+
+    // (The test registry has no `caracal_coordinator` prefix; the service's has.)
+    // The expiry: to the second, as openssl prints it, in the table, the metric and an event.
+    let not_after = good.not_after().expect("openssl's notAfter");
+    let recorded: Vec<(String, i64)> =
+        caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT t.name, extract(epoch FROM s.certificate_expires_at)::bigint FROM instance_status s \
+             JOIN instances i ON i.id = s.instance_id JOIN targets t ON t.id = i.target_id \
+             WHERE s.certificate_expires_at IS NOT NULL ORDER BY t.name",
+            )
+            .fetch_all(&pool)
+            .await
+            .ok()?;
+            (rows.len() == 7).then_some(rows)
+        })
+        .await
+        .expect("every TLS instance's certificate recorded, even those that failed verification");
+    let of = |name: &str| recorded.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+    assert_eq!(of("good"), Some(not_after));
+    assert_eq!(of("expired"), Some(expired.not_after().expect("notAfter")), "an expired date is shown too");
+    let exposition = replica.exposition();
+    let line = format!(
+        "caracal_target_certificate_expiry_timestamp_seconds{{target=\"good\",instance=\"https://127.0.0.1:{}\"}} {not_after}",
+        good_server.port()
+    );
+    assert!(exposition.contains(&line), "{line} not in:\n{exposition}");
+    let unverified = exposition.lines().find(|l| l.starts_with("tls_unverified_probes_total")).unwrap_or("");
+    assert!(!unverified.ends_with(" 0") && !unverified.is_empty(), "insecure probes are counted: {unverified}");
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE event_type = 'target.certificate_changed' AND target = 'good'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("outbox");
+    assert_eq!(events, 1, "the certificate is announced once, not at every probe");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let again: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE event_type = 'target.certificate_changed' AND target = 'good'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("outbox");
+    assert_eq!(again, 1, "the same certificate seen again is not news");
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_and_grpc_targets_are_probed_by_their_protocol() {
+    use tonic_health::ServingStatus;
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    // A real tonic gRPC health server (served by axum over h2c, as caracal-core serves its own).
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("shop.Cart", ServingStatus::Serving).await;
+    reporter.set_service_status("shop.Payments", ServingStatus::NotServing).await;
+    let app = axum::Router::new().route_service("/grpc.health.v1.Health/{*method}", health);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let grpc = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // A port nothing listens on.
+    let closed = caracal_testkit::free_port().expect("a free port");
+
+    let target = |name: &str, url: String, service: Option<&str>| {
+        let mut t = serde_json::json!({"name": name, "instances": [url], "interval_ms": 300, "timeout_ms": 1000});
+        if let Some(s) = service {
+            t["grpc_service"] = serde_json::json!(s);
+        }
+        t
+    };
+    create(&pool, target("tcp-open", format!("tcp://127.0.0.1:{grpc}"), None)).await;
+    create(&pool, target("tcp-closed", format!("tcp://127.0.0.1:{closed}"), None)).await;
+    create(&pool, target("grpc-server", format!("grpc://127.0.0.1:{grpc}"), None)).await;
+    create(&pool, target("grpc-cart", format!("grpc://127.0.0.1:{grpc}"), Some("shop.Cart"))).await;
+    create(&pool, target("grpc-payments", format!("grpc://127.0.0.1:{grpc}"), Some("shop.Payments"))).await;
+    create(&pool, target("grpc-unknown", format!("grpc://127.0.0.1:{grpc}"), Some("shop.Nothing"))).await;
+    create(&pool, target("grpc-closed", format!("grpc://127.0.0.1:{closed}"), None)).await;
+
+    let config = support::config(&caracal_testkit::unique_name("members"));
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    let all = ["tcp-open", "tcp-closed", "grpc-server", "grpc-cart", "grpc-payments", "grpc-unknown", "grpc-closed"];
+    let statuses = settled(&pool, &all).await;
+    let status = |name: &str| statuses[name].clone();
+    assert_eq!(status("tcp-open"), ("up".into(), None));
+    assert_eq!(status("tcp-closed"), ("down".into(), Some("connection_refused".into())));
+    assert_eq!(status("grpc-server"), ("up".into(), None), "service \"\" is the server as a whole");
+    assert_eq!(status("grpc-cart"), ("up".into(), None));
+    assert_eq!(status("grpc-payments"), ("down".into(), Some("not_serving".into())));
+    assert_eq!(status("grpc-unknown"), ("down".into(), Some("service_unknown".into())));
+    assert_eq!(status("grpc-closed"), ("down".into(), Some("connection_refused".into())));
+
+    // A change of the served status is followed.
+    reporter.set_service_status("shop.Payments", ServingStatus::Serving).await;
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || async {
+        let s: String = sqlx::query_scalar(
+            "SELECT s.status FROM instance_status s JOIN instances i ON i.id = s.instance_id \
+             JOIN targets t ON t.id = i.target_id WHERE t.name = 'grpc-payments'",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (s == "up").then_some(())
+    })
+    .await
+    .expect("SERVING again is up again");
+    replica.stop().await;
+}
