@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         caracal_store::discovery::DnsDiscovery,
         caracal_store::discovery::RecordType,
         caracal_store::discovery::DiscoveryStatus,
+        caracal_store::tls::TlsSpec,
+        caracal_store::target::InstanceCertificate,
     )),
     tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
     modifiers(&Shapes)
@@ -97,8 +99,13 @@ fn answered(mut spec: Object) -> Object {
         .item(ObjectBuilder::new().schema_type(Type::Null))
         .description(Some("How a discovered target's instances were last resolved"));
     spec.properties.insert("discovery_status".into(), RefOr::T(Schema::OneOf(status.build())));
-    // `discovery` is answered only for a discovered target; every other field always.
-    spec.required = spec.properties.keys().filter(|k| *k != "discovery").cloned().collect();
+    let certificates = utoipa::openapi::ArrayBuilder::new()
+        .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("InstanceCertificate")))
+        .description(Some("The certificate each TLS instance last presented"));
+    spec.properties.insert("certificates".into(), certificates.build().into());
+    // `discovery`, `tls` and `grpc_service` are answered only when set; every other field always.
+    let optional = ["discovery", "tls", "grpc_service"];
+    spec.required = spec.properties.keys().filter(|k| !optional.contains(&k.as_str())).cloned().collect();
     spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     spec.description = Some("A registered target.".into());
     spec
@@ -114,7 +121,8 @@ pub(crate) async fn document() -> Json<serde_json::Value> {
 /// The rules the server enforces across fields, stated in JSON Schema (OpenAPI 3.1), which the
 /// derives cannot say: a target lists 1 to 100 `instances` (with `discovery` absent or null),
 /// or has a `discovery` object (with `instances` absent or empty), never both; an SRV
-/// discovery has no `port`, an A/AAAA one needs it.
+/// discovery has no `port`, an A/AAAA one needs it; every instance has one scheme, `tls` is
+/// for `https`/`grpcs` only and `grpc_service` for `grpc`/`grpcs` only.
 fn exclusive_shapes(doc: &mut serde_json::Value) {
     use serde_json::json;
     let schemas = &mut doc["components"]["schemas"];
@@ -122,9 +130,34 @@ fn exclusive_shapes(doc: &mut serde_json::Value) {
         {"required": ["instances"], "properties": {"instances": {"minItems": 1}, "discovery": {"type": "null"}}},
         {"required": ["discovery"], "properties": {"instances": {"maxItems": 0}, "discovery": {"type": "object"}}}
     ]);
+    let one_scheme: Vec<serde_json::Value> = ["http", "https", "tcp", "grpc", "grpcs"]
+        .into_iter()
+        .map(|scheme| {
+            let tls = scheme == "https" || scheme == "grpcs";
+            let grpc = scheme.starts_with("grpc");
+            // A discovery names its scheme (`http` when left out).
+            let discovery_scheme = if scheme == "http" {
+                json!({"properties": {"dns": {"properties": {"scheme": {"const": "http"}}}}})
+            } else {
+                json!({"properties": {"dns": {"required": ["scheme"], "properties": {"scheme": {"const": scheme}}}}})
+            };
+            let mut properties = json!({
+                "instances": {"items": {"pattern": format!("^{scheme}://")}},
+                "discovery": {"anyOf": [{"type": "null"}, discovery_scheme]},
+            });
+            if !tls {
+                properties["tls"] = json!({"type": "null"});
+            }
+            if !grpc {
+                properties["grpc_service"] = json!({"type": "null"});
+            }
+            json!({"properties": properties})
+        })
+        .collect();
     for name in ["TargetSpec", "TargetUpdate"] {
         if let Some(schema) = schemas.get_mut(name).and_then(serde_json::Value::as_object_mut) {
             schema.insert("oneOf".into(), listed_or_discovered.clone());
+            schema.insert("allOf".into(), json!([{"anyOf": one_scheme}]));
         }
     }
     // An answered target's instances may be discovered ones: a DNS name or a bracketed IPv6

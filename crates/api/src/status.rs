@@ -21,6 +21,10 @@ pub(crate) struct InstanceStatus {
     last_error: Option<String>,
     /// Whether probing its target is paused (the status is then the last one known).
     paused: bool,
+    /// When the certificate it last presented expires (RFC 3339), for TLS instances.
+    certificate_expires_at: Option<String>,
+    /// Whether its certificate is not verified (`tls.insecure_skip_verify`).
+    insecure_skip_verify: bool,
 }
 
 /// Every instance's status.
@@ -29,8 +33,8 @@ pub(crate) struct StatusPage {
     instances: Vec<InstanceStatus>,
 }
 
-/// Target, instance, status, since, last error, paused.
-type StatusRow = (String, String, String, Option<String>, Option<String>, bool);
+/// Target, instance, status, since, last error, paused, certificate expiry, unverified.
+type StatusRow = (String, String, String, Option<String>, Option<String>, bool, Option<String>, bool);
 /// Id, instance, from, to, reason, occurred at.
 type TransitionRow = (i64, String, String, String, Option<String>, String);
 
@@ -41,20 +45,27 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
     let rows: Vec<StatusRow> = sqlx::query_as(concat!(
         "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
         rfc3339!("s.since"),
-        ", s.last_error, t.paused_at IS NOT NULL FROM instances i JOIN targets t ON t.id = i.target_id \
+        ", s.last_error, t.paused_at IS NOT NULL, ",
+        rfc3339!("s.certificate_expires_at"),
+        ", COALESCE((t.tls->>'insecure_skip_verify')::boolean, false) \
+         FROM instances i JOIN targets t ON t.id = i.target_id \
          LEFT JOIN instance_status s ON s.instance_id = i.id ORDER BY t.name, i.url"
     ))
     .fetch_all(&state.pool)
     .await?;
     let instances = rows
         .into_iter()
-        .map(|(target, instance, status, since, last_error, paused)| InstanceStatus {
-            target,
-            instance,
-            status,
-            since,
-            last_error,
-            paused,
+        .map(|(target, instance, status, since, last_error, paused, certificate_expires_at, insecure_skip_verify)| {
+            InstanceStatus {
+                target,
+                instance,
+                status,
+                since,
+                last_error,
+                paused,
+                certificate_expires_at,
+                insecure_skip_verify,
+            }
         })
         .collect();
     Ok(Json(StatusPage { instances }))

@@ -13,8 +13,9 @@ use crate::reconcile::Problems;
 const RESOLVER_DOWN_AFTER: u32 = 3;
 
 /// `dns:resolver` (service rung, required): the nameservers answer. Fails after three
-/// resolutions in a row got no answer at all (timeouts, refusals, SERVFAIL); a single
-/// target's failure is `discovery:fresh`'s business. Observes those failures in a row.
+/// resolutions in a row got no answer at all (timeouts, unreachable servers); a refusal or
+/// SERVFAIL is an answer about one name, and a single target's failure is
+/// `discovery:fresh`'s business. Observes those failures in a row.
 pub fn resolver(health: Arc<Health>) -> Check {
     Check::new("dns:resolver", Rung::Service, move || {
         let health = Arc::clone(&health);

@@ -294,7 +294,11 @@ impl Discoverer {
                     .inc();
                 tracing::warn!(target = %entry.name, dns = %entry.dns.name, reason, error = %detail, "resolving failed; keeping the last known instances");
                 row.error = Some(format!("{reason}: {detail}"));
-                self.health.outcome(false, row.error.clone());
+                // A nameserver that refuses or fails one name still answers: only silence
+                // (timeouts, unreachable servers) says the resolver is gone. One target whose
+                // name is refused must not take control's readiness with it.
+                let silent = matches!(reason, "timeout" | "unreachable");
+                self.health.outcome(!silent, row.error.clone());
                 self.health.seen(&entry.name, every, false);
                 entry.due = Instant::now() + every.min(RETRY_AFTER_FAILURE).max(FLOOR);
                 return Some(row);

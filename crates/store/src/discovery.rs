@@ -195,10 +195,16 @@ mod tests {
 
     #[test]
     fn discovered_urls_are_hostnames_or_bracketed_ipv6() {
-        for good in ["http://127.0.0.2:8080", "http://[::1]:80", "http://a_b.svc.cluster.local:9000"] {
+        for good in [
+            "http://127.0.0.2:8080",
+            "http://[::1]:80",
+            "http://a_b.svc.cluster.local:9000",
+            "https://x:443",
+            "grpcs://x:1",
+        ] {
             assert!(valid_url(good), "{good}");
         }
-        for bad in ["http://a b:80", "http://[::1]:99999", "http://x:80/path", "https://x:80"] {
+        for bad in ["http://a b:80", "http://[::1]:99999", "http://x:80/path", "ftp://x:80"] {
             assert!(!valid_url(bad), "{bad}");
         }
         let answered = regex::Regex::new(ANSWERED_URL_PATTERN).expect("a pattern");

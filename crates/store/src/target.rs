@@ -126,7 +126,7 @@ pub struct TargetSpec {
     #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
     /// How `https://` and `grpcs://` instances are verified; refused for other schemes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::tls::object")]
     pub tls: Option<TlsSpec>,
     /// The service a `grpc(s)://` instance is asked about (default `""`, the server as a
     /// whole); refused for other schemes.
@@ -498,6 +498,44 @@ mod tests {
         let mut s = spec();
         s.labels.insert("bad-key".into(), "v".into());
         assert_eq!(field_of(&s), "labels.bad-key");
+    }
+
+    #[test]
+    fn schemes_and_their_settings() {
+        let of = |v: serde_json::Value| serde_json::from_value::<TargetSpec>(v).expect("a document");
+        for good in [
+            serde_json::json!({"name": "a", "instances": ["https://shop.test/api"], "tls": {"server_name": "shop.internal"}}),
+            serde_json::json!({"name": "a", "instances": ["tcp://db.test:5432"]}),
+            serde_json::json!({"name": "a", "instances": ["grpc://cart.test:50051"], "grpc_service": "shop.Cart"}),
+            serde_json::json!({"name": "a", "instances": ["grpcs://cart.test:443"], "grpc_service": "", "tls": {}}),
+            serde_json::json!({"name": "a", "discovery": {"dns": {"name": "x.test", "port": 443, "scheme": "https"}}, "tls": {}}),
+        ] {
+            assert!(of(good.clone()).validate().is_ok(), "{good}");
+        }
+        let field = |v: serde_json::Value| field_of(&of(v));
+        assert_eq!(field(serde_json::json!({"name": "a", "instances": ["http://a:1"], "tls": {}})), "tls");
+        assert_eq!(
+            field(serde_json::json!({"name": "a", "instances": ["https://a:1"], "grpc_service": "x"})),
+            "grpc_service"
+        );
+        assert_eq!(
+            field(serde_json::json!({"name": "a", "instances": ["grpc://a:1"], "grpc_service": "a b"})),
+            "grpc_service"
+        );
+        assert_eq!(
+            field(serde_json::json!({"name": "a", "instances": ["tcp://a"]})),
+            "instances[0]",
+            "tcp needs a port"
+        );
+        assert_eq!(field(serde_json::json!({"name": "a", "instances": ["grpc://a:1/path"]})), "instances[0]");
+        assert_eq!(field(serde_json::json!({"name": "a", "instances": ["tcp://a:1", "grpc://a:2"]})), "instances[1]");
+        assert_eq!(
+            field(serde_json::json!({"name": "a", "discovery": {"dns": {"name": "x.test", "port": 1}}, "tls": {}})),
+            "tls",
+            "a discovered target's scheme is its discovery's"
+        );
+        assert_eq!(Scheme::of("grpcs://a:1"), Some(Scheme::Grpcs));
+        assert_eq!(Scheme::of("ftp://a"), None);
     }
 
     #[test]

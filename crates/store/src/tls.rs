@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 
 use crate::target::Invalid;
 
-/// Longest `ca_pem` accepted, in bytes (a bundle of a few dozen CAs).
-pub const MAX_CA_PEM: usize = 256 * 1024;
+/// Longest `ca_pem` accepted, in bytes: a bundle of a dozen or more CAs, and a whole target
+/// document still fits the API's 64 KiB body limit.
+pub const MAX_CA_PEM: usize = 48 * 1024;
 /// A TLS server name: a DNS name or an IP address.
 pub const SERVER_NAME_PATTERN: &str = "^[A-Za-z0-9.:_-]{1,253}$";
 
@@ -20,7 +21,7 @@ pub const SERVER_NAME_PATTERN: &str = "^[A-Za-z0-9.:_-]{1,253}$";
 pub struct TlsSpec {
     /// PEM CA certificates trusted in addition to the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 262_144)]
+    #[schema(max_length = 49_152)]
     pub ca_pem: Option<String>,
     /// The name the certificate must be valid for, when not the instance's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +81,31 @@ impl TlsSpec {
     }
 }
 
+/// `tls` as a JSON object (or null) only: serde's derive would also take a list for a struct
+/// whose fields are all optional (`[null]`), which the schema does not allow.
+pub(crate) fn object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<TlsSpec>, D::Error> {
+    struct Object;
+    impl<'de> serde::de::Visitor<'de> for Object {
+        type Value = Option<TlsSpec>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            TlsSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Object)
+}
+
 /// Reads an absolute path, saying why not in words an operator can act on (no contents).
 fn read_file(path: &str) -> Result<Vec<u8>, String> {
     if !path.starts_with('/') {
@@ -129,6 +155,22 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_an_object_or_null() {
+        #[derive(Debug, Deserialize)]
+        struct Holder {
+            #[serde(default, deserialize_with = "object")]
+            tls: Option<TlsSpec>,
+        }
+        let read = |v: serde_json::Value| serde_json::from_value::<Holder>(v).map(|h| h.tls);
+        assert!(read(serde_json::json!({"tls": [null, null]})).is_err(), "a list is not an object");
+        assert!(read(serde_json::json!({"tls": []})).is_err());
+        assert_eq!(read(serde_json::json!({"tls": null})).ok(), Some(None));
+        assert_eq!(read(serde_json::json!({})).ok(), Some(None));
+        let set = read(serde_json::json!({"tls": {"insecure_skip_verify": true}})).expect("an object");
+        assert_eq!(set.map(|t| t.insecure_skip_verify), Some(true));
+    }
 
     #[test]
     fn bad_pem_and_half_a_client_pair_are_named() {

@@ -28,6 +28,8 @@ pub(crate) struct TargetView {
     /// When it was registered (Unix seconds): its timeline starts no earlier.
     pub created: f64,
     pub instances: Vec<InstanceView>,
+    /// Whether its TLS certificates go unverified (`tls.insecure_skip_verify`).
+    pub insecure: bool,
     /// Its transitions of the last 24 hours, oldest first.
     pub transitions: Vec<Point>,
 }
@@ -42,6 +44,8 @@ pub(crate) struct InstanceView {
     pub since: Option<f64>,
     /// Why it is not up; shown only to a caller who may see errors.
     pub last_error: Option<String>,
+    /// When the certificate it presented expires (Unix seconds), for TLS instances.
+    pub certificate_expires: Option<f64>,
 }
 
 /// One recorded transition. Small on purpose: a fleet holds tens of thousands, read again on
@@ -77,8 +81,10 @@ impl TargetView {
     }
 }
 
-/// Target, platform, paused since, created, instance url, status, since, last error.
-type Row = (String, bool, Option<f64>, f64, Option<String>, Option<String>, Option<f64>, Option<String>);
+/// Target, platform, paused since, created, unverified TLS, instance url, status, since, last
+/// error, certificate expiry.
+type Row =
+    (String, bool, Option<f64>, f64, bool, Option<String>, Option<String>, Option<f64>, Option<String>, Option<f64>);
 /// Target, instance, from, to, at.
 type PointRow = (String, String, String, String, f64);
 
@@ -91,7 +97,9 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     let as_of: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8").fetch_one(&mut *tx).await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
-         extract(epoch FROM t.created_at)::float8, i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error \
+         extract(epoch FROM t.created_at)::float8, COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
+         i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error, \
+         extract(epoch FROM s.certificate_expires_at)::float8 \
          FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
          ORDER BY t.name, i.url",
     )
@@ -106,14 +114,14 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     tx.commit().await?;
 
     let mut targets: Vec<TargetView> = Vec::new();
-    for (name, platform, paused_since, created, url, status, since, last_error) in rows {
+    for (name, platform, paused_since, created, insecure, url, status, since, last_error, certificate_expires) in rows {
         if targets.last().is_none_or(|t| t.name != name) {
             let (instances, transitions) = (Vec::new(), Vec::new());
-            targets.push(TargetView { name, platform, paused_since, created, instances, transitions });
+            targets.push(TargetView { name, platform, paused_since, created, instances, insecure, transitions });
         }
         if let (Some(url), Some(target)) = (url, targets.last_mut()) {
             let status = known(status.as_deref().unwrap_or("unknown"));
-            target.instances.push(InstanceView { url, status, since, last_error });
+            target.instances.push(InstanceView { url, status, since, last_error, certificate_expires });
         }
     }
     let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
@@ -215,7 +223,14 @@ mod tests {
             platform: false,
             paused_since: None,
             created: 0.0,
-            instances: vec![InstanceView { url: "http://a".into(), status, since: None, last_error: None }],
+            instances: vec![InstanceView {
+                url: "http://a".into(),
+                status,
+                since: None,
+                last_error: None,
+                certificate_expires: None,
+            }],
+            insecure: false,
             transitions: points.iter().map(|(from, to, at)| Point { instance: 0, from, to, at: *at }).collect(),
         }
     }

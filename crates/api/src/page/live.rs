@@ -352,6 +352,7 @@ mod tests {
                     paused_since: None,
                     created: 0.0,
                     instances: Vec::new(),
+                    insecure: false,
                     transitions: Vec::new(),
                 })
                 .collect(),

@@ -297,6 +297,7 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                 h3 #(heading) { (target.name) }
                 (badge(overall, overall))
                 @if target.platform { span.tag { "platform" } }
+                @if target.insecure { span.tag.insecure title="tls.insecure_skip_verify: certificates are not verified" { "TLS not verified" } }
             }
             @if let Some(since) = target.paused_since {
                 p.paused { "Probing paused since " (time_el(since)) "; statuses below are the last known." }
@@ -313,6 +314,9 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                         @if let Some(since) = instance.since {
                             span.since { " since " (time_el(since)) " (" (duration(as_of - since)) ")" }
                         }
+                        @if let Some(expires) = instance.certificate_expires {
+                            (certificate(expires, as_of))
+                        }
                         @if view.details() && instance.status != "up" {
                             @if let Some(error) = &instance.last_error {
                                 p.error { span.label { "Last error: " } code { (error) } }
@@ -328,6 +332,27 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                     button type="submit" { (label) span.visually-hidden { " " (target.name) } }
                 }
             }
+        }
+    }
+}
+
+/// Days below which a certificate's expiry is shown as a warning (the alert's threshold).
+const CERTIFICATE_WARNING_DAYS: f64 = 14.0;
+
+/// "certificate expires in N days" (a warning under 14 days), or how long ago it expired.
+fn certificate(expires: f64, as_of: f64) -> Markup {
+    let days = (expires - as_of) / 86_400.0;
+    let text = if days < 0.0 {
+        format!("certificate expired {} days ago", (-days).ceil())
+    } else {
+        let whole = days.floor();
+        format!("certificate expires in {whole} day{}", if (whole - 1.0).abs() < f64::EPSILON { "" } else { "s" })
+    };
+    html! {
+        @if days < CERTIFICATE_WARNING_DAYS {
+            span.cert.cert-warning title=(format!("notAfter {}", clock(expires))) { " · " (text) }
+        } @else {
+            span.cert title=(format!("notAfter {}", clock(expires))) { " · " (text) }
         }
     }
 }
@@ -495,4 +520,23 @@ pub(crate) fn problem(status: u16, code: &str, message: &str) -> Markup {
         }
     };
     document("Caracal status", html! {}, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::certificate;
+
+    #[test]
+    fn certificate_expiry_in_days_with_a_warning_under_fourteen() {
+        let now = 1_800_000_000.0;
+        let day = 86_400.0;
+        let far = certificate(now + 40.0 * day + 5.0, now).into_string();
+        assert!(far.contains("certificate expires in 40 days") && !far.contains("cert-warning"), "{far}");
+        let soon = certificate(now + 13.5 * day, now).into_string();
+        assert!(soon.contains("certificate expires in 13 days") && soon.contains("cert-warning"), "{soon}");
+        let one = certificate(now + 1.2 * day, now).into_string();
+        assert!(one.contains("expires in 1 day<") || one.contains("expires in 1 day "), "{one}");
+        let gone = certificate(now - 2.5 * day, now).into_string();
+        assert!(gone.contains("certificate expired 3 days ago") && gone.contains("cert-warning"), "{gone}");
+    }
 }

@@ -34,6 +34,8 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
     let before = support::counts(&pool).await;
     assert_eq!(before, (1, 1, 2), "one target, one instance, its event and registry.changed");
 
+    let mut pki = caracal_testkit::pki::Pki::new().expect("a CA from openssl");
+    let client = pki.client(10).expect("a client certificate");
     let big =
         json!({"name": "big", "instances": ["http://127.0.0.1:1"], "labels": {"x": "y".repeat(100_000)}}).to_string();
     let cases: Vec<Case<'_>> = vec![
@@ -202,6 +204,61 @@ async fn each_bad_request_is_answered_and_writes_nothing() {
             404,
             "not_found",
             None,
+        ),
+        // TLS and gRPC settings: each refusal names its field.
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["https://a:1"], "tls": {"ca_pem": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("tls.ca_pem"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["https://a:1"], "tls": {"client_cert_file": client.cert, "client_key_file": "/nonexistent/client.key"}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("tls.client_key_file"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["http://a:1"], "tls": {"insecure_skip_verify": true}}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("tls"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["https://a:1"], "grpc_service": "shop.Cart"}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("grpc_service"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["https://a:1", "http://a:2"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("instances[1]"),
+        ),
+        (
+            Method::POST,
+            "/v1/targets",
+            Some(json!({"name": "x", "instances": ["grpc://a"]}).to_string()),
+            "application/json",
+            422,
+            "validation_failed",
+            Some("instances[0]"),
         ),
         (Method::DELETE, "/v1/targets/nope", None, "", 404, "not_found", None),
         (Method::GET, "/v1/targets/nope", None, "", 404, "not_found", None),

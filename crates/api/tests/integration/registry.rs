@@ -161,3 +161,65 @@ async fn a_discovered_target_keeps_its_instances_for_control() {
     let paused = http.post(served.url("/v1/targets/shop/pause")).bearer_auth(ADMIN).send().await.expect("pause");
     assert_eq!(paused.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_grpc_targets_read_back_with_their_certificates() {
+    let (served, pool) = support::api(Mode::Dev).await;
+    let mut pki = caracal_testkit::pki::Pki::new().expect("a CA from openssl");
+    let client = pki.client(10).expect("a client certificate");
+    let ca = pki.ca.pem().expect("CA PEM");
+    let tls = json!({"ca_pem": ca, "server_name": "shop.internal", "client_cert_file": client.cert,
+                     "client_key_file": client.key, "insecure_skip_verify": false});
+    let created = served
+        .http
+        .post(served.url("/v1/targets"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "secure", "instances": ["https://127.0.0.1:8443/api"], "tls": tls}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let body: serde_json::Value = created.json().await.expect("json");
+    assert_eq!(body["tls"], tls, "the TLS settings read back (paths, never key contents)");
+    assert_eq!(body["certificates"], json!([]), "no certificate seen yet");
+    let grpc = served
+        .http
+        .post(served.url("/v1/targets"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "cart", "instances": ["grpc://127.0.0.1:50051"], "grpc_service": "shop.Cart"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(grpc.status(), 201);
+    let insecure = served
+        .http
+        .post(served.url("/v1/targets"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "lab", "instances": ["grpcs://127.0.0.1:50052"], "tls": {"insecure_skip_verify": true}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(insecure.status(), 201);
+
+    // What the coordinator records when it sees a certificate, as /v1/status and the target show it.
+    sqlx::query(
+        "INSERT INTO instance_status (instance_id, status, certificate_expires_at, certificate_sha256) \
+         SELECT i.id, 'up', '2027-01-02T03:04:05Z', 'ab' FROM instances i WHERE i.url = 'https://127.0.0.1:8443/api'",
+    )
+    .execute(&pool)
+    .await
+    .expect("a recorded certificate");
+    let target: serde_json::Value = served.get("/v1/targets/secure").await.json().await.expect("json");
+    assert_eq!(
+        target["certificates"],
+        json!([{"instance": "https://127.0.0.1:8443/api", "certificate_expires_at": "2027-01-02T03:04:05.000000Z"}])
+    );
+    let status: serde_json::Value = served.get("/v1/status").await.json().await.expect("json");
+    let of = |url: &str| status["instances"].as_array().and_then(|a| a.iter().find(|i| i["instance"] == url)).cloned();
+    let secure = of("https://127.0.0.1:8443/api").expect("listed");
+    assert_eq!(secure["certificate_expires_at"], "2027-01-02T03:04:05.000000Z");
+    assert_eq!(secure["insecure_skip_verify"], false);
+    let lab = of("grpcs://127.0.0.1:50052").expect("listed");
+    assert_eq!(lab["insecure_skip_verify"], true, "unverified TLS is shown");
+    assert_eq!(lab["certificate_expires_at"], serde_json::Value::Null);
+}
