@@ -75,6 +75,31 @@ def test_deployments_are_hardened_and_probed():
         assert env["CARACAL_MODE"]["value"] == "stable"
 
 
+def test_grpc_probes_ask_the_services_own_port_for_liveness_and_readiness():
+    values = dict(URLS, probes={"kind": "grpc", "startup": {"periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 30},
+                                "liveness": {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+                                "readiness": {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2}})
+    docs = documents(render(values))
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert len(deployments) == 6
+    for doc in deployments:
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        (port,) = container["ports"]
+        for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", "ready")):
+            assert container[probe]["grpc"] == {"port": port["containerPort"], "service": service}, (probe, container[probe])
+            assert "httpGet" not in container[probe]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, doc in enumerate(deployments):
+            files.append(f"{tmp}/{i}.yaml")
+            with open(files[-1], "w") as f:
+                yaml.safe_dump(doc, f)
+        result = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", *files], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(helm_python.HelmError):
+        render(dict(URLS, probes=dict(values["probes"], kind="tcp")))
+
+
 def test_a_grace_period_that_cannot_cover_the_drain_is_refused():
     values = dict(URLS, terminationGracePeriodSeconds=10)
     with pytest.raises(helm_python.HelmError, match="terminationGracePeriodSeconds"):
@@ -276,6 +301,24 @@ def scrapes_case(rule, failing):
     return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": "30m", "alertname": rule["alert"], "exp_alerts": fired}]}
 
 
+def certificate_cases(rules):
+    """The two severities of CaracalTargetCertificateExpiring: at eval_time 15m, time() is 900,
+    so an expiry 10 days ahead is a warning, 1 day ahead critical, 30 days ahead nothing."""
+    by_severity = {r["labels"]["severity"]: r for r in rules}
+    assert set(by_severity) == {"warning", "critical"}
+    labels = {"namespace": "caracal", "target": "shop", "instance": "https://shop.test:443"}
+    series = f'caracal_target_certificate_expiry_timestamp_seconds{{{NS},job="caracal-coordinator",target="shop",instance="https://shop.test:443"}}'
+    cases = []
+    for days, firing in ((10, "warning"), (1, "critical"), (30, None)):
+        fired = []
+        if firing:
+            rule = by_severity[firing]
+            fired = [{"exp_labels": dict(labels, severity=firing), "exp_annotations": expected_annotations(rule, labels)}]
+        cases.append({"interval": "1m", "input_series": [{"series": series, "values": f"{days * 86400 + 900}x40"}],
+                      "alert_rule_test": [{"eval_time": "15m", "alertname": "CaracalTargetCertificateExpiring", "exp_alerts": fired}]})
+    return cases
+
+
 def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
     rules = {r["alert"]: r for g in rule_groups() for r in g["rules"]}
     tests = []
@@ -295,6 +338,7 @@ def test_promtool_unit_tests_fire_and_stay_quiet_for_every_alert():
     tests.append(http_case("CaracalErrorBudgetSlowBurn", rules["CaracalErrorBudgetSlowBurn"], 0, "400m", 420))
     tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], True))
     tests.append(latency_case("CaracalLatencyP99High", rules["CaracalLatencyP99High"], False))
+    tests.extend(certificate_cases([r for g in rule_groups() for r in g["rules"] if r["alert"] == "CaracalTargetCertificateExpiring"]))
     tests.append(scrapes_case(rules["CaracalGatewayScrapesFailing"], failing=True))
     tests.append(scrapes_case(rules["CaracalGatewayScrapesFailing"], failing=False))
     covered = {t["alert_rule_test"][0]["alertname"] for t in tests}

@@ -7,6 +7,7 @@ mod config;
 mod drain;
 mod endpoints;
 mod faults;
+mod grpc;
 mod ladder;
 mod storm;
 mod support;
