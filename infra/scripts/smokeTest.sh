@@ -4,7 +4,8 @@
 # Probes /health and /ready of every service, then the whole flow: registers a target and
 # federates it through the gateway at once (no retry: the registry change reaches the gateway
 # through caracal.invalidations, or its lookup of a name it does not hold), waits until the
-# coordinator has probed it, finds the status event in the audit ledger, runs the
+# coordinator has probed it, finds the status event in the audit ledger, has the coordinator
+# probe the api over gRPC (grpc.health.v1, service "ready", on the api's own port), runs the
 # token flow (creates an STS client with the admin token, gets a scoped token, calls a /v1 API
 # with it, revokes it and sees it refused), federates the target through the gateway with a
 # metrics:read token (checking its instance's series and identity labels), scrapes each service's /metrics with the bearer
@@ -72,6 +73,7 @@ ok "the gateway federates $name at once"
 client="smoke-$$-$RANDOM"
 cleanup() {
   curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"
+  curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name-grpc" -H "authorization: Bearer $admin"
   curl -s -o /dev/null --max-time 5 -X DELETE "$sts/v1/clients/$client" -H "authorization: Bearer $admin"
 }
 trap cleanup EXIT
@@ -83,6 +85,14 @@ ok "the coordinator probed $name: up"
 recorded() { body "$audit/v1/events?target=$name&type=instance.status_changed" -H "authorization: Bearer $admin" | grep -q '"to":"up"'; }
 eventually recorded || fail "no instance.status_changed event for $name in the audit ledger within ${timeout}s"
 ok "the audit ledger holds the status event of $name"
+
+# gRPC: the coordinator asks the api's own port for grpc.health.v1 Check("ready").
+created=$(code -X POST "$api/v1/targets" -H "authorization: Bearer $admin" -H 'content-type: application/json' \
+  -d "{\"name\": \"$name-grpc\", \"instances\": [\"grpc://$instance\"], \"grpc_service\": \"ready\", \"interval_ms\": 500, \"timeout_ms\": 400}")
+[ "$created" = 201 ] || fail "registering gRPC target $name-grpc answered $created, not 201"
+grpc_up() { body "$api/v1/status" -H "authorization: Bearer $admin" | grep -q "\"target\":\"$name-grpc\"[^}]*\"status\":\"up\""; }
+eventually grpc_up || fail "the coordinator did not report $name-grpc (gRPC health of the api) up within ${timeout}s"
+ok "the coordinator probed the api over gRPC health: up"
 
 # The token flow: a client made with the admin token, a scoped token, a call, a revocation.
 made=$(body -X POST "$sts/v1/clients" -H "authorization: Bearer $admin" -H 'content-type: application/json' \

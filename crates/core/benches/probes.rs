@@ -1,7 +1,8 @@
 //! Probe throughput: requests/s of a bare axum handler, of `/health`, and of `/ready` with
 //! five registered checks (PostgreSQL, Redis and three in-process ones), measured with `wrk`
-//! in one run on this machine. Run with `cargo bench -p caracal-core --bench probes`; the
-//! figures go into `docs/benchmarks.md`.
+//! in one run on this machine; then gRPC `grpc.health.v1.Health/Check` for `"ready"` on the
+//! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client). Run with
+//! `cargo bench -p caracal-core --bench probes`; the figures go into `docs/benchmarks.md`.
 //!
 //! Each target is served by the same kind of runtime (two worker threads) on loopback, and
 //! `wrk` runs as a separate process with one thread and 32 connections. The order of targets
@@ -67,6 +68,83 @@ fn main() {
     for (i, (name, _)) in targets.iter().enumerate() {
         println!("| {name} | {:.0} | {:.2} |", medians[i], medians[i] / medians[0]);
     }
+    grpc_against_ready(&runtime, &app.to_string(), medians[2]);
+}
+
+/// gRPC `Check("ready")` against `/ready`, both over HTTP/2 with prior knowledge from `h2load`
+/// (32 connections, one request in flight on each, like `wrk -c32`), rounds rotating.
+#[allow(clippy::print_stdout)]
+fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1: f64) {
+    let Some(h2load) = which("h2load") else {
+        eprintln!("h2load is not installed (apt-get install -y nghttp2-client): no gRPC figures");
+        return;
+    };
+    // The gRPC answer is right before it is fast: SERVING, from a client nobody here tuned.
+    let status = runtime.block_on(async {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{app}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("h2c");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest { service: "ready".into() })
+            .await
+            .map(|r| r.into_inner().status)
+    });
+    assert_eq!(status.ok(), Some(1), "Check(\"ready\") answers SERVING");
+    // A gRPC message: not compressed, 7 bytes: field 1 (service), length 5, "ready".
+    let body = tempfile::NamedTempFile::new().expect("body file");
+    std::fs::write(body.path(), [0, 0, 0, 0, 7, 0x0a, 5, b'r', b'e', b'a', b'd', b'y']).expect("write");
+    let grpc =
+        ["-d", body.path().to_str().expect("path"), "-H", "content-type: application/grpc", "-H", "te: trailers"];
+    let targets: [(&str, String, &[&str]); 2] = [
+        ("/ready over HTTP/2", format!("http://{app}/ready"), &[]),
+        ("gRPC Check(\"ready\")", format!("http://{app}/grpc.health.v1.Health/Check"), &grpc),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..ROUNDS {
+        for i in 0..targets.len() {
+            let index = (i + round) % targets.len();
+            let (name, url, extra) = &targets[index];
+            let rps = h2load_rate(&h2load, url, extra);
+            eprintln!("round {round}: {name:<24} {rps:>10.0} req/s");
+            results[index].push(rps);
+        }
+    }
+    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    println!();
+    println!("| over one port, h2load -t1 -c32 -m1 | requests/s (median of {ROUNDS} x {SECONDS} s) |");
+    println!("|---|---:|");
+    println!("| /ready over HTTP/1.1 (wrk, above) | {ready_http1:.0} |");
+    println!("| /ready over HTTP/2 (h2c) | {:.0} |", medians[0]);
+    println!("| gRPC Check(\"ready\") | {:.0} |", medians[1]);
+    println!("| **gRPC ÷ /ready over HTTP/1.1** | **{:.2}** |", medians[1] / ready_http1);
+    println!("| gRPC ÷ /ready over HTTP/2 | {:.2} |", medians[1] / medians[0]);
+}
+
+/// Requests/s `h2load` reports (`finished in 5.00s, 12345.67 req/s, ...`), only when every
+/// request succeeded.
+fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> f64 {
+    let output = std::process::Command::new(h2load)
+        .args(["-t1", "-c32", "-m1", "-D", &SECONDS.to_string()])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let failed = text.lines().find(|l| l.starts_with("requests:")).and_then(|l| {
+        l.split(',')
+            .find(|p| p.trim().ends_with("failed"))
+            .and_then(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    assert_eq!(failed, Some(0), "h2load saw failed requests:\n{text}");
+    text.lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in h2load's output:\n{text}"))
 }
 
 fn app(postgres: &Postgres, redis: &Redis) -> App {
