@@ -72,7 +72,8 @@ fn main() {
 }
 
 /// gRPC `Check("ready")` against `/ready`, both over HTTP/2 with prior knowledge from `h2load`
-/// (32 connections, one request in flight on each, like `wrk -c32`), rounds rotating.
+/// (by default 32 connections, one request in flight on each, like `wrk -c32`; `H2LOAD_SHAPE`
+/// overrides the `-t -c -m` arguments, e.g. `"-t1 -c8 -m10"` to multiplex), rounds rotating.
 #[allow(clippy::print_stdout)]
 fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1: f64) {
     let Some(h2load) = which("h2load") else {
@@ -114,7 +115,7 @@ fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1:
     }
     let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
     println!();
-    println!("| over one port, h2load -t1 -c32 -m1 | requests/s (median of {ROUNDS} x {SECONDS} s) |");
+    println!("| over one port, h2load {} | requests/s (median of {ROUNDS} x {SECONDS} s) |", shape());
     println!("|---|---:|");
     println!("| /ready over HTTP/1.1 (wrk, above) | {ready_http1:.0} |");
     println!("| /ready over HTTP/2 (h2c) | {:.0} |", medians[0]);
@@ -123,11 +124,17 @@ fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1:
     println!("| gRPC ÷ /ready over HTTP/2 | {:.2} |", medians[1] / medians[0]);
 }
 
+/// h2load's threads, connections and streams per connection.
+fn shape() -> String {
+    std::env::var("H2LOAD_SHAPE").unwrap_or_else(|_| "-t1 -c32 -m1".into())
+}
+
 /// Requests/s `h2load` reports (`finished in 5.00s, 12345.67 req/s, ...`), only when every
 /// request succeeded.
 fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> f64 {
     let output = std::process::Command::new(h2load)
-        .args(["-t1", "-c32", "-m1", "-D", &SECONDS.to_string()])
+        .args(shape().split_whitespace())
+        .args(["-D", &SECONDS.to_string()])
         .args(extra)
         .arg(url)
         .output()

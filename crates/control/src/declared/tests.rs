@@ -9,6 +9,7 @@ fn target(spec: serde_json::Value, managed_by: &str, declared_in: Option<&str>) 
         managed_by: managed_by.into(),
         declared_in: declared_in.map(String::from),
         discovery_status: None,
+        certificates: Vec::new(),
     }
 }
 
@@ -69,8 +70,12 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         declared(serde_json::json!({"name": "same", "instances": ["http://h:2", "http://h:1"]})),
         declared(serde_json::json!({"name": "moved", "instances": ["http://h:1"], "interval_ms": 1000})),
         declared(serde_json::json!({"name": "dns", "discovery": {"dns": {"name": "d.test", "port": 1}}})),
+        declared(
+            serde_json::json!({"name": "tls", "instances": ["https://h:1"], "tls": {"insecure_skip_verify": true}}),
+        ),
     ];
     let have = vec![
+        target(serde_json::json!({"name": "tls", "instances": ["https://h:1"]}), "control", Some("t.yaml")),
         target(
             serde_json::json!({"name": "same", "instances": ["http://h:1", "http://h:2"]}),
             "control",
@@ -87,5 +92,8 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
     ];
     let steps = plan(&want, &have, |t| t.managed_by == "control");
     let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
-    assert_eq!(lines, ["create new (t.yaml)", "update moved (t.yaml: interval_ms)", "delete gone"]);
+    assert_eq!(
+        lines,
+        ["create new (t.yaml)", "update moved (t.yaml: interval_ms)", "update tls (t.yaml: tls)", "delete gone"]
+    );
 }
