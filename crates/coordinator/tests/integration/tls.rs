@@ -1,6 +1,6 @@
 //! Probes beyond plain HTTP: HTTPS against `openssl s_server` with certificates from `openssl`
 //! (expiry to the second, each handshake failure by name, mTLS, insecure mode), TCP, and gRPC
-//! health against a real tonic server.
+//! health against a real tonic server, in clear and over TLS.
 
 use std::time::Duration;
 
@@ -185,5 +185,82 @@ async fn tcp_and_grpc_targets_are_probed_by_their_protocol() {
     })
     .await
     .expect("SERVING again is up again");
+    replica.stop().await;
+}
+
+/// A gRPC health server over TLS (rustls, ALPN `h2`) with a certificate from openssl.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            // A client that refuses our certificate ends its handshake; wait for the next.
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcs_targets_are_verified_and_their_certificate_recorded() {
+    use std::sync::Arc;
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let mut pki = Pki::new().expect("a CA from openssl");
+    let leaf = pki.server("DNS:localhost,IP:127.0.0.1", 10, None).expect("a leaf");
+    let chain = caracal_store::tls::parse_certificates(&std::fs::read(&leaf.cert).expect("cert")).expect("PEM");
+    let key = caracal_store::tls::parse_private_key(&std::fs::read(&leaf.key).expect("key")).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let app = axum::Router::new().route_service("/grpc.health.v1.Health/{*method}", health);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = tcp.local_addr().expect("addr").port();
+    let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ca = pki.ca.pem().expect("CA PEM");
+    let url = format!("grpcs://127.0.0.1:{port}");
+    create(
+        &pool,
+        serde_json::json!({"name": "secure-grpc", "instances": [url], "interval_ms": 300, "tls": {"ca_pem": ca}}),
+    )
+    .await;
+    create(&pool, serde_json::json!({"name": "stranger-grpc", "instances": [url], "interval_ms": 300})).await;
+    let config = support::config(&caracal_testkit::unique_name("members"));
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    let statuses = settled(&pool, &["secure-grpc", "stranger-grpc"]).await;
+    assert_eq!(statuses["secure-grpc"], ("up".into(), None), "gRPC health over TLS, verified with the target's CA");
+    assert_eq!(statuses["stranger-grpc"], ("down".into(), Some("unknown_issuer".into())), "system roots only");
+    let expires: i64 = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT extract(epoch FROM s.certificate_expires_at)::bigint FROM instance_status s \
+             JOIN instances i ON i.id = s.instance_id JOIN targets t ON t.id = i.target_id WHERE t.name = 'secure-grpc'",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()
+        .flatten()
+    })
+    .await
+    .expect("the certificate a gRPCS server presents is recorded");
+    assert_eq!(expires, leaf.not_after().expect("openssl's notAfter"));
     replica.stop().await;
 }
