@@ -88,6 +88,19 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     for (interval, scheme, ours, peer) in rows {
         let name = format!("{scheme} every {} s", interval / 1000);
+        if peer.probes_per_s < 1.0 {
+            // Nothing completed within Prometheus's scrape timeout: there is no per-probe cost
+            // to compare, only what each side spent.
+            println!("| {name}: probes/s | {:.0} | 0 (every scrape timed out) | | — | — |", ours.probes_per_s);
+            println!(
+                "| {name}: CPU (cores) | {:.3} ({:.0} µs/probe) | {:.3} | {:.3} | — | — |",
+                ours.cores,
+                ours.cores / ours.probes_per_s.max(1e-9) * 1e6,
+                peer.cores,
+                peer.driver_cores
+            );
+            continue;
+        }
         let per = |r: Run| r.cores / r.probes_per_s.max(1e-9);
         let peer_total = (peer.cores + peer.driver_cores) / peer.probes_per_s.max(1e-9);
         println!("| {name}: probes/s | {:.0} | {:.0} | | | |", ours.probes_per_s, peer.probes_per_s);
