@@ -22,6 +22,14 @@ fn a_file_holds_one_target_or_a_list_in_yaml_or_json() {
     let specs = parse("b.yml", list).expect("a list");
     assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(specs[1].interval_ms, 5_000, "the API's defaults apply");
+    let tls =
+        "name: t\ninstances: [\"https://h:443\"]\ntls:\n  server_name: h.internal\n  insecure_skip_verify: true\n";
+    let specs = parse("t.yaml", tls).expect("a TLS block in YAML");
+    assert_eq!(
+        specs[0].tls.as_ref().map(|t| (t.server_name.as_deref(), t.insecure_skip_verify)),
+        Some((Some("h.internal"), true))
+    );
+    assert!(parse("u.yaml", "name: u\ninstances: [\"https://h:443\"]\ntls: [1]\n").is_err(), "tls is a mapping");
     let json = r#"[{"name": "c", "instances": ["http://h:1"]}]"#;
     assert_eq!(parse("c.json", json).expect("json").len(), 1);
 }
