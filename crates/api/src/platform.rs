@@ -99,8 +99,9 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
 
 async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     let (total, up): (i64, i64) = sqlx::query_as(
-        // Instances not probed yet (no status row) count neither way.
-        "SELECT count(s.status), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
+        // Instances not probed yet (no status row, or only a certificate recorded ahead of the
+        // first status) count neither way.
+        "SELECT count(*) FILTER (WHERE s.status <> 'unknown'), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
          JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
          WHERE t.labels @> '{\"caracal\": \"platform\"}'",
     )
