@@ -384,7 +384,9 @@ impl Prober {
             address: Address::parse(&instance.url, instance.scheme),
             tls: instance.scheme.is_tls().then(|| {
                 let alpn: &[u8] = if instance.scheme == Scheme::Grpcs { b"h2" } else { b"http/1.1" };
-                TlsClient::new(instance.tls.as_ref(), alpn)
+                let client = TlsClient::new(instance.tls.as_ref(), alpn)?;
+                client.remember(presented.clone());
+                Ok(client)
             }),
             presented,
         };
@@ -464,7 +466,6 @@ impl Prober {
             }
             Some(Err(why)) => return (Status::Down, Some(why.clone()), None),
         };
-        let previous = probing.presented.clone();
         let seen = match (instance.scheme, tls) {
             (Scheme::Http, _) => {
                 let (health, ready) =
@@ -473,15 +474,14 @@ impl Prober {
             }
             (Scheme::Https, Some(client)) => {
                 let paths = [instance.health_path.as_str(), instance.ready_path.as_str()];
-                protocols::https(address, client, paths, instance.timeout, &self.user_agent, previous).await
+                protocols::https(address, client, paths, instance.timeout, &self.user_agent).await
             }
             (Scheme::Tcp, _) => {
                 let health = protocols::tcp(address, instance.timeout).await;
                 Seen { ready: health.clone(), health, presented: None }
             }
             (Scheme::Grpc | Scheme::Grpcs, tls) => {
-                let (health, presented) =
-                    protocols::grpc(address, tls, &instance.grpc_service, instance.timeout, previous).await;
+                let (health, presented) = protocols::grpc(address, tls, &instance.grpc_service, instance.timeout).await;
                 Seen { ready: health.clone(), health, presented }
             }
             (Scheme::Https, None) => return (Status::Down, Some("tls_config".into()), None),

@@ -3,7 +3,6 @@
 //! `grpcs://`). Each returns what it saw in [`Seen`]; reasons are stable words or, for HTTP
 //! answers, the path and status (`/ready answered 503`).
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caracal_store::target::Scheme;
@@ -86,28 +85,40 @@ pub async fn tcp(address: &Address, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// One TLS connection's HTTP/1.1 sender; the connection is driven by its own task.
+/// One TLS connection's HTTP/1.1 sender.
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// The connection behind a [`Sender`]: driven by the probe's own task (see [`drive`]).
+type Connection =
+    hyper::client::conn::http1::Connection<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, Empty<Bytes>>;
 
-async fn open_https(
-    address: &Address,
-    client: &TlsClient,
-    seen: &Arc<Mutex<Option<Presented>>>,
-    previous: Option<Presented>,
-) -> Result<Sender, String> {
+async fn open_https(address: &Address, client: &TlsClient) -> Result<(Sender, Connection), String> {
     let name = client.server_name(&address.host)?;
     let tcp = connect(address).await?;
     let tls = client
-        .connector(Arc::clone(seen), previous)
+        .connector()
         .connect(name, tcp)
         .await
         .map_err(|e| crate::tls::reason(&e).unwrap_or("tls_handshake").to_string())?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| request_reason(&e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| request_reason(&e))
+}
+
+/// Runs `request` while driving its `connection` in the same task. A probe's connection lives
+/// only for the probe, so a task of its own would only add a wake-up between two tasks for
+/// every read and write.
+/// `None` once the connection has ended.
+async fn drive<T>(connection: &mut Option<Connection>, request: impl Future<Output = T>) -> T {
+    tokio::pin!(request);
+    let Some(open) = connection else { return request.await };
+    tokio::select! {
+        biased;
+        answer = &mut request => answer,
+        // The connection ended (the server closed it, perhaps right after answering): what it
+        // delivered is already with the request, which now resolves either way.
+        _ = open => {
+            *connection = None;
+            request.await
+        }
+    }
 }
 
 /// The word for a request that got no answer over an open connection: a TLS alert the server
@@ -142,16 +153,16 @@ pub async fn https(
     paths: [&str; 2],
     timeout: Duration,
     user_agent: &str,
-    previous: Option<Presented>,
 ) -> Seen {
-    let seen = Arc::new(Mutex::new(None));
     let both = async {
-        let mut sender = open_https(address, client, &seen, previous.clone()).await?;
-        let health = get(&mut sender, address, paths[0], user_agent).await;
-        if sender.ready().await.is_err() {
-            sender = open_https(address, client, &seen, previous.clone()).await?;
+        let (mut sender, connection) = open_https(address, client).await?;
+        let mut connection = Some(connection);
+        let health = drive(&mut connection, get(&mut sender, address, paths[0], user_agent)).await;
+        if drive(&mut connection, sender.ready()).await.is_err() {
+            let (again, opened) = open_https(address, client).await?;
+            (sender, connection) = (again, Some(opened));
         }
-        let ready = get(&mut sender, address, paths[1], user_agent).await;
+        let ready = drive(&mut connection, get(&mut sender, address, paths[1], user_agent)).await;
         Ok::<_, String>((health, ready))
     };
     let (health, ready) = match tokio::time::timeout(timeout, both).await {
@@ -159,8 +170,7 @@ pub async fn https(
         Ok(Err(why)) => (Err(why.clone()), Err(why)),
         Err(_) => (Err("timeout".into()), Err("timeout".into())),
     };
-    let presented = seen.lock().ok().and_then(|s| s.clone());
-    Seen { health, ready, presented }
+    Seen { health, ready, presented: client.take_presented() }
 }
 
 /// `grpc://` and `grpcs://`: `Check` for `service` over a fresh connection, within `timeout`.
@@ -171,9 +181,7 @@ pub async fn grpc(
     tls: Option<&TlsClient>,
     service: &str,
     timeout: Duration,
-    previous: Option<Presented>,
 ) -> (Result<(), String>, Option<Presented>) {
-    let seen = Arc::new(Mutex::new(None));
     let check = async {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", address.authority()))
             .map_err(|_| "grpc: the address is not usable".to_string())?
@@ -182,9 +190,9 @@ pub async fn grpc(
         let channel = match tls {
             None => endpoint.connect().await.map_err(|e| transport_reason(&e))?,
             Some(client) => {
-                let (address, seen, previous) = (address.clone(), Arc::clone(&seen), previous.clone());
+                let address = address.clone();
                 let name = client.server_name(&address.host)?;
-                let connector = client.connector(seen, previous);
+                let connector = client.connector();
                 let connect = tower::service_fn(move |_: hyper::Uri| {
                     let (address, name, connector) = (address.clone(), name.clone(), connector.clone());
                     async move {
@@ -211,8 +219,7 @@ pub async fn grpc(
         Ok(result) => result,
         Err(_) => Err("timeout".into()),
     };
-    let presented = seen.lock().ok().and_then(|s| s.clone());
-    (result, presented)
+    (result, tls.and_then(TlsClient::take_presented))
 }
 
 /// The word for a gRPC error status: `service_unknown` for `NOT_FOUND` (what `Check` answers for

@@ -103,25 +103,32 @@ fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1:
         ("/ready over HTTP/2", format!("http://{app}/ready"), &[]),
         ("gRPC Check(\"ready\")", format!("http://{app}/grpc.health.v1.Health/Check"), &grpc),
     ];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut costs: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for round in 0..ROUNDS {
         for i in 0..targets.len() {
             let index = (i + round) % targets.len();
             let (name, url, extra) = &targets[index];
-            let rps = h2load_rate(&h2load, url, extra);
-            eprintln!("round {round}: {name:<24} {rps:>10.0} req/s");
-            results[index].push(rps);
+            let run = h2load_rate(&h2load, url, extra);
+            eprintln!("round {round}: {name:<24} {:>10.0} req/s, server {:.1} µs/request", run.rate, run.server_us);
+            rates[index].push(run.rate);
+            costs[index].push(run.server_us);
         }
     }
-    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    let rate: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+    let cost: Vec<f64> = costs.iter_mut().map(|r| median(r)).collect();
     println!();
-    println!("| over one port, h2load {} | requests/s (median of {ROUNDS} x {SECONDS} s) |", shape());
-    println!("|---|---:|");
-    println!("| /ready over HTTP/1.1 (wrk, above) | {ready_http1:.0} |");
-    println!("| /ready over HTTP/2 (h2c) | {:.0} |", medians[0]);
-    println!("| gRPC Check(\"ready\") | {:.0} |", medians[1]);
-    println!("| **gRPC ÷ /ready over HTTP/1.1** | **{:.2}** |", medians[1] / ready_http1);
-    println!("| gRPC ÷ /ready over HTTP/2 | {:.2} |", medians[1] / medians[0]);
+    println!(
+        "| over one port, h2load {} | requests/s (median of {ROUNDS} x {SECONDS} s) | server CPU per request | requests/s per server core |",
+        shape()
+    );
+    println!("|---|---:|---:|---:|");
+    println!("| /ready over HTTP/1.1 (wrk, above) | {ready_http1:.0} | | |");
+    for (i, (name, _, _)) in targets.iter().enumerate() {
+        println!("| {name} | {:.0} | {:.1} µs | {:.0} |", rate[i], cost[i], 1e6 / cost[i]);
+    }
+    println!("| **gRPC ÷ /ready over HTTP/2** | **{:.2}** | | **{:.2}** |", rate[1] / rate[0], cost[0] / cost[1]);
+    println!("| gRPC ÷ /ready over HTTP/1.1 | {:.2} | | |", rate[1] / ready_http1);
 }
 
 /// h2load's threads, connections and streams per connection.
@@ -129,9 +136,16 @@ fn shape() -> String {
     std::env::var("H2LOAD_SHAPE").unwrap_or_else(|_| "-t1 -c32 -m1".into())
 }
 
-/// Requests/s `h2load` reports (`finished in 5.00s, 12345.67 req/s, ...`), only when every
-/// request succeeded.
-fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> f64 {
+/// One `h2load` run: the requests/s it reports (`finished in 5.00s, 12345.67 req/s, ...`),
+/// only when every request succeeded, and the server's CPU per request (this process's CPU
+/// over the run, in µs: the server is in-process and nothing else here is busy meanwhile).
+struct H2Run {
+    rate: f64,
+    server_us: f64,
+}
+
+fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> H2Run {
+    let cpu_before = bench::cpu_seconds();
     let output = std::process::Command::new(h2load)
         .args(shape().split_whitespace())
         .args(["-D", &SECONDS.to_string()])
@@ -146,12 +160,21 @@ fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> f64 {
             .and_then(|p| p.split_whitespace().next()?.parse::<u64>().ok())
     });
     assert_eq!(failed, Some(0), "h2load saw failed requests:\n{text}");
-    text.lines()
+    let cpu = bench::cpu_seconds() - cpu_before;
+    let done = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(',').find(|p| p.trim().ends_with("done")))
+        .and_then(|p| p.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no request count in h2load's output:\n{text}"));
+    let rate = text
+        .lines()
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1))
         .and_then(|p| p.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no rate in h2load's output:\n{text}"))
+        .unwrap_or_else(|| panic!("no rate in h2load's output:\n{text}"));
+    H2Run { rate, server_us: cpu / done.max(1.0) * 1e6 }
 }
 
 fn app(postgres: &Postgres, redis: &Redis) -> App {
