@@ -39,6 +39,10 @@ pub enum ApiError {
     /// No valid admin bearer (401, `unauthorized`).
     #[error("a valid admin bearer token is required")]
     Unauthorized,
+    /// The database cannot take the request now (503, `store_unavailable`, with
+    /// `Retry-After`): a failover, a restart, a standby or demoted primary.
+    #[error("the database cannot take this request now")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Something failed inside (500, `internal`); the detail is logged, never answered.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -60,6 +64,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Owned(refused) => (StatusCode::CONFLICT, refused.code()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -72,6 +77,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %source, "request failed");
         }
         match &self {
+            ApiError::Unavailable(source) => {
+                tracing::warn!(error = %source, "the database cannot take a request; answered 503");
+                caracal_core::unavailable::unavailable_response()
+            }
             ApiError::Validation { field, message } => {
                 let body = json!({ "error": { "code": code, "message": message, "field": field } });
                 (status, Json(body)).into_response()
@@ -105,7 +114,11 @@ impl From<JsonRejection> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::Internal(Box::new(error))
+        if caracal_core::unavailable::postgres_unavailable(&error) {
+            ApiError::Unavailable(Box::new(error))
+        } else {
+            ApiError::Internal(Box::new(error))
+        }
     }
 }
 
@@ -116,6 +129,7 @@ impl From<caracal_store::Error> for ApiError {
             caracal_store::Error::Refused(Refused::NotFound(name)) => ApiError::NotFound(name),
             caracal_store::Error::Refused(Refused::Conflict(name)) => ApiError::Conflict(name),
             caracal_store::Error::Refused(refused) => ApiError::Owned(refused),
+            caracal_store::Error::Database(e) => e.into(),
             other => ApiError::Internal(Box::new(other)),
         }
     }

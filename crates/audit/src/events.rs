@@ -128,6 +128,10 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
         Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
             return invalid("since", "an RFC 3339 time, such as 2026-11-21T14:00:00Z");
         }
+        Err(e) if caracal_core::unavailable::postgres_unavailable(&e) => {
+            tracing::warn!(error = %e, "reading the ledger failed; answered 503");
+            return caracal_core::unavailable::unavailable_response();
+        }
         Err(e) => {
             tracing::error!(error = %e, "reading the ledger failed");
             return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");

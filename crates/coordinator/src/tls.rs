@@ -9,7 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 /// The certificate a server presented: the earliest `notAfter` of its chain and the leaf's
@@ -308,32 +308,9 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The stable word for a TLS failure somewhere in `error`'s chain, if it is one:
-/// `certificate_expired`, `unknown_issuer`, `hostname_mismatch` or `tls_handshake`.
-pub fn reason(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            return Some(match tls {
-                rustls::Error::InvalidCertificate(
-                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
-                ) => "certificate_expired",
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_issuer",
-                rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                ) => "hostname_mismatch",
-                _ => "tls_handshake",
-            });
-        }
-        next = e.source();
-    }
-    None
-}
+/// The stable word for a TLS failure somewhere in `error`'s chain (see
+/// [`caracal_core::tls::reason`]).
+pub use caracal_core::tls::reason;
 
 #[cfg(test)]
 mod tests {

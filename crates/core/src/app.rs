@@ -43,6 +43,9 @@ pub struct App {
     readiness: Readiness,
     /// Cancelled after the listener has closed and in-flight requests are done.
     stop_workers: CancellationToken,
+    /// The `rediss://` client [`App::redis`] handed out, if any: [`App::start`] adds its
+    /// `redis:tls` check, so every service on TLS Redis has one without asking.
+    redis_tls: std::sync::Mutex<Option<redis::Client>>,
 }
 
 impl std::fmt::Debug for App {
@@ -73,6 +76,7 @@ impl App {
             workers: Vec::new(),
             lifecycle: Arc::new(Lifecycle::default()),
             readiness: Readiness::default(),
+            redis_tls: std::sync::Mutex::new(None),
             stop_workers: CancellationToken::new(),
         })
     }
@@ -167,8 +171,12 @@ impl App {
     /// # Errors
     /// [`Error::Config`] when `REDIS_URL` is unset or not a Redis URL.
     pub fn redis(&self) -> Result<redis::aio::ConnectionManager, Error> {
-        let url = required(self.config.core.redis_url.as_ref(), "redis_url", env::REDIS_URL)?;
-        let client = redis::Client::open(url).map_err(|e| bad_url("redis_url", env::REDIS_URL, &e))?;
+        let client = self.redis_client()?;
+        if matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. })
+            && let Ok(mut tls) = self.redis_tls.lock()
+        {
+            *tls = Some(client.clone());
+        }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -178,9 +186,68 @@ impl App {
             .map_err(|e| Error::startup("create the Redis connection manager", e))
     }
 
+    /// The Redis client for `REDIS_URL`, with `REDIS_PASSWORD_FILE` and, for a `rediss://`
+    /// URL, the `redis_tls.*` files applied.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key: an unset or unusable URL, an unreadable or malformed
+    /// file, TLS files for a URL that is not `rediss://`, a client certificate without its key.
+    pub fn redis_client(&self) -> Result<redis::Client, Error> {
+        use redis::IntoConnectionInfo;
+        let core = &self.config.core;
+        let url = required(core.redis_url.as_ref(), "redis_url", env::REDIS_URL)?;
+        let mut info = url.into_connection_info().map_err(|e| bad_url("redis_url", env::REDIS_URL, &e))?;
+        if let Some(path) = &core.redis_password_file {
+            let text = read_config_file(path, "redis_password_file", Some(env::REDIS_PASSWORD_FILE))?;
+            let password = String::from_utf8(text).map_err(|_| ConfigError {
+                key: "redis_password_file".into(),
+                origin: file_origin(Some(env::REDIS_PASSWORD_FILE)),
+                message: format!("{} is not UTF-8 text", path.display()),
+            })?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let tls = &core.redis_tls;
+        if !tls.is_set() {
+            return redis::Client::open(info).map_err(|e| bad_url("redis_url", env::REDIS_URL, &e).into());
+        }
+        if !url.starts_with("rediss://") {
+            return Err(ConfigError {
+                key: "redis_tls".into(),
+                origin: file_origin(None),
+                message: "TLS files are set, but redis_url does not start with rediss://".into(),
+            }
+            .into());
+        }
+        let root_cert = tls.ca_file.as_deref().map(|p| read_config_file(p, "redis_tls.ca_file", None)).transpose()?;
+        let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_config_file(cert, "redis_tls.client_cert_file", None)?,
+                client_key: read_config_file(key, "redis_tls.client_key_file", None)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError {
+                    key: "redis_tls.client_cert_file / redis_tls.client_key_file".into(),
+                    origin: file_origin(None),
+                    message: "set both the client certificate and its key, or neither".into(),
+                }
+                .into());
+            }
+        };
+        redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| {
+            // The message says which file failed to parse (CA, certificate or key), never its contents.
+            ConfigError { key: "redis_tls".into(), origin: file_origin(None), message: format!("unusable: {e}") }.into()
+        })
+    }
+
     /// Serves the app on `listener`: starts the checks and workers and returns at once.
-    pub fn start(self, listener: TcpListener) -> Running {
+    pub fn start(mut self, listener: TcpListener) -> Running {
         let addr = listener.local_addr().ok();
+        if let Some(client) = self.redis_tls.lock().ok().and_then(|mut tls| tls.take()) {
+            self.checks.push(crate::checks::redis_tls(client));
+        }
         let core = &self.config.core;
         let evaluator = Arc::new(Evaluator::new(
             self.name,
@@ -340,6 +407,28 @@ fn required<'a>(value: Option<&'a crate::config::Secret>, key: &str, name: &str)
         origin: format!("environment variable `{name}`"),
         message: "required by this service, but not set".into(),
     })
+}
+
+/// Where a file setting came from: its well-known variable, or `CARACAL_<KEY>` / the config file.
+fn file_origin(env_name: Option<&str>) -> String {
+    match env_name {
+        Some(name) => format!("environment variable `{name}` (or config key)"),
+        None => "a `CARACAL_*` environment variable or the config file".into(),
+    }
+}
+
+/// Reads a file a setting names (at most 1 MiB: certificates, keys, passwords).
+fn read_config_file(path: &std::path::Path, key: &str, env_name: Option<&str>) -> Result<Vec<u8>, ConfigError> {
+    let error = |message: String| ConfigError { key: key.into(), origin: file_origin(env_name), message };
+    let metadata = std::fs::metadata(path).map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+    if metadata.len() > 1024 * 1024 {
+        return Err(error(format!("{} is larger than 1 MiB", path.display())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(error(format!("{} is empty", path.display())));
+    }
+    Ok(bytes)
 }
 
 fn bad_url(key: &str, name: &str, error: &dyn std::fmt::Display) -> ConfigError {

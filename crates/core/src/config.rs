@@ -95,8 +95,13 @@ pub struct CoreConfig {
     pub port: u16,
     /// PostgreSQL URL, when the service uses PostgreSQL.
     pub database_url: Option<Secret>,
-    /// Redis URL, when the service uses Redis.
+    /// Redis URL, when the service uses Redis (`rediss://` for TLS).
     pub redis_url: Option<Secret>,
+    /// A file holding the Redis password (ACL user in the URL), so it stays out of the
+    /// environment and the URL.
+    pub redis_password_file: Option<PathBuf>,
+    /// Redis over TLS: the CA and client certificate files, for a `rediss://` URL.
+    pub redis_tls: RedisTlsConfig,
     /// Who may read `/metrics` and readiness details.
     pub metrics: MetricsConfig,
     /// The admin bearer token, for services with an admin API.
@@ -120,6 +125,24 @@ pub struct MetricsConfig {
     pub bearer: Option<Secret>,
     /// A file holding one token, or two during a rotation (one per line).
     pub bearer_file: Option<PathBuf>,
+}
+
+/// Files for Redis over TLS (`rediss://`): mounted from Secrets, read at start-up, never logged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificate(s) to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for servers that require one (`tls-auth-clients yes`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RedisTlsConfig {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+    }
 }
 
 /// Draining settings.
@@ -176,6 +199,8 @@ impl CoreConfig {
             port,
             database_url: None,
             redis_url: None,
+            redis_password_file: None,
+            redis_tls: RedisTlsConfig::default(),
             metrics: MetricsConfig::default(),
             admin_token: None,
             admin_token_file: None,

@@ -7,6 +7,8 @@
 pub const DATABASE_URL: &str = "DATABASE_URL";
 /// Redis connection URL (config key `redis_url`).
 pub const REDIS_URL: &str = "REDIS_URL";
+/// A file holding the Redis password (config key `redis_password_file`).
+pub const REDIS_PASSWORD_FILE: &str = "REDIS_PASSWORD_FILE";
 /// Listening port (config key `port`).
 pub const PORT: &str = "PORT";
 /// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).
@@ -36,6 +38,7 @@ pub const RUST_LOG: &str = "RUST_LOG";
 pub const WELL_KNOWN: &[(&str, &str)] = &[
     (DATABASE_URL, "database_url"),
     (REDIS_URL, "redis_url"),
+    (REDIS_PASSWORD_FILE, "redis_password_file"),
     (PORT, "port"),
     (CARACAL_MODE, "mode"),
     (METRICS_BEARER, "metrics.bearer"),

@@ -53,6 +53,8 @@ mod probes;
 pub mod readiness;
 pub mod ready_body;
 pub mod telemetry;
+pub mod tls;
+pub mod unavailable;
 
 use std::future::Future;
 use std::net::SocketAddr;

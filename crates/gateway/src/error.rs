@@ -55,6 +55,14 @@ impl IntoResponse for GatewayError {
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable"),
             GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        caracal_core::error_response(status, code, &self.to_string())
+        let mut response = caracal_core::error_response(status, code, &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // As every Caracal 503 for a store: worth retrying shortly.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(caracal_core::unavailable::RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }

@@ -75,10 +75,15 @@ pub async fn applied_version(pool: &sqlx::PgPool) -> Result<Option<i64>, Error> 
     Ok(sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?)
 }
 
-/// The storage rung every pipeline service has: `postgres:connectivity`,
+/// The storage rung every pipeline service has: `postgres:connectivity`, `postgres:writable`,
 /// `redis:connectivity` and `postgres:schema_version`.
-pub fn storage_checks(pool: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> [Check; 3] {
-    [caracal_core::checks::postgres(pool.clone()), caracal_core::checks::redis(redis), schema_check(pool)]
+pub fn storage_checks(pool: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> [Check; 4] {
+    [
+        caracal_core::checks::postgres(pool.clone()),
+        caracal_core::checks::postgres_writable(pool.clone()),
+        caracal_core::checks::redis(redis),
+        schema_check(pool),
+    ]
 }
 
 /// `postgres:schema_version` (storage rung, required): the database is migrated to exactly the

@@ -61,6 +61,12 @@ impl IntoResponse for StsError {
             StsError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             StsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             StsError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            StsError::Db(e) | StsError::Store(caracal_store::Error::Database(e))
+                if caracal_core::unavailable::postgres_unavailable(e) =>
+            {
+                tracing::warn!(error = %e, "the database cannot take a request; answered 503");
+                return caracal_core::unavailable::unavailable_response();
+            }
             StsError::Crypto(_) | StsError::Db(_) | StsError::Store(_) => {
                 tracing::error!(error = %self, source = ?std::error::Error::source(&self).map(ToString::to_string), "request failed");
                 return caracal_core::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");

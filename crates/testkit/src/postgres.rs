@@ -17,12 +17,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Default, Clone)]
 pub struct PostgresBuilder {
     settings: Vec<(String, String)>,
+    tls: Option<crate::pki::Issued>,
 }
 
 impl PostgresBuilder {
     /// Adds a server setting (`-c name=value`), e.g. `max_connections`.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Offers TLS (`ssl = on`) with `server`'s certificate and key, copied into the data
+    /// directory for the cluster's owner (PostgreSQL refuses a key others can read). Plain
+    /// connections are still accepted: `sslmode` decides.
+    pub fn tls(mut self, server: crate::pki::Issued) -> Self {
+        self.tls = Some(server);
         self
     }
 
@@ -52,6 +61,9 @@ impl PostgresBuilder {
             settings: self.settings,
         };
         pg.initdb()?;
+        if let Some(server) = &self.tls {
+            pg.install_tls(server)?;
+        }
         pg.start()?;
         Ok(pg)
     }
@@ -132,6 +144,49 @@ impl Postgres {
         ]))
     }
 
+    /// A streaming-replication standby of this server: a `pg_basebackup -R` of it, started on
+    /// its own port. It answers reads, refuses writes (`pg_is_in_recovery()` is true) until
+    /// [`promote`](Self::promote)d, and is removed on drop like any cluster.
+    ///
+    /// # Errors
+    /// When the base backup fails or the standby does not accept connections within 30 s.
+    pub fn standby(&self) -> Result<Postgres, Error> {
+        let dir = spawn::scratch_dir("postgres-standby")?;
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(|e| Error::Io {
+                action: format!("give {} to the postgres user", dir.display()),
+                source: e.into(),
+            })?;
+        }
+        let data = dir.join("data");
+        let port = self.port.to_string();
+        run(self
+            .command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-X", "stream", "-c", "fast", "-R", "--no-sync"])
+            .arg("-D")
+            .arg(&data))?;
+        let mut standby = Postgres {
+            bin_dir: self.bin_dir.clone(),
+            dir,
+            data,
+            port: crate::free_port()?,
+            owner: self.owner,
+            process: Supervised::new(Signal::SIGINT),
+            settings: self.settings.clone(),
+        };
+        standby.start()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_promote()`, which waits until it takes writes).
+    ///
+    /// # Errors
+    /// When the server is not a standby or does not finish promoting within 60 s.
+    pub fn promote(&self) -> Result<(), Error> {
+        let done = self.psql("postgres", "SELECT pg_promote(true, 60)")?;
+        if done.trim() == "t" { Ok(()) } else { Err(Error::Command { command: "pg_promote()".into(), output: done }) }
+    }
+
     /// Starts the server again after [`stop`](Self::stop); a no-op while it runs.
     ///
     /// # Errors
@@ -210,6 +265,28 @@ impl Postgres {
             "--no-instructions",
         ]))
         .map(drop)
+    }
+
+    /// Copies the server certificate and key into the data directory, owned by the cluster's
+    /// owner with mode 0600, and turns `ssl` on.
+    fn install_tls(&mut self, server: &crate::pki::Issued) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name) in [(&server.cert, "server.crt"), (&server.key, "server.key")] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).map_err(Error::io("copy a server certificate"))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(Error::io("restrict a server key"))?;
+            if let Some((uid, gid)) = self.owner {
+                nix::unistd::chown(&to, Some(uid), Some(gid)).map_err(|e| Error::Io {
+                    action: format!("give {} to the postgres user", to.display()),
+                    source: e.into(),
+                })?;
+            }
+        }
+        for (name, value) in [("ssl", "on"), ("ssl_cert_file", "server.crt"), ("ssl_key_file", "server.key")] {
+            self.settings.push((name.into(), value.into()));
+        }
+        Ok(())
     }
 
     /// A command for one of the server binaries, run as the cluster's owner.

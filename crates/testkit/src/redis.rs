@@ -19,6 +19,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Default, Clone)]
 pub struct RedisBuilder {
     persistent: bool,
+    tls: Option<Tls>,
+}
+
+/// TLS-only serving (`--port 0 --tls-port`): the server's certificate, and the CA whose client
+/// certificates it requires, if it requires one.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The server's certificate and key (issued for `127.0.0.1`).
+    pub server: crate::pki::Issued,
+    /// The CA certificate client certificates must chain to; `None`: no client certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl RedisBuilder {
@@ -26,6 +37,13 @@ impl RedisBuilder {
     /// that restart Redis and then count what survived.
     pub fn persistent(mut self, yes: bool) -> Self {
         self.persistent = yes;
+        self
+    }
+
+    /// Serves TLS only, with `tls`'s certificate: [`Redis::url`] is then `rediss://`, and
+    /// [`Redis::command`] (plain TCP) does not reach it.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -42,6 +60,7 @@ impl RedisBuilder {
             dir: spawn::scratch_dir("redis")?,
             port: crate::free_port()?,
             persistent: self.persistent,
+            tls: self.tls,
             process: Supervised::new(Signal::SIGTERM),
         };
         redis.start()?;
@@ -57,6 +76,7 @@ pub struct Redis {
     dir: PathBuf,
     port: u16,
     persistent: bool,
+    tls: Option<Tls>,
     /// `redis-server`; SIGTERM stops it (after writing its append-only file when persistent).
     process: Supervised,
 }
@@ -75,9 +95,10 @@ impl Redis {
         self.port
     }
 
-    /// The connection URL (`redis://127.0.0.1:<port>/`).
+    /// The connection URL (`redis://127.0.0.1:<port>/`, or `rediss://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Starts the server again after [`stop`](Self::stop); a no-op while it runs.
@@ -92,8 +113,19 @@ impl Redis {
         let out = OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the redis log"))?;
         let err = out.try_clone().map_err(Error::io("open the redis log"))?;
         let mut command = Command::new(&self.binary);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => {
+                command.args(["--port", "0", "--tls-port", &self.port.to_string()]);
+                command.arg("--tls-cert-file").arg(&tls.server.cert).arg("--tls-key-file").arg(&tls.server.key);
+                match &tls.client_ca {
+                    Some(ca) => command.arg("--tls-ca-cert-file").arg(ca).args(["--tls-auth-clients", "yes"]),
+                    None => command.args(["--tls-auth-clients", "no"]),
+                }
+            }
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -102,7 +134,10 @@ impl Redis {
             .stdout(out)
             .stderr(err);
         self.process.started(spawn::spawn(command).map_err(Error::io("start redis-server"))?);
-        if crate::poll::wait_for_blocking(START_TIMEOUT, Duration::from_millis(10), || ping(self.port)) {
+        // A TLS-only server cannot be pinged in plain text: it is up once it accepts connections.
+        let tls = self.tls.is_some();
+        let up = || if tls { std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() } else { ping(self.port) };
+        if crate::poll::wait_for_blocking(START_TIMEOUT, Duration::from_millis(10), up) {
             Ok(())
         } else {
             Err(Error::NotReady { what: "redis-server".into(), seconds: START_TIMEOUT.as_secs(), log })

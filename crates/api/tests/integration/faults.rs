@@ -39,3 +39,66 @@ async fn stopping_redis_then_postgres_is_reported_and_recovered() {
     postgres.start().expect("restart postgres");
     served.wait_ready_status(200, SLACK).await.expect("ready again after PostgreSQL returns");
 }
+
+/// POSTs a target named `name`; the status, `Retry-After` and the error code.
+async fn register(served: &caracal_testkit::app::Served, name: &str) -> (u16, Option<String>, serde_json::Value) {
+    let response = caracal_testkit::app::client()
+        .post(served.url("/v1/targets"))
+        .bearer_auth(support::ADMIN)
+        .json(&serde_json::json!({"name": name, "instances": ["http://127.0.0.1:7001"]}))
+        .send()
+        .await
+        .expect("a response");
+    let retry = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = response.status().as_u16();
+    (status, retry, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_to_a_database_that_cannot_take_them_answer_503_with_retry_after() {
+    let shared = support::shared();
+    let (served, pool) = support::api(Mode::Dev).await;
+    let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.expect("name");
+    let before = support::counts(&pool).await;
+
+    // The database turns read-only (as a demoted primary or a standby would be).
+    shared
+        .postgres
+        .psql("postgres", &format!("ALTER DATABASE {name} SET default_transaction_read_only = on"))
+        .expect("alter");
+    shared
+        .postgres
+        .psql("postgres", &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+        .expect("terminate");
+    served.wait_for_check("postgres:writable", "fail", SLACK).await.expect("postgres:writable fails");
+    for attempt in 0..5 {
+        let (status, retry, body) = register(&served, &format!("shop{attempt}")).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(retry.as_deref(), Some("2"));
+        assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+        assert!(!body.to_string().contains("read-only"), "no database detail in {body}");
+    }
+    shared
+        .postgres
+        .psql("postgres", &format!("ALTER DATABASE {name} RESET default_transaction_read_only"))
+        .expect("reset");
+    served.wait_ready_status(200, SLACK).await.expect("ready again");
+    let (status, _, body) = register(&served, "shop").await;
+    assert_eq!(status, 201, "{body}");
+    let after = support::counts(&pool).await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "only the accepted write is stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_while_postgresql_is_down_answers_503_not_500() {
+    let mut postgres = Postgres::start_default().expect("postgres");
+    let redis = Redis::start_default().expect("redis");
+    let (served, _) = support::api_on(&postgres, &redis, Mode::Dev, serde_json::json!({})).await;
+    postgres.stop();
+    let (status, retry, body) = register(&served, "shop").await;
+    assert_eq!((status, retry.as_deref()), (503, Some("2")), "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    postgres.start().expect("restart postgres");
+    served.wait_ready_status(200, SLACK).await.expect("ready again");
+    assert_eq!(register(&served, "shop").await.0, 201);
+}

@@ -9,6 +9,7 @@ mod endpoints;
 mod faults;
 mod grpc;
 mod ladder;
+mod stores;
 mod storm;
 mod support;
 mod telemetry;
