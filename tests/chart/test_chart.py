@@ -456,3 +456,34 @@ def test_managed_stores_turn_the_in_chart_ones_off_one_value_each():
     assert "PostgreSQL: managed" in notes and "evaluation only" not in notes
     existing = documents(render({"secrets": {"existingSecret": "mine"}}))
     assert not [d for d in existing if d["kind"] in ("StatefulSet", "Secret")]
+
+
+def test_store_tls_files_and_the_redis_password_come_from_secrets_into_every_pod():
+    values = dict(
+        URLS,
+        database={"url": URLS["database"]["url"] + "?sslmode=verify-full&sslrootcert=/var/run/secrets/caracal/postgres-tls/ca.crt", "tlsSecret": "pg-tls"},
+        redis={"url": "rediss://caracal@redis:6380/0", "tls": {"secret": "redis-tls", "clientCertificate": True}, "passwordSecret": {"name": "redis-auth", "key": "pw"}},
+    )
+    docs = documents(render(values))
+    pods = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(pods) >= 7, "six services and the migration job"
+    for doc in pods:
+        spec = doc["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["CARACAL_REDIS_TLS__CA_FILE"] == "/var/run/secrets/caracal/redis-tls/ca.crt"
+        assert env["CARACAL_REDIS_TLS__CLIENT_CERT_FILE"].endswith("/tls.crt")
+        assert env["CARACAL_REDIS_TLS__CLIENT_KEY_FILE"].endswith("/tls.key")
+        assert env["REDIS_PASSWORD_FILE"] == "/var/run/secrets/caracal/redis-password/password"
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for name, secret in [("postgres-tls", "pg-tls"), ("redis-tls", "redis-tls"), ("redis-password", "redis-auth")]:
+            assert mounts[name]["readOnly"] is True
+            assert volumes[name]["secret"]["secretName"] == secret
+            assert volumes[name]["secret"]["defaultMode"] == 0o440
+        assert volumes["redis-password"]["secret"]["items"] == [{"key": "pw", "path": "password"}]
+    # Without them, nothing extra is mounted or set.
+    for doc in documents(render(URLS)):
+        if doc["kind"] in ("Deployment", "Job"):
+            (container,) = doc["spec"]["template"]["spec"]["containers"]
+            assert not [e for e in container["env"] if "REDIS_TLS" in e["name"] or e["name"] == "REDIS_PASSWORD_FILE"]

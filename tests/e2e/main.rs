@@ -3,6 +3,7 @@
 
 mod cli;
 mod discovery;
+mod failover;
 mod ledger;
 mod pipeline;
 mod support;

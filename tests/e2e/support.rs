@@ -48,12 +48,16 @@ pub async fn start(binary: &str, stores: &Stores, env: &[(&str, &str)]) -> Servi
 
 /// As [`start`], on `port` (to restart a service where its clients expect it).
 pub async fn start_on(binary: &str, stores: &Stores, port: u16, env: &[(&str, &str)]) -> Service {
+    start_with(binary, &stores.database_url, &stores.redis.url(), port, env).await
+}
+
+/// As [`start_on`], with the store URLs given (a proxy in front of the stores, say).
+pub async fn start_with(binary: &str, database_url: &str, redis_url: &str, port: u16, env: &[(&str, &str)]) -> Service {
     let port = port.to_string();
-    let redis_url = stores.redis.url();
     let mut all = vec![
         ("PORT", port.as_str()),
-        ("DATABASE_URL", stores.database_url.as_str()),
-        ("REDIS_URL", redis_url.as_str()),
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", redis_url),
         ("CARACAL_MODE", "dev"),
         ("CARACAL_CHECKS__INTERVAL", "200ms"),
         ("CARACAL_SHUTDOWN__TIMEOUT", "5s"),
@@ -72,10 +76,15 @@ pub async fn start_on(binary: &str, stores: &Stores, port: u16, env: &[(&str, &s
 
 /// Runs `caracal-api --migrate` against the stores.
 pub fn migrate(stores: &Stores) {
+    migrate_url(&stores.database_url, &stores.redis.url());
+}
+
+/// Runs `caracal-api --migrate` against `database_url`.
+pub fn migrate_url(database_url: &str, redis_url: &str) {
     let mut process = ServiceProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_caracal-api")),
         &["--migrate"],
-        &[("DATABASE_URL", &stores.database_url), ("REDIS_URL", &stores.redis.url()), ("CARACAL_MODE", "dev")],
+        &[("DATABASE_URL", database_url), ("REDIS_URL", redis_url), ("CARACAL_MODE", "dev")],
     )
     .expect("spawn migrate");
     let status = process.wait_timeout(Duration::from_secs(30)).expect("migrate finishes");

@@ -58,6 +58,7 @@ app.kubernetes.io/component: {{ .name }}
   valueFrom: { secretKeyRef: { name: {{ include "caracal.secretName" . }}, key: database-url } }
 - name: REDIS_URL
   valueFrom: { secretKeyRef: { name: {{ include "caracal.secretName" . }}, key: redis-url } }
+{{- include "caracal.storeEnv" . }}
 - name: METRICS_BEARER_FILE
   value: /var/run/secrets/caracal/metrics-bearer
 - name: CARACAL_ADMIN_TOKEN_FILE
@@ -65,5 +66,58 @@ app.kubernetes.io/component: {{ .name }}
 {{- with .Values.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+
+{{- /* Store TLS files and the Redis password, from Secrets the operator creates: the env that
+       names them, their mounts and their volumes (services and the migration job alike). */}}
+{{- define "caracal.storeEnv" -}}
+{{- if .Values.redis.tls.secret }}
+- name: CARACAL_REDIS_TLS__CA_FILE
+  value: /var/run/secrets/caracal/redis-tls/ca.crt
+{{- if .Values.redis.tls.clientCertificate }}
+- name: CARACAL_REDIS_TLS__CLIENT_CERT_FILE
+  value: /var/run/secrets/caracal/redis-tls/tls.crt
+- name: CARACAL_REDIS_TLS__CLIENT_KEY_FILE
+  value: /var/run/secrets/caracal/redis-tls/tls.key
+{{- end }}
+{{- end }}
+{{- if .Values.redis.passwordSecret.name }}
+- name: REDIS_PASSWORD_FILE
+  value: /var/run/secrets/caracal/redis-password/password
+{{- end }}
+{{- end -}}
+
+{{- define "caracal.storeMounts" -}}
+{{- if .Values.database.tlsSecret }}
+- { name: postgres-tls, mountPath: /var/run/secrets/caracal/postgres-tls, readOnly: true }
+{{- end }}
+{{- if .Values.redis.tls.secret }}
+- { name: redis-tls, mountPath: /var/run/secrets/caracal/redis-tls, readOnly: true }
+{{- end }}
+{{- if .Values.redis.passwordSecret.name }}
+- { name: redis-password, mountPath: /var/run/secrets/caracal/redis-password, readOnly: true }
+{{- end }}
+{{- end -}}
+
+{{- define "caracal.storeVolumes" -}}
+{{- /* 0440: keys readable by the pod's group (fsGroup) only. */}}
+{{- if .Values.database.tlsSecret }}
+- name: postgres-tls
+  secret: { secretName: {{ .Values.database.tlsSecret }}, defaultMode: 0440 }
+{{- end }}
+{{- if .Values.redis.tls.secret }}
+- name: redis-tls
+  secret: { secretName: {{ .Values.redis.tls.secret }}, defaultMode: 0440 }
+{{- end }}
+{{- with .Values.redis.passwordSecret }}
+{{- if .name }}
+- name: redis-password
+  secret:
+    secretName: {{ .name }}
+    defaultMode: 0440
+    items: [{ key: {{ .key }}, path: password }]
+{{- end }}
 {{- end }}
 {{- end -}}

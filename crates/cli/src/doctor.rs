@@ -102,6 +102,14 @@ pub async fn examine(target: &Target) -> Vec<Finding> {
 fn remedy_for(check: &str) -> &'static str {
     match check.split(':').next().unwrap_or("") {
         "postgres" if check.ends_with("schema_version") => "run `caracal-api --migrate` (caracal up does it)",
+        "postgres" if check.ends_with("writable") => {
+            "DATABASE_URL leads to a standby or a read-only database: during a failover, wait for the promotion \
+             (or switch the Service/proxy to the new primary); the service reconnects by itself"
+        }
+        "redis" if check.ends_with(":tls") => {
+            "the output names the TLS problem: check redis_tls.ca_file (the CA that issued Redis's certificate), \
+             the client certificate files, and the host name in REDIS_URL"
+        }
         "postgres" => {
             "is PostgreSQL running and reachable? `caracal up` starts the local one; see .caracal/postgres/postgres.log"
         }

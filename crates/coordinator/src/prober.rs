@@ -245,6 +245,9 @@ impl Prober {
         let mut members = Vec::new();
         // A registry read that failed is retried at the next tick.
         let mut retry: Option<Notice> = None;
+        // Instances announced as changed and not yet reconciled (the members may not be known
+        // yet when the announcement arrives): they are still probed at once when they start.
+        let mut fresh = HashSet::new();
         loop {
             let notice = tokio::select! {
                 notice = notices.recv() => match notice {
@@ -256,11 +259,13 @@ impl Prober {
             };
             // Instances announced as changed are probed at once; the rest spread their first
             // probe over an interval, so a start or a takeover does not probe in a burst.
-            let mut fresh = HashSet::new();
             let mut changed = false;
             if let Some(notice) = notice {
                 match self.load(notice.clone(), &mut registry).await {
-                    Ok(ids) => (fresh, changed) = (ids, true),
+                    Ok(ids) => {
+                        fresh.extend(ids);
+                        changed = true;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the registry failed; keeping the current probes");
                         retry = Some(notice);
@@ -272,6 +277,7 @@ impl Prober {
             let now = self.members.members();
             if !now.is_empty() && (changed || now != members) {
                 self.reconcile(&registry, &fresh, &mut running, &mut tasks, &stop);
+                fresh.clear();
                 self.metrics.members.set(now.len() as i64);
                 members = now;
             }

@@ -9,6 +9,13 @@ pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const REDIS_URL: &str = "REDIS_URL";
 /// A file holding the Redis password (config key `redis_password_file`).
 pub const REDIS_PASSWORD_FILE: &str = "REDIS_PASSWORD_FILE";
+/// The CA file for Redis over TLS (config key `redis_tls.ca_file`; read by the generic
+/// `CARACAL_<KEY>` rule, named here for operators and the chart).
+pub const CARACAL_REDIS_TLS__CA_FILE: &str = "CARACAL_REDIS_TLS__CA_FILE";
+/// The client certificate file for Redis over TLS (config key `redis_tls.client_cert_file`).
+pub const CARACAL_REDIS_TLS__CLIENT_CERT_FILE: &str = "CARACAL_REDIS_TLS__CLIENT_CERT_FILE";
+/// The client key file for Redis over TLS (config key `redis_tls.client_key_file`).
+pub const CARACAL_REDIS_TLS__CLIENT_KEY_FILE: &str = "CARACAL_REDIS_TLS__CLIENT_KEY_FILE";
 /// Listening port (config key `port`).
 pub const PORT: &str = "PORT";
 /// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).

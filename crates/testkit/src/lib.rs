@@ -25,6 +25,7 @@ pub mod app;
 pub mod bench;
 pub mod dns;
 pub mod error;
+pub mod haproxy;
 pub mod pki;
 pub mod poll;
 pub mod postgres;

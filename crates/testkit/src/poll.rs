@@ -25,7 +25,7 @@ where
 }
 
 /// The blocking twin of [`wait_for`], for start-up code that has no runtime.
-pub(crate) fn wait_for_blocking(within: Duration, every: Duration, mut probe: impl FnMut() -> bool) -> bool {
+pub fn wait_for_blocking(within: Duration, every: Duration, mut probe: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     loop {
         if probe() {

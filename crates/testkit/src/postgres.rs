@@ -172,7 +172,8 @@ impl Postgres {
             port: crate::free_port()?,
             owner: self.owner,
             process: Supervised::new(Signal::SIGINT),
-            settings: self.settings.clone(),
+            // A standby waits for no standby of its own: once promoted it must commit alone.
+            settings: self.settings.iter().filter(|(name, _)| name != "synchronous_standby_names").cloned().collect(),
         };
         standby.start()?;
         Ok(standby)
@@ -235,6 +236,12 @@ impl Postgres {
     pub fn restart(&mut self) -> Result<(), Error> {
         self.stop();
         self.start()
+    }
+
+    /// Kills the server and all its backends with SIGKILL, as a crashed node; the data stays
+    /// (and [`start`](Self::start) would run crash recovery).
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Freezes the server and all its backends with SIGSTOP: connections stay open and hang.

@@ -199,6 +199,13 @@ impl Supervised {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
     }
 
+    /// Kills the server and its whole process group at once (SIGKILL), as a crash would.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, nix::sys::signal::Signal::SIGKILL, std::time::Duration::from_secs(5));
+        }
+    }
+
     /// Sends `signal` to the server's process group, if it runs.
     pub(crate) fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
