@@ -60,6 +60,20 @@ impl Modify for Shapes {
             }
             for operation in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
                 operation.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+                // Every /v1 operation reads or writes PostgreSQL.
+                let unavailable = utoipa::openapi::ResponseBuilder::new()
+                    .description(
+                        "The database cannot take the request now (a failover, a restart): `store_unavailable`; \
+                         retry after `Retry-After` seconds",
+                    )
+                    .header(
+                        "Retry-After",
+                        utoipa::openapi::HeaderBuilder::new()
+                            .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                            .build(),
+                    )
+                    .build();
+                operation.responses.responses.entry("503".into()).or_insert_with(|| RefOr::T(unavailable));
             }
             if let Some(RefOr::T(body)) = item.put.as_mut().and_then(|p| p.request_body.as_mut()) {
                 for content in body.content.values_mut() {

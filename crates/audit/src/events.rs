@@ -77,7 +77,8 @@ type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, Stri
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(Params),
     responses((status = 200, body = Page), (status = 401, description = "No valid token"),
               (status = 403, description = "The token lacks events:read"),
-              (status = 422, description = "A bad, repeated or unknown filter, limit or cursor")),
+              (status = 422, description = "A bad, repeated or unknown filter, limit or cursor"),
+              (status = 503, description = "The database cannot take the request now (`store_unavailable`); retry after `Retry-After` seconds")),
     security(("bearer" = [])))]
 pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<Params>, QueryRejection>) -> Response {
     let invalid = |field: &str, message: &str| {
