@@ -10,7 +10,9 @@ use axum::response::Response;
 pub const RETRY_AFTER_SECS: u16 = 2;
 
 /// Whether `error` means PostgreSQL cannot take the request now but may shortly: no
-/// connection (refused, reset, TLS, the pool timed out waiting for one), the server shutting
+/// connection (refused, reset, TLS, the pool timed out waiting for one, or a peer that broke
+/// the wire protocol — a proxy whose server is gone answers a connection's first message with
+/// nonsense, then closes it), the server shutting
 /// down or starting (`57P01`–`57P03`), a connection exception (class `08`), too many
 /// connections (`53300`), or a read-only transaction (`25006`: a standby, or a primary that
 /// has been demoted).
@@ -18,6 +20,7 @@ pub fn postgres_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
@@ -47,6 +50,8 @@ mod tests {
     fn connection_failures_are_unavailable_and_mistakes_are_not() {
         assert!(postgres_unavailable(&sqlx::Error::PoolTimedOut));
         assert!(postgres_unavailable(&sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())));
+        // What a connection through haproxy to a dead primary met (seen in the failover test).
+        assert!(postgres_unavailable(&sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into())));
         assert!(!postgres_unavailable(&sqlx::Error::RowNotFound));
         let response = unavailable_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
