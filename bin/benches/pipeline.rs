@@ -211,8 +211,11 @@ fn child(role: &str) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let pool = connect(&database_url, 4).await;
-        let redis =
-            redis::aio::ConnectionManager::new(redis::Client::open(redis_url).expect("url")).await.expect("redis");
+        let redis: caracal_core::RedisConnection =
+            redis::aio::ConnectionManager::new(redis::Client::open(redis_url).expect("url"))
+                .await
+                .expect("redis")
+                .into();
         let mut registry = prometheus_client::registry::Registry::default();
         let stop = tokio_util::sync::CancellationToken::new();
         match role {

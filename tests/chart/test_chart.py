@@ -487,3 +487,35 @@ def test_store_tls_files_and_the_redis_password_come_from_secrets_into_every_pod
         if doc["kind"] in ("Deployment", "Job"):
             (container,) = doc["spec"]["template"]["spec"]["containers"]
             assert not [e for e in container["env"] if "REDIS_TLS" in e["name"] or e["name"] == "REDIS_PASSWORD_FILE"]
+
+
+def test_redis_behind_sentinels_replaces_the_url_in_every_pod_and_loads_in_the_real_binary():
+    nodes = ["redis://sentinel-0.sentinel:26379", "redis://sentinel-1.sentinel:26379"]
+    values = dict(URLS, redis={"sentinel": {"master": "caracal", "nodes": nodes}})
+    docs = documents(render(values))
+    assert not [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"]
+    pods = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(pods) >= 7, "six services and the migration job"
+    for doc in pods:
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "REDIS_URL" not in env, doc["metadata"]["name"]
+        assert env["CARACAL_REDIS_SENTINEL__MASTER"] == "caracal"
+        assert json.loads(env["CARACAL_REDIS_SENTINEL__NODES"]) == nodes
+    # The rendered env goes through caracal-core's loader: exit 1 (the database is absent), not 2.
+    binary = ROOT / "target" / "debug" / "caracal-api"
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("CARACAL_REDIS_SENTINEL")}
+    env.update({"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "CARACAL_MODE": "dev"})
+    result = subprocess.run([str(binary), "--migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    # Half a setting, or both ways at once, is refused.
+    for bad, message in [
+        ({"sentinel": {"master": "caracal", "nodes": []}}, "redis.sentinel.nodes"),
+        ({"url": "redis://redis:6379/", "sentinel": {"master": "caracal", "nodes": nodes}}, "not both"),
+    ]:
+        with pytest.raises(helm_python.HelmError, match=message):
+            render(dict(URLS, redis=bad))
+    with pytest.raises(helm_python.HelmError):
+        render(dict(URLS, redis={"sentinel": {"master": "caracal", "nodes": ["sentinel-0:26379"]}}))

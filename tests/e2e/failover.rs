@@ -4,7 +4,8 @@
 //! writes running. The primary is SIGKILLed; haproxy sends new connections to the standby,
 //! which is promoted some seconds later. Nothing acknowledged may be lost or recorded twice,
 //! no write may be answered 5xx other than 503, and every service must be ready again without
-//! a restart.
+//! a restart. Then the old primary is restarted as a standby of the new one (cloned again from
+//! it), as an operator brings it back: a service that reaches it fails `postgres:writable`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,17 +26,17 @@ const PROMOTE_AFTER: Duration = Duration::from_secs(6);
 
 /// What the writers saw, by status code, and the names the API acknowledged.
 #[derive(Default)]
-struct Outcome {
-    codes: BTreeMap<u16, usize>,
-    acknowledged: HashSet<String>,
+pub(crate) struct Outcome {
+    pub(crate) codes: BTreeMap<u16, usize>,
+    pub(crate) acknowledged: HashSet<String>,
 }
 
-/// Registers targets `w{writer}-{i}` until `WRITES / writers` are acknowledged; a 503 is
-/// retried after a short pause (the API says `Retry-After`), a 409 after a 503 means the
-/// earlier attempt committed before its answer was lost.
-async fn writer(base: String, writer: usize, writers: usize, outcome: Arc<Mutex<Outcome>>) {
+/// Registers targets `w{writer}-{i}` until `count` are acknowledged; a 503 is retried after a
+/// short pause (the API says `Retry-After`), a 409 after a 503 means the earlier attempt
+/// committed before its answer was lost.
+pub(crate) async fn writer(base: String, writer: usize, count: usize, outcome: Arc<Mutex<Outcome>>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-    for i in 0..WRITES / writers {
+    for i in 0..count {
         let name = format!("w{writer}-{i}");
         let mut retried = false;
         loop {
@@ -89,7 +90,8 @@ async fn a_primary_killed_mid_writes_loses_nothing_and_every_service_recovers_by
     let audit = start(AUDIT, &[("CARACAL_AUDIT__BLOCK", "200ms"), ("CARACAL_AUDIT__LEDGER__INTERVAL", "1s")]).await;
 
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let writers: Vec<_> = (0..4).map(|w| tokio::spawn(writer(api.base.clone(), w, 4, Arc::clone(&outcome)))).collect();
+    let writers: Vec<_> =
+        (0..4).map(|w| tokio::spawn(writer(api.base.clone(), w, WRITES / 4, Arc::clone(&outcome)))).collect();
     // A quarter of the writes in, the primary dies.
     caracal_testkit::wait_for(Duration::from_secs(60), Duration::from_millis(10), || async {
         (outcome.lock().expect("lock").acknowledged.len() >= WRITES / 4).then_some(())
@@ -164,4 +166,47 @@ async fn a_primary_killed_mid_writes_loses_nothing_and_every_service_recovers_by
     })
     .await;
     assert_eq!(ledgered, Ok((WRITES as i64, WRITES as i64)), "each creation in the ledger exactly once");
+
+    // The old primary comes back as a standby of the new one; an api that reaches it (a stale
+    // address, a proxy whose health check only asks for TCP) is unready and answers 503.
+    primary.rejoin_as_standby_of(&standby).expect("the old primary rejoins as a standby");
+    let old_url = format!("postgres://postgres@127.0.0.1:{}/{name}", primary.port());
+    let caught_up =
+        caracal_testkit::poll::wait_for_blocking(Duration::from_secs(30), Duration::from_millis(100), || {
+            primary.psql(&name, "SELECT count(*) FROM targets").is_ok_and(|n| n.trim() == WRITES.to_string())
+        });
+    assert!(caught_up, "the rejoined standby replays the new primary's writes");
+    let port = caracal_testkit::free_port().expect("port").to_string();
+    let redis_url = redis.url();
+    let stale = caracal_testkit::ServiceProcess::spawn(
+        std::path::Path::new(API),
+        &[],
+        &[
+            ("PORT", port.as_str()),
+            ("DATABASE_URL", old_url.as_str()),
+            ("REDIS_URL", redis_url.as_str()),
+            ("CARACAL_MODE", "dev"),
+            ("CARACAL_CHECKS__INTERVAL", "200ms"),
+        ],
+    )
+    .expect("spawn an api on the old primary");
+    let base = format!("http://127.0.0.1:{port}");
+    let unwritable = caracal_testkit::wait_for(Duration::from_secs(30), Duration::from_millis(50), || async {
+        let response = reqwest::get(format!("{base}/ready")).await.ok()?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.ok()?;
+        (body["checks"]["postgres:writable"][0]["status"] == "fail").then_some((status, body))
+    })
+    .await;
+    let Ok((status, body)) = unwritable else {
+        panic!("postgres:writable fails on the old primary: {}", stale.stderr())
+    };
+    assert_eq!(status, 503, "unready on the rejoined standby: {body}");
+    let written = reqwest::Client::new()
+        .post(format!("{base}/v1/targets"))
+        .json(&serde_json::json!({"name": "late", "instances": ["http://127.0.0.1:9/"]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(written.status(), 503, "a write reaching the standby is a 503, not a 500");
 }

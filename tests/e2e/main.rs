@@ -6,5 +6,6 @@ mod discovery;
 mod failover;
 mod ledger;
 mod pipeline;
+mod sentinel;
 mod support;
 mod tokens;

@@ -53,11 +53,16 @@ pub async fn start_on(binary: &str, stores: &Stores, port: u16, env: &[(&str, &s
 
 /// As [`start_on`], with the store URLs given (a proxy in front of the stores, say).
 pub async fn start_with(binary: &str, database_url: &str, redis_url: &str, port: u16, env: &[(&str, &str)]) -> Service {
+    let mut all = vec![("DATABASE_URL", database_url), ("REDIS_URL", redis_url)];
+    all.extend_from_slice(env);
+    start_env(binary, port, &all).await
+}
+
+/// As [`start_with`], with the store settings in `env` alone (Redis behind Sentinels, say).
+pub async fn start_env(binary: &str, port: u16, env: &[(&str, &str)]) -> Service {
     let port = port.to_string();
     let mut all = vec![
         ("PORT", port.as_str()),
-        ("DATABASE_URL", database_url),
-        ("REDIS_URL", redis_url),
         ("CARACAL_MODE", "dev"),
         ("CARACAL_CHECKS__INTERVAL", "200ms"),
         ("CARACAL_SHUTDOWN__TIMEOUT", "5s"),

@@ -30,7 +30,7 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* "true" when the chart runs its own Redis (no redis.url, no existing Secret). */}}
 {{- define "caracal.inChartRedis" -}}
-{{- if and (not .Values.redis.url) (not .Values.secrets.existingSecret) }}true{{ end -}}
+{{- if and (not .Values.redis.url) (not .Values.redis.sentinel.master) (not .Values.secrets.existingSecret) }}true{{ end -}}
 {{- end -}}
 
 {{- define "caracal.image" -}}
@@ -56,8 +56,6 @@ app.kubernetes.io/component: {{ .name }}
   value: {{ .Values.logLevel | quote }}
 - name: DATABASE_URL
   valueFrom: { secretKeyRef: { name: {{ include "caracal.secretName" . }}, key: database-url } }
-- name: REDIS_URL
-  valueFrom: { secretKeyRef: { name: {{ include "caracal.secretName" . }}, key: redis-url } }
 {{- include "caracal.storeEnv" . }}
 - name: METRICS_BEARER_FILE
   value: /var/run/secrets/caracal/metrics-bearer
@@ -70,9 +68,23 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
 
-{{- /* Store TLS files and the Redis password, from Secrets the operator creates: the env that
-       names them, their mounts and their volumes (services and the migration job alike). */}}
+{{- /* How the services reach Redis (REDIS_URL, or the Sentinels), and the store TLS files and
+       Redis password from Secrets the operator creates: the env that names them, their mounts
+       and their volumes (services and the migration job alike). */}}
 {{- define "caracal.storeEnv" -}}
+{{- with .Values.redis.sentinel }}
+{{- if .master }}
+{{- if not .nodes }}{{ fail "redis.sentinel.nodes: list the Sentinels (redis://host:26379) with redis.sentinel.master" }}{{ end }}
+{{- if $.Values.redis.url }}{{ fail "redis.sentinel.master and redis.url: set one, not both" }}{{ end }}
+- name: CARACAL_REDIS_SENTINEL__MASTER
+  value: {{ .master | quote }}
+- name: CARACAL_REDIS_SENTINEL__NODES
+  value: {{ toJson .nodes | quote }}
+{{- else }}
+- name: REDIS_URL
+  valueFrom: { secretKeyRef: { name: {{ include "caracal.secretName" $ }}, key: redis-url } }
+{{- end }}
+{{- end }}
 {{- if .Values.redis.tls.secret }}
 - name: CARACAL_REDIS_TLS__CA_FILE
   value: /var/run/secrets/caracal/redis-tls/ca.crt

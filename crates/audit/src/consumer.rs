@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use caracal_core::RedisConnection;
 use caracal_store::event::BadEntry;
 use caracal_store::{Event, ledger, stream};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ impl From<caracal_store::Error> for RoundError {
 #[derive(Debug)]
 pub struct Consumer {
     pool: sqlx::PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     metrics: Metrics,
     config: AuditConfig,
     name: String,
@@ -83,7 +83,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer named by `config.consumer` or a fresh unique name.
-    pub fn new(pool: sqlx::PgPool, redis: ConnectionManager, metrics: Metrics, config: AuditConfig) -> Self {
+    pub fn new(pool: sqlx::PgPool, redis: RedisConnection, metrics: Metrics, config: AuditConfig) -> Self {
         let name = config
             .consumer
             .clone()

@@ -19,10 +19,10 @@ pub mod reconcile;
 
 use axum::Router;
 use axum::routing::get;
+use caracal_core::RedisConnection;
 use caracal_core::checks::{self, StreamGroup};
 use caracal_core::{App, Check, Failure, Observed, Rung};
 use caracal_store::stream;
-use redis::aio::ConnectionManager;
 
 pub use config::{AuditConfig, LedgerConfig};
 
@@ -74,7 +74,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
 /// `dlq:length` (delivery rung, not required): the DLQ is empty; records
 /// `caracal_audit_dlq_length`. Poison entries are an alert,
 /// never a reason to take the ledger out of rotation.
-pub fn dlq_check(redis: ConnectionManager, metrics: metrics::Metrics) -> Check {
+pub fn dlq_check(redis: RedisConnection, metrics: metrics::Metrics) -> Check {
     Check::new("dlq:length", Rung::Delivery, move || {
         let mut redis = redis.clone();
         let metrics = metrics.clone();

@@ -9,7 +9,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use caracal_core::RedisConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MembershipConfig;
@@ -85,7 +85,7 @@ fn score(member: &str, key: i64) -> u64 {
 /// then leaves the set so the others take over at once.
 pub async fn run(
     membership: Membership,
-    mut redis: ConnectionManager,
+    mut redis: RedisConnection,
     config: MembershipConfig,
     stop: CancellationToken,
 ) {
@@ -109,7 +109,7 @@ pub async fn run(
 
 async fn renew(
     membership: &Membership,
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     config: &MembershipConfig,
 ) -> redis::RedisResult<Vec<String>> {
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await?;

@@ -19,9 +19,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use caracal_core::RedisConnection;
 use caracal_store::outbox::{self, Retry};
 use caracal_store::{Error, stream};
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -37,14 +37,14 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Relay {
     pool: sqlx::PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     metrics: Metrics,
     config: RelayConfig,
 }
 
 impl Relay {
     /// A relay from `pool`'s outbox to `redis`.
-    pub fn new(pool: sqlx::PgPool, redis: ConnectionManager, metrics: Metrics, config: RelayConfig) -> Self {
+    pub fn new(pool: sqlx::PgPool, redis: RedisConnection, metrics: Metrics, config: RelayConfig) -> Self {
         Self { pool, redis, metrics, config }
     }
 

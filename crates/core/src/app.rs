@@ -165,12 +165,22 @@ impl App {
             .map_err(|e| bad_url("database_url", env::DATABASE_URL, &e).into())
     }
 
-    /// A Redis connection manager for `REDIS_URL`; it connects on first use and reconnects by
-    /// itself after Redis restarts.
+    /// The Redis connection: to `REDIS_URL`, reconnecting by itself after Redis restarts, or,
+    /// with `redis_sentinel.*`, to the master the Sentinels name, following it through a
+    /// failover. Connects on first use; each call opens a separate connection.
     ///
     /// # Errors
-    /// [`Error::Config`] when `REDIS_URL` is unset or not a Redis URL.
-    pub fn redis(&self) -> Result<redis::aio::ConnectionManager, Error> {
+    /// [`Error::Config`] naming the key: neither `REDIS_URL` nor `redis_sentinel` set, both
+    /// set, or a setting that is unusable (see [`App::redis_client`]).
+    pub fn redis(&self) -> Result<crate::RedisConnection, Error> {
+        let core = &self.config.core;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        if core.redis_sentinel.is_set() {
+            let (sentinels, master) = self.redis_sentinels()?;
+            return Ok(crate::RedisConnection::sentinel(sentinels, master, config));
+        }
         let client = self.redis_client()?;
         if matches!(client.get_connection_info().addr(), redis::ConnectionAddr::TcpTls { .. })
             && let Ok(mut tls) = self.redis_tls.lock()
@@ -183,6 +193,7 @@ impl App {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+            .map(crate::RedisConnection::from)
             .map_err(|e| Error::startup("create the Redis connection manager", e))
     }
 
@@ -197,14 +208,7 @@ impl App {
         let core = &self.config.core;
         let url = required(core.redis_url.as_ref(), "redis_url", env::REDIS_URL)?;
         let mut info = url.into_connection_info().map_err(|e| bad_url("redis_url", env::REDIS_URL, &e))?;
-        if let Some(path) = &core.redis_password_file {
-            let text = read_config_file(path, "redis_password_file", Some(env::REDIS_PASSWORD_FILE))?;
-            let password = String::from_utf8(text).map_err(|_| ConfigError {
-                key: "redis_password_file".into(),
-                origin: file_origin(Some(env::REDIS_PASSWORD_FILE)),
-                message: format!("{} is not UTF-8 text", path.display()),
-            })?;
-            let password = password.trim_end_matches(['\r', '\n']);
+        if let Some(password) = self.redis_password()? {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
@@ -220,6 +224,108 @@ impl App {
             }
             .into());
         }
+        redis::Client::build_with_tls(info, self.redis_certificates()?).map_err(|e| {
+            // The message says which file failed to parse (CA, certificate or key), never its contents.
+            ConfigError { key: "redis_tls".into(), origin: file_origin(None), message: format!("unusable: {e}") }.into()
+        })
+    }
+
+    /// The Sentinels client and master name from `redis_sentinel.*`, with
+    /// `REDIS_PASSWORD_FILE` for the data nodes and, for `rediss://` Sentinels, TLS to both
+    /// (the `redis_tls.*` files).
+    fn redis_sentinels(&self) -> Result<(redis::sentinel::SentinelClient, String), Error> {
+        use redis::IntoConnectionInfo;
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        let core = &self.config.core;
+        let sentinel = &core.redis_sentinel;
+        let error = |key: &str, message: String| -> Error {
+            ConfigError { key: key.into(), origin: file_origin(None), message }.into()
+        };
+        if core.redis_url.is_some() {
+            return Err(error(
+                "redis_sentinel",
+                format!("set either redis_url (`{}`) or redis_sentinel, not both", env::REDIS_URL),
+            ));
+        }
+        let master = sentinel.master.clone().filter(|m| !m.trim().is_empty()).ok_or_else(|| {
+            error(
+                "redis_sentinel.master",
+                format!(
+                    "the master's name is required with redis_sentinel.nodes (`{}`)",
+                    env::CARACAL_REDIS_SENTINEL__MASTER
+                ),
+            )
+        })?;
+        if sentinel.nodes.is_empty() {
+            return Err(error(
+                "redis_sentinel.nodes",
+                format!(
+                    "at least one Sentinel URL is required (`{}='[\"redis://host:26379\"]'`)",
+                    env::CARACAL_REDIS_SENTINEL__NODES
+                ),
+            ));
+        }
+        let mut addresses = Vec::new();
+        let mut sentinel_auth = None;
+        for (i, node) in sentinel.nodes.iter().enumerate() {
+            let info = node
+                .expose()
+                .into_connection_info()
+                .map_err(|e| error(&format!("redis_sentinel.nodes[{i}]"), format!("not a usable URL: {e}")))?;
+            let settings = info.redis_settings();
+            if sentinel_auth.is_none() && settings.password().is_some() {
+                sentinel_auth = Some((settings.username().map(str::to_owned), settings.password().map(str::to_owned)));
+            }
+            addresses.push(info.addr().clone());
+        }
+        let tls = addresses.iter().filter(|a| matches!(a, redis::ConnectionAddr::TcpTls { .. })).count();
+        if tls != 0 && tls != addresses.len() {
+            return Err(error("redis_sentinel.nodes", "mixes redis:// and rediss:// Sentinels; use one scheme".into()));
+        }
+        if tls == 0 && core.redis_tls.is_set() {
+            return Err(error("redis_tls", "TLS files are set, but the Sentinels are not rediss://".into()));
+        }
+        let mut builder = SentinelClientBuilder::new(addresses, &master, SentinelServerType::Master)
+            .map_err(|e| error("redis_sentinel", format!("unusable: {e}")))?;
+        if let Some(password) = self.redis_password()? {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some((username, password)) = sentinel_auth {
+            if let Some(username) = username {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+            if let Some(password) = password {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+        }
+        if tls != 0 {
+            let certificates = self.redis_certificates()?;
+            builder = builder
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_redis_certificates(certificates.clone())
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_sentinel_certificates(certificates);
+        }
+        let client = builder.build().map_err(|e| error("redis_sentinel", format!("unusable: {e}")))?;
+        Ok((client, master))
+    }
+
+    /// The Redis password from `REDIS_PASSWORD_FILE`, without its trailing newline.
+    fn redis_password(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.config.core.redis_password_file else { return Ok(None) };
+        let text = read_config_file(path, "redis_password_file", Some(env::REDIS_PASSWORD_FILE))?;
+        let password = String::from_utf8(text).map_err(|_| ConfigError {
+            key: "redis_password_file".into(),
+            origin: file_origin(Some(env::REDIS_PASSWORD_FILE)),
+            message: format!("{} is not UTF-8 text", path.display()),
+        })?;
+        Ok(Some(password.trim_end_matches(['\r', '\n']).to_owned()))
+    }
+
+    /// The `redis_tls.*` files: the CA to trust (the system roots when unset) and the client
+    /// certificate, if any.
+    fn redis_certificates(&self) -> Result<redis::TlsCertificates, ConfigError> {
+        let tls = &self.config.core.redis_tls;
         let root_cert = tls.ca_file.as_deref().map(|p| read_config_file(p, "redis_tls.ca_file", None)).transpose()?;
         let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
@@ -232,14 +338,10 @@ impl App {
                     key: "redis_tls.client_cert_file / redis_tls.client_key_file".into(),
                     origin: file_origin(None),
                     message: "set both the client certificate and its key, or neither".into(),
-                }
-                .into());
+                });
             }
         };
-        redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| {
-            // The message says which file failed to parse (CA, certificate or key), never its contents.
-            ConfigError { key: "redis_tls".into(), origin: file_origin(None), message: format!("unusable: {e}") }.into()
-        })
+        Ok(redis::TlsCertificates { client_tls, root_cert })
     }
 
     /// Serves the app on `listener`: starts the checks and workers and returns at once.

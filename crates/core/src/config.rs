@@ -100,8 +100,11 @@ pub struct CoreConfig {
     /// A file holding the Redis password (ACL user in the URL), so it stays out of the
     /// environment and the URL.
     pub redis_password_file: Option<PathBuf>,
-    /// Redis over TLS: the CA and client certificate files, for a `rediss://` URL.
+    /// Redis over TLS: the CA and client certificate files, for a `rediss://` URL (or
+    /// `rediss://` Sentinels).
     pub redis_tls: RedisTlsConfig,
+    /// Redis behind Sentinels, instead of `redis_url`: the master's name and the Sentinels.
+    pub redis_sentinel: RedisSentinelConfig,
     /// Who may read `/metrics` and readiness details.
     pub metrics: MetricsConfig,
     /// The admin bearer token, for services with an admin API.
@@ -125,6 +128,25 @@ pub struct MetricsConfig {
     pub bearer: Option<Secret>,
     /// A file holding one token, or two during a rotation (one per line).
     pub bearer_file: Option<PathBuf>,
+}
+
+/// Redis behind Sentinels (`redis_sentinel.master`, `redis_sentinel.nodes`): every connection
+/// asks the Sentinels for the master, and asks again after losing it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RedisSentinelConfig {
+    /// The name the Sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master: Option<String>,
+    /// The Sentinels' URLs (`redis://host:26379`; `rediss://` when the Sentinels and the data
+    /// nodes serve TLS). A password in them authenticates to the Sentinels; the data nodes'
+    /// password comes from `redis_password_file`.
+    pub nodes: Vec<Secret>,
+}
+
+impl RedisSentinelConfig {
+    /// Whether either setting is given.
+    pub fn is_set(&self) -> bool {
+        self.master.is_some() || !self.nodes.is_empty()
+    }
 }
 
 /// Files for Redis over TLS (`rediss://`): mounted from Secrets, read at start-up, never logged.
@@ -201,6 +223,7 @@ impl CoreConfig {
             redis_url: None,
             redis_password_file: None,
             redis_tls: RedisTlsConfig::default(),
+            redis_sentinel: RedisSentinelConfig::default(),
             metrics: MetricsConfig::default(),
             admin_token: None,
             admin_token_file: None,

@@ -16,6 +16,11 @@ pub const CARACAL_REDIS_TLS__CA_FILE: &str = "CARACAL_REDIS_TLS__CA_FILE";
 pub const CARACAL_REDIS_TLS__CLIENT_CERT_FILE: &str = "CARACAL_REDIS_TLS__CLIENT_CERT_FILE";
 /// The client key file for Redis over TLS (config key `redis_tls.client_key_file`).
 pub const CARACAL_REDIS_TLS__CLIENT_KEY_FILE: &str = "CARACAL_REDIS_TLS__CLIENT_KEY_FILE";
+/// The name the Sentinels monitor the Redis master under (config key `redis_sentinel.master`).
+pub const CARACAL_REDIS_SENTINEL__MASTER: &str = "CARACAL_REDIS_SENTINEL__MASTER";
+/// The Sentinels, a list of URLs: `'["redis://h1:26379","redis://h2:26379"]'` (config key
+/// `redis_sentinel.nodes`).
+pub const CARACAL_REDIS_SENTINEL__NODES: &str = "CARACAL_REDIS_SENTINEL__NODES";
 /// Listening port (config key `port`).
 pub const PORT: &str = "PORT";
 /// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).

@@ -31,6 +31,7 @@
 //!   the golden-signal layer and the standard tower stack, composed in one function.
 //! - [`readiness`]: [`Readiness`], the latest results for a service's own status endpoints;
 //!   [`ready_body`]: a `/ready` answer read back by a client.
+//! - [`redis_connection`]: [`RedisConnection`], Redis at one address or behind Sentinels.
 //! - [`lifecycle`]: draining, forced unhealthy, signal handling; [`app`]: [`App`] and
 //!   [`Running`], serving and the drain sequence; [`telemetry`]: logs and OTLP spans.
 
@@ -52,6 +53,7 @@ mod metrics_json;
 mod probes;
 pub mod readiness;
 pub mod ready_body;
+pub mod redis_connection;
 pub mod telemetry;
 pub mod tls;
 pub mod unavailable;
@@ -69,6 +71,7 @@ pub use error::{Error, error_response};
 pub use ladder::Status;
 pub use lifecycle::{Lifecycle, Signals};
 pub use readiness::{CheckView, Readiness};
+pub use redis_connection::RedisConnection;
 
 /// Runs a service binary: loads configuration (exit 2 on a bad value), installs signal
 /// handlers before any slow work, sets up telemetry, lets `build` add checks, routes and

@@ -11,8 +11,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use caracal_core::RedisConnection;
 use caracal_core::{Check, Failure, Observed, Rung};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -55,14 +55,14 @@ impl Freshness {
 
 /// Follows `caracal.invalidations` on a Redis connection of its own (it blocks in `XREAD`).
 pub struct Follower {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     full_every: Duration,
     freshness: std::sync::Arc<Freshness>,
 }
 
 impl Follower {
     /// A follower on `redis` that asks for a full re-read every `full_every` as well.
-    pub fn new(redis: ConnectionManager, full_every: Duration) -> Self {
+    pub fn new(redis: RedisConnection, full_every: Duration) -> Self {
         Self { redis, full_every, freshness: std::sync::Arc::new(Freshness { last: Mutex::new(None) }) }
     }
 

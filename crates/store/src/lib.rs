@@ -77,7 +77,7 @@ pub async fn applied_version(pool: &sqlx::PgPool) -> Result<Option<i64>, Error> 
 
 /// The storage rung every pipeline service has: `postgres:connectivity`, `postgres:writable`,
 /// `redis:connectivity` and `postgres:schema_version`.
-pub fn storage_checks(pool: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> [Check; 4] {
+pub fn storage_checks(pool: sqlx::PgPool, redis: caracal_core::RedisConnection) -> [Check; 4] {
     [
         caracal_core::checks::postgres(pool.clone()),
         caracal_core::checks::postgres_writable(pool.clone()),

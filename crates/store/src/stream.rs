@@ -1,6 +1,6 @@
 //! Stream names and publishing.
 
-use redis::aio::ConnectionManager;
+use caracal_core::RedisConnection;
 
 use crate::{Error, Event};
 
@@ -31,12 +31,7 @@ pub fn extra_streams(event: &Event) -> &'static [&'static str] {
 ///
 /// # Errors
 /// When Redis cannot be reached or refuses an entry.
-pub async fn publish(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    events: &[Event],
-    max_len: usize,
-) -> Result<(), Error> {
+pub async fn publish(conn: &mut RedisConnection, stream: &str, events: &[Event], max_len: usize) -> Result<(), Error> {
     let mut pipe = redis::pipe();
     for event in events {
         let fields = event.to_fields();

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`postgres`]: [`Postgres`], a PostgreSQL cluster (`initdb` + `postgres`).
-//! - [`redis`]: [`Redis`], a `redis-server`.
+//! - [`redis`]: [`Redis`], a `redis-server` (TLS, replica, SIGKILL); [`sentinel`]: a Redis
+//!   Sentinel watching one.
 //! - [`dns`]: [`Dnsmasq`], an authoritative DNS server for `.test` (hosts file, SRV records).
 //! - [`pki`]: certificates from `openssl` and `openssl s_server` as a TLS server.
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
@@ -31,6 +32,7 @@ pub mod poll;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod sentinel;
 mod spawn;
 
 pub use dns::Dnsmasq;

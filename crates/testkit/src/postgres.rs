@@ -179,6 +179,27 @@ impl Postgres {
         Ok(standby)
     }
 
+    /// Brings a crashed (or stopped) former primary back as a streaming standby of `primary`
+    /// on its own port, as an operator does after a failover: its data directory is cloned
+    /// again from the new primary (`pg_basebackup -R`, what Patroni's reinit and CloudNativePG
+    /// do when a rewind is not possible), so whatever it had that the new primary lacks is gone.
+    ///
+    /// # Errors
+    /// When the base backup fails or the standby does not accept connections within 30 s.
+    pub fn rejoin_as_standby_of(&mut self, primary: &Postgres) -> Result<(), Error> {
+        self.process.kill();
+        std::fs::remove_dir_all(&self.data).map_err(Error::io("remove the old primary's data directory"))?;
+        let port = primary.port.to_string();
+        run(self
+            .command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-X", "stream", "-c", "fast", "-R", "--no-sync"])
+            .arg("-D")
+            .arg(&self.data))?;
+        // A standby waits for no standby of its own.
+        self.settings.retain(|(name, _)| name != "synchronous_standby_names");
+        self.start()
+    }
+
     /// Promotes a standby to a primary (`pg_promote()`, which waits until it takes writes).
     ///
     /// # Errors

@@ -20,6 +20,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RedisBuilder {
     persistent: bool,
     tls: Option<Tls>,
+    replica_of: Option<u16>,
 }
 
 /// TLS-only serving (`--port 0 --tls-port`): the server's certificate, and the CA whose client
@@ -47,6 +48,13 @@ impl RedisBuilder {
         self
     }
 
+    /// Starts as a replica of the loopback server on `port` (`--replicaof`), as the second node
+    /// of a Sentinel-watched pair.
+    pub fn replica_of(mut self, port: u16) -> Self {
+        self.replica_of = Some(port);
+        self
+    }
+
     /// Starts `redis-server` on a free loopback port.
     ///
     /// # Errors
@@ -61,6 +69,7 @@ impl RedisBuilder {
             port: crate::free_port()?,
             persistent: self.persistent,
             tls: self.tls,
+            replica_of: self.replica_of,
             process: Supervised::new(Signal::SIGTERM),
         };
         redis.start()?;
@@ -77,6 +86,8 @@ pub struct Redis {
     port: u16,
     persistent: bool,
     tls: Option<Tls>,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
     /// `redis-server`; SIGTERM stops it (after writing its append-only file when persistent).
     process: Supervised,
 }
@@ -124,6 +135,9 @@ impl Redis {
                 }
             }
         };
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         command
             .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always"])
@@ -158,6 +172,12 @@ impl Redis {
         self.start()
     }
 
+    /// Kills the server with SIGKILL, as a crashed node: its connections drop at once and it
+    /// writes nothing on the way out.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Freezes the server with SIGSTOP: connections stay open and hang.
     pub fn pause(&self) {
         self.process.pause();
@@ -174,20 +194,7 @@ impl Redis {
     /// # Errors
     /// When the server cannot be reached.
     pub fn command(&self, line: &str) -> Result<String, Error> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(Error::io("connect to redis"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(Error::io("set a read timeout"))?;
-        stream.write_all(format!("{line}\r\n").as_bytes()).map_err(Error::io("write to redis"))?;
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 8192];
-        // Bulk replies start with `$<len>`; read until the announced length has arrived.
-        loop {
-            let n = stream.read(&mut buf).map_err(Error::io("read from redis"))?;
-            reply.extend_from_slice(&buf[..n]);
-            if n == 0 || reply_complete(&reply) {
-                break;
-            }
-        }
-        Ok(String::from_utf8_lossy(&reply).into_owned())
+        inline_command(self.port, line)
     }
 
     /// The server's log file.
@@ -207,9 +214,33 @@ impl Drop for Redis {
     }
 }
 
-/// Whether a RESP reply in `buf` is whole (simple, error, integer or bulk string).
+/// Sends one inline command to the loopback server on `port` and returns the raw reply.
+pub(crate) fn inline_command(port: u16, line: &str) -> Result<String, Error> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(Error::io("connect to redis"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(Error::io("set a read timeout"))?;
+    stream.write_all(format!("{line}\r\n").as_bytes()).map_err(Error::io("write to redis"))?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Bulk replies start with `$<len>`; read until the announced length has arrived.
+    loop {
+        let n = stream.read(&mut buf).map_err(Error::io("read from redis"))?;
+        reply.extend_from_slice(&buf[..n]);
+        if n == 0 || reply_complete(&reply) {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Whether a RESP reply in `buf` is whole (simple, error, integer or bulk string, or an
+/// array of bulk strings).
 fn reply_complete(buf: &[u8]) -> bool {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else { return false };
+    if buf.first() == Some(&b'*') {
+        // `*<n>` then `$<len>` and the string for each element: 1 + 2n lines in all.
+        let n: usize = std::str::from_utf8(&buf[1..line_end]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        return buf.windows(2).filter(|w| *w == b"\r\n").count() > 2 * n;
+    }
     if buf.first() != Some(&b'$') {
         return true;
     }
@@ -217,7 +248,7 @@ fn reply_complete(buf: &[u8]) -> bool {
     len < 0 || buf.len() >= line_end + 2 + len as usize + 2
 }
 
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     if stream.write_all(b"PING\r\n").is_err() {
@@ -239,5 +270,8 @@ mod tests {
         assert!(reply_complete(b"$5\r\nhello\r\n"));
         assert!(!reply_complete(b"$5\r\nhel"), "a bulk string waits for its announced length");
         assert!(reply_complete(b"$-1\r\n"), "a nil bulk string is whole");
+        assert!(!reply_complete(b"*2\r\n$9\r\n127.0.0.1\r\n"), "an array waits for every element");
+        assert!(reply_complete(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n"));
+        assert!(reply_complete(b"*-1\r\n"), "a nil array is whole");
     }
 }

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use caracal_core::RedisConnection;
 use caracal_store::revocation::{self, Revocation};
 use caracal_store::{Event, stream};
-use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 use tokio_util::sync::CancellationToken;
 
@@ -111,13 +111,13 @@ impl Sets {
 pub struct Follower {
     verifier: Arc<Verifier>,
     pool: sqlx::PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     reload_every: Duration,
 }
 
 impl Follower {
     /// A follower for `verifier`, reading `pool` and `redis` (a connection of its own: it blocks).
-    pub fn new(verifier: Arc<Verifier>, pool: sqlx::PgPool, redis: ConnectionManager, config: &TokensConfig) -> Self {
+    pub fn new(verifier: Arc<Verifier>, pool: sqlx::PgPool, redis: RedisConnection, config: &TokensConfig) -> Self {
         Self { verifier, pool, redis, reload_every: config.revocations_reload }
     }
 

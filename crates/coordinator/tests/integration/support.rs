@@ -27,9 +27,9 @@ pub async fn database(postgres: &Postgres) -> sqlx::PgPool {
     pool
 }
 
-pub async fn redis(url: &str) -> redis::aio::ConnectionManager {
+pub async fn redis(url: &str) -> caracal_core::RedisConnection {
     let client = redis::Client::open(url).expect("redis url");
-    redis::aio::ConnectionManager::new(client).await.expect("redis")
+    redis::aio::ConnectionManager::new(client).await.expect("redis").into()
 }
 
 /// Watched instances `/i/{n}` on one loopback server: who probed each, and which are unready.

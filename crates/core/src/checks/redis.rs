@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
+use crate::RedisConnection;
 
 use crate::{Check, Failure, Observed, Rung};
 
 /// Sends `PING`; observes the round trip, in ms.
-pub fn redis(connection: ConnectionManager) -> Check {
+pub fn redis(connection: RedisConnection) -> Check {
     Check::new("redis:connectivity", Rung::Storage, move || {
         let mut connection = connection.clone();
         async move {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::RedisConnection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamInfoStreamReply, StreamPendingCountReply};
 
 use crate::metrics::{Metrics, StreamLabels};
@@ -39,7 +39,7 @@ struct Figures {
 /// `stream:lag` for `spec`: fails when the group is missing, the lag or the oldest pending
 /// entry's idle time crosses its threshold. Records `caracal_stream_lag`,
 /// `caracal_stream_pending` and `caracal_stream_oldest_pending_age_seconds`.
-pub fn stream_group(connection: ConnectionManager, metrics: &Metrics, spec: StreamGroup) -> Check {
+pub fn stream_group(connection: RedisConnection, metrics: &Metrics, spec: StreamGroup) -> Check {
     let metrics = metrics.clone();
     Check::new("stream:lag", Rung::Delivery, move || {
         let mut connection = connection.clone();
@@ -102,7 +102,7 @@ fn judge(spec: &StreamGroup, f: &Figures) -> Result<Observed, Failure> {
     Ok(observed)
 }
 
-async fn measure(connection: &mut ConnectionManager, spec: &StreamGroup) -> Result<Figures, Failure> {
+async fn measure(connection: &mut RedisConnection, spec: &StreamGroup) -> Result<Figures, Failure> {
     let groups: StreamInfoGroupsReply = connection
         .xinfo_groups(&spec.stream)
         .await

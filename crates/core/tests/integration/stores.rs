@@ -1,5 +1,5 @@
 //! The stores as operators run them: Redis over TLS (a CA, a client certificate, a password
-//! file), PostgreSQL over TLS (`sslmode=verify-full`), and a PostgreSQL that cannot take writes
+//! file), Redis behind a Sentinel that switches masters, PostgreSQL over TLS (`sslmode=verify-full`), and a PostgreSQL that cannot take writes
 //! (a read-only database, a streaming standby until it is promoted). Real servers only:
 //! `redis-server --tls-port`, PostgreSQL with `ssl = on`, `pg_basebackup` standbys, and
 //! certificates from `openssl`.
@@ -11,6 +11,7 @@ use caracal_core::config::{Mode, Secret};
 use caracal_testkit::pki::Pki;
 use caracal_testkit::postgres::PostgresBuilder;
 use caracal_testkit::redis::{RedisBuilder, Tls};
+use caracal_testkit::sentinel::Sentinel;
 
 use crate::support::{self, check_status};
 
@@ -126,6 +127,74 @@ async fn redis_tls_settings_that_cannot_work_stop_start_up_naming_the_key() {
     let half = caracal_core::config::RedisTlsConfig { client_cert_file: Some(garbage.clone()), ..Default::default() };
     let text = error("rediss://127.0.0.1:6379/", half);
     assert!(text.contains("redis_tls.client_key_file"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinel_settings_that_cannot_work_stop_start_up_naming_the_key() {
+    let error = |url: Option<&str>, master: Option<&str>, nodes: &[&str]| {
+        let mut core = support::core_config(Mode::Dev);
+        core.redis_url = url.map(Secret::new);
+        core.redis_sentinel.master = master.map(str::to_owned);
+        core.redis_sentinel.nodes = nodes.iter().copied().map(Secret::new).collect();
+        support::app(core).redis().expect_err("refused at start-up").to_string()
+    };
+    let one = ["redis://127.0.0.1:26379"];
+    let text = error(Some("redis://127.0.0.1:6379/"), Some("m"), &one);
+    assert!(text.contains("`redis_sentinel`") && text.contains("not both"), "{text}");
+    let text = error(None, None, &one);
+    assert!(text.contains("`redis_sentinel.master`") && text.contains("CARACAL_REDIS_SENTINEL__MASTER"), "{text}");
+    let text = error(None, Some("m"), &[]);
+    assert!(text.contains("`redis_sentinel.nodes`") && text.contains("CARACAL_REDIS_SENTINEL__NODES"), "{text}");
+    let text = error(None, Some("m"), &["redis://127.0.0.1:26379", "http://:secret@127.0.0.1:26380"]);
+    assert!(text.contains("`redis_sentinel.nodes[1]`") && !text.contains("secret"), "{text}");
+    let text = error(None, Some("m"), &["redis://127.0.0.1:26379", "rediss://127.0.0.1:26380"]);
+    assert!(text.contains("`redis_sentinel.nodes`") && text.contains("one scheme"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sentinel_connection_follows_the_master_through_a_switch() {
+    let master = RedisBuilder::default().start().expect("a master");
+    let replica = RedisBuilder::default().replica_of(master.port()).start().expect("a replica");
+    let sentinel = Sentinel::start("core", master.port(), 1).expect("a sentinel");
+    let known = caracal_testkit::poll::wait_for_blocking(WITHIN, Duration::from_millis(50), || {
+        sentinel.replicas("core") == 1
+            && replica.command("INFO replication").is_ok_and(|info| info.contains("master_link_status:up"))
+    });
+    assert!(known, "the sentinel knows the replica, which follows the master");
+    let mut core = support::core_config(Mode::Dev);
+    core.redis_sentinel.master = Some("core".into());
+    core.redis_sentinel.nodes = vec![Secret::new(sentinel.url())];
+    let app = support::app(core);
+    let mut connection = app.redis().expect("a connection through the sentinel");
+    let set = |connection: &mut caracal_core::RedisConnection, key: &'static str| {
+        let mut connection = connection.clone();
+        async move { redis::cmd("SET").arg(key).arg("1").query_async::<String>(&mut connection).await }
+    };
+    set(&mut connection, "before").await.expect("a write to the master the sentinel names");
+    assert!(master.command("GET before").expect("get").starts_with("$1"), "written to the master");
+
+    // A switch without a crash: the old master is demoted and answers writes READONLY.
+    let reply = sentinel.command("SENTINEL FAILOVER core").expect("failover");
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let switched = caracal_testkit::poll::wait_for_blocking(WITHIN, Duration::from_millis(20), || {
+        sentinel.master_port("core") == Some(replica.port())
+    });
+    assert!(switched, "the sentinel names the replica");
+    // Until the sentinel demotes the old master, writes still land there (and are lost when it
+    // resyncs: Redis failover is asynchronous); once demoted it answers READONLY, and the
+    // connection asks the sentinel again. The sentinel demotes it on its next `INFO` of the old
+    // master, sent every 10 s.
+    let (mut refused, deadline) = (0, std::time::Instant::now() + Duration::from_secs(45));
+    loop {
+        match set(&mut connection, "after").await {
+            Err(_) => refused += 1,
+            Ok(_) if replica.command("GET after").expect("get").starts_with("$1") => break,
+            Ok(_) => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "the same connection writes to the new master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused <= 3, "a refused write or two while switching, not one per retry: {refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -71,7 +71,8 @@ impl Gateway {
             occurred_at: "2026-12-01T00:00:00Z".into(),
         };
         let client = redis::Client::open(caracal_testkit::shared().redis.url()).expect("redis url");
-        let mut redis = redis::aio::ConnectionManager::new(client).await.expect("redis");
+        let mut redis: caracal_core::RedisConnection =
+            redis::aio::ConnectionManager::new(client).await.expect("redis").into();
         caracal_store::stream::publish(&mut redis, caracal_store::stream::INVALIDATIONS, &[announcement], 10_000)
             .await
             .expect("announce");
