@@ -519,3 +519,21 @@ def test_redis_behind_sentinels_replaces_the_url_in_every_pod_and_loads_in_the_r
             render(dict(URLS, redis=bad))
     with pytest.raises(helm_python.HelmError):
         render(dict(URLS, redis={"sentinel": {"master": "caracal", "nodes": ["sentinel-0:26379"]}}))
+
+
+def test_monitoring_urls_reach_the_api_only():
+    values = dict(URLS, monitoring={"prometheusUrl": "http://prometheus.monitoring:9090", "alertmanagerUrl": "http://alertmanager.monitoring:9093"})
+    for doc in documents(render(values)):
+        if doc["kind"] != "Deployment":
+            continue
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "api":
+            assert env["CARACAL_API__PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+            assert env["CARACAL_API__ALERTMANAGER_URL"] == "http://alertmanager.monitoring:9093"
+        else:
+            assert not [n for n in env if n.startswith("CARACAL_API__")], doc["metadata"]["name"]
+    unset = [d for d in documents(render(URLS)) if d["kind"] == "Deployment"]
+    assert not [e for d in unset for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("CARACAL_API__")]
+    with pytest.raises(helm_python.HelmError):
+        render(dict(URLS, monitoring={"prometheusUrl": "prometheus:9090"}))

@@ -1,7 +1,8 @@
 """The chart's rules and dashboards against a real Prometheus scraping the real services:
 `caracal up --mode rc` on free ports, Prometheus (Debian's package) scraping each service with
 the bearer from a file and once more without it, the rendered rules loaded; then Redis stops
-under the services and the not-ready alert goes pending."""
+under the services, the not-ready alert fires, Prometheus sends it to a real Alertmanager
+(Debian's `prometheus-alertmanager`), and the api's `/healthchecks` reports it."""
 
 import json
 import os
@@ -65,7 +66,24 @@ def dns():
 
 
 @pytest.fixture(scope="module")
-def platform(dns):
+def alertmanager():
+    """Debian's Alertmanager, one receiver that sends nowhere, clustering off."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="caracal-alertmanager-"))
+    (work / "alertmanager.yml").write_text("route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n")
+    port = free_port()
+    log = open(work / "alertmanager.log", "w")
+    process = subprocess.Popen(["/usr/bin/prometheus-alertmanager", f"--config.file={work / 'alertmanager.yml'}",
+                                f"--storage.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                "--cluster.listen-address="], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    eventually(lambda: ready(base), 30, "Alertmanager became ready")
+    yield {"base": base, "port": port}
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def platform(dns, alertmanager):
     assert CARACAL.exists(), "build the binaries first (cargo build --bins)"
     home = tempfile.mkdtemp(prefix="caracal-live-")
     os.chmod(home, 0o755)  # PostgreSQL runs as the postgres user when we are root
@@ -73,7 +91,9 @@ def platform(dns):
     args = [str(CARACAL), "--dir", home, "up", "--mode", "rc", "--api-port", str(ports["api"]), "--coordinator-port", str(ports["coordinator"]),
             "--audit-port", str(ports["audit"]), "--sts-port", str(ports["sts"]), "--gateway-port", str(ports["gateway"]),
             "--control-port", str(ports["control"]), "--pg-port", str(ports["pg"]), "--redis-port", str(ports["redis"])]
-    env = dict(os.environ, CARACAL_CONTROL__NAMESERVERS=json.dumps([dns]))
+    # The api summarises Alertmanager's firing alerts in /healthchecks.
+    env = dict(os.environ, CARACAL_CONTROL__NAMESERVERS=json.dumps([dns]), CARACAL_API__ALERTMANAGER_URL=alertmanager["base"],
+               CARACAL_API__MONITORING_INTERVAL="1s")
     up = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
     assert up.returncode == 0, up.stderr
     bearer_file = pathlib.Path(home) / ".caracal" / "secrets" / "metrics_bearer"
@@ -82,10 +102,10 @@ def platform(dns):
 
 
 @pytest.fixture(scope="module")
-def prometheus(platform):
+def prometheus(platform, alertmanager):
     work = pathlib.Path(tempfile.mkdtemp(prefix="caracal-prometheus-"))
-    # The rules as the chart renders them, with a short `for:` so pending shows quickly.
-    rule = next(d for d in documents(render()) if d["kind"] == "PrometheusRule")
+    # The rules as the chart renders them, with a short `for:` so the not-ready alert fires soon.
+    rule = next(d for d in documents(render({"prometheusRule": {"notReadyFor": "3s"}})) if d["kind"] == "PrometheusRule")
     (work / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     scrape = []
     for name in SERVICES:
@@ -94,7 +114,8 @@ def prometheus(platform):
                        "authorization": {"type": "Bearer", "credentials_file": str(platform["bearer_file"])}})
         scrape.append({"job_name": f"caracal-{name}-no-credentials", "static_configs": [target]})
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-              "rule_files": [str(work / "rules.yml")], "scrape_configs": scrape}
+              "rule_files": [str(work / "rules.yml")], "scrape_configs": scrape,
+              "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager['port']}"]}]}]}}
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     check = subprocess.run([tool("promtool"), "check", "config", str(work / "prometheus.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -202,3 +223,22 @@ def test_stopping_redis_makes_the_not_ready_alert_go_pending(platform, prometheu
     failing = eventually(lambda: query(prometheus, 'caracal_check_failing{check="redis:connectivity"} == 1') or None, 30,
                          "redis:connectivity failing in Prometheus")
     assert failing
+
+
+def test_a_firing_caracal_alert_shows_in_the_apis_healthchecks(platform, prometheus):
+    """After Redis stopped (the test above), CaracalServiceNotReady fires in Prometheus, which
+    sends it to Alertmanager; the api reads it back into the console's Monitoring entry."""
+    api = f"http://127.0.0.1:{platform['ports']['api']}"
+
+    def monitoring():
+        try:
+            with urllib.request.urlopen(f"{api}/healthchecks", timeout=5) as response:
+                entries = json.loads(response.read())
+        except urllib.error.HTTPError as answered:  # 218 and 503 carry the same body
+            entries = json.loads(answered.read())
+        return next(e for e in entries if e["type"] == "General" and e["name"] == "Monitoring")
+
+    entry = eventually(lambda: (lambda m: m if any("CaracalServiceNotReady" in a for a in m["alerts"]) else None)(monitoring()),
+                       90, "the firing alert in /healthchecks")
+    assert entry["status"] == "Degraded", entry
+    assert any(a.startswith(tuple(f"{n} critical active alert" for n in range(1, 10))) for a in entry["alerts"]), entry

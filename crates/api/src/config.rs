@@ -17,10 +17,51 @@ pub struct ApiConfig {
     pub platform: BTreeMap<String, Vec<String>>,
     /// Largest page of `/v1/targets/{name}/history`.
     pub max_page: i64,
+    /// Alertmanager (`http://alertmanager:9093`): its active, unsilenced alerts are summarised
+    /// in `/healthchecks` (`General`/`Monitoring`) and on the status page.
+    pub alertmanager_url: Option<String>,
+    /// Prometheus (`http://prometheus:9090`): `/healthchecks` gets a `TSDB` entry from its
+    /// `/-/ready` and the time of a trivial query.
+    pub prometheus_url: Option<String>,
+    /// How often Alertmanager and Prometheus are read.
+    #[serde(with = "humantime_serde")]
+    pub monitoring_interval: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { outbox_max_age: Duration::from_secs(60), platform: BTreeMap::new(), max_page: 500 }
+        Self {
+            outbox_max_age: Duration::from_secs(60),
+            platform: BTreeMap::new(),
+            max_page: 500,
+            alertmanager_url: None,
+            prometheus_url: None,
+            monitoring_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Checks what serde cannot: the monitoring URLs are `http(s)://` URLs.
+    ///
+    /// # Errors
+    /// A [`caracal_core::ConfigError`] naming the key.
+    pub fn validate(&self) -> Result<(), caracal_core::ConfigError> {
+        for (key, url) in
+            [("api.alertmanager_url", &self.alertmanager_url), ("api.prometheus_url", &self.prometheus_url)]
+        {
+            let Some(url) = url else { continue };
+            let parsed =
+                reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if parsed.is_none() {
+                return Err(caracal_core::ConfigError {
+                    key: key.into(),
+                    origin: format!("`CARACAL_{}` or the config file", key.replace('.', "__").to_ascii_uppercase()),
+                    // Not echoed: a URL may carry a password.
+                    message: "expected an http:// or https:// URL such as http://alertmanager:9093".into(),
+                });
+            }
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! `caracal-api`: the targets registry (services, instances, probe settings), current status
-//! and history, and the public aggregated `/healthchecks`.
+//! and history, and the public aggregated `/healthchecks` (with the firing alerts).
 //!
 //! Every write commits its outbox event in the same transaction, so the rest of the platform
 //! hears of every change exactly once.
@@ -9,7 +9,10 @@
 //! - [`target`]: the target document, its validation and defaults (from `caracal-store`).
 //! - `targets` (private): the `/v1/targets` handlers and their SQL.
 //! - `status` (private): `/v1/status` and `/v1/targets/{name}/history`.
-//! - `healthchecks` (private): the public `/healthchecks` aggregate.
+//! - `healthchecks` (private): the public aggregate, in the console's shape at
+//!   `/healthchecks` and in Caracal's at `/v1/healthchecks`.
+//! - `monitoring` (private): the worker reading Alertmanager's alerts and Prometheus' health
+//!   for them.
 //! - `platform` (private): registering the platform's own services as targets, and the cached
 //!   view of their status.
 //! - [`error`]: [`ApiError`], the one place errors become HTTP answers.
@@ -19,6 +22,7 @@
 pub mod config;
 pub mod error;
 mod healthchecks;
+mod monitoring;
 mod openapi;
 mod page;
 mod platform;
@@ -56,6 +60,8 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// The latest known status of the platform's own services.
     pub platform: Arc<platform::PlatformView>,
+    /// The latest read of Alertmanager and Prometheus.
+    pub monitoring: Arc<monitoring::MonitoringView>,
     /// Settings.
     pub config: Arc<ApiConfig>,
     /// The status page's live feed.
@@ -79,7 +85,9 @@ fn router(state: ApiState) -> Router {
         .layer(state.access.layer(Guard { read: Scope::TargetsRead, write: Scope::TargetsWrite }));
     Router::new()
         .merge(v1)
-        .route("/healthchecks", get(healthchecks::aggregate))
+        .route("/healthchecks", get(healthchecks::console))
+        // Public like /healthchecks: the same facts, in Caracal's shape.
+        .route("/v1/healthchecks", get(healthchecks::aggregate))
         .route("/openapi.json", get(openapi::document))
         .merge(page::routes())
         .with_state(state)
@@ -92,11 +100,19 @@ fn router(state: ApiState) -> Router {
 /// settings, an unusable admin token).
 pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: ApiConfig = app.config().section("api")?;
+    config.validate()?;
     let pool = app.postgres()?;
     let redis = app.redis()?;
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
     let platform = Arc::new(platform::PlatformView::default());
+    let monitoring =
+        Arc::new(monitoring::MonitoringView::new(config.alertmanager_url.is_some(), config.prometheus_url.is_some()));
+    let sources = monitoring::Sources {
+        alertmanager: config.alertmanager_url.clone(),
+        prometheus: config.prometheus_url.clone(),
+        every: config.monitoring_interval,
+    };
     let mut app = app;
     // How many status pages have a live feed open: `caracal_api_live_pages`.
     let live_pages = prometheus_client::metrics::gauge::Gauge::default();
@@ -112,17 +128,25 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         mode: app.config().core.mode,
         readiness: app.readiness(),
         platform: Arc::clone(&platform),
+        monitoring: Arc::clone(&monitoring),
         config: Arc::new(config.clone()),
         feed: Arc::clone(&feed),
         lifecycle: app.lifecycle(),
     };
     let worker_pool = pool.clone();
     let (feed_pool, services) = (pool.clone(), config.platform.clone());
+    let monitored = sources.alertmanager.is_some() || sources.prometheus.is_some();
+    let app = if monitored {
+        let view = Arc::clone(&monitoring);
+        app.worker("monitoring", move |stop| monitoring::run(sources, view, stop))
+    } else {
+        app
+    };
     Ok(app
         .checks(caracal_store::storage_checks(pool, redis))
         .check(outbox_age)
         .check(outbox_dead)
         .routes(router(state))
         .worker("platform", move |stop| platform::run(worker_pool, config, platform, stop, Duration::from_secs(5)))
-        .worker("status-page", move |stop| page::live::run(feed, feed_pool, services, stop)))
+        .worker("status-page", move |stop| page::live::run(feed, feed_pool, services, monitoring, stop)))
 }

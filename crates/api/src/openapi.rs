@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::targets::resume,
         crate::status::current,
         crate::status::history,
+        crate::healthchecks::console,
         crate::healthchecks::aggregate,
     ),
     components(schemas(
@@ -55,7 +56,8 @@ impl Modify for Shapes {
             components.schemas.insert("TargetUpdate".into(), RefOr::T(Schema::Object(update)));
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") {
+            // /v1/healthchecks is public, like /healthchecks, and documents its own 503.
+            if !path.starts_with("/v1/") || path == "/v1/healthchecks" {
                 continue;
             }
             for operation in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {

@@ -263,7 +263,7 @@ impl Config {
     /// [`ConfigError`] naming the first bad key, its source and what was expected.
     pub fn load(default_port: u16) -> Result<Self, ConfigError> {
         let figment = layered(default_port)?;
-        let core: CoreConfig = figment.extract().map_err(ConfigError::from_figment)?;
+        let core: CoreConfig = figment.extract().map_err(|e| ConfigError::from_figment(e, None))?;
         validate(&core)?;
         Ok(Self { core, figment })
     }
@@ -287,11 +287,7 @@ impl Config {
     pub fn section<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, ConfigError> {
         // `focus` makes an absent table an empty one, so a section of all-default settings
         // needs no table at all; keys in errors are then relative, so they get the prefix back.
-        self.figment.focus(name).extract().map_err(|e| {
-            let mut error = ConfigError::from_figment(e);
-            error.key = format!("{name}.{}", error.key);
-            error
-        })
+        self.figment.focus(name).extract().map_err(|e| ConfigError::from_figment(e, Some(name)))
     }
 }
 
@@ -351,8 +347,17 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn from_figment(error: figment::Error) -> Self {
-        let path = error.path.join(".");
+    /// Names the key in full (with `section`, the table [`Config::section`] read, in front)
+    /// and the variable or file it came from.
+    fn from_figment(error: figment::Error, section: Option<&str>) -> Self {
+        let mut path: Vec<String> = section.map(str::to_owned).into_iter().chain(error.path.iter().cloned()).collect();
+        // An unknown key's path usually ends with it; when it does not, the kind names it.
+        if let figment::error::Kind::UnknownField(field, _) = &error.kind
+            && path.last() != Some(field)
+        {
+            path.push(field.clone());
+        }
+        let path = path.join(".");
         let key = if path.is_empty() { "(root)".to_string() } else { path.clone() };
         let source = match &error.metadata {
             Some(md) => match &md.source {
@@ -367,11 +372,85 @@ impl ConfigError {
 }
 
 /// The environment variable that sets config key `key`: a well-known name when one is set,
-/// else `CARACAL_<KEY>` with `__` for dots.
+/// else `CARACAL_<KEY>` with `__` for dots, spelt as it is set (names are matched without
+/// regard to case).
 fn env_var_for(key: &str) -> String {
-    env::WELL_KNOWN
-        .iter()
-        .find(|(name, k)| *k == key && std::env::var_os(name).is_some())
-        .map(|(name, _)| (*name).to_string())
-        .unwrap_or_else(|| format!("{}{}", env::PREFIX, key.replace('.', "__").to_ascii_uppercase()))
+    if let Some((name, _)) = env::WELL_KNOWN.iter().find(|(name, k)| *k == key && std::env::var_os(name).is_some()) {
+        return (*name).to_string();
+    }
+    let generic = format!("{}{}", env::PREFIX, key.replace('.', "__"));
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| name.eq_ignore_ascii_case(&generic))
+        .unwrap_or_else(|| generic.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Config;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Section {
+        #[serde(with = "humantime_serde")]
+        wait: Duration,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Inner {
+        count: u32,
+    }
+
+    impl Default for Section {
+        fn default() -> Self {
+            Self { wait: Duration::from_secs(1), inner: Inner::default() }
+        }
+    }
+
+    /// Loads the configuration with `env` set and returns the error `read` ends in.
+    // The closure's error type is figment's own, large by design.
+    #[allow(clippy::result_large_err)]
+    fn error(env: &[(&str, &str)], read: fn(&Config) -> Result<(), super::ConfigError>) -> String {
+        let mut text = String::new();
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in env {
+                jail.set_env(name, value);
+            }
+            text = match Config::load(1) {
+                Ok(config) => read(&config).expect_err("an error").to_string(),
+                Err(e) => e.to_string(),
+            };
+            Ok(())
+        });
+        text
+    }
+
+    fn section(config: &Config) -> Result<(), super::ConfigError> {
+        config.section::<Section>("svc").map(drop)
+    }
+
+    #[test]
+    fn errors_name_the_variable_as_written_at_every_nesting_level() {
+        let at_root = error(&[("CARACAL_PORT", "eighty")], |_| Ok(()));
+        assert!(at_root.contains("`port`") && at_root.contains("`CARACAL_PORT`"), "{at_root}");
+        let nested = error(&[("CARACAL_SHUTDOWN__TIMEOUT", "soon")], |_| Ok(()));
+        assert!(nested.contains("`shutdown.timeout`") && nested.contains("`CARACAL_SHUTDOWN__TIMEOUT`"), "{nested}");
+        let in_section = error(&[("CARACAL_SVC__WAIT", "soon")], section);
+        assert!(in_section.contains("`svc.wait`") && in_section.contains("`CARACAL_SVC__WAIT`"), "{in_section}");
+        let deeper = error(&[("CARACAL_SVC__INNER__COUNT", "many")], section);
+        assert!(deeper.contains("`svc.inner.count`") && deeper.contains("`CARACAL_SVC__INNER__COUNT`"), "{deeper}");
+        let unknown = error(&[("CARACAL_SVC__ALERTMANAGER_URL", "http://am:9093")], section);
+        assert!(
+            unknown.contains("`svc.alertmanager_url`") && unknown.contains("`CARACAL_SVC__ALERTMANAGER_URL`"),
+            "{unknown}"
+        );
+        let unknown_deeper = error(&[("CARACAL_SVC__INNER__TYPO", "1")], section);
+        assert!(unknown_deeper.contains("`CARACAL_SVC__INNER__TYPO`"), "{unknown_deeper}");
+        let lower = error(&[("caracal_svc__wait", "soon")], section);
+        assert!(lower.contains("`caracal_svc__wait`"), "spelt as set: {lower}");
+    }
 }

@@ -21,6 +21,11 @@ pub const CARACAL_REDIS_SENTINEL__MASTER: &str = "CARACAL_REDIS_SENTINEL__MASTER
 /// The Sentinels, a list of URLs: `'["redis://h1:26379","redis://h2:26379"]'` (config key
 /// `redis_sentinel.nodes`).
 pub const CARACAL_REDIS_SENTINEL__NODES: &str = "CARACAL_REDIS_SENTINEL__NODES";
+/// The api's Alertmanager, for the firing alerts in `/healthchecks` (config key
+/// `api.alertmanager_url`; read by the generic rule, named here for the chart).
+pub const CARACAL_API__ALERTMANAGER_URL: &str = "CARACAL_API__ALERTMANAGER_URL";
+/// The api's Prometheus, for the `TSDB` entry of `/healthchecks` (config key `api.prometheus_url`).
+pub const CARACAL_API__PROMETHEUS_URL: &str = "CARACAL_API__PROMETHEUS_URL";
 /// Listening port (config key `port`).
 pub const PORT: &str = "PORT";
 /// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).

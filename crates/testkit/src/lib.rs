@@ -10,6 +10,8 @@
 //! - [`redis`]: [`Redis`], a `redis-server` (TLS, replica, SIGKILL); [`sentinel`]: a Redis
 //!   Sentinel watching one.
 //! - [`dns`]: [`Dnsmasq`], an authoritative DNS server for `.test` (hosts file, SRV records).
+//! - [`alertmanager`]: a `prometheus-alertmanager` to post alerts to; [`prometheus`]: a
+//!   `prometheus` with a test's configuration.
 //! - [`pki`]: certificates from `openssl` and `openssl s_server` as a TLS server.
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
@@ -21,6 +23,7 @@
 //! takes its servers with it; scratch directories of dead test processes are removed the next
 //! time the toolkit starts.
 
+pub mod alertmanager;
 #[cfg(feature = "app")]
 pub mod app;
 pub mod bench;
@@ -31,6 +34,7 @@ pub mod pki;
 pub mod poll;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod sentinel;
 mod spawn;

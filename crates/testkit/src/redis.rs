@@ -232,20 +232,25 @@ pub(crate) fn inline_command(port: u16, line: &str) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
-/// Whether a RESP reply in `buf` is whole (simple, error, integer or bulk string, or an
-/// array of bulk strings).
+/// Whether a RESP reply in `buf` is whole (simple, error, integer, bulk string, or an array
+/// of any of these).
 fn reply_complete(buf: &[u8]) -> bool {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else { return false };
-    if buf.first() == Some(&b'*') {
-        // `*<n>` then `$<len>` and the string for each element: 1 + 2n lines in all.
-        let n: usize = std::str::from_utf8(&buf[1..line_end]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-        return buf.windows(2).filter(|w| *w == b"\r\n").count() > 2 * n;
+    value_end(buf, 0).is_some()
+}
+
+/// Where the RESP value starting at `at` ends, if `buf` holds all of it.
+fn value_end(buf: &[u8], at: usize) -> Option<usize> {
+    let line = buf.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+    let after = line + 2;
+    let number = || std::str::from_utf8(buf.get(at + 1..line)?).ok()?.parse::<i64>().ok();
+    match buf.get(at)? {
+        b'$' => match number()? {
+            n if n < 0 => Some(after),
+            n => Some(after + n as usize + 2).filter(|end| buf.len() >= *end),
+        },
+        b'*' => (0..number()?.max(0)).try_fold(after, |next, _| value_end(buf, next)),
+        _ => Some(after),
     }
-    if buf.first() != Some(&b'$') {
-        return true;
-    }
-    let len: i64 = std::str::from_utf8(&buf[1..line_end]).ok().and_then(|s| s.parse().ok()).unwrap_or(-1);
-    len < 0 || buf.len() >= line_end + 2 + len as usize + 2
 }
 
 pub(crate) fn ping(port: u16) -> bool {
@@ -273,5 +278,7 @@ mod tests {
         assert!(!reply_complete(b"*2\r\n$9\r\n127.0.0.1\r\n"), "an array waits for every element");
         assert!(reply_complete(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n"));
         assert!(reply_complete(b"*-1\r\n"), "a nil array is whole");
+        assert!(reply_complete(b"*4\r\n:0\r\n$-1\r\n$-1\r\n*0\r\n"), "XPENDING of an empty group");
+        assert!(!reply_complete(b"*2\r\n*2\r\n$1\r\na\r\n"), "nested arrays wait too");
     }
 }

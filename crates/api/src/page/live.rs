@@ -47,6 +47,8 @@ const MAX_CONNECTION: Duration = Duration::from_secs(600);
 pub(crate) struct Current {
     pub fleet: Arc<Fleet>,
     pub ladders: Vec<ServiceLadder>,
+    /// The active alerts' sentences (from `api.alertmanager_url`), shown with the platform.
+    pub alerts: Vec<String>,
     pub seq: u64,
 }
 
@@ -120,7 +122,13 @@ impl Feed {
     }
 
     /// Publishes `changes` together with the state they lead to.
-    fn publish(&self, fleet: Arc<Fleet>, ladders: Vec<ServiceLadder>, changes: Vec<(&'static str, Variants)>) {
+    fn publish(
+        &self,
+        fleet: Arc<Fleet>,
+        ladders: Vec<ServiceLadder>,
+        alerts: Vec<String>,
+        changes: Vec<(&'static str, Variants)>,
+    ) {
         let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seq = self.current.load().as_ref().map_or(0, |c| c.seq);
         let mut published = Vec::with_capacity(changes.len());
@@ -133,7 +141,7 @@ impl Feed {
             recent.push_back(Arc::clone(&change));
             published.push(change);
         }
-        self.current.store(Some(Arc::new(Current { fleet, ladders, seq })));
+        self.current.store(Some(Arc::new(Current { fleet, ladders, alerts, seq })));
         for change in published {
             // No receiver is fine: nobody has the page open.
             let _ = self.sender.send(change);
@@ -165,8 +173,10 @@ pub(crate) async fn run(
     feed: Arc<Feed>,
     pool: sqlx::PgPool,
     platform: std::collections::BTreeMap<String, Vec<String>>,
+    monitoring: Arc<crate::monitoring::MonitoringView>,
     stop: CancellationToken,
 ) {
+    let mut alerts: Vec<String> = Vec::new();
     let (ladders_tx, mut ladders_rx) = tokio::sync::watch::channel(Vec::new());
     tokio::spawn(read_ladders(platform, ladders_tx, stop.clone()));
     // Shared with what the page shows, not copied: a fleet of 1,000 targets is megabytes.
@@ -197,9 +207,16 @@ pub(crate) async fn run(
             }
         }
         settle = moved;
-        if ladders_rx.has_changed().unwrap_or(false) {
+        let ladders_changed = ladders_rx.has_changed().unwrap_or(false);
+        if ladders_changed {
             ladders = ladders_rx.borrow_and_update().clone();
-            let html = render::platform(&ladders).into_string();
+        }
+        // The alerts come from the monitoring worker's snapshot: reading it costs nothing.
+        let now_alerts = monitoring.sentences();
+        let alerts_changed = now_alerts != alerts;
+        alerts = now_alerts;
+        if ladders_changed || alerts_changed {
+            let html = render::platform(&ladders, &alerts).into_string();
             changes.push(("platform", render::same(serde_json::json!({ "html": html }).to_string())));
         }
         if let Some(loaded) = new_fleet {
@@ -208,7 +225,7 @@ pub(crate) async fn run(
         if let Some(fleet) = &fleet
             && (!changes.is_empty() || feed.current().is_none())
         {
-            feed.publish(Arc::clone(fleet), ladders.clone(), changes);
+            feed.publish(Arc::clone(fleet), ladders.clone(), alerts.clone(), changes);
         }
         tick = tick.wrapping_add(1);
         tokio::select! {
@@ -283,7 +300,14 @@ fn event(feed: &Feed, change: &Change, view: View) -> Event {
 /// The whole `<main>` and summary, for a page that must start over.
 fn over(feed: &Feed, current: &Current, view: View, version: &str) -> Event {
     let id = feed.id(current.seq);
-    let page = Page { fleet: &current.fleet, ladders: &current.ladders, event_id: &id, version, signed_in: false };
+    let page = Page {
+        fleet: &current.fleet,
+        ladders: &current.ladders,
+        alerts: &current.alerts,
+        event_id: &id,
+        version,
+        signed_in: false,
+    };
     let data = serde_json::json!({
         "html": render::main_content(&page, view, &render::Listing::default()).into_string(),
         "summary": render::summary(&current.fleet).into_string(),
@@ -364,11 +388,11 @@ mod tests {
     fn a_reconnect_resumes_within_its_process_and_starts_over_otherwise() {
         let feed = Feed::new(Default::default());
         assert!(feed.subscribe(None).is_none(), "nothing to serve before the first read");
-        feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new());
+        feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new(), Vec::new());
         let first = feed.id(0);
         let changes = fleet_changes(Some(&fleet_of(&[])), &fleet_of(&["a"]));
         assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), ["target", "summary"]);
-        feed.publish(Arc::new(fleet_of(&["a"])), Vec::new(), changes);
+        feed.publish(Arc::new(fleet_of(&["a"])), Vec::new(), Vec::new(), changes);
 
         let Some((Start::Resume(missed), _)) = feed.subscribe(Some(&first)) else { panic!("resume") };
         assert_eq!(missed.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);

@@ -101,6 +101,7 @@ async fn show(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query)
     let page = render::Page {
         fleet: &current.fleet,
         ladders: &current.ladders,
+        alerts: &current.alerts,
         event_id: &event_id,
         version: VERSION,
         signed_in: viewer.signed_in,

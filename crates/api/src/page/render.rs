@@ -46,6 +46,8 @@ pub(crate) fn same(text: String) -> Variants {
 pub(crate) struct Page<'a> {
     pub fleet: &'a Fleet,
     pub ladders: &'a [ServiceLadder],
+    /// The active alerts' sentences.
+    pub alerts: &'a [String],
     /// The live feed's position this page reflects (the script resumes from it).
     pub event_id: &'a str,
     pub version: &'a str,
@@ -156,7 +158,7 @@ pub(crate) fn main_content(page: &Page<'_>, view: View, listing: &Listing) -> Ma
     // A page that shows every target takes new ones live; a partial page only updates its own.
     let complete = listing.query.is_empty() && all.len() <= PAGE_SIZE;
     html! {
-        (platform(page.ladders))
+        (platform(page.ladders, page.alerts))
         section aria-labelledby="targets-h" {
             h2 #targets-h { "Targets" }
             @if !complete {
@@ -214,11 +216,19 @@ pub(crate) fn summary(fleet: &Fleet) -> Markup {
     }
 }
 
-/// The platform's own services, each with its ladder.
-pub(crate) fn platform(ladders: &[ServiceLadder]) -> Markup {
+/// The platform's own services, each with its ladder, and the alerts Alertmanager has active.
+pub(crate) fn platform(ladders: &[ServiceLadder], alerts: &[String]) -> Markup {
     html! {
         section #platform aria-labelledby="platform-h" {
             h2 #platform-h { "Platform" }
+            @if !alerts.is_empty() {
+                div #alerts role="status" {
+                    h3 { "Active alerts" }
+                    ul {
+                        @for sentence in alerts { li { (sentence) } }
+                    }
+                }
+            }
             @if ladders.is_empty() {
                 p { "No platform services are configured ([api.platform])." }
             }

@@ -291,6 +291,7 @@ async fn the_admin_bearer_guards_writes_always_and_reads_outside_dev() {
     assert_eq!(stable.get("/v1/status").await.status(), 401);
     assert_eq!(support::counts(&pool).await, (0, 0, 0));
     assert_eq!(stable.get("/healthchecks").await.status(), 200, "the aggregate is public");
+    assert_eq!(stable.get("/v1/healthchecks").await.status(), 200, "in both shapes");
 
     let (dev, _) = support::api(Mode::Dev).await;
     assert_eq!(dev.get("/v1/targets").await.status(), 200, "reads are open in dev");

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod faults;
+mod monitoring;
 mod page;
 mod registry;
 mod support;

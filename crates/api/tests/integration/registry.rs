@@ -93,9 +93,17 @@ async fn the_openapi_document_describes_the_routes() {
     let (served, _) = support::api(Mode::Dev).await;
     let doc: serde_json::Value = served.get("/openapi.json").await.json().await.expect("json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-    for path in ["/v1/targets", "/v1/targets/{name}", "/v1/targets/{name}/history", "/v1/status", "/healthchecks"] {
+    for path in [
+        "/v1/targets",
+        "/v1/targets/{name}",
+        "/v1/targets/{name}/history",
+        "/v1/status",
+        "/healthchecks",
+        "/v1/healthchecks",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
+    assert!(doc["paths"]["/v1/healthchecks"]["get"].get("security").is_none(), "public, like /healthchecks");
     assert!(doc["paths"]["/v1/targets"]["post"]["responses"].get("422").is_some());
     assert!(doc["components"]["schemas"].get("TargetSpec").is_some());
 }
