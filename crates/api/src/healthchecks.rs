@@ -138,9 +138,10 @@ pub(crate) struct ConsoleEntry {
 
 /// Public health of the platform in the Microsegmentation Console's shape: 200 when every
 /// entry is operational, 218 when one is degraded or offline while the API serves, 503 when
-/// the API cannot reach its database. `?quiet=true` answers the status code alone.
+/// the API cannot reach its database. `?quiet=true` answers the status code with no entries
+/// (`[]`).
 #[utoipa::path(get, path = "/healthchecks", tag = "health",
-    params(("quiet" = Option<bool>, Query, description = "`true`: the status code only, no body")),
+    params(("quiet" = Option<bool>, Query, description = "`true`: the status code only, with no entries (`[]`)")),
     responses((status = 200, body = Vec<ConsoleEntry>),
               (status = 218, description = "An entry is degraded or offline", body = Vec<ConsoleEntry>),
               (status = 422, description = "`quiet` is not `true` or `false` (`validation_failed`)"),
@@ -153,7 +154,8 @@ pub(crate) async fn console(State(state): State<ApiState>, RawQuery(query): RawQ
     let summary = summarize(&state);
     let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
     if quiet {
-        return (summary.code, no_store).into_response();
+        // No data, still JSON: an empty array every console client parses.
+        return (summary.code, no_store, Json(Vec::<ConsoleEntry>::new())).into_response();
     }
     let entries: Vec<ConsoleEntry> = summary
         .parts

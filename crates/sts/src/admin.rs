@@ -175,30 +175,35 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// List every client.
+/// List every client (a deleted one is gone from here).
 #[utoipa::path(get, path = "/v1/clients", tag = "clients",
     responses((status = 200, body = [Client]), (status = 401, description = "No valid admin token"), (status = 403, description = "The token lacks clients:write")),
     security(("admin" = []), ("sts_token" = ["clients:write"])))]
 pub(crate) async fn list(State(state): State<StsState>) -> Result<Json<Vec<Client>>, StsError> {
-    let rows: Vec<Row> = sqlx::query_as(select_clients!(" ORDER BY id")).fetch_all(&state.pool).await?;
+    let rows: Vec<Row> =
+        sqlx::query_as(select_clients!(" WHERE disabled_at IS NULL ORDER BY id")).fetch_all(&state.pool).await?;
     Ok(Json(rows.into_iter().map(to_client).collect()))
 }
 
 /// One client.
 #[utoipa::path(get, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path, description = "Client id")),
     responses((status = 200, body = Client), (status = 401, description = "No valid admin token"),
-              (status = 403, description = "The token lacks clients:write"), (status = 404, description = "No such client")),
+              (status = 403, description = "The token lacks clients:write"), (status = 404, description = "No such client, or it was deleted")),
     security(("admin" = []), ("sts_token" = ["clients:write"])))]
 pub(crate) async fn get_one(State(state): State<StsState>, Path(id): Path<String>) -> Result<Json<Client>, StsError> {
-    let row: Option<Row> =
-        sqlx::query_as(select_clients!(" WHERE id = $1")).bind(&id).fetch_optional(&state.pool).await?;
+    let row: Option<Row> = sqlx::query_as(select_clients!(" WHERE id = $1 AND disabled_at IS NULL"))
+        .bind(&id)
+        .fetch_optional(&state.pool)
+        .await?;
     row.map(|r| Json(to_client(r))).ok_or(StsError::NotFound(id))
 }
 
-/// Disable a client: it can get no new token, and every token it holds is revoked at once.
+/// Delete a client: it can get no new token, every token it holds is revoked at once, and it
+/// is gone from `/v1/clients`. Its id stays taken (the ledger and the revocations name it),
+/// so a new client cannot inherit it.
 #[utoipa::path(delete, path = "/v1/clients/{id}", tag = "clients", params(("id" = String, Path, description = "Client id")),
-    responses((status = 204, description = "Disabled (or already disabled)"), (status = 401, description = "No valid admin token"),
-              (status = 403, description = "The token lacks clients:write"), (status = 404, description = "No such client")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid admin token"),
+              (status = 403, description = "The token lacks clients:write"), (status = 404, description = "No such client, or it was deleted already")),
     security(("admin" = []), ("sts_token" = ["clients:write"])))]
 pub(crate) async fn disable(State(state): State<StsState>, Path(id): Path<String>) -> Result<StatusCode, StsError> {
     let mut tx = state.pool.begin().await?;
@@ -208,10 +213,7 @@ pub(crate) async fn disable(State(state): State<StsState>, Path(id): Path<String
     .bind(&id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((secret, scopes, already)) = row else { return Err(StsError::NotFound(id)) };
-    if already {
-        return Ok(StatusCode::NO_CONTENT);
-    }
+    let Some((secret, scopes, false)) = row else { return Err(StsError::NotFound(id)) };
     sqlx::query("UPDATE sts_clients SET disabled_at = now(), updated_at = now() WHERE id = $1")
         .bind(&id)
         .execute(&mut *tx)

@@ -72,8 +72,28 @@ async fn clients_are_created_once_listed_without_secrets_and_disabled() {
     assert_eq!(status, 401, "a disabled client gets no token");
     let (other, other_secret) = sts.client(&["targets:read"]).await;
     assert!(!sts.active(&other, &other_secret, &token).await, "its live token is revoked at once");
+    let gone = http.get(sts.served.url("/v1/clients/scraper")).bearer_auth(ADMIN).send().await.expect("get");
+    assert_eq!(gone.status(), 404, "a deleted client is gone");
+    let listed: serde_json::Value = http
+        .get(sts.served.url("/v1/clients"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(!listed.to_string().contains("\"scraper\""), "and not listed: {listed}");
     let twice = http.delete(sts.served.url("/v1/clients/scraper")).bearer_auth(ADMIN).send().await.expect("delete");
-    assert_eq!(twice.status(), 204);
+    assert_eq!(twice.status(), 404, "deleted already");
+    let reused = http
+        .post(sts.served.url("/v1/clients"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"client_id": "scraper", "scopes": ["targets:read"]}))
+        .send()
+        .await
+        .expect("reuse");
+    assert_eq!(reused.status(), 409, "its id stays taken");
     let missing = http.delete(sts.served.url("/v1/clients/nobody")).bearer_auth(ADMIN).send().await.expect("delete");
     assert_eq!(missing.status(), 404);
 
