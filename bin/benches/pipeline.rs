@@ -1,7 +1,9 @@
 //! The event pipeline at bulk speed: a 100,000-row outbox backlog cleared into `audit_events`
-//! by the real relay and audit consumer (one of each, then two of each), next to the raw
-//! single-row PostgreSQL insert rate of the same servers in the same run; the end-to-end
-//! latency of a lone event on an idle pipe; the peak RSS of the relay and audit processes.
+//! by the real relay and audit consumer (one of each, then two of each), next to two baselines
+//! of single-row PostgreSQL inserts on the same servers in the same run (sqlx, and `psql`
+//! sending `INSERT` statements over 8 sessions); where the backlog's time went, per stage; the
+//! end-to-end latency of a lone event on an idle pipe; the peak RSS of the relay and audit
+//! processes.
 //! `cargo bench -p caracal-bin --bench pipeline`; figures go into `docs/benchmarks.md`.
 //!
 //! The relay and the audit consumer (with its ledger reconciler) run as child processes (this
@@ -10,7 +12,8 @@
 //! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
 //! not the disk.
 
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use caracal_testkit::bench::{cpu_seconds_of, peak_rss_mib_of};
@@ -36,16 +39,42 @@ fn main() {
             let pool = connect(&url, 16).await;
             raw_inserts(&pool).await
         };
+        let psql = {
+            let url = postgres.fresh_database("psql").expect("database");
+            let pool = connect(&url, 2).await;
+            psql_inserts(&pool, postgres.port(), url.rsplit('/').next().expect("name")).await
+        };
         println!("| measure | figure |");
         println!("|---|---:|");
-        println!("| raw PostgreSQL inserts (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
+        println!("| raw PostgreSQL inserts, sqlx (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
+        println!("| raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
         for replicas in [1, 2] {
             let run = backlog(&postgres, &redis, replicas).await;
             println!(
-                "| {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** raw |",
+                "| {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx |",
                 run.rate,
+                run.rate / psql,
                 run.rate / raw
             );
+            let stages = |role: &str| {
+                run.stages
+                    .iter()
+                    .filter(|(r, _)| r == role)
+                    .flat_map(|(_, s)| s.iter())
+                    .fold(Vec::<(String, f64)>::new(), |mut sum, (stage, secs)| {
+                        match sum.iter_mut().find(|(s, _)| s == stage) {
+                            Some((_, total)) => *total += secs,
+                            None => sum.push((stage.clone(), *secs)),
+                        }
+                        sum
+                    })
+                    .iter()
+                    .map(|(stage, secs)| format!("{stage} {secs:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            println!("| relay stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("relay"));
+            println!("| audit stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("audit"));
             println!("| stream entries beyond one per row ({replicas}+{replicas}) | {} |", run.duplicates);
             println!(
                 "| peak RSS relay / audit ({replicas}+{replicas}, each process) | {:.0} / {:.0} MiB |",
@@ -74,6 +103,29 @@ struct Run {
     relay_cpu: f64,
     audit_cpu: f64,
     lone: Option<(f64, f64, f64, f64)>,
+    /// Per child: its role and its seconds per stage when the backlog had cleared.
+    stages: Vec<(String, Vec<(String, f64)>)>,
+}
+
+/// A relay or audit child process, and the pipes to ask it for its stage times.
+struct Worker {
+    role: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    /// The child's seconds per stage so far: it answers `stats` with `stage=seconds ...`.
+    fn stages(&mut self) -> Vec<(String, f64)> {
+        writeln!(self.stdin, "stats").expect("ask for stats");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("stats");
+        line.split_whitespace()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(stage, secs)| (stage.to_string(), secs.parse().unwrap_or(0.0)))
+            .collect()
+    }
 }
 
 /// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with one of each, then
@@ -83,10 +135,10 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
     let pool = connect(&url, 4).await;
     caracal_store::migrate(&pool).await.expect("migrate");
     redis.command("FLUSHALL").expect("flush");
-    let mut children: Vec<(String, Child)> = Vec::new();
+    let mut children: Vec<Worker> = Vec::new();
     for _ in 0..replicas {
-        children.push(("relay".into(), spawn("relay", &url, &redis.url())));
-        children.push(("audit".into(), spawn("audit", &url, &redis.url())));
+        children.push(spawn("relay", &url, &redis.url()));
+        children.push(spawn("audit", &url, &redis.url()));
     }
     // The whole backlog commits at once, as rows piled up during an outage would be found.
     sqlx::query(
@@ -112,6 +164,7 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         .await
         .expect("clock");
     let rate = BACKLOG as f64 / (finished - started);
+    let stages = children.iter_mut().map(|w| (w.role.clone(), w.stages())).collect();
 
     let (rows, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events")
         .fetch_one(&pool)
@@ -124,19 +177,19 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
     let duplicates = entries - BACKLOG;
 
     let cpu = |role: &str| {
-        children.iter().filter(|(r, _)| r == role).map(|(_, c)| cpu_seconds_of(c.id()).unwrap_or(0.0)).sum::<f64>()
+        children.iter().filter(|w| w.role == role).map(|w| cpu_seconds_of(w.child.id()).unwrap_or(0.0)).sum::<f64>()
     };
     let (relay_cpu, audit_cpu) = (cpu("relay"), cpu("audit"));
     let lone = if replicas == 1 { Some(lone_events(&pool).await) } else { None };
     let rss = |role: &str| {
-        children.iter().filter(|(r, _)| r == role).map(|(_, c)| peak_rss_mib_of(c.id())).fold(0.0, f64::max)
+        children.iter().filter(|w| w.role == role).map(|w| peak_rss_mib_of(w.child.id())).fold(0.0, f64::max)
     };
     let (relay_rss, audit_rss) = (rss("relay"), rss("audit"));
-    for (_, mut child) in children {
-        let _ = child.kill();
-        let _ = child.wait();
+    for mut worker in children {
+        let _ = worker.child.kill();
+        let _ = worker.child.wait();
     }
-    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, lone }
+    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, lone, stages }
 }
 
 /// Inserts `LONE_EVENTS` events one at a time, 20 ms apart, on the idle pipe (right after the
@@ -188,19 +241,38 @@ async fn connect(url: &str, max: u32) -> sqlx::PgPool {
 }
 
 /// Starts this harness as a `role` child and waits for its `ready` line.
-fn spawn(role: &str, database_url: &str, redis_url: &str) -> Child {
-    use std::io::{BufRead, BufReader};
+fn spawn(role: &str, database_url: &str, redis_url: &str) -> Worker {
     let mut child = Command::new(std::env::current_exe().expect("own path"))
         .args(["--role", role])
         .env("BENCH_DATABASE_URL", database_url)
         .env("BENCH_REDIS_URL", redis_url)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start a child");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let stdin = child.stdin.take().expect("stdin");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready");
+    stdout.read_line(&mut line).expect("ready");
     assert_eq!(line.trim(), "ready", "the {role} child did not start");
-    child
+    Worker { role: role.to_string(), child, stdin, stdout }
+}
+
+/// Answers each `stats` line on stdin with `stage=seconds ...` from `totals`, until stdin
+/// closes (the parent gone).
+fn answer_stats(totals: impl Fn() -> Vec<(&'static str, f64)> + Send + 'static) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if line.trim() == "stats" {
+                let text: Vec<String> =
+                    totals().into_iter().map(|(stage, secs)| format!("{stage}={secs:.4}")).collect();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", text.join(" "));
+                let _ = out.flush();
+            }
+        }
+    });
 }
 
 /// The child side: run the relay or the audit consumer (with its reconciler) with defaults.
@@ -225,6 +297,8 @@ fn child(role: &str) {
                 if let Ok(b) = std::env::var("BENCH_RELAY_BATCH") {
                     config.batch = b.parse().unwrap();
                 }
+                let totals = metrics.clone();
+                answer_stats(move || totals.relay_stage_totals());
                 let relay = caracal_coordinator::relay::Relay::new(pool, redis, metrics, config);
                 println!("ready");
                 relay.run(stop).await;
@@ -237,6 +311,8 @@ fn child(role: &str) {
                 }
                 let reconciler =
                     caracal_audit::reconcile::Reconciler::new(pool.clone(), metrics.clone(), config.ledger.clone());
+                let totals = metrics.clone();
+                answer_stats(move || totals.stage_totals());
                 let consumer = caracal_audit::consumer::Consumer::new(pool, redis, metrics, config);
                 println!("ready");
                 tokio::join!(consumer.run(stop.clone()), reconciler.run(stop));
@@ -288,4 +364,59 @@ async fn raw_inserts(pool: &sqlx::PgPool) -> f64 {
     })
     .await;
     RAW_ROWS as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Single-row inserts as `psql` sends them: `RAW_ROWS` `INSERT` statements (each its own
+/// transaction) split over `PRODUCERS` concurrent `psql` sessions: rows/s. No client library's
+/// cost is in it, only the protocol's round trip per statement.
+async fn psql_inserts(pool: &sqlx::PgPool, port: u16, database: &str) -> f64 {
+    sqlx::query("CREATE TABLE raw_psql (id bigserial PRIMARY KEY, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
+        .execute(pool)
+        .await
+        .expect("table");
+    let dir = tempfile::tempdir().expect("scratch");
+    let files: Vec<std::path::PathBuf> = (0..PRODUCERS)
+        .map(|p| {
+            let file = dir.path().join(format!("inserts-{p}.sql"));
+            let sql: String = (p..RAW_ROWS)
+                .step_by(PRODUCERS)
+                .map(|i| format!("INSERT INTO raw_psql (payload) VALUES ('{{\"i\": {i}}}');\n"))
+                .collect();
+            std::fs::write(&file, sql).expect("write the statements");
+            file
+        })
+        .collect();
+    let started = Instant::now();
+    let sessions: Vec<Child> = files
+        .iter()
+        .map(|file| {
+            Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    database,
+                    "-f",
+                ])
+                .arg(file)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("psql (apt-get install -y postgresql-client)")
+        })
+        .collect();
+    for mut session in sessions {
+        assert!(session.wait().expect("psql").success(), "psql failed");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_psql").fetch_one(pool).await.expect("count");
+    assert_eq!(rows, RAW_ROWS as i64, "every psql insert landed");
+    RAW_ROWS as f64 / elapsed
 }

@@ -213,6 +213,7 @@ impl Consumer {
             cmd.arg("BLOCK").arg(u64::try_from(self.config.block.as_millis()).unwrap_or(1000));
         }
         cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
+        let started = Instant::now();
         let reply: Option<StreamReadReply> = match cmd.query_async(&mut self.redis).await {
             Ok(reply) => {
                 self.had_group = true;
@@ -224,7 +225,13 @@ impl Consumer {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+        let entries: Vec<StreamId> =
+            reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+        // A read that waited for nothing is idle time, not work.
+        if !entries.is_empty() {
+            self.metrics.stage("read", started.elapsed().as_secs_f64());
+        }
+        Ok(entries)
     }
 
     /// Takes over entries idle longer than `claim_idle` (their consumer is presumably dead);
@@ -299,6 +306,7 @@ impl Consumer {
             }
         }
         let events: Vec<Event> = good.iter().map(|(_, e)| e.clone()).collect();
+        let started = Instant::now();
         match ledger::insert(&self.pool, &events).await {
             Ok(recorded) => self.count(recorded, events.len()),
             Err(e) if ledger::is_data_error(&e) => {
@@ -316,14 +324,17 @@ impl Consumer {
             }
             Err(e) => return Err(e.into()),
         }
+        self.metrics.stage("insert", started.elapsed().as_secs_f64());
         let mut ids: Vec<String> = good.into_iter().map(|(id, _)| id).collect();
         for (entry, why) in &poison {
             self.dead_letter(entry, why).await?;
             ids.push(entry.id.clone());
         }
         if !ids.is_empty() {
+            let started = Instant::now();
             let _: u64 =
                 redis::cmd("XACK").arg(stream::EVENTS).arg(GROUP).arg(&ids).query_async(&mut self.redis).await?;
+            self.metrics.stage("ack", started.elapsed().as_secs_f64());
         }
         Ok(())
     }

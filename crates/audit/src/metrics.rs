@@ -14,6 +14,14 @@ pub struct ResetLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `caracal_audit_consume_stage_seconds_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `read` (an `XREADGROUP` that returned entries), `insert` (the ledger insert) or `ack`
+    /// (`XACK`).
+    pub stage: &'static str,
+}
+
 /// The audit service's metric families.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -26,9 +34,23 @@ pub struct Metrics {
     pub(crate) ledger_gap: Gauge,
     pub(crate) ledger_healed: Counter,
     pub(crate) ledger_watermark: Gauge,
+    pub(crate) stage_seconds: Family<StageLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
+    /// Adds `seconds` spent in consumer `stage`.
+    pub(crate) fn stage(&self, stage: &'static str, seconds: f64) {
+        self.stage_seconds.get_or_create(&StageLabels { stage }).inc_by(seconds);
+    }
+
+    /// Seconds spent so far per consumer stage: `(stage, seconds)` (for benchmarks).
+    pub fn stage_totals(&self) -> Vec<(&'static str, f64)> {
+        ["read", "insert", "ack"]
+            .into_iter()
+            .map(|stage| (stage, self.stage_seconds.get_or_create(&StageLabels { stage }).get()))
+            .collect()
+    }
+
     /// Creates and registers the families (the caller's registry carries the prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
@@ -42,6 +64,14 @@ impl Metrics {
         for reason in ["group_missing", "stream_behind"] {
             m.stream_resets.get_or_create(&ResetLabels { reason }).inc_by(0);
         }
+        for stage in ["read", "insert", "ack"] {
+            m.stage_seconds.get_or_create(&StageLabels { stage }).inc_by(0.0);
+        }
+        registry.register(
+            "consume_stage_seconds",
+            "Time the consumer spent per stage (read, insert, ack), to see where a backlog's time goes",
+            m.stage_seconds.clone(),
+        );
         registry.register(
             "stream_resets",
             "Times caracal.events went backwards under the group (Redis lost data) and the group was reset",

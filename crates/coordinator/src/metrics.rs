@@ -32,6 +32,17 @@ pub struct CertificateLabels {
     pub instance: String,
 }
 
+/// Labels of `caracal_coordinator_relay_stage_seconds_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `claim` (reading and marking a batch, one statement), `xadd` (the pipelined `XADD`s)
+    /// or `commit`.
+    pub stage: &'static str,
+}
+
+/// The relay's stages, in order.
+const STAGES: [&str; 3] = ["claim", "xadd", "commit"];
+
 /// The coordinator's metric families.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -44,12 +55,26 @@ pub struct Metrics {
     pub(crate) relay_published: Counter,
     pub(crate) relay_failures: Counter,
     pub(crate) relay_dead: Counter,
+    pub(crate) relay_stage_seconds: Family<StageLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub(crate) members: Gauge,
     pub(crate) tls_unverified: Counter,
     pub(crate) certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 impl Metrics {
+    /// Adds `seconds` spent in relay `stage`.
+    pub(crate) fn relay_stage(&self, stage: &'static str, seconds: f64) {
+        self.relay_stage_seconds.get_or_create(&StageLabels { stage }).inc_by(seconds);
+    }
+
+    /// Seconds spent so far per relay stage: `(stage, seconds)` (for benchmarks).
+    pub fn relay_stage_totals(&self) -> Vec<(&'static str, f64)> {
+        STAGES
+            .into_iter()
+            .map(|stage| (stage, self.relay_stage_seconds.get_or_create(&StageLabels { stage }).get()))
+            .collect()
+    }
+
     /// Creates and registers the families (the caller's registry carries the prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
@@ -62,6 +87,7 @@ impl Metrics {
             relay_published: Counter::default(),
             relay_failures: Counter::default(),
             relay_dead: Counter::default(),
+            relay_stage_seconds: Family::default(),
             members: Gauge::default(),
             tls_unverified: Counter::default(),
             certificate_expiry: Family::default(),
@@ -83,6 +109,14 @@ impl Metrics {
         registry.register("relay_published", "Outbox rows published to the stream", m.relay_published.clone());
         registry.register("relay_failures", "Failed relay attempts (batches)", m.relay_failures.clone());
         registry.register("relay_dead", "Outbox rows marked dead by this replica", m.relay_dead.clone());
+        for stage in STAGES {
+            m.relay_stage_seconds.get_or_create(&StageLabels { stage }).inc_by(0.0);
+        }
+        registry.register(
+            "relay_stage_seconds",
+            "Time the relay spent per stage (claim, xadd, commit), to see where a backlog's time goes",
+            m.relay_stage_seconds.clone(),
+        );
         registry.register("members", "Live coordinator replicas seen", m.members.clone());
         registry.register(
             "tls_unverified_probes",

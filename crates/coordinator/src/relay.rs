@@ -94,14 +94,19 @@ impl Relay {
     /// # Errors
     /// When PostgreSQL fails, or Redis cannot be reached (nothing is marked then).
     pub async fn relay_once(&mut self) -> Result<usize, Error> {
+        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let events = outbox::claim(&mut tx, self.config.batch).await?;
         if events.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
+        self.metrics.relay_stage("claim", started.elapsed().as_secs_f64());
         let max_len = self.config.stream_max_len;
-        let dispatched: usize = match stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await {
+        let started = Instant::now();
+        let published = stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await;
+        self.metrics.relay_stage("xadd", started.elapsed().as_secs_f64());
+        let dispatched: usize = match published {
             Ok(()) => events.len(),
             Err(e) if unreachable(&e) => return Err(e),
             Err(_) => {
@@ -137,7 +142,9 @@ impl Relay {
                 sent
             }
         };
+        let started = Instant::now();
         tx.commit().await?;
+        self.metrics.relay_stage("commit", started.elapsed().as_secs_f64());
         self.metrics.relay_batch.observe(dispatched as f64);
         self.metrics.relay_published.inc_by(dispatched as u64);
         Ok(dispatched)

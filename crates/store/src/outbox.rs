@@ -36,6 +36,11 @@ type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value,
 /// # Errors
 /// When the query fails.
 pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Error> {
+    // Walk the pending index in id order, whatever the statistics say. Right after a burst
+    // (a backlog found after an outage) they still count the outbox as nearly empty, and the
+    // planner then fetches *every* pending row and sorts them, once per batch: 60 ms a batch
+    // at 100,000 pending instead of 2 ms. `SET LOCAL` ends with the claiming transaction.
+    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off").execute(&mut *tx).await?;
     let rows: Vec<EventRow> = sqlx::query_as(concat!(
         "UPDATE outbox SET dispatched_at = now() WHERE id IN (SELECT id FROM outbox \
            WHERE dispatched_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() \

@@ -39,6 +39,16 @@ async fn each_event_once_and_poison_to_the_dlq_while_the_rest_flows() {
 
     audit.publish(4, "b");
     assert_eq!(audit.wait_rows(4).await, 4, "the consumer carries on after poison");
+
+    // Where the time went, per stage, for operators and the pipeline benchmark.
+    let metrics = audit.served.get("/metrics").await.text().await.expect("metrics");
+    for stage in ["read", "insert", "ack"] {
+        let seconds = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("caracal_audit_consume_stage_seconds_total{{stage=\"{stage}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(seconds.is_some_and(|s| s > 0.0), "{stage} timed: {seconds:?}\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,6 +26,10 @@ async fn enqueue(pool: &sqlx::PgPool, n: usize) {
 }
 
 async fn relay(pool: &sqlx::PgPool, redis: &Redis) -> Relay {
+    relay_with_metrics(pool, redis).await.0
+}
+
+async fn relay_with_metrics(pool: &sqlx::PgPool, redis: &Redis) -> (Relay, Metrics) {
     let config = RelayConfig {
         batch: 100,
         backoff_base: Duration::from_millis(1),
@@ -34,7 +38,8 @@ async fn relay(pool: &sqlx::PgPool, redis: &Redis) -> Relay {
         ..Default::default()
     };
     let mut registry = prometheus_client::registry::Registry::default();
-    Relay::new(pool.clone(), support::redis(&redis.url()).await, Metrics::register(&mut registry), config)
+    let metrics = Metrics::register(&mut registry);
+    (Relay::new(pool.clone(), support::redis(&redis.url()).await, metrics.clone(), config), metrics)
 }
 
 async fn drain(relay: &mut Relay) -> usize {
@@ -51,9 +56,13 @@ async fn drain(relay: &mut Relay) -> usize {
 async fn batches_reach_the_stream_with_their_outbox_ids() {
     let pool = support::database(&support::shared().postgres).await;
     let redis = Redis::start_default().expect("redis");
-    let mut relay = relay(&pool, &redis).await;
+    let (mut relay, metrics) = relay_with_metrics(&pool, &redis).await;
+    assert!(metrics.relay_stage_totals().iter().all(|(_, secs)| *secs == 0.0), "nothing timed before work");
     enqueue(&pool, 250).await;
     assert_eq!(drain(&mut relay).await, 250);
+    let stages = metrics.relay_stage_totals();
+    assert_eq!(stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), ["claim", "xadd", "commit"]);
+    assert!(stages.iter().all(|(_, secs)| *secs > 0.0), "each stage of a batch is timed: {stages:?}");
     let reply = redis.command(&format!("XLEN {}", stream::EVENTS)).expect("xlen");
     assert!(reply.starts_with(":250"), "{reply}");
     let first = redis.command(&format!("XRANGE {} - + COUNT 1", stream::EVENTS)).expect("xrange");
