@@ -59,8 +59,6 @@ pub(crate) struct Client {
     description: String,
     /// RFC 3339.
     created_at: String,
-    /// RFC 3339, when disabled.
-    disabled_at: Option<String>,
 }
 
 /// A client just created, with its secret: shown this once, stored only as a digest.
@@ -72,24 +70,17 @@ pub(crate) struct CreatedClient {
     client_secret: String,
 }
 
-/// A client row: id, scopes, description, created at, disabled at.
-type Row = (String, Vec<String>, String, String, Option<String>);
+/// A client row: id, scopes, description, created at.
+type Row = (String, Vec<String>, String, String);
 
 macro_rules! select_clients {
     ($tail:literal) => {
-        concat!(
-            "SELECT id, scopes, description, ",
-            rfc3339!("created_at"),
-            ", CASE WHEN disabled_at IS NULL THEN NULL ELSE ",
-            rfc3339!("disabled_at"),
-            " END FROM sts_clients",
-            $tail
-        )
+        concat!("SELECT id, scopes, description, ", rfc3339!("created_at"), " FROM sts_clients", $tail)
     };
 }
 
-fn to_client((client_id, scopes, description, created_at, disabled_at): Row) -> Client {
-    Client { client_id, scopes, description, created_at, disabled_at }
+fn to_client((client_id, scopes, description, created_at): Row) -> Client {
+    Client { client_id, scopes, description, created_at }
 }
 
 fn validate(spec: &NewClient) -> Result<(String, Vec<String>, String), StsError> {
@@ -153,7 +144,7 @@ pub(crate) async fn create(
          ON CONFLICT (id) DO NOTHING RETURNING *) ",
         "SELECT id, scopes, description, ",
         rfc3339!("created_at"),
-        ", NULL::text FROM c"
+        " FROM c"
     ))
     .bind(&id)
     .bind(secret_digest.as_slice())
