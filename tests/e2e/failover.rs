@@ -64,6 +64,34 @@ pub(crate) async fn writer(base: String, writer: usize, count: usize, outcome: A
     }
 }
 
+/// Every `acknowledged` target is stored, and `writes` `target.created` events reach the
+/// ledger within `within`, each once.
+pub(crate) async fn assert_stored_and_ledgered_once(
+    pool: &sqlx::PgPool,
+    acknowledged: &HashSet<String>,
+    writes: usize,
+    within: Duration,
+) {
+    let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM targets").fetch_all(pool).await.expect("targets");
+    let stored: HashSet<String> = stored.into_iter().collect();
+    assert!(
+        acknowledged.is_subset(&stored),
+        "{} acknowledged targets missing",
+        acknowledged.difference(&stored).count()
+    );
+    let ledgered = caracal_testkit::wait_for(within, Duration::from_millis(200), || async {
+        let (created, distinct): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT target) FROM audit_events WHERE event_type = 'target.created'",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (created == writes as i64).then_some((created, distinct))
+    })
+    .await;
+    assert_eq!(ledgered, Ok((writes as i64, writes as i64)), "each creation in the ledger exactly once");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_killed_mid_writes_loses_nothing_and_every_service_recovers_by_itself() {
     let mut primary = PostgresBuilder::default().setting("synchronous_commit", "on").start().expect("a primary");
@@ -148,24 +176,7 @@ async fn a_primary_killed_mid_writes_loses_nothing_and_every_service_recovers_by
 
     // On the promoted standby: every acknowledged target, once, and its event in the ledger once.
     let pool = sqlx::PgPool::connect(&url).await.expect("connect to the new primary");
-    let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM targets").fetch_all(&pool).await.expect("targets");
-    let stored: HashSet<String> = stored.into_iter().collect();
-    assert!(
-        acknowledged.is_subset(&stored),
-        "{} acknowledged targets missing",
-        acknowledged.difference(&stored).count()
-    );
-    let ledgered = caracal_testkit::wait_for(Duration::from_secs(60), Duration::from_millis(200), || async {
-        let (created, distinct): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT target) FROM audit_events WHERE event_type = 'target.created'",
-        )
-        .fetch_one(&pool)
-        .await
-        .ok()?;
-        (created == WRITES as i64).then_some((created, distinct))
-    })
-    .await;
-    assert_eq!(ledgered, Ok((WRITES as i64, WRITES as i64)), "each creation in the ledger exactly once");
+    assert_stored_and_ledgered_once(&pool, &acknowledged, WRITES, Duration::from_secs(60)).await;
 
     // The old primary comes back as a standby of the new one; an api that reaches it (a stale
     // address, a proxy whose health check only asks for TCP) is unready and answers 503.

@@ -10,7 +10,6 @@
 //! is frozen, so entries the relay writes then are on the dead master only, read by nobody;
 //! the ledger reconciler must heal them from the outbox.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use caracal_testkit::postgres::PostgresBuilder;
 use caracal_testkit::redis::RedisBuilder;
 use caracal_testkit::sentinel::Sentinel;
 
-use crate::failover::{Outcome, writer};
+use crate::failover::{Outcome, assert_stored_and_ledgered_once, writer};
 use crate::support;
 
 const API: &str = env!("CARGO_BIN_EXE_caracal-api");
@@ -145,24 +144,7 @@ async fn a_redis_master_killed_mid_writes_is_followed_to_the_promoted_replica_an
 
     // Every acknowledged creation in the ledger exactly once, through the new master.
     let pool = sqlx::PgPool::connect(&database_url).await.expect("connect");
-    let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM targets").fetch_all(&pool).await.expect("targets");
-    let stored: HashSet<String> = stored.into_iter().collect();
-    assert!(
-        acknowledged.is_subset(&stored),
-        "{} acknowledged targets missing",
-        acknowledged.difference(&stored).count()
-    );
-    let ledgered = caracal_testkit::wait_for(Duration::from_secs(90), Duration::from_millis(200), || async {
-        let (created, distinct): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT target) FROM audit_events WHERE event_type = 'target.created'",
-        )
-        .fetch_one(&pool)
-        .await
-        .ok()?;
-        (created == WRITES as i64).then_some((created, distinct))
-    })
-    .await;
-    assert_eq!(ledgered, Ok((WRITES as i64, WRITES as i64)), "each creation in the ledger exactly once");
+    assert_stored_and_ledgered_once(&pool, &acknowledged, WRITES, Duration::from_secs(90)).await;
     let newest = last_entry(&replica.url()).await.expect("entries on the promoted replica");
     assert!(entry_id(&newest) > entry_id(&tail), "the relay writes to the promoted replica after the kill");
     let healed = support::metric(&audit.base, "caracal_audit_ledger_healed_total").await.unwrap_or(0.0);

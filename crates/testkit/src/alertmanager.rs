@@ -38,28 +38,13 @@ impl Alertmanager {
         let config = dir.join("alertmanager.yml");
         std::fs::write(&config, "route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n")
             .map_err(Error::io("write the alertmanager config"))?;
-        let log = dir.join("alertmanager.log");
-        let out =
-            OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the alertmanager log"))?;
-        let err = out.try_clone().map_err(Error::io("open the alertmanager log"))?;
-        let mut command = Command::new(binary);
-        command
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let mut process = Supervised::new(Signal::SIGTERM);
-        process.started(spawn::spawn(command).map_err(Error::io("start prometheus-alertmanager"))?);
-        let ready = crate::poll::wait_for_blocking(Duration::from_secs(20), Duration::from_millis(50), || {
-            http_ok(port, "/-/ready")
-        });
-        if !ready {
-            return Err(Error::NotReady { what: "prometheus-alertmanager".into(), seconds: 20, log });
-        }
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=".to_string(),
+        ];
+        let process = start_ready(&binary, &args, &dir, port, "alertmanager")?;
         Ok(Self { port, dir, process })
     }
 
@@ -84,6 +69,32 @@ impl Drop for Alertmanager {
         self.process.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `binary` with `args` in `dir` (its output in `<name>.log` there) and waits up to 20 s
+/// for `GET /-/ready` on loopback `port` to answer 200, as Prometheus and Alertmanager do.
+pub(crate) fn start_ready(
+    binary: &std::path::Path,
+    args: &[String],
+    dir: &std::path::Path,
+    port: u16,
+    name: &str,
+) -> Result<Supervised, Error> {
+    let log = dir.join(format!("{name}.log"));
+    let out =
+        OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io(format!("open the {name} log")))?;
+    let err = out.try_clone().map_err(Error::io(format!("open the {name} log")))?;
+    let mut command = Command::new(binary);
+    command.args(args).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
+    let mut process = Supervised::new(Signal::SIGTERM);
+    process.started(spawn::spawn(command).map_err(Error::io(format!("start {name}")))?);
+    let ready = crate::poll::wait_for_blocking(Duration::from_secs(20), Duration::from_millis(50), || {
+        http_ok(port, "/-/ready")
+    });
+    if !ready {
+        return Err(Error::NotReady { what: name.into(), seconds: 20, log });
+    }
+    Ok(process)
 }
 
 /// Whether `GET path` on loopback `port` answers 200.

@@ -1,12 +1,7 @@
 //! A real Prometheus (Debian's `prometheus`) on a free loopback port, with the configuration a
 //! test gives (scrapes, rules, an Alertmanager to send to).
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
 
 use crate::Error;
 use crate::spawn::{self, Supervised, find_binary};
@@ -25,7 +20,7 @@ impl Prometheus {
     /// Starts Prometheus on a free loopback port with `config` (YAML) as `prometheus.yml`.
     ///
     /// # Errors
-    /// [`Error::MissingBinary`] when it is not installed, or it is not ready within 30 s.
+    /// [`Error::MissingBinary`] when it is not installed, or it is not ready within 20 s.
     pub fn start(config: &str) -> Result<Self, Error> {
         Self::start_with(config, &[])
     }
@@ -44,27 +39,12 @@ impl Prometheus {
         }
         let file = dir.join("prometheus.yml");
         std::fs::write(&file, config).map_err(Error::io("write the prometheus config"))?;
-        let log = dir.join("prometheus.log");
-        let out =
-            OpenOptions::new().create(true).append(true).open(&log).map_err(Error::io("open the prometheus log"))?;
-        let err = out.try_clone().map_err(Error::io("open the prometheus log"))?;
-        let mut command = Command::new(binary);
-        command
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let mut process = Supervised::new(Signal::SIGTERM);
-        process.started(spawn::spawn(command).map_err(Error::io("start prometheus"))?);
-        let ready = crate::poll::wait_for_blocking(Duration::from_secs(30), Duration::from_millis(50), || {
-            crate::alertmanager::http_ok(port, "/-/ready")
-        });
-        if !ready {
-            return Err(Error::NotReady { what: "prometheus".into(), seconds: 30, log });
-        }
+        let args = [
+            format!("--config.file={}", file.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ];
+        let process = crate::alertmanager::start_ready(&binary, &args, &dir, port, "prometheus")?;
         Ok(Self { port, dir, process })
     }
 
