@@ -537,3 +537,36 @@ def test_monitoring_urls_reach_the_api_only():
     assert not [e for d in unset for e in d["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("CARACAL_API__")]
     with pytest.raises(helm_python.HelmError):
         render(dict(URLS, monitoring={"prometheusUrl": "prometheus:9090"}))
+
+
+def test_telemetry_reaches_every_pod_and_loads_in_the_real_binary():
+    endpoint = "http://otel-collector.observability:4318"
+    values = dict(URLS, telemetry={"otlpEndpoint": endpoint, "sampleRatio": 0.25, "traceProbes": True})
+    docs = documents(render(values))
+    services = [d for d in docs if d["kind"] == "Deployment"]
+    assert len(services) == 6, "six services (the migration job exports no spans)"
+    for doc in services:
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint, doc["metadata"]["name"]
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+        assert env["CARACAL_TELEMETRY__TRACE_PROBES"] == "true"
+    # The rendered env goes through caracal-core's loader: exit 1 (the database is absent), not 2.
+    binary = ROOT / "target" / "debug" / "caracal-api"
+    (container,) = services[0]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith(("OTEL_", "CARACAL_TELEMETRY"))}
+    assert len(env) == 4, env
+    env.update({"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/", "CARACAL_MODE": "dev"})
+    result = subprocess.run([str(binary), "--migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "invalid configuration" not in result.stderr
+    # Off by default; the former top-level `otlpEndpoint` still works.
+    for doc in documents(render(URLS)):
+        if doc["kind"] == "Deployment":
+            assert not [e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("OTEL_")]
+    legacy = [d for d in documents(render(dict(URLS, otlpEndpoint=endpoint))) if d["kind"] == "Deployment"]
+    assert all({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": endpoint} in d["spec"]["template"]["spec"]["containers"][0]["env"] for d in legacy)
+    for bad in [{"sampleRatio": 2}, {"sampler": "jaeger_remote"}, {"otlpEndpoint": "otel-collector:4318"}]:
+        with pytest.raises(helm_python.HelmError):
+            render(dict(URLS, telemetry=bad))

@@ -1,5 +1,6 @@
 //! End-to-end tests: the built `caracal-api`, `caracal-coordinator`, `caracal-audit`, `caracal-control` and
-//! `caracal-sts` binaries against real PostgreSQL and Redis, talking HTTP over loopback.
+//! `caracal-sts` binaries against real PostgreSQL and Redis, talking HTTP over loopback (and, for
+//! traces, OTLP to a collector in the test).
 
 mod cli;
 mod discovery;
@@ -9,3 +10,4 @@ mod pipeline;
 mod sentinel;
 mod support;
 mod tokens;
+mod traces;

@@ -61,9 +61,18 @@ app.kubernetes.io/component: {{ .name }}
   value: /var/run/secrets/caracal/metrics-bearer
 - name: CARACAL_ADMIN_TOKEN_FILE
   value: /var/run/secrets/caracal/admin-token
-{{- with .Values.otlpEndpoint }}
+{{- /* `otlpEndpoint` at the top level is the name this setting had before telemetry.*. */}}
+{{- with (.Values.telemetry.otlpEndpoint | default .Values.otlpEndpoint) }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $.Values.telemetry.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $.Values.telemetry.sampleRatio | toString | quote }}
+{{- if $.Values.telemetry.traceProbes }}
+- name: CARACAL_TELEMETRY__TRACE_PROBES
+  value: "true"
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use caracal_core::RedisConnection;
+use caracal_core::telemetry::{KeyValue, MessageKind, MessageSpan};
 use caracal_store::event::BadEntry;
 use caracal_store::{Event, ledger, stream};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply};
@@ -17,6 +18,31 @@ use tokio_util::sync::CancellationToken;
 use crate::GROUP;
 use crate::config::AuditConfig;
 use crate::metrics::{Metrics, ResetLabels};
+
+/// A `process caracal.events` CONSUMER span for each entry that carries a trace, continuing it
+/// (the relay's `create` span is the parent), so the ledger insert shows in the trace of the
+/// request that made the change. Empty while spans are not exported.
+fn processing_spans(entries: &[(String, Event)]) -> Vec<MessageSpan> {
+    entries
+        .iter()
+        .filter_map(|(id, event)| {
+            MessageSpan::continuing(
+                event.trace_context.as_deref(),
+                format!("process {}", stream::EVENTS),
+                MessageKind::Consumer,
+                vec![
+                    KeyValue::new("messaging.system", "redis"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.operation.name", "process"),
+                    KeyValue::new("messaging.destination.name", stream::EVENTS),
+                    KeyValue::new("messaging.consumer.group.name", GROUP),
+                    KeyValue::new("messaging.message.id", id.clone()),
+                    KeyValue::new("caracal.outbox_id", event.id),
+                ],
+            )
+        })
+        .collect()
+}
 
 /// Why an entry goes to the DLQ.
 #[derive(Debug)]
@@ -306,8 +332,32 @@ impl Consumer {
             }
         }
         let events: Vec<Event> = good.iter().map(|(_, e)| e.clone()).collect();
+        let mut traced = processing_spans(&good);
         let started = Instant::now();
-        match ledger::insert(&self.pool, &events).await {
+        let inserting: Vec<MessageSpan> = traced
+            .iter()
+            .map(|span| {
+                span.child(
+                    "INSERT audit_events",
+                    MessageKind::Client,
+                    vec![
+                        KeyValue::new("db.system", "postgresql"),
+                        KeyValue::new("db.system.name", "postgresql"),
+                        KeyValue::new("db.operation.name", "INSERT"),
+                        KeyValue::new("db.collection.name", "audit_events"),
+                        KeyValue::new("db.operation.batch.size", events.len() as i64),
+                    ],
+                )
+            })
+            .collect();
+        let inserted = ledger::insert(&self.pool, &events).await;
+        drop(inserting);
+        if let Err(e) = &inserted
+            && !ledger::is_data_error(e)
+        {
+            traced.iter_mut().for_each(|span| span.fail("ledger_unavailable"));
+        }
+        match inserted {
             Ok(recorded) => self.count(recorded, events.len()),
             Err(e) if ledger::is_data_error(&e) => {
                 // One bad value spoils the batch: find it row by row.

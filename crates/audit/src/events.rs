@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use caracal_core::error_response;
 use caracal_store::rfc3339;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
 /// `since`: an RFC 3339 date-time: the local time, then `Z` or an offset (PostgreSQL checks
@@ -60,6 +61,10 @@ pub(crate) struct EventOut {
     payload: serde_json::Value,
     /// When the change happened (RFC 3339).
     occurred_at: String,
+    /// The trace of the request that made the change (32 hex digits), when it was traced:
+    /// look it up in the trace store to follow the change from the API to this row.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    trace_id: Option<String>,
 }
 
 /// A page.
@@ -70,8 +75,8 @@ pub(crate) struct Page {
     next_cursor: Option<String>,
 }
 
-/// Outbox id, type, target, instance, payload, occurred at.
-type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String);
+/// Outbox id, type, target, instance, payload, occurred at, trace id.
+type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
 
 /// The ledger, oldest first, paginated by outbox id.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(Params),
@@ -110,7 +115,7 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
     let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(concat!(
         "SELECT outbox_id, event_type, target, instance, payload, ",
         rfc3339!("occurred_at"),
-        " FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
+        ", trace_id FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
          AND ($3::text IS NULL OR event_type = $3) \
          AND ($4::text IS NULL OR occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') \
          ORDER BY outbox_id LIMIT $5"
@@ -122,6 +127,7 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
     .bind(limit)
     .bind(since.as_ref().map_or(0, |(_, offset)| *offset))
     .fetch_all(&state.pool)
+    .instrument(caracal_core::telemetry::db_span("postgresql", "SELECT", "audit_events"))
     .await;
     let rows = match rows {
         Ok(rows) => rows,
@@ -141,13 +147,14 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.0.to_string())).flatten();
     let events = rows
         .into_iter()
-        .map(|(id, event_type, target, instance, payload, occurred_at)| EventOut {
+        .map(|(id, event_type, target, instance, payload, occurred_at, trace_id)| EventOut {
             id,
             event_type,
             target,
             instance,
             payload,
             occurred_at,
+            trace_id,
         })
         .collect();
     Json(Page { events, next_cursor }).into_response()

@@ -6,12 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use caracal_core::telemetry;
 use caracal_store::invalidations::Notice;
 use caracal_store::target::{Scheme, TlsSpec};
 use caracal_store::{NewEvent, outbox};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::CoordinatorConfig;
 use crate::membership::Membership;
@@ -407,12 +409,21 @@ impl Prober {
             wait = instance.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
             let Ok(permit) = self.permits.acquire().await else { return };
             let started = Instant::now();
-            let (observed, error, presented) = self.probe(&instance, &probing).await;
+            let span = probe_span(&instance);
+            let (observed, error, presented) = self.probe(&instance, &probing).instrument(span.clone()).await;
             drop(permit);
+            span.record("caracal.probe.result", observed.as_str());
+            if let Some(why) = &error {
+                telemetry::record_client_error(&span, why);
+            }
             if let Some(presented) = presented {
                 self.metrics.certificate_expiry.get_or_create(&certificate).set(presented.expires_at);
                 if probing.presented.as_ref().is_none_or(|p| p.sha256 != presented.sha256) {
-                    match self.record_certificate(&instance, probing.presented.as_ref(), &presented).await {
+                    match self
+                        .record_certificate(&instance, probing.presented.as_ref(), &presented)
+                        .instrument(span.clone())
+                        .await
+                    {
                         Ok(()) => probing.presented = Some(presented),
                         Err(e) => {
                             tracing::warn!(error = %e, instance = %instance.url, "recording a new certificate failed; will retry")
@@ -425,7 +436,7 @@ impl Prober {
             let changed = judge.observe(observed);
             self.metrics.instance_up.get_or_create(&labels).set(i64::from(judge.status() == Status::Up));
             let Some(from) = changed else { continue };
-            match self.record(&instance, from, observed, error.as_deref()).await {
+            match self.record(&instance, from, observed, error.as_deref()).instrument(span.clone()).await {
                 Ok(true) => {
                     self.metrics.transitions.inc();
                     tracing::info!(target = %instance.target, instance = %instance.url, from = from.as_str(), to = observed.as_str(), "status changed");
@@ -504,24 +515,35 @@ impl Prober {
     /// headers: it ends up in events and the public history).
     async fn get(&self, instance: &Instance, path: &str) -> Result<(), String> {
         let url = format!("{}{path}", instance.url.trim_end_matches('/'));
+        let span = telemetry::http_client_span("GET", &url);
         let mut headers = reqwest::header::HeaderMap::new();
-        caracal_core::telemetry::inject_trace_context(&mut headers);
+        telemetry::inject_span_context(&span, &mut headers);
         let request = self
             .client
             .get(url)
             .timeout(instance.timeout)
             .header(reqwest::header::USER_AGENT, &self.user_agent)
             .headers(headers);
-        match request.send().await {
+        match request.send().instrument(span.clone()).await {
             Ok(r) => {
                 let status = r.status();
+                telemetry::record_client_status(&span, status.as_u16());
                 // Reading the (small) body lets the connection be reused for the next probe.
                 let _ = r.bytes().await;
                 if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
             }
-            Err(e) if e.is_timeout() => Err(format!("{path} timed out")),
-            Err(e) if e.is_connect() => Err(format!("{path}: connection refused or unreachable")),
-            Err(_) => Err(format!("{path}: request failed")),
+            Err(e) if e.is_timeout() => {
+                telemetry::record_client_error(&span, "timeout");
+                Err(format!("{path} timed out"))
+            }
+            Err(e) if e.is_connect() => {
+                telemetry::record_client_error(&span, "connection_refused");
+                Err(format!("{path}: connection refused or unreachable"))
+            }
+            Err(_) => {
+                telemetry::record_client_error(&span, "request_failed");
+                Err(format!("{path}: request failed"))
+            }
         }
     }
 
@@ -609,6 +631,25 @@ impl Prober {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// The span of one probe of `instance` (a trace of its own: probes run on a timer), whose
+/// requests carry its context to the instance; a disabled span while nothing is exported, as
+/// a thousand probes a second would otherwise each build one for nobody.
+fn probe_span(instance: &Instance) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "probe",
+        otel.name = %format!("probe {}", instance.target),
+        otel.kind = "internal",
+        caracal.target = %instance.target,
+        caracal.instance = %instance.url,
+        caracal.probe.result = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]

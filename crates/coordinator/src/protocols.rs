@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use caracal_core::telemetry;
 use caracal_store::target::Scheme;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -12,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tracing::Instrument;
 
 use crate::tls::{Presented, TlsClient};
 
@@ -137,9 +139,22 @@ async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &st
         .header(hyper::header::USER_AGENT, user_agent)
         .body(Empty::new())
         .map_err(|_| format!("{path}: request failed"))?;
-    caracal_core::telemetry::inject_trace_context(request.headers_mut());
-    let response = sender.send_request(request).await.map_err(|e| request_reason(&e))?;
+    let span = if telemetry::exporting() {
+        telemetry::http_client_span("GET", &format!("https://{}{}{path}", address.authority(), address.prefix))
+    } else {
+        tracing::Span::none()
+    };
+    telemetry::inject_span_context(&span, request.headers_mut());
+    let response = match sender.send_request(request).instrument(span.clone()).await {
+        Ok(response) => response,
+        Err(e) => {
+            let why = request_reason(&e);
+            telemetry::record_client_error(&span, &why);
+            return Err(why);
+        }
+    };
     let status = response.status();
+    telemetry::record_client_status(&span, status.as_u16());
     // Reading the (small) body lets the connection carry the next request.
     let _ = response.into_body().collect().await;
     if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
@@ -204,22 +219,57 @@ pub async fn grpc(
                 endpoint.connect_with_connector(connect).await.map_err(|e| transport_reason(&e))?
             }
         };
-        let request = HealthCheckRequest { service: service.to_string() };
-        match HealthClient::new(channel).check(request).await {
-            Ok(response) => match response.into_inner().status() {
-                ServingStatus::Serving => Ok(()),
-                ServingStatus::NotServing => Err("not_serving".to_string()),
-                ServingStatus::ServiceUnknown => Err("service_unknown".into()),
-                ServingStatus::Unknown => Err("unknown".into()),
-            },
-            Err(status) => Err(status_reason(&status)),
+        let span = grpc_span(address);
+        let mut headers = hyper::HeaderMap::new();
+        telemetry::inject_span_context(&span, &mut headers);
+        let mut request = tonic::Request::new(HealthCheckRequest { service: service.to_string() });
+        *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        let answer = match HealthClient::new(channel).check(request).instrument(span.clone()).await {
+            Ok(response) => {
+                span.record("rpc.grpc.status_code", 0);
+                match response.into_inner().status() {
+                    ServingStatus::Serving => Ok(()),
+                    ServingStatus::NotServing => Err("not_serving".to_string()),
+                    ServingStatus::ServiceUnknown => Err("service_unknown".into()),
+                    ServingStatus::Unknown => Err("unknown".into()),
+                }
+            }
+            Err(status) => {
+                span.record("rpc.grpc.status_code", status.code() as i32);
+                Err(status_reason(&status))
+            }
+        };
+        if let Err(why) = &answer {
+            telemetry::record_client_error(&span, why);
         }
+        answer
     };
     let result = match tokio::time::timeout(timeout, check).await {
         Ok(result) => result,
         Err(_) => Err("timeout".into()),
     };
     (result, tls.and_then(TlsClient::take_presented))
+}
+
+/// The CLIENT span of a health `Check` (the RPC conventions' names); disabled while nothing is
+/// exported.
+fn grpc_span(address: &Address) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "grpc",
+        otel.name = "grpc.health.v1.Health/Check",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "grpc.health.v1.Health",
+        rpc.method = "Check",
+        server.address = %address.host,
+        server.port = i64::from(address.port),
+        rpc.grpc.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 /// The word for a gRPC error status: `service_unknown` for `NOT_FOUND` (what `Check` answers for

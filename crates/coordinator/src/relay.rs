@@ -20,10 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caracal_core::RedisConnection;
+use caracal_core::telemetry::{self, KeyValue, MessageKind, MessageSpan};
 use caracal_store::outbox::{self, Retry};
 use caracal_store::{Error, stream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
@@ -96,19 +98,24 @@ impl Relay {
     pub async fn relay_once(&mut self) -> Result<usize, Error> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
-        let events = outbox::claim(&mut tx, self.config.batch).await?;
+        let mut events = outbox::claim(&mut tx, self.config.batch).await?;
         if events.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
         self.metrics.relay_stage("claim", started.elapsed().as_secs_f64());
+        let mut traced = Traced::start(&mut events);
         let max_len = self.config.stream_max_len;
         let started = Instant::now();
-        let published = stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).await;
+        let published =
+            stream::publish(&mut self.redis, stream::EVENTS, &events, max_len).instrument(traced.batch.clone()).await;
         self.metrics.relay_stage("xadd", started.elapsed().as_secs_f64());
         let dispatched: usize = match published {
             Ok(()) => events.len(),
-            Err(e) if unreachable(&e) => return Err(e),
+            Err(e) if unreachable(&e) => {
+                traced.fail("redis_unreachable");
+                return Err(e);
+            }
             Err(_) => {
                 // Redis refused something: find the row, keep the rest flowing.
                 let retry = Retry {
@@ -148,6 +155,53 @@ impl Relay {
         self.metrics.relay_batch.observe(dispatched as f64);
         self.metrics.relay_published.inc_by(dispatched as u64);
         Ok(dispatched)
+    }
+}
+
+/// The spans of one batch whose rows carry traces: a `create caracal.events` PRODUCER span in
+/// each row's own trace (the trace of the request that wrote it), whose context the stream
+/// entry carries on to the consumers, and one `send caracal.events` span for the batch's
+/// `XADD`s (its Redis pipeline a child), linked to every one of them (a batch mixes many
+/// traces). Nothing while spans are not exported or no row carries a trace. The spans end
+/// when this is dropped.
+struct Traced {
+    batch: tracing::Span,
+    messages: Vec<MessageSpan>,
+}
+
+impl Traced {
+    /// Starts the spans and points each traced event at its `create` span.
+    fn start(events: &mut [caracal_store::Event]) -> Self {
+        let messages: Vec<MessageSpan> = events
+            .iter_mut()
+            .filter_map(|event| {
+                let span = MessageSpan::continuing(
+                    event.trace_context.as_deref(),
+                    format!("create {}", stream::EVENTS),
+                    MessageKind::Producer,
+                    vec![
+                        KeyValue::new("messaging.system", "redis"),
+                        KeyValue::new("messaging.operation.type", "create"),
+                        KeyValue::new("messaging.operation.name", "create"),
+                        KeyValue::new("messaging.destination.name", stream::EVENTS),
+                        KeyValue::new("caracal.outbox_id", event.id),
+                        KeyValue::new("caracal.event.type", event.event_type.clone()),
+                    ],
+                )?;
+                event.trace_context = Some(span.traceparent());
+                Some(span)
+            })
+            .collect();
+        let batch = telemetry::send_span(stream::EVENTS, events.len(), &messages);
+        Self { batch, messages }
+    }
+
+    /// Marks every span failed.
+    fn fail(&mut self, error_type: &str) {
+        telemetry::record_client_error(&self.batch, error_type);
+        for span in &mut self.messages {
+            span.fail(error_type);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Probe throughput: requests/s of a bare axum handler, of `/health`, and of `/ready` with
 //! five registered checks (PostgreSQL, Redis and three in-process ones), measured with `wrk`
 //! in one run on this machine; then gRPC `grpc.health.v1.Health/Check` for `"ready"` on the
-//! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client). Run with
+//! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client); then `/ready`
+//! with OTLP span export on against off (`PROBES_ONLY=tracing` runs just that). Run with
 //! `cargo bench -p caracal-core --bench probes`; the figures go into `docs/benchmarks.md`.
 //!
 //! Each target is served by the same kind of runtime (two worker threads) on loopback, and
@@ -23,6 +24,9 @@ const SECONDS: u32 = 5;
 
 #[allow(clippy::print_stdout)] // the table on stdout is this harness's output
 fn main() {
+    if let Ok(mode) = std::env::var(SERVE) {
+        serve_traced(&mode);
+    }
     let wrk = which("wrk").unwrap_or_else(|| {
         eprintln!("wrk is not installed: apt-get install -y wrk");
         std::process::exit(2);
@@ -30,23 +34,16 @@ fn main() {
     let postgres = Postgres::start_default().expect("start PostgreSQL (apt-get install -y postgresql)");
     let redis = Redis::start_default().expect("start Redis (apt-get install -y redis-server)");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    if std::env::var("PROBES_ONLY").as_deref() == Ok("tracing") {
+        let app = runtime.block_on(async { serve_app(app(&postgres, &redis, |_| {})).await });
+        tracing_against_off(&runtime, &wrk, &postgres, &redis, &app);
+        return;
+    }
     let (bare, app) = runtime.block_on(async {
         let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let bare_addr = bare.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(bare, Router::new().route("/bare", get(|| async { "ok" }))).await });
-        let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app_addr = app_listener.local_addr().expect("addr");
-        let running = app(&postgres, &redis).start(app_listener);
-        // Wait for the ladder to pass before measuring.
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client.get(format!("http://{app_addr}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        std::mem::forget(running);
-        (bare_addr, app_addr)
+        (bare_addr, serve_app(app(&postgres, &redis, |_| {})).await)
     });
     let targets = [
         ("bare axum handler", format!("http://{bare}/bare")),
@@ -69,6 +66,123 @@ fn main() {
         println!("| {name} | {:.0} | {:.2} |", medians[i], medians[i] / medians[0]);
     }
     grpc_against_ready(&runtime, &app.to_string(), medians[2]);
+    tracing_against_off(&runtime, &wrk, &postgres, &redis, &app);
+}
+
+/// Serves `app` on a loopback port once its ladder passes; returns the address.
+async fn serve_app(app: App) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let running = app.start(listener);
+    // Wait for the ladder to pass before measuring.
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client.get(format!("http://{addr}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::mem::forget(running);
+    addr
+}
+
+/// The variable that makes this harness a child serving a traced app (tracing is installed
+/// once per process, so the traced apps run in processes of their own).
+const SERVE: &str = "PROBES_SERVE";
+
+/// `/ready` with OTLP export on (sampler ratio 1.0) against the same app with it off, rounds
+/// rotating: traced apps in child processes exporting to a sink here that decodes nothing and
+/// answers 200, once with the probe endpoints untraced (the default) and once with every
+/// `/ready` a span (`telemetry.trace_probes`).
+#[allow(clippy::print_stdout)]
+fn tracing_against_off(
+    runtime: &tokio::runtime::Runtime,
+    wrk: &str,
+    postgres: &Postgres,
+    redis: &Redis,
+    off: &std::net::SocketAddr,
+) {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let exports = Arc::new(AtomicU64::new(0));
+    let sink = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counted = Arc::clone(&exports);
+        let router = Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+                async { "" }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    });
+    let child = |mode: &str| {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("this harness"))
+            .env(SERVE, mode)
+            .env("PROBES_PG", postgres.url())
+            .env("PROBES_REDIS", redis.url())
+            .env("PROBES_OTLP", format!("http://{sink}"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn a traced app");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("its address");
+        (child, line.trim().to_string())
+    };
+    let (mut untraced_child, untraced) = child("probes-untraced");
+    let (mut traced_child, traced) = child("probes-traced");
+    let targets = [
+        ("/ready, tracing off", format!("http://{off}/ready")),
+        ("/ready, OTLP on, ratio 1.0 (default: probes untraced)", format!("http://{untraced}/ready")),
+        ("/ready, OTLP on, ratio 1.0, trace_probes on", format!("http://{traced}/ready")),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..ROUNDS {
+        for i in 0..targets.len() {
+            let index = (i + round) % targets.len();
+            let rps = run_wrk(wrk, &targets[index].1);
+            eprintln!("round {round}: {:<56} {rps:>10.0} req/s", targets[index].0);
+            results[index].push(rps);
+        }
+    }
+    let _ = (untraced_child.kill(), traced_child.kill());
+    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    println!();
+    println!("| target | requests/s (median of {ROUNDS} x {SECONDS} s) | ratio to tracing off |");
+    println!("|---|---:|---:|");
+    for (i, (name, _)) in targets.iter().enumerate() {
+        println!("| {name} | {:.0} | {:.2} |", medians[i], medians[i] / medians[0]);
+    }
+    println!("| (OTLP bytes the sink received) | {} | |", exports.load(Ordering::Relaxed));
+}
+
+/// The child: serves the bench app with OTLP export to `PROBES_OTLP`, prints its address on
+/// stdout and serves until killed.
+#[allow(clippy::print_stdout)]
+fn serve_traced(mode: &str) -> ! {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent"));
+    let (postgres, redis, otlp) = (var("PROBES_PG"), var("PROBES_REDIS"), var("PROBES_OTLP"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let adjust = |core: &mut CoreConfig| {
+            core.telemetry.otlp_endpoint = Some(otlp.clone());
+            // Logs go to stdout, where the parent reads this child's address.
+            core.telemetry.log = "off".into();
+            core.telemetry.trace_probes = mode == "probes-traced";
+        };
+        let telemetry =
+            caracal_core::telemetry::init("bench", "0.0.0", &app_config(&postgres, &redis, adjust)).expect("telemetry");
+        let app = app_with(&postgres, &redis, adjust);
+        std::mem::forget(telemetry);
+        let addr = serve_app(app).await;
+        println!("{addr}");
+        std::future::pending::<()>().await;
+    });
+    unreachable!("serves until killed")
 }
 
 /// gRPC `Check("ready")` against `/ready`, both over HTTP/2 with prior knowledge from `h2load`
@@ -177,12 +291,21 @@ fn h2load_rate(h2load: &str, url: &str, extra: &[&str]) -> H2Run {
     H2Run { rate, server_us: cpu / done.max(1.0) * 1e6 }
 }
 
-fn app(postgres: &Postgres, redis: &Redis) -> App {
+fn app(postgres: &Postgres, redis: &Redis, adjust: impl FnOnce(&mut CoreConfig)) -> App {
+    app_with(&postgres.url(), &redis.url(), adjust)
+}
+
+fn app_config(postgres: &str, redis: &str, adjust: impl FnOnce(&mut CoreConfig)) -> CoreConfig {
     let mut core = CoreConfig::defaults(0);
     core.mode = Mode::Stable;
-    core.database_url = Some(Secret::new(postgres.url()));
-    core.redis_url = Some(Secret::new(redis.url()));
-    let config = Config::from_core(core, serde_json::json!({})).expect("config");
+    core.database_url = Some(Secret::new(postgres.to_string()));
+    core.redis_url = Some(Secret::new(redis.to_string()));
+    adjust(&mut core);
+    core
+}
+
+fn app_with(postgres: &str, redis: &str, adjust: impl FnOnce(&mut CoreConfig)) -> App {
+    let config = Config::from_core(app_config(postgres, redis, adjust), serde_json::json!({})).expect("config");
     let app = App::new("bench", "0.0.0", config).expect("app");
     let (pg, rc) = (app.postgres().expect("pool"), app.redis().expect("redis"));
     let quick = |name: &'static str, rung| Check::new(name, rung, || async { Ok(Observed::new(1.0, "units")) });

@@ -373,11 +373,8 @@ impl App {
         ));
         let service_routes = self.routes.fallback(not_found);
         let grpc = grpc_health::routes(Arc::clone(&probes), stop_checks.clone());
-        let router = layers::probe_stack(probes::routes(probes).merge(grpc)).merge(layers::service_stack(
-            service_routes,
-            self.metrics,
-            &core.http,
-        ));
+        let router = layers::probe_stack(probes::routes(probes).merge(grpc), core.telemetry.trace_probes)
+            .merge(layers::service_stack(service_routes, self.metrics, &core.http));
         let stop_accepting = CancellationToken::new();
         let server = tokio::spawn(
             axum::serve(listener, router.into_make_service())

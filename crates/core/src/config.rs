@@ -210,6 +210,41 @@ pub struct TelemetryConfig {
     pub log: String,
     /// OTLP/HTTP endpoint; spans are exported only when set.
     pub otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans; the program's file name (`caracal-api`) when unset.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`'s values).
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// The ratio of the ratio samplers, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`).
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// Whether `/health`, `/ready` and `/metrics` get spans too (off: they would drown the rest).
+    #[serde(default)]
+    pub trace_probes: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The OpenTelemetry samplers by their `OTEL_TRACES_SAMPLER` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// Every trace.
+    AlwaysOn,
+    /// None.
+    AlwaysOff,
+    /// A ratio of traces, by trace id, ignoring the caller's decision.
+    Traceidratio,
+    /// The caller's decision; every trace this service starts.
+    ParentbasedAlwaysOn,
+    /// The caller's decision; none of the traces this service starts.
+    ParentbasedAlwaysOff,
+    /// The caller's decision; a ratio of the traces this service starts (the default).
+    #[default]
+    ParentbasedTraceidratio,
 }
 
 impl CoreConfig {
@@ -235,7 +270,14 @@ impl CoreConfig {
                 success_threshold: 1,
             },
             http: HttpConfig { request_timeout: Duration::from_secs(30), body_limit_bytes: 1024 * 1024 },
-            telemetry: TelemetryConfig { log: "info".into(), otlp_endpoint: None },
+            telemetry: TelemetryConfig {
+                log: "info".into(),
+                otlp_endpoint: None,
+                service_name: None,
+                sampler: Sampler::default(),
+                sample_ratio: 1.0,
+                trace_probes: false,
+            },
         }
     }
 
@@ -329,6 +371,14 @@ fn validate(core: &CoreConfig) -> Result<(), ConfigError> {
             key: "checks.interval / checks.timeout".into(),
             origin: "configuration".into(),
             message: "expected a duration above zero, such as `2s`".into(),
+        });
+    }
+    let ratio = core.telemetry.sample_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(ConfigError {
+            key: "telemetry.sample_ratio".into(),
+            origin: format!("environment variable `{}` (or config key)", env_var_for("telemetry.sample_ratio")),
+            message: format!("expected a ratio from 0 to 1, such as `0.25`, not {ratio}"),
         });
     }
     Ok(())

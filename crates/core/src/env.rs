@@ -37,6 +37,16 @@ pub const METRICS_BEARER: &str = "METRICS_BEARER";
 pub const METRICS_BEARER_FILE: &str = "METRICS_BEARER_FILE";
 /// OTLP/HTTP endpoint for spans (config key `telemetry.otlp_endpoint`).
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// `service.name` of exported spans (config key `telemetry.service_name`).
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// The sampler: `parentbased_traceidratio` (default), `parentbased_always_on`, `always_on`,
+/// `always_off`, `traceidratio`, `parentbased_always_off` (config key `telemetry.sampler`).
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// The ratio of the ratio samplers, 0 to 1 (config key `telemetry.sample_ratio`).
+pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+/// Spans for `/health`, `/ready` and `/metrics` too (config key `telemetry.trace_probes`; read
+/// by the generic rule, named here for the chart).
+pub const CARACAL_TELEMETRY__TRACE_PROBES: &str = "CARACAL_TELEMETRY__TRACE_PROBES";
 /// Path of the TOML config file; `caracal.toml` in the working directory when unset.
 pub const CARACAL_CONFIG: &str = "CARACAL_CONFIG";
 /// Prefix of the generic `CARACAL_<KEY>` variables.
@@ -61,6 +71,9 @@ pub const WELL_KNOWN: &[(&str, &str)] = &[
     (METRICS_BEARER, "metrics.bearer"),
     (METRICS_BEARER_FILE, "metrics.bearer_file"),
     (OTEL_EXPORTER_OTLP_ENDPOINT, "telemetry.otlp_endpoint"),
+    (OTEL_SERVICE_NAME, "telemetry.service_name"),
+    (OTEL_TRACES_SAMPLER, "telemetry.sampler"),
+    (OTEL_TRACES_SAMPLER_ARG, "telemetry.sample_ratio"),
     (RUST_LOG, "telemetry.log"),
     (CARACAL_STS_KEY_ENCRYPTION_FILE, "sts.key_encryption_file"),
 ];

@@ -183,6 +183,11 @@ impl Metrics {
             "Idle time of the group's oldest unacknowledged entry",
             m.stream_oldest_pending_age.clone(),
         );
+        registry.register(
+            "caracal_telemetry_spans_dropped",
+            "Spans never exported: the queue was full (collector slow) or the collector refused or missed them",
+            crate::telemetry::SPANS_DROPPED.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         m
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tracing::Instrument;
 
 /// How long a failed master lookup is reused before the Sentinels are asked again, so that a
 /// burst of commands while no master is known costs one lookup, not one each.
@@ -151,6 +152,37 @@ fn lost_master(error: &RedisError) -> bool {
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let span = crate::telemetry::redis_span(Some(cmd), 1);
+        if !span.is_none() {
+            return Box::pin(self.command(cmd).instrument(span));
+        }
+        self.command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let span = crate::telemetry::redis_span(None, pipeline.len());
+        if !span.is_none() {
+            return Box::pin(self.commands(pipeline, offset, count).instrument(span));
+        }
+        self.commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            Route::Fixed(manager) => manager.get_db(),
+            Route::Sentinel(_) => 0,
+        }
+    }
+}
+
+impl RedisConnection {
+    /// One command on the current route.
+    fn command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Route::Fixed(manager) => manager.req_packed_command(cmd),
             Route::Sentinel(master) => Box::pin(async move {
@@ -164,12 +196,8 @@ impl ConnectionLike for RedisConnection {
         }
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
+    /// A pipeline on the current route.
+    fn commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             Route::Fixed(manager) => manager.req_packed_commands(pipeline, offset, count),
             Route::Sentinel(master) => Box::pin(async move {
@@ -180,13 +208,6 @@ impl ConnectionLike for RedisConnection {
                 }
                 reply
             }),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match &self.0 {
-            Route::Fixed(manager) => manager.get_db(),
-            Route::Sentinel(_) => 0,
         }
     }
 }

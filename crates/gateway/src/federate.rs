@@ -11,6 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::GatewayState;
 use crate::error::GatewayError;
@@ -130,17 +131,22 @@ async fn federate(
                 crate::render::identity(&target, &instance).into_iter().map(|(k, _)| k).collect();
             let order = index;
             index += 1;
-            jobs.spawn(async move {
-                // Bounded per request and for the whole gateway; the timeout starts once a
-                // slot is held, so waiting for a slot does not eat an instance's time.
-                let _request_slot = per_request.acquire_owned().await;
-                let _global_slot = state.global.clone().acquire_owned().await;
-                let cap = state.config.request_body_cap_bytes;
-                let scraped = state.scraper.scrape(&scrape_url, timeout, &total, cap, &identity).await;
-                let label = scraped.outcome.as_ref().err().map_or("ok", |r| r.label());
-                state.metrics.instance_scrapes.get_or_create(&ResultLabels { result: label }).inc();
-                (order, InstanceResult { target, instance, scraped })
-            });
+            jobs.spawn(
+                async move {
+                    // Bounded per request and for the whole gateway; the timeout starts once a
+                    // slot is held, so waiting for a slot does not eat an instance's time.
+                    let _request_slot = per_request.acquire_owned().await;
+                    let _global_slot = state.global.clone().acquire_owned().await;
+                    let cap = state.config.request_body_cap_bytes;
+                    let scraped = state.scraper.scrape(&scrape_url, timeout, &total, cap, &identity).await;
+                    let label = scraped.outcome.as_ref().err().map_or("ok", |r| r.label());
+                    state.metrics.instance_scrapes.get_or_create(&ResultLabels { result: label }).inc();
+                    (order, InstanceResult { target, instance, scraped })
+                }
+                // The scrape's CLIENT span (and the `traceparent` it sends) belongs to this
+                // request's trace, though it runs on a task of its own.
+                .in_current_span(),
+            );
         }
     }
     let mut results: Vec<(usize, InstanceResult)> = Vec::with_capacity(index);

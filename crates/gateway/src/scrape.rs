@@ -3,10 +3,12 @@
 //! bearer elsewhere), a timeout, a per-instance and a per-request byte cap, and the body parsed
 //! as it arrives.
 
+use caracal_core::telemetry;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
 
 use caracal_core::config::CoreConfig;
 
@@ -131,12 +133,22 @@ impl Scraper {
         total_cap: usize,
         identity: &[String],
     ) -> Result<Body, Reason> {
-        let mut request = self.client.get(url).header(reqwest::header::ACCEPT, ACCEPT);
+        let span = telemetry::http_client_span("GET", url);
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::inject_span_context(&span, &mut headers);
+        let mut request = self.client.get(url).header(reqwest::header::ACCEPT, ACCEPT).headers(headers);
         if let Some(token) = self.credential.current() {
             request = request.bearer_auth(token);
         }
-        let mut response =
-            request.send().await.map_err(|e| if e.is_timeout() { Reason::Timeout } else { Reason::Connect })?;
+        let mut response = match request.send().instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = if e.is_timeout() { Reason::Timeout } else { Reason::Connect };
+                telemetry::record_client_error(&span, if e.is_timeout() { "timeout" } else { "connection_refused" });
+                return Err(reason);
+            }
+        };
+        telemetry::record_client_status(&span, response.status().as_u16());
         if response.status() != reqwest::StatusCode::OK {
             return Err(Reason::Status);
         }

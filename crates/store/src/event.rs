@@ -33,6 +33,11 @@ pub struct Event {
     pub payload: serde_json::Value,
     /// When the change was committed (RFC 3339, UTC).
     pub occurred_at: String,
+    /// The W3C `traceparent` of the work that wrote or last handed on the event, so the next
+    /// step continues its trace; `None` when tracing was off. Never a reason to refuse an
+    /// entry: a malformed one is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<String>,
 }
 
 /// Why a stream entry cannot be read as an [`Event`]: it is poison, bound for the DLQ.
@@ -56,16 +61,26 @@ pub enum BadEntry {
 }
 
 impl Event {
-    /// The entry's fields for `XADD` (empty strings stand for absent target and instance).
-    pub fn to_fields(&self) -> [(&'static str, String); 6] {
-        [
+    /// The entry's fields for `XADD` (empty strings stand for absent target and instance; a
+    /// `traceparent` field only when the event carries a trace).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
             ("outbox_id", self.id.to_string()),
             ("type", self.event_type.clone()),
             ("target", self.target.clone().unwrap_or_default()),
             ("instance", self.instance.clone().unwrap_or_default()),
             ("payload", self.payload.to_string()),
             ("occurred_at", self.occurred_at.clone()),
-        ]
+        ];
+        if let Some(traceparent) = &self.trace_context {
+            fields.push(("traceparent", traceparent.clone()));
+        }
+        fields
+    }
+
+    /// The trace id of the event's trace context, when it has a well-formed one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_context.as_deref().and_then(caracal_core::telemetry::trace_id_of)
     }
 
     /// Reads an event back from a stream entry's fields.
@@ -91,6 +106,9 @@ impl Event {
             return Err(BadEntry::BadTime(occurred_at));
         }
         let optional = |s: String| (!s.is_empty()).then_some(s);
+        // A trace context is a convenience: one that is absent or malformed loses the trace,
+        // never the event.
+        let trace_context = text("traceparent").ok().filter(|t| caracal_core::telemetry::trace_id_of(t).is_some());
         Ok(Self {
             id,
             event_type: text("type")?,
@@ -98,6 +116,7 @@ impl Event {
             instance: optional(text("instance")?),
             payload,
             occurred_at,
+            trace_context,
         })
     }
 }
@@ -119,10 +138,23 @@ mod tests {
             instance: None,
             payload: serde_json::json!({"from": "up", "to": "down"}),
             occurred_at: "2026-11-21T14:00:00.123456Z".into(),
+            trace_context: None,
         };
-        let encoded: Vec<(&str, String)> = event.to_fields().to_vec();
-        let pairs: Vec<(&str, &str)> = encoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(Event::from_fields(&fields(&pairs)), Ok(event));
+        let roundtrip = |event: &Event| {
+            let encoded = event.to_fields();
+            let pairs: Vec<(&str, &str)> = encoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Event::from_fields(&fields(&pairs))
+        };
+        assert_eq!(roundtrip(&event), Ok(event.clone()));
+        let traced = Event {
+            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..event.clone()
+        };
+        assert_eq!(roundtrip(&traced), Ok(traced.clone()));
+        assert_eq!(traced.trace_id(), Some("0af7651916cd43dd8448eb211c80319c"));
+        // A malformed trace context costs the trace, not the event.
+        let garbled = Event { trace_context: Some("00-not-a-trace".into()), ..event.clone() };
+        assert_eq!(roundtrip(&garbled), Ok(event));
     }
 
     #[test]

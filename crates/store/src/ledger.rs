@@ -34,9 +34,11 @@ pub async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, Error>
     let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
     let times: Vec<&str> = events.iter().map(|e| e.occurred_at.as_str()).collect();
+    let traces: Vec<Option<&str>> = events.iter().map(Event::trace_id).collect();
     let done = sqlx::query(
-        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[]::timestamptz[]) \
+        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at, trace_id) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+                              $6::text[]::timestamptz[], $7::text[]) \
          ON CONFLICT (outbox_id) DO NOTHING",
     )
     .bind(ids)
@@ -45,6 +47,7 @@ pub async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, Error>
     .bind(instances)
     .bind(payloads)
     .bind(times)
+    .bind(traces)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -192,8 +195,9 @@ pub const GAP_COUNT: &str = "SELECT count(*) FROM outbox o \
 /// When the insert fails.
 pub async fn heal(pool: &sqlx::PgPool, watermark: i64, grace: Duration, limit: i64) -> Result<u64, Error> {
     let done = sqlx::query(
-        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at) \
-         SELECT o.id, o.event_type, o.target, o.instance, o.payload, o.created_at FROM outbox o \
+        "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at, trace_id) \
+         SELECT o.id, o.event_type, o.target, o.instance, o.payload, o.created_at, \
+                substring(o.trace_context from '^00-([0-9a-f]{32})-') FROM outbox o \
          WHERE o.id > $1 AND o.dispatched_at < now() - make_interval(secs => $2) \
            AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.outbox_id = o.id) \
          ORDER BY o.id LIMIT $3 \

@@ -3,29 +3,39 @@
 
 use std::time::Duration;
 
+use caracal_core::telemetry;
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::{Error, Event, NewEvent, rfc3339};
 
-/// Writes `event` in the caller's transaction and returns its outbox id.
+/// Writes `event` in the caller's transaction and returns its outbox id. The row keeps the
+/// current span's trace context, so the relay and the audit ledger continue the trace of the
+/// request that made the change.
 ///
 /// # Errors
 /// When the insert fails (the caller's transaction is then doomed, as it should be).
 pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Error> {
+    let span = telemetry::db_span("postgresql", "INSERT", "outbox");
+    let trace_context = telemetry::current_traceparent();
     let id = sqlx::query_scalar(
-        "INSERT INTO outbox (event_type, target, instance, payload) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO outbox (event_type, target, instance, payload, trace_context) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING id",
     )
     .bind(&event.event_type)
     .bind(&event.target)
     .bind(&event.instance)
     .bind(&event.payload)
+    .bind(trace_context)
     .fetch_one(tx)
+    .instrument(span)
     .await?;
     Ok(id)
 }
 
-/// An outbox row as selected for relay: id, type, target, instance, payload, created at.
-type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value, String);
+/// An outbox row as selected for relay: id, type, target, instance, payload, created at,
+/// trace context.
+type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
 
 /// Claims up to `limit` undispatched rows that are due, oldest first, and marks them
 /// dispatched, inside the caller's transaction: one statement locks and marks them, skipping
@@ -47,19 +57,21 @@ pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Erro
            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
          RETURNING id, event_type, target, instance, payload, ",
         rfc3339!("created_at"),
+        ", trace_context",
     ))
     .bind(limit)
     .fetch_all(tx)
     .await?;
     let mut events: Vec<Event> = rows
         .into_iter()
-        .map(|(id, event_type, target, instance, payload, occurred_at)| Event {
+        .map(|(id, event_type, target, instance, payload, occurred_at, trace_context)| Event {
             id,
             event_type,
             target,
             instance,
             payload,
             occurred_at,
+            trace_context,
         })
         .collect();
     events.sort_unstable_by_key(|e| e.id);

@@ -4,7 +4,9 @@
 //! the relay also publishes to `caracal.invalidations`: followers (the coordinator, the gateway)
 //! re-read just that target instead of the whole registry.
 
+use caracal_core::telemetry;
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::discovery::DiscoveryStatus;
 use crate::target::{Target, TargetSpec};
@@ -174,11 +176,14 @@ impl From<Row> for Target {
 /// # Errors
 /// When the query fails.
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<Target>, Error> {
-    let row: Option<Row> = sqlx::query_as(select!(" WHERE t.name = $1 GROUP BY t.id, d.target_id"))
-        .bind(name)
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(Target::from))
+    traced(telemetry::db_span("postgresql", "SELECT", "targets"), async move {
+        let row: Option<Row> = sqlx::query_as(select!(" WHERE t.name = $1 GROUP BY t.id, d.target_id"))
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
+        Ok(row.map(Target::from))
+    })
+    .await
 }
 
 /// Every target, by name.
@@ -186,8 +191,12 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<Target>, 
 /// # Errors
 /// When the query fails.
 pub async fn list(pool: &sqlx::PgPool) -> Result<Vec<Target>, Error> {
-    let rows: Vec<Row> = sqlx::query_as(select!(" GROUP BY t.id, d.target_id ORDER BY t.name")).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(Target::from).collect())
+    traced(telemetry::db_span("postgresql", "SELECT", "targets"), async move {
+        let rows: Vec<Row> =
+            sqlx::query_as(select!(" GROUP BY t.id, d.target_id ORDER BY t.name")).fetch_all(pool).await?;
+        Ok(rows.into_iter().map(Target::from).collect())
+    })
+    .await
 }
 
 /// Every target control owns, by name.
@@ -251,25 +260,28 @@ fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
 /// # Errors
 /// [`Refused::Conflict`] when the name is taken; a database error.
 pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> Result<Target, Error> {
-    let mut tx = pool.begin().await?;
-    let insert = sqlx::query_scalar(
-        "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
-                              discovery, tls, grpc_service, managed_by, declared_in) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING RETURNING id",
-    )
-    .bind(&spec.name);
-    let id: Option<i64> =
-        bind_document(insert, spec).bind(writer.managed_by()).bind(writer.file()).fetch_optional(&mut *tx).await?;
-    let Some(id) = id else { return Err(Refused::Conflict(spec.name.clone()).into()) };
-    sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
-        .bind(id)
-        .bind(&spec.instances)
-        .execute(&mut *tx)
-        .await?;
-    record(&mut tx, "target.created", spec).await?;
-    let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
-    tx.commit().await?;
-    Ok(target)
+    traced(telemetry::db_span("postgresql", "INSERT", "targets"), async move {
+        let mut tx = pool.begin().await?;
+        let insert = sqlx::query_scalar(
+            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
+                                  discovery, tls, grpc_service, managed_by, declared_in) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(&spec.name);
+        let id: Option<i64> =
+            bind_document(insert, spec).bind(writer.managed_by()).bind(writer.file()).fetch_optional(&mut *tx).await?;
+        let Some(id) = id else { return Err(Refused::Conflict(spec.name.clone()).into()) };
+        sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[])")
+            .bind(id)
+            .bind(&spec.instances)
+            .execute(&mut *tx)
+            .await?;
+        record(&mut tx, "target.created", spec).await?;
+        let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
+        tx.commit().await?;
+        Ok(target)
+    })
+    .await
 }
 
 /// Who owns a stored target, and whether it discovers its instances.
@@ -308,38 +320,41 @@ async fn lock_for(tx: &mut PgConnection, name: &str, writer: &Writer) -> Result<
 /// [`Refused::Conflict`] for control on an API target; [`Refused::Discovered`] when the API
 /// lists instances for a discovered target; a database error.
 pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> Result<Target, Error> {
-    let mut tx = pool.begin().await?;
-    let Ownership { id, discovered, .. } = lock_for(&mut tx, &spec.name, writer).await?;
-    if discovered && spec.discovery.is_none() && *writer == Writer::Api {
-        return Err(Refused::Discovered(spec.name.clone()).into());
-    }
-    let update = sqlx::query_scalar(
-        "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
-         timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, declared_in = COALESCE($11, declared_in), \
-         updated_at = now() \
-         WHERE id = $1 RETURNING id",
-    )
-    .bind(id);
-    bind_document(update, spec).bind(writer.file()).fetch_one(&mut *tx).await?;
-    // Listed instances replace the stored ones; a discovered target's stay until control
-    // resolves its (possibly new) name: a blip must never empty a target.
-    if spec.discovery.is_none() {
-        sqlx::query("DELETE FROM instances WHERE target_id = $1 AND url <> ALL($2::text[])")
-            .bind(id)
-            .bind(&spec.instances)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .bind(&spec.instances)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM discovery_status WHERE target_id = $1").bind(id).execute(&mut *tx).await?;
-    }
-    record(&mut tx, "target.updated", spec).await?;
-    let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
-    tx.commit().await?;
-    Ok(target)
+    traced(telemetry::db_span("postgresql", "UPDATE", "targets"), async move {
+        let mut tx = pool.begin().await?;
+        let Ownership { id, discovered, .. } = lock_for(&mut tx, &spec.name, writer).await?;
+        if discovered && spec.discovery.is_none() && *writer == Writer::Api {
+            return Err(Refused::Discovered(spec.name.clone()).into());
+        }
+        let update = sqlx::query_scalar(
+            "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
+             timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, declared_in = COALESCE($11, declared_in), \
+             updated_at = now() \
+             WHERE id = $1 RETURNING id",
+        )
+        .bind(id);
+        bind_document(update, spec).bind(writer.file()).fetch_one(&mut *tx).await?;
+        // Listed instances replace the stored ones; a discovered target's stay until control
+        // resolves its (possibly new) name: a blip must never empty a target.
+        if spec.discovery.is_none() {
+            sqlx::query("DELETE FROM instances WHERE target_id = $1 AND url <> ALL($2::text[])")
+                .bind(id)
+                .bind(&spec.instances)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO instances (target_id, url) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(&spec.instances)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM discovery_status WHERE target_id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        record(&mut tx, "target.updated", spec).await?;
+        let target = get(&mut tx, &spec.name).await?.ok_or_else(|| Refused::NotFound(spec.name.clone()))?;
+        tx.commit().await?;
+        Ok(target)
+    })
+    .await
 }
 
 /// Deletes `name` and its instances (history is kept) on behalf of `writer`.
@@ -347,19 +362,22 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
 /// # Errors
 /// As [`replace`]'s ownership refusals; a database error.
 pub async fn delete(pool: &sqlx::PgPool, name: &str, writer: &Writer) -> Result<(), Error> {
-    let mut tx = pool.begin().await?;
-    let id = lock_for(&mut tx, name, writer).await?.id;
-    sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await?;
-    let event = NewEvent {
-        event_type: "target.deleted".into(),
-        target: Some(name.into()),
-        instance: None,
-        payload: serde_json::json!({ "name": name }),
-    };
-    outbox::enqueue(&mut tx, &event).await?;
-    announce(&mut tx, name).await?;
-    tx.commit().await?;
-    Ok(())
+    traced(telemetry::db_span("postgresql", "DELETE", "targets"), async move {
+        let mut tx = pool.begin().await?;
+        let id = lock_for(&mut tx, name, writer).await?.id;
+        sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let event = NewEvent {
+            event_type: "target.deleted".into(),
+            target: Some(name.into()),
+            instance: None,
+            payload: serde_json::json!({ "name": name }),
+        };
+        outbox::enqueue(&mut tx, &event).await?;
+        announce(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
 }
 
 /// Pauses or resumes probing `name`, with its outbox event (`target.paused` or
@@ -369,26 +387,29 @@ pub async fn delete(pool: &sqlx::PgPool, name: &str, writer: &Writer) -> Result<
 /// # Errors
 /// [`Refused::NotFound`]; a database error.
 pub async fn set_paused(pool: &sqlx::PgPool, name: &str, paused: bool) -> Result<Target, Error> {
-    let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE targets SET paused_at = CASE WHEN $2 THEN now() END, updated_at = now() \
-         WHERE name = $1 AND (paused_at IS NULL) = $2",
-    )
-    .bind(name)
-    .bind(paused)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed > 0 {
-        let event_type = if paused { "target.paused" } else { "target.resumed" };
-        let payload = serde_json::json!({ "name": name });
-        let event = NewEvent { event_type: event_type.into(), target: Some(name.into()), instance: None, payload };
-        outbox::enqueue(&mut tx, &event).await?;
-        announce(&mut tx, name).await?;
-    }
-    let target = get(&mut tx, name).await?.ok_or_else(|| Refused::NotFound(name.into()))?;
-    tx.commit().await?;
-    Ok(target)
+    traced(telemetry::db_span("postgresql", "UPDATE", "targets"), async move {
+        let mut tx = pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE targets SET paused_at = CASE WHEN $2 THEN now() END, updated_at = now() \
+             WHERE name = $1 AND (paused_at IS NULL) = $2",
+        )
+        .bind(name)
+        .bind(paused)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            let event_type = if paused { "target.paused" } else { "target.resumed" };
+            let payload = serde_json::json!({ "name": name });
+            let event = NewEvent { event_type: event_type.into(), target: Some(name.into()), instance: None, payload };
+            outbox::enqueue(&mut tx, &event).await?;
+            announce(&mut tx, name).await?;
+        }
+        let target = get(&mut tx, name).await?.ok_or_else(|| Refused::NotFound(name.into()))?;
+        tx.commit().await?;
+        Ok(target)
+    })
+    .await
 }
 
 /// What a discovery write changed.
@@ -448,4 +469,9 @@ pub async fn set_discovered(
     announce(&mut tx, &name).await?;
     tx.commit().await?;
     Ok(Some(change))
+}
+
+/// Runs `work` in `span` (a database span, or a disabled one).
+async fn traced<T>(span: tracing::Span, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    work.instrument(span).await
 }

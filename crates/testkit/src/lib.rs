@@ -16,6 +16,8 @@
 //! - [`process`]: [`ServiceProcess`], a spawned binary under test (signals, logs, exit status).
 //! - [`poll`]: [`wait_for`], polling a condition instead of sleeping.
 //! - `app` (feature `app`): serving a caracal-core app in-process, with polling helpers.
+//! - `otlp` (feature `otlp`): a collector for OTLP/HTTP span exports, decoded with the official
+//!   protobuf definitions (`opentelemetry-proto`), that can be stopped to play a dead one.
 //! - [`bench`]: what the benchmark harnesses share (`wrk`'s rate, medians, CPU and memory).
 //! - `spawn` (private): the long-lived spawner thread and the scratch directory.
 //!
@@ -30,6 +32,8 @@ pub mod bench;
 pub mod dns;
 pub mod error;
 pub mod haproxy;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod pki;
 pub mod poll;
 pub mod postgres;

@@ -8,10 +8,12 @@
 //! lookup; time and revocation are checked again every time, and the memory is cleared when
 //! the key set changes.
 
+use caracal_core::telemetry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
@@ -328,7 +330,17 @@ impl Verifier {
     async fn fetch_locked(&self, fetch: &mut FetchState) -> Result<(), String> {
         let Some((client, url)) = fetch.source.clone() else { return Ok(()) };
         fetch.last = Some(Instant::now());
-        let response = client.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let span = telemetry::http_client_span("GET", &url);
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::inject_span_context(&span, &mut headers);
+        let response = match client.get(&url).headers(headers).send().instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(e) => {
+                telemetry::record_client_error(&span, if e.is_timeout() { "timeout" } else { "connection_refused" });
+                return Err(format!("GET {url}: {e}"));
+            }
+        };
+        telemetry::record_client_status(&span, response.status().as_u16());
         if !response.status().is_success() {
             return Err(format!("GET {url}: status {}", response.status()));
         }

@@ -69,6 +69,7 @@ impl Gateway {
             instance: None,
             payload: serde_json::json!({ "name": name }),
             occurred_at: "2026-12-01T00:00:00Z".into(),
+            trace_context: None,
         };
         let client = redis::Client::open(caracal_testkit::shared().redis.url()).expect("redis url");
         let mut redis: caracal_core::RedisConnection =
