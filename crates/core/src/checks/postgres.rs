@@ -1,5 +1,7 @@
 //! `postgres:connectivity` and `postgres:writable`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::{Check, Failure, Observed, Rung};
@@ -27,18 +29,35 @@ pub fn postgres(pool: sqlx::PgPool) -> Check {
 /// one by one. While it fails, idle pooled connections are tested and the read-only ones
 /// closed, so that once a writable primary is reachable again (a Service or proxy switched
 /// over) new connections go to it. Observes the time taken, in ms.
+///
+/// After a failure it passes again only once a sweep of the idle connections finds none
+/// read-only: the connection it tested may be a fresh, writable one while sessions opened
+/// during the outage still sit in the pool, and the first write after `/ready` turns 200 must
+/// not get one of them.
 pub fn postgres_writable(pool: sqlx::PgPool) -> Check {
+    let recovering = Arc::new(AtomicBool::new(false));
     Check::new("postgres:writable", Rung::Storage, move || {
-        let pool = pool.clone();
+        let (pool, recovering) = (pool.clone(), Arc::clone(&recovering));
         async move {
             let start = Instant::now();
             let mut conn = pool.acquire().await.map_err(|e| Failure::new(format!("cannot get a connection: {e}")))?;
             if let Some(why) = read_only(&mut conn).await? {
                 // This connection and any other idle one that is read-only goes: the next ones
                 // are opened afresh, wherever the database's address now leads.
+                recovering.store(true, Ordering::Relaxed);
                 let _ = conn.close().await;
                 let closed = close_read_only_idle(&pool).await;
                 return Err(Failure::new(format!("{why}; {} read-only pooled connection(s) closed", closed + 1)));
+            }
+            if recovering.load(Ordering::Relaxed) {
+                drop(conn);
+                let closed = close_read_only_idle(&pool).await;
+                if closed > 0 {
+                    return Err(Failure::new(format!(
+                        "the database is writable again; {closed} read-only pooled connection(s) from before closed"
+                    )));
+                }
+                recovering.store(false, Ordering::Relaxed);
             }
             Ok(Observed::new(super::elapsed_ms(start), "ms"))
         }
