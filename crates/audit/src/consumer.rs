@@ -28,13 +28,10 @@ fn processing_spans(entries: &[(String, Event)]) -> Vec<MessageSpan> {
         .filter_map(|(id, event)| {
             MessageSpan::continuing(
                 event.trace_context.as_deref(),
-                format!("process {}", stream::EVENTS),
+                "process",
+                stream::EVENTS,
                 MessageKind::Consumer,
-                vec![
-                    KeyValue::new("messaging.system", "redis"),
-                    KeyValue::new("messaging.operation.type", "process"),
-                    KeyValue::new("messaging.operation.name", "process"),
-                    KeyValue::new("messaging.destination.name", stream::EVENTS),
+                [
                     KeyValue::new("messaging.consumer.group.name", GROUP),
                     KeyValue::new("messaging.message.id", id.clone()),
                     KeyValue::new("caracal.outbox_id", event.id),

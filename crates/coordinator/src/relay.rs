@@ -177,13 +177,10 @@ impl Traced {
             .filter_map(|event| {
                 let span = MessageSpan::continuing(
                     event.trace_context.as_deref(),
-                    format!("create {}", stream::EVENTS),
+                    "create",
+                    stream::EVENTS,
                     MessageKind::Producer,
-                    vec![
-                        KeyValue::new("messaging.system", "redis"),
-                        KeyValue::new("messaging.operation.type", "create"),
-                        KeyValue::new("messaging.operation.name", "create"),
-                        KeyValue::new("messaging.destination.name", stream::EVENTS),
+                    [
                         KeyValue::new("caracal.outbox_id", event.id),
                         KeyValue::new("caracal.event.type", event.event_type.clone()),
                     ],

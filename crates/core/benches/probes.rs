@@ -50,16 +50,7 @@ fn main() {
         ("/health", format!("http://{app}/health")),
         ("/ready (5 checks)", format!("http://{app}/ready")),
     ];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-    for round in 0..ROUNDS {
-        for i in 0..targets.len() {
-            let index = (i + round) % targets.len();
-            let rps = run_wrk(&wrk, &targets[index].1);
-            eprintln!("round {round}: {:<20} {rps:>10.0} req/s", targets[index].0);
-            results[index].push(rps);
-        }
-    }
-    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
+    let medians = rotate(&wrk, &targets);
     println!("| target | requests/s (median of {ROUNDS} x {SECONDS} s) | ratio to bare |");
     println!("|---|---:|---:|");
     for (i, (name, _)) in targets.iter().enumerate() {
@@ -140,17 +131,8 @@ fn tracing_against_off(
         ("/ready, OTLP on, ratio 1.0 (default: probes untraced)", format!("http://{untraced}/ready")),
         ("/ready, OTLP on, ratio 1.0, trace_probes on", format!("http://{traced}/ready")),
     ];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-    for round in 0..ROUNDS {
-        for i in 0..targets.len() {
-            let index = (i + round) % targets.len();
-            let rps = run_wrk(wrk, &targets[index].1);
-            eprintln!("round {round}: {:<56} {rps:>10.0} req/s", targets[index].0);
-            results[index].push(rps);
-        }
-    }
+    let medians = rotate(wrk, &targets);
     let _ = (untraced_child.kill(), traced_child.kill());
-    let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
     println!();
     println!("| target | requests/s (median of {ROUNDS} x {SECONDS} s) | ratio to tracing off |");
     println!("|---|---:|---:|");
@@ -314,6 +296,21 @@ fn app_with(postgres: &str, redis: &str, adjust: impl FnOnce(&mut CoreConfig)) -
         .check(quick("config:loaded", Rung::Process))
         .check(quick("outbox:fake", Rung::Delivery))
         .check(quick("app:thing", Rung::Service))
+}
+
+/// `wrk` against each `(name, url)` for [`ROUNDS`] rounds, the order rotating each round (so a
+/// noisy neighbour favours none); each target's median requests/s.
+fn rotate(wrk: &str, targets: &[(&str, String)]) -> Vec<f64> {
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..ROUNDS {
+        for i in 0..targets.len() {
+            let index = (i + round) % targets.len();
+            let rps = run_wrk(wrk, &targets[index].1);
+            eprintln!("round {round}: {:<56} {rps:>10.0} req/s", targets[index].0);
+            results[index].push(rps);
+        }
+    }
+    results.iter_mut().map(|r| median(r)).collect()
 }
 
 fn run_wrk(wrk: &str, url: &str) -> f64 {

@@ -41,7 +41,13 @@ pub(crate) async fn track(State(metrics): State<Metrics>, request: Request, next
 
 /// Known methods by name; anything else is `OTHER`, so a client cannot mint label values.
 fn method_label(method: &Method) -> &'static str {
-    match *method {
+    known_method(method).unwrap_or("OTHER")
+}
+
+/// The standard methods by name (RFC 9110's and `PATCH`); `None` for any other, which metric
+/// labels and span names must not take from a client.
+pub(crate) fn known_method(method: &Method) -> Option<&'static str> {
+    Some(match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -49,8 +55,10 @@ fn method_label(method: &Method) -> &'static str {
         Method::PATCH => "PATCH",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return None,
+    })
 }
 
 struct InFlight<'a>(&'a Metrics);

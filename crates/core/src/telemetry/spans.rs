@@ -74,18 +74,7 @@ pub(crate) fn on_response<B>(response: &Response<B>, latency: Duration, span: &S
 /// The method as the conventions name it: the known ones, else `_OTHER` (a client cannot mint
 /// span names).
 fn method_name(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
-    }
+    crate::http_metrics::known_method(method).unwrap_or("_OTHER")
 }
 
 /// A CLIENT span for an outgoing HTTP request to `url` (a child of the current span, or a
@@ -295,13 +284,15 @@ pub struct MessageSpan {
 }
 
 impl MessageSpan {
-    /// Starts `name` as a child of the context in `traceparent`; `None` while nothing is
-    /// exported or when the message carries no (valid) trace context.
+    /// Starts `{operation} {destination}` (`create caracal.events`) as a child of the context in
+    /// `traceparent`, with the messaging conventions' attributes and `more`; `None` while
+    /// nothing is exported or when the message carries no (valid) trace context.
     pub fn continuing(
         traceparent: Option<&str>,
-        name: impl Into<Cow<'static, str>>,
+        operation: &'static str,
+        destination: &'static str,
         kind: MessageKind,
-        attributes: Vec<KeyValue>,
+        more: impl IntoIterator<Item = KeyValue>,
     ) -> Option<Self> {
         if !exporting() {
             return None;
@@ -309,7 +300,17 @@ impl MessageSpan {
         let traceparent = traceparent.filter(|t| trace_id_of(t).is_some())?;
         let carrier = [("traceparent", traceparent)];
         let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&PairExtractor(&carrier)));
-        Some(Self::start(name.into(), kind, attributes, &parent))
+        // The messaging conventions' own attributes; `more` adds the caller's.
+        let attributes = [
+            KeyValue::new("messaging.system", "redis"),
+            KeyValue::new("messaging.operation.type", operation),
+            KeyValue::new("messaging.operation.name", operation),
+            KeyValue::new("messaging.destination.name", destination),
+        ]
+        .into_iter()
+        .chain(more)
+        .collect();
+        Some(Self::start(format!("{operation} {destination}").into(), kind, attributes, &parent))
     }
 
     /// Starts `name` as this span's child.
