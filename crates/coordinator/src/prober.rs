@@ -10,7 +10,7 @@ use caracal_core::telemetry;
 use caracal_store::invalidations::Notice;
 use caracal_store::target::{Scheme, TlsSpec};
 use caracal_store::{NewEvent, outbox};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -178,6 +178,13 @@ struct Instance {
     grpc_service: String,
 }
 
+/// One running instance task: what it probes, how to stop it, and how to make it probe now.
+struct Running {
+    instance: Instance,
+    stop: CancellationToken,
+    nudge: Arc<Notify>,
+}
+
 /// How one instance task probes: its address, and its TLS client when it speaks TLS (built
 /// once per task; `Err` holds why it could not be, reported by every probe).
 struct Probing {
@@ -242,7 +249,7 @@ impl Prober {
     /// (in memory) and ownership reconciled; nothing is read from PostgreSQL on that timer.
     pub async fn run(self, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
         let mut registry: HashMap<i64, Instance> = HashMap::new();
-        let mut running: HashMap<i64, (Instance, CancellationToken)> = HashMap::new();
+        let mut running: HashMap<i64, Running> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut members = Vec::new();
         // A registry read that failed is retried at the next tick.
@@ -286,8 +293,8 @@ impl Prober {
             self.heartbeat.beat();
             while tasks.try_join_next().is_some() {}
         }
-        for (_, (_, token)) in running.drain() {
-            token.cancel();
+        for (_, task) in running.drain() {
+            task.stop.cancel();
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -337,18 +344,24 @@ impl Prober {
         Ok(fresh)
     }
 
+    /// Starts and stops instance tasks so this replica runs exactly the instances it owns.
+    /// An instance in `fresh` (announced as changed) is probed at once: a new task starts
+    /// without the spread, and a running one is nudged, since the announcement can arrive
+    /// after a full re-read already started its task with a spread first probe.
     fn reconcile(
         &self,
         registry: &HashMap<i64, Instance>,
         fresh: &HashSet<i64>,
-        running: &mut HashMap<i64, (Instance, CancellationToken)>,
+        running: &mut HashMap<i64, Running>,
         tasks: &mut JoinSet<()>,
         stop: &CancellationToken,
     ) {
-        running.retain(|id, (instance, token)| {
-            let keep = registry.get(id).is_some_and(|now| now == instance && self.members.owns(*id));
+        running.retain(|id, task| {
+            let keep = registry.get(id).is_some_and(|now| *now == task.instance && self.members.owns(*id));
             if !keep {
-                token.cancel();
+                task.stop.cancel();
+            } else if fresh.contains(id) {
+                task.nudge.notify_one();
             }
             keep
         });
@@ -356,16 +369,17 @@ impl Prober {
             if running.contains_key(id) || !self.members.owns(*id) {
                 continue;
             }
-            let token = stop.child_token();
-            running.insert(*id, (instance.clone(), token.clone()));
+            let task = Running { instance: instance.clone(), stop: stop.child_token(), nudge: Arc::new(Notify::new()) };
             let this = self.clone();
             let (instance, at_once) = (instance.clone(), fresh.contains(id));
-            tasks.spawn(async move { this.probe_loop(instance, at_once, token).await });
+            let (token, nudge) = (task.stop.clone(), Arc::clone(&task.nudge));
+            running.insert(*id, task);
+            tasks.spawn(async move { this.probe_loop(instance, at_once, nudge, token).await });
         }
         self.metrics.instances_owned.set(running.len() as i64);
     }
 
-    async fn probe_loop(self, instance: Instance, at_once: bool, stop: CancellationToken) {
+    async fn probe_loop(self, instance: Instance, at_once: bool, nudge: Arc<Notify>, stop: CancellationToken) {
         let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
         // The status as recorded (by whoever owned it before), so a new owner does not
         // re-announce it. Read once per task: tasks start only when something changed.
@@ -404,6 +418,7 @@ impl Prober {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = nudge.notified() => {}
                 () = stop.cancelled() => return,
             }
             wait = instance.interval.mul_f64(0.9 + fastrand::f64() * 0.2);

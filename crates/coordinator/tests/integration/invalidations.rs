@@ -69,6 +69,48 @@ async fn a_registered_target_is_probed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_announcement_after_the_re_read_that_found_its_target_still_probes_at_once() {
+    let shared = support::shared();
+    // A Redis of its own: the announcement must be the only one on the stream.
+    let redis = caracal_testkit::Redis::start_default().expect("redis");
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    // Written (with its outbox row) before the replica starts and announced only once the
+    // relay runs: the start-up re-read finds it first and spreads its first probe over ten
+    // minutes; the announcement that follows must still have it probed at once.
+    let name = caracal_testkit::unique_name("late");
+    registry::create(&pool, &spec(&name, vec![fleet.url(1)]), &Writer::Api).await.expect("create");
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    config.full_resync = Duration::from_secs(600);
+    let replica = Replica::start(&pool, &redis.url(), &config).await;
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        replica.exposition().lines().any(|l| l == "instances_owned 1").then_some(())
+    })
+    .await
+    .expect("the start-up re-read gave the replica its instance");
+    assert!(!fleet.probed_by().contains_key(&1), "not probed yet: its first probe is spread");
+
+    let stop = CancellationToken::new();
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let relay = Relay::new(
+        pool.clone(),
+        support::redis(&redis.url()).await,
+        Metrics::register(&mut metrics_registry),
+        config.relay.clone(),
+    );
+    let relaying = tokio::spawn(relay.run(stop.clone()));
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        fleet.probed_by().contains_key(&1).then_some(())
+    })
+    .await
+    .expect("the announcement has the running instance probed now, not at its spread time");
+
+    stop.cancel();
+    let _ = relaying.await;
+    replica.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn redis_losing_everything_loses_no_registration() {
     let shared = support::shared();
     // A Redis of its own: FLUSHALL must not reach the other tests.
