@@ -8,7 +8,9 @@
 //!
 //! The relay and the audit consumer (with its ledger reconciler) run as child processes (this
 //! harness started again with `--role`), each with its defaults, so their memory is their own.
-//! `BENCH_BATCH=N` sets both batch sizes instead of the defaults (2,000).
+//! `BENCH_RELAY_BATCH=N` and `BENCH_AUDIT_BATCH=N` set the batch sizes instead of the
+//! defaults (2,000). `BENCH_REPLICAS=1` runs only the one-of-each backlog (and no baselines
+//! with `BENCH_BASELINES=off`), for profiling one configuration.
 //! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
 //! not the disk.
 
@@ -16,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caracal_testkit::bench::{cpu_seconds_of, peak_rss_mib_of};
+use caracal_testkit::bench::{cpu_seconds_between, cpu_seconds_by_pid, cpu_seconds_of, peak_rss_mib_of};
 use caracal_testkit::{Postgres, Redis};
 
 const BACKLOG: i64 = 100_000;
@@ -33,13 +35,20 @@ fn main() {
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     let redis = Redis::start_default().expect("Redis (apt-get install -y redis-server)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let baselines = std::env::var("BENCH_BASELINES").map_or(true, |v| v != "off");
+    let replicas: Vec<usize> = std::env::var("BENCH_REPLICAS")
+        .map_or_else(|_| vec![1, 2], |v| v.split(',').map(|n| n.trim().parse().expect("BENCH_REPLICAS")).collect());
     runtime.block_on(async {
-        let raw = {
+        let raw = if !baselines {
+            f64::NAN
+        } else {
             let url = postgres.fresh_database("raw").expect("database");
             let pool = connect(&url, 16).await;
             raw_inserts(&pool).await
         };
-        let psql = {
+        let psql = if !baselines {
+            f64::NAN
+        } else {
             let url = postgres.fresh_database("psql").expect("database");
             let pool = connect(&url, 2).await;
             psql_inserts(&pool, postgres.port(), url.rsplit('/').next().expect("name")).await
@@ -48,7 +57,9 @@ fn main() {
         println!("|---|---:|");
         println!("| raw PostgreSQL inserts, sqlx (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
         println!("| raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
-        for replicas in [1, 2] {
+        let (relay_alone, audit_alone) = hops_alone(&postgres, &redis).await;
+        println!("| each hop alone, the other stopped: relay (outbox → stream) / audit (stream → ledger) | {relay_alone:.0} / {audit_alone:.0} events/s |");
+        for replicas in replicas {
             let run = backlog(&postgres, &redis, replicas).await;
             println!(
                 "| {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx |",
@@ -84,6 +95,10 @@ fn main() {
                 "| CPU of the relays / audits for the backlog ({replicas}+{replicas}) | {:.2} / {:.2} s |",
                 run.relay_cpu, run.audit_cpu
             );
+            println!(
+                "| CPU of PostgreSQL / Redis while the backlog cleared ({replicas}+{replicas}, every process) | {:.2} / {:.2} s |",
+                run.postgres_cpu, run.redis_cpu
+            );
             if let Some((p50, p99, max, relay)) = run.lone {
                 println!(
                     "| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |"
@@ -102,6 +117,9 @@ struct Run {
     audit_rss: f64,
     relay_cpu: f64,
     audit_cpu: f64,
+    /// CPU seconds of every PostgreSQL and Redis process while the backlog cleared.
+    postgres_cpu: f64,
+    redis_cpu: f64,
     lone: Option<(f64, f64, f64, f64)>,
     /// Per child: its role and its seconds per stage when the backlog had cleared.
     stages: Vec<(String, Vec<(String, f64)>)>,
@@ -149,6 +167,7 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
     .execute(&pool)
     .await
     .expect("backlog");
+    let servers_before = (cpu_seconds_by_pid("postgres"), cpu_seconds_by_pid("redis-server"));
     let started: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
         .fetch_one(&pool)
         .await
@@ -164,6 +183,9 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         .await
         .expect("clock");
     let rate = BACKLOG as f64 / (finished - started);
+    let (postgres_before, redis_before) = servers_before;
+    let postgres_cpu = cpu_seconds_between(&postgres_before, &cpu_seconds_by_pid("postgres"));
+    let redis_cpu = cpu_seconds_between(&redis_before, &cpu_seconds_by_pid("redis-server"));
     let stages = children.iter_mut().map(|w| (w.role.clone(), w.stages())).collect();
 
     let (rows, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events")
@@ -189,7 +211,54 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         let _ = worker.child.kill();
         let _ = worker.child.wait();
     }
-    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, lone, stages }
+    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, postgres_cpu, redis_cpu, lone, stages }
+}
+
+/// Each hop's own rate, the other stopped: the relay alone moves a `BACKLOG`-row outbox into
+/// the stream (rows/s, until the last row is marked dispatched), then the audit alone clears
+/// that stream into the ledger (until the last ledger row). Whichever is slower bounds the
+/// pipeline.
+async fn hops_alone(postgres: &Postgres, redis: &Redis) -> (f64, f64) {
+    let url = postgres.fresh_database("hops").expect("database");
+    let pool = connect(&url, 4).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    redis.command("FLUSHALL").expect("flush");
+    sqlx::query(
+        "INSERT INTO outbox (event_type, target, payload) \
+         SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
+    )
+    .bind(BACKLOG)
+    .execute(&pool)
+    .await
+    .expect("backlog");
+    let clock = "SELECT extract(epoch FROM clock_timestamp())::float8";
+    let started: f64 = sqlx::query_scalar(clock).fetch_one(&pool).await.expect("clock");
+    let mut relay = spawn("relay", &url, &redis.url());
+    let pending = "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL";
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while sqlx::query_scalar::<_, i64>(pending).fetch_one(&pool).await.expect("pending") > 0 {
+        assert!(Instant::now() < deadline, "the relay did not clear the outbox in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dispatched: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+    let _ = relay.child.kill();
+    let _ = relay.child.wait();
+    let started_audit: f64 = sqlx::query_scalar(clock).fetch_one(&pool).await.expect("clock");
+    let mut audit = spawn("audit", &url, &redis.url());
+    while count(&pool).await < BACKLOG {
+        assert!(Instant::now() < deadline, "the audit did not clear the stream in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recorded: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(recorded_at))::float8 FROM audit_events")
+        .fetch_one(&pool)
+        .await
+        .expect("clock");
+    let _ = audit.child.kill();
+    let _ = audit.child.wait();
+    (BACKLOG as f64 / (dispatched - started), BACKLOG as f64 / (recorded - started_audit))
 }
 
 /// Inserts `LONE_EVENTS` events one at a time, 20 ms apart, on the idle pipe (right after the

@@ -22,9 +22,9 @@ use crate::metrics::{Metrics, ResetLabels};
 /// A `process caracal.events` CONSUMER span for each entry that carries a trace, continuing it
 /// (the relay's `create` span is the parent), so the ledger insert shows in the trace of the
 /// request that made the change. Empty while spans are not exported.
-fn processing_spans(entries: &[(String, Event)]) -> Vec<MessageSpan> {
-    entries
-        .iter()
+fn processing_spans(ids: &[String], events: &[Event]) -> Vec<MessageSpan> {
+    ids.iter()
+        .zip(events)
         .filter_map(|(id, event)| {
             MessageSpan::continuing(
                 event.trace_context.as_deref(),
@@ -316,7 +316,9 @@ impl Consumer {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut good: Vec<(String, Event)> = Vec::new();
+        // The readable entries: their stream ids and their events, side by side.
+        let mut ids: Vec<String> = Vec::with_capacity(entries.len());
+        let mut events: Vec<Event> = Vec::with_capacity(entries.len());
         let mut poison: Vec<(StreamId, Poison)> = Vec::new();
         for entry in entries {
             if let Some((_, n)) = overused.iter().find(|(id, _)| *id == entry.id) {
@@ -324,12 +326,14 @@ impl Consumer {
                 continue;
             }
             match Event::from_fields(&entry.map) {
-                Ok(event) => good.push((entry.id.clone(), event)),
+                Ok(event) => {
+                    ids.push(entry.id);
+                    events.push(event);
+                }
                 Err(bad) => poison.push((entry, Poison::Bad(bad))),
             }
         }
-        let events: Vec<Event> = good.iter().map(|(_, e)| e.clone()).collect();
-        let mut traced = processing_spans(&good);
+        let mut traced = processing_spans(&ids, &events);
         let started = Instant::now();
         let inserting: Vec<MessageSpan> = traced
             .iter()
@@ -358,7 +362,7 @@ impl Consumer {
             Ok(recorded) => self.count(recorded, events.len()),
             Err(e) if ledger::is_data_error(&e) => {
                 // One bad value spoils the batch: find it row by row.
-                for (id, event) in &good {
+                for (id, event) in ids.iter().zip(&events) {
                     match ledger::insert(&self.pool, std::slice::from_ref(event)).await {
                         Ok(recorded) => self.count(recorded, 1),
                         Err(e) if ledger::is_data_error(&e) => {
@@ -372,7 +376,6 @@ impl Consumer {
             Err(e) => return Err(e.into()),
         }
         self.metrics.stage("insert", started.elapsed().as_secs_f64());
-        let mut ids: Vec<String> = good.into_iter().map(|(id, _)| id).collect();
         for (entry, why) in &poison {
             self.dead_letter(entry, why).await?;
             ids.push(entry.id.clone());

@@ -49,6 +49,27 @@ pub fn cpu_seconds_of(pid: impl std::fmt::Display) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds (user + system) of every running process whose command name is `comm`
+/// (`postgres`, `redis-server`), per pid: take one before and one after a run and give both
+/// to [`cpu_seconds_between`].
+pub fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Default::default() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .filter_map(|pid| Some((pid, cpu_seconds_of(pid)?)))
+        .collect()
+}
+
+/// The CPU seconds spent between two [`cpu_seconds_by_pid`] readings, by the processes alive
+/// at the second (one that started in between counts from zero; one that exited is lost).
+pub fn cpu_seconds_between(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after.iter().map(|(pid, secs)| secs - before.get(pid).copied().unwrap_or(0.0)).sum()
+}
+
 /// This process's peak resident memory (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> f64 {
     peak_rss_mib_of("self")

@@ -78,6 +78,18 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
     // the ledger holds may go, however old.
     assert_eq!(outbox::purge(&pool, Duration::from_secs(86_400), 100).await.expect("purge"), 0);
     assert_eq!(ledger::insert(&pool, &a).await.expect("ledger"), 3);
+    // A batch holding recorded ids (a redelivery) records only the new one and changes none.
+    let mut again = vec![a[1].clone(), b[1].clone()];
+    again[0].event_type = "changed.on.redelivery".into();
+    assert_eq!(ledger::insert(&pool, &again).await.expect("redelivered"), 1);
+    assert_eq!(ledger::insert(&pool, &again).await.expect("redelivered twice"), 0);
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT event_type FROM audit_events ORDER BY outbox_id")
+        .fetch_all(&pool)
+        .await
+        .expect("ledger rows");
+    assert_eq!(kinds.len(), 4);
+    assert!(!kinds.iter().any(|k| k == "changed.on.redelivery"), "the first record stands: {kinds:?}");
+    sqlx::query("DELETE FROM audit_events WHERE outbox_id = $1").bind(b[1].id).execute(&pool).await.expect("undo");
     assert_eq!(outbox::purge(&pool, Duration::from_secs(86_400), 100).await.expect("purge"), 3);
     let kept: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE dispatched_at IS NOT NULL")
         .fetch_all(&pool)
