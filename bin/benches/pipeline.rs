@@ -57,7 +57,9 @@ fn main() {
         println!("|---|---:|");
         println!("| raw PostgreSQL inserts, sqlx (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
         println!("| raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
-        let (relay_alone, audit_alone) = hops_alone(&postgres, &redis).await;
+        let (relay_alone, audit_alone) = tokio::time::timeout(Duration::from_secs(300), hops_alone(&postgres, &redis))
+            .await
+            .expect("each hop alone cleared its backlog in 5 minutes");
         println!("| each hop alone, the other stopped: relay (outbox → stream) / audit (stream → ledger) | {relay_alone:.0} / {audit_alone:.0} events/s |");
         for replicas in replicas {
             let run = backlog(&postgres, &redis, replicas).await;
@@ -134,6 +136,12 @@ struct Worker {
 }
 
 impl Worker {
+    /// Kills the child and reaps it.
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The child's seconds per stage so far: it answers `stats` with `stage=seconds ...`.
     fn stages(&mut self) -> Vec<(String, f64)> {
         writeln!(self.stdin, "stats").expect("ask for stats");
@@ -149,39 +157,22 @@ impl Worker {
 /// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with one of each, then
 /// also times lone events on the idle pipe.
 async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
-    let url = postgres.fresh_database("backlog").expect("database");
-    let pool = connect(&url, 4).await;
-    caracal_store::migrate(&pool).await.expect("migrate");
-    redis.command("FLUSHALL").expect("flush");
+    let (url, pool) = fresh_pipeline(postgres, redis, "backlog").await;
     let mut children: Vec<Worker> = Vec::new();
     for _ in 0..replicas {
         children.push(spawn("relay", &url, &redis.url()));
         children.push(spawn("audit", &url, &redis.url()));
     }
-    // The whole backlog commits at once, as rows piled up during an outage would be found.
-    sqlx::query(
-        "INSERT INTO outbox (event_type, target, payload) \
-         SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
-    )
-    .bind(BACKLOG)
-    .execute(&pool)
-    .await
-    .expect("backlog");
+    fill_outbox(&pool).await;
     let servers_before = (cpu_seconds_by_pid("postgres"), cpu_seconds_by_pid("redis-server"));
-    let started: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
-        .fetch_one(&pool)
-        .await
-        .expect("clock");
+    let started = epoch(&pool, CLOCK).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while count(&pool).await < BACKLOG {
         assert!(Instant::now() < deadline, "the backlog did not clear in 5 minutes");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The ledger's own clock: the last batch's insert, not this poll's granularity.
-    let finished: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(recorded_at))::float8 FROM audit_events")
-        .fetch_one(&pool)
-        .await
-        .expect("clock");
+    let finished = epoch(&pool, LAST_RECORDED).await;
     let rate = BACKLOG as f64 / (finished - started);
     let (postgres_before, redis_before) = servers_before;
     let postgres_cpu = cpu_seconds_between(&postgres_before, &cpu_seconds_by_pid("postgres"));
@@ -207,10 +198,7 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         children.iter().filter(|w| w.role == role).map(|w| peak_rss_mib_of(w.child.id())).fold(0.0, f64::max)
     };
     let (relay_rss, audit_rss) = (rss("relay"), rss("audit"));
-    for mut worker in children {
-        let _ = worker.child.kill();
-        let _ = worker.child.wait();
-    }
+    children.into_iter().for_each(Worker::stop);
     Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, postgres_cpu, redis_cpu, lone, stages }
 }
 
@@ -219,45 +207,23 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
 /// that stream into the ledger (until the last ledger row). Whichever is slower bounds the
 /// pipeline.
 async fn hops_alone(postgres: &Postgres, redis: &Redis) -> (f64, f64) {
-    let url = postgres.fresh_database("hops").expect("database");
-    let pool = connect(&url, 4).await;
-    caracal_store::migrate(&pool).await.expect("migrate");
-    redis.command("FLUSHALL").expect("flush");
-    sqlx::query(
-        "INSERT INTO outbox (event_type, target, payload) \
-         SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
-    )
-    .bind(BACKLOG)
-    .execute(&pool)
-    .await
-    .expect("backlog");
-    let clock = "SELECT extract(epoch FROM clock_timestamp())::float8";
-    let started: f64 = sqlx::query_scalar(clock).fetch_one(&pool).await.expect("clock");
-    let mut relay = spawn("relay", &url, &redis.url());
+    let (url, pool) = fresh_pipeline(postgres, redis, "hops").await;
+    fill_outbox(&pool).await;
+    let started = epoch(&pool, CLOCK).await;
+    let relay = spawn("relay", &url, &redis.url());
     let pending = "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL";
-    let deadline = Instant::now() + Duration::from_secs(300);
     while sqlx::query_scalar::<_, i64>(pending).fetch_one(&pool).await.expect("pending") > 0 {
-        assert!(Instant::now() < deadline, "the relay did not clear the outbox in 5 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dispatched: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox")
-        .fetch_one(&pool)
-        .await
-        .expect("clock");
-    let _ = relay.child.kill();
-    let _ = relay.child.wait();
-    let started_audit: f64 = sqlx::query_scalar(clock).fetch_one(&pool).await.expect("clock");
-    let mut audit = spawn("audit", &url, &redis.url());
+    let dispatched = epoch(&pool, "SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox").await;
+    relay.stop();
+    let started_audit = epoch(&pool, CLOCK).await;
+    let audit = spawn("audit", &url, &redis.url());
     while count(&pool).await < BACKLOG {
-        assert!(Instant::now() < deadline, "the audit did not clear the stream in 5 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let recorded: f64 = sqlx::query_scalar("SELECT extract(epoch FROM max(recorded_at))::float8 FROM audit_events")
-        .fetch_one(&pool)
-        .await
-        .expect("clock");
-    let _ = audit.child.kill();
-    let _ = audit.child.wait();
+    let recorded = epoch(&pool, LAST_RECORDED).await;
+    audit.stop();
     (BACKLOG as f64 / (dispatched - started), BACKLOG as f64 / (recorded - started_audit))
 }
 
@@ -299,6 +265,37 @@ async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64, f64) {
     .await
     .expect("latency");
     (p50, p99, max, relay_hop)
+}
+
+/// PostgreSQL's clock now, in seconds since the epoch.
+const CLOCK: &str = "SELECT extract(epoch FROM clock_timestamp())::float8";
+/// When the ledger's last row was recorded, on PostgreSQL's clock.
+const LAST_RECORDED: &str = "SELECT extract(epoch FROM max(recorded_at))::float8 FROM audit_events";
+
+/// A fresh migrated database (its URL and a pool) and an emptied Redis.
+async fn fresh_pipeline(postgres: &Postgres, redis: &Redis, prefix: &str) -> (String, sqlx::PgPool) {
+    let url = postgres.fresh_database(prefix).expect("database");
+    let pool = connect(&url, 4).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    redis.command("FLUSHALL").expect("flush");
+    (url, pool)
+}
+
+/// Commits a `BACKLOG`-row outbox at once, as rows piled up during an outage would be found.
+async fn fill_outbox(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "INSERT INTO outbox (event_type, target, payload) \
+         SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
+    )
+    .bind(BACKLOG)
+    .execute(pool)
+    .await
+    .expect("backlog");
+}
+
+/// A time query's answer (`CLOCK`, `LAST_RECORDED`, ...).
+async fn epoch(pool: &sqlx::PgPool, sql: &'static str) -> f64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect("clock")
 }
 
 async fn count(pool: &sqlx::PgPool) -> i64 {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use caracal_coordinator::config::CoordinatorConfig;
 use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::relay::Relay;
 use caracal_store::registry::{self, Writer};
@@ -10,6 +11,31 @@ use caracal_store::target::TargetSpec;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, Fleet, Replica};
+
+/// The outbox relay, running until stopped: it announces registry writes on the stream.
+struct Relaying {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relaying {
+    async fn start(pool: &sqlx::PgPool, redis_url: &str, config: &CoordinatorConfig) -> Relaying {
+        let mut metrics_registry = prometheus_client::registry::Registry::default();
+        let relay = Relay::new(
+            pool.clone(),
+            support::redis(redis_url).await,
+            Metrics::register(&mut metrics_registry),
+            config.relay.clone(),
+        );
+        let stop = CancellationToken::new();
+        Relaying { task: tokio::spawn(relay.run(stop.clone())), stop }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
 
 fn spec(name: &str, instances: Vec<String>) -> TargetSpec {
     serde_json::from_value(serde_json::json!({"name": name, "instances": instances, "interval_ms": 600_000}))
@@ -26,15 +52,7 @@ async fn a_registered_target_is_probed_at_once() {
     // so is a first probe spread over the ten-minute interval.
     config.full_resync = Duration::from_secs(600);
     let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
-    let stop = CancellationToken::new();
-    let mut metrics_registry = prometheus_client::registry::Registry::default();
-    let relay = Relay::new(
-        pool.clone(),
-        support::redis(&shared.redis.url()).await,
-        Metrics::register(&mut metrics_registry),
-        config.relay.clone(),
-    );
-    let relaying = tokio::spawn(relay.run(stop.clone()));
+    let relaying = Relaying::start(&pool, &shared.redis.url(), &config).await;
     caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
         (!replica.membership.members().is_empty()).then_some(())
     })
@@ -63,8 +81,7 @@ async fn a_registered_target_is_probed_at_once() {
     eprintln!("write → first probe: {first:?} (create), {second:?} (an instance added)");
     assert!(first < Duration::from_secs(5) && second < Duration::from_secs(5), "{first:?} {second:?}");
 
-    stop.cancel();
-    let _ = relaying.await;
+    relaying.stop().await;
     replica.stop().await;
 }
 
@@ -90,23 +107,14 @@ async fn an_announcement_after_the_re_read_that_found_its_target_still_probes_at
     .expect("the start-up re-read gave the replica its instance");
     assert!(!fleet.probed_by().contains_key(&1), "not probed yet: its first probe is spread");
 
-    let stop = CancellationToken::new();
-    let mut metrics_registry = prometheus_client::registry::Registry::default();
-    let relay = Relay::new(
-        pool.clone(),
-        support::redis(&redis.url()).await,
-        Metrics::register(&mut metrics_registry),
-        config.relay.clone(),
-    );
-    let relaying = tokio::spawn(relay.run(stop.clone()));
+    let relaying = Relaying::start(&pool, &redis.url(), &config).await;
     caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
         fleet.probed_by().contains_key(&1).then_some(())
     })
     .await
     .expect("the announcement has the running instance probed now, not at its spread time");
 
-    stop.cancel();
-    let _ = relaying.await;
+    relaying.stop().await;
     replica.stop().await;
 }
 
@@ -120,15 +128,7 @@ async fn redis_losing_everything_loses_no_registration() {
     let mut config = support::config(&caracal_testkit::unique_name("members"));
     config.full_resync = Duration::from_secs(3);
     let replica = Replica::start(&pool, &redis.url(), &config).await;
-    let stop = CancellationToken::new();
-    let mut metrics_registry = prometheus_client::registry::Registry::default();
-    let relay = Relay::new(
-        pool.clone(),
-        support::redis(&redis.url()).await,
-        Metrics::register(&mut metrics_registry),
-        config.relay.clone(),
-    );
-    let relaying = tokio::spawn(relay.run(stop.clone()));
+    let relaying = Relaying::start(&pool, &redis.url(), &config).await;
     registry::create(&pool, &spec("before", vec![fleet.url(1)]), &Writer::Api).await.expect("create");
     caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
         fleet.probed_by().contains_key(&1).then_some(())
@@ -152,7 +152,6 @@ async fn redis_losing_everything_loses_no_registration() {
     .await;
     assert!(converged.is_ok(), "the full re-read picks up what the stream never carried");
 
-    stop.cancel();
-    let _ = relaying.await;
+    relaying.stop().await;
     replica.stop().await;
 }
