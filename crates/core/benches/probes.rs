@@ -2,7 +2,8 @@
 //! five registered checks (PostgreSQL, Redis and three in-process ones), measured with `wrk`
 //! in one run on this machine; then gRPC `grpc.health.v1.Health/Check` for `"ready"` on the
 //! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client); then `/ready`
-//! with OTLP span export on against off (`PROBES_ONLY=tracing` runs just that). Run with
+//! with OTLP span export on against off (`PROBES_ONLY=tracing` runs just that;
+//! `PROBES_ONLY=grpc` stops before it). Run with
 //! `cargo bench -p caracal-core --bench probes`; the figures go into `docs/benchmarks.md`.
 //!
 //! Each target is served by the same kind of runtime (two worker threads) on loopback, and
@@ -57,6 +58,9 @@ fn main() {
         println!("| {name} | {:.0} | {:.2} |", medians[i], medians[i] / medians[0]);
     }
     grpc_against_ready(&runtime, &app.to_string(), medians[2]);
+    if std::env::var("PROBES_ONLY").as_deref() == Ok("grpc") {
+        return;
+    }
     tracing_against_off(&runtime, &wrk, &postgres, &redis, &app);
 }
 

@@ -107,6 +107,77 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
 
+/// Every value of a batch comes back from the ledger as sent, whatever characters it holds,
+/// the time in UTC and the trace as its trace id.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_keeps_every_character_of_what_it_records() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, _) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let awkward = "tab\there, line\nbreak, cr\r, back\\slash, \\N, \\., \"quoted\", ünïcødé ✓";
+    let events = vec![
+        caracal_store::Event {
+            id: 7,
+            event_type: format!("type {awkward}"),
+            target: Some(format!("target {awkward}")),
+            instance: None,
+            payload: serde_json::json!({ "text": awkward, "nested": [awkward, null, 1.5] }),
+            occurred_at: "2026-12-02T17:30:00.123456+02:00".into(),
+            trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        },
+        caracal_store::Event {
+            id: 8,
+            event_type: "plain".into(),
+            target: None,
+            instance: Some(format!("https://h/{awkward}")),
+            payload: serde_json::json!({}),
+            occurred_at: "2026-12-02T15:30:00Z".into(),
+            trace_context: None,
+        },
+    ];
+    assert_eq!(ledger::insert(&pool, &events).await.expect("ledger"), 2);
+    type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT outbox_id, event_type, target, instance, payload, \
+                to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), trace_id \
+         FROM audit_events ORDER BY outbox_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    let expected: Vec<Row> = vec![
+        (
+            7,
+            events[0].event_type.clone(),
+            events[0].target.clone(),
+            None,
+            events[0].payload.clone(),
+            "2026-12-02T15:30:00.123456Z".into(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        ),
+        (
+            8,
+            "plain".into(),
+            None,
+            events[1].instance.clone(),
+            serde_json::json!({}),
+            "2026-12-02T15:30:00.000000Z".into(),
+            None,
+        ),
+    ];
+    assert_eq!(rows, expected);
+
+    // A value PostgreSQL refuses fails the whole batch as a data error, and writes nothing.
+    let mut bad = events.clone();
+    bad[0].id = 9;
+    bad[1].id = 10;
+    bad[1].occurred_at = "2026-13-02T15:30:00Z".into();
+    let refused = ledger::insert(&pool, &bad).await.expect_err("month 13");
+    assert!(ledger::is_data_error(&refused), "{refused:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await.expect("count");
+    assert_eq!(count, 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ledger_gap_is_found_above_the_watermark_and_healed_once() {
     let postgres = Postgres::start_default().expect("postgres");
