@@ -9,7 +9,8 @@
 //! children), the peer's is the exporter's, and Prometheus's is reported beside it. Probes are
 //! counted where they happen: our `caracal_coordinator_probes_total`, and the peer's scrapes
 //! of `/probe` as Prometheus recorded them (`count_over_time(probe_success[...])`). Our probe
-//! is two GETs (`/health`, `/ready`); the exporter's is one. Over TLS both make a fresh
+//! is two GETs (`/health`, `/ready`), or one for a target with one path for both (the
+//! `HTTPS, one path` rows); the exporter's is one. Over TLS both make a fresh
 //! session per probe (blackbox's client has no session cache; ours has resumption off).
 
 use std::io::Write;
@@ -71,7 +72,8 @@ fn main() {
     let ca_pem = std::fs::read_to_string(&pki.ca.cert).expect("CA");
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     // `BLACKBOX_ONLY=https-5` (scheme-seconds, comma-separated) narrows the runs, e.g. to
-    // profile one of them; the default is all four.
+    // profile one of them; `https1` is HTTPS with one path for both (one GET a probe, as the
+    // exporter's). The default is all six.
     let only = std::env::var("BLACKBOX_ONLY").ok();
     let wanted = |scheme: &str, interval: u32| {
         only.as_deref().is_none_or(|o| o.split(',').any(|w| w.trim() == format!("{scheme}-{}", interval / 1000)))
@@ -79,16 +81,23 @@ fn main() {
     let mut rows = Vec::new();
     for interval in INTERVALS_MS {
         if wanted("http", interval) {
-            let ours_http = ours(&postgres, &urls("http", plain), None, interval);
+            let ours_http = ours(&postgres, &urls("http", plain), None, TWO_PATHS, interval);
             let peer_http =
                 peer(&exporter, &prometheus, dir.path(), &pki.ca.cert, &urls("http", plain), "http", interval);
             rows.push((interval, "HTTP", ours_http, peer_http));
         }
-        if wanted("https", interval) {
-            let ours_https = ours(&postgres, &urls("https", tls), Some(&ca_pem), interval);
+        let (two, one) = (wanted("https", interval), wanted("https1", interval));
+        if two || one {
             let peer_https =
                 peer(&exporter, &prometheus, dir.path(), &pki.ca.cert, &urls("https", tls), "https", interval);
-            rows.push((interval, "HTTPS", ours_https, peer_https));
+            if two {
+                let ours_https = ours(&postgres, &urls("https", tls), Some(&ca_pem), TWO_PATHS, interval);
+                rows.push((interval, "HTTPS", ours_https, peer_https));
+            }
+            if one {
+                let ours_https = ours(&postgres, &urls("https", tls), Some(&ca_pem), ONE_PATH, interval);
+                rows.push((interval, "HTTPS, one path", ours_https, peer_https));
+            }
         }
     }
     let _ = proxy.kill();
@@ -176,8 +185,14 @@ fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
-/// Our prober, in-process, on `urls` (one target per 100 instances).
-fn ours(postgres: &Postgres, urls: &[String], ca_pem: Option<&str>, interval_ms: u32) -> Run {
+/// The default health and ready paths: two GETs a probe.
+const TWO_PATHS: (&str, &str) = ("/health", "/ready");
+/// One path for both, as a service with a single health endpoint is registered: one GET.
+const ONE_PATH: (&str, &str) = ("/health", "/health");
+
+/// Our prober, in-process, on `urls` (one target per 100 instances) with health and ready
+/// `paths`.
+fn ours(postgres: &Postgres, urls: &[String], ca_pem: Option<&str>, paths: (&str, &str), interval_ms: u32) -> Run {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let url = postgres.fresh_database("blackbox").expect("database");
@@ -187,11 +202,13 @@ fn ours(postgres: &Postgres, urls: &[String], ca_pem: Option<&str>, interval_ms:
         for (t, chunk) in urls.chunks(100).enumerate() {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms, tls) \
-                 VALUES ($1, '/health', '/ready', '/metrics', $3, 900, $2) RETURNING id",
+                 VALUES ($1, $4, $5, '/metrics', $3, 900, $2) RETURNING id",
             )
             .bind(format!("t{t}"))
             .bind(&tls)
             .bind(i32::try_from(interval_ms).unwrap_or(1000))
+            .bind(paths.0)
+            .bind(paths.1)
             .fetch_one(&pool)
             .await
             .expect("target");

@@ -499,6 +499,11 @@ impl Prober {
             Some(Err(why)) => return (Status::Down, Some(why.clone()), None),
         };
         let seen = match (instance.scheme, tls) {
+            // One path for both (a service with a single health endpoint): one GET answers both.
+            (Scheme::Http, _) if instance.health_path == instance.ready_path => {
+                let health = self.get(instance, &instance.health_path).await;
+                Seen { ready: health.clone(), health, presented: None }
+            }
             (Scheme::Http, _) => {
                 let (health, ready) =
                     tokio::join!(self.get(instance, &instance.health_path), self.get(instance, &instance.ready_path));

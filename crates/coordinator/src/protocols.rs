@@ -161,7 +161,7 @@ async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &st
 }
 
 /// `https://`: both paths over one fresh TLS connection (a second one when the server closes
-/// the first after answering), all within `timeout`.
+/// the first after answering), all within `timeout`; one GET when the two paths are the same.
 pub async fn https(
     address: &Address,
     client: &TlsClient,
@@ -173,6 +173,9 @@ pub async fn https(
         let (mut sender, connection) = open_https(address, client).await?;
         let mut connection = Some(connection);
         let health = drive(&mut connection, get(&mut sender, address, paths[0], user_agent)).await;
+        if paths[0] == paths[1] {
+            return Ok((health.clone(), health));
+        }
         if drive(&mut connection, sender.ready()).await.is_err() {
             let (again, opened) = open_https(address, client).await?;
             (sender, connection) = (again, Some(opened));

@@ -104,7 +104,8 @@ pub struct TargetSpec {
     #[serde(default = "default_health")]
     #[schema(schema_with = path_schema)]
     pub health_path: String,
-    /// Readiness path, default `/ready`.
+    /// Readiness path, default `/ready`; the same as `health_path` for a service with one health
+    /// endpoint (each probe then asks it once).
     #[serde(default = "default_ready")]
     #[schema(schema_with = path_schema)]
     pub ready_path: String,

@@ -90,3 +90,63 @@ async fn a_paused_target_is_not_probed_and_keeps_its_last_status_until_resumed()
         .expect("probed again once resumed");
     replica.stop().await;
 }
+
+/// A service with one health endpoint names it as both paths: each probe asks it once, and
+/// its answer counts for both liveness and readiness.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_path_for_both_is_asked_once_per_probe() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let asked = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&asked);
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+         VALUES ('single', '/healthz', '/healthz', '/metrics', 100, 1000) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("target");
+    sqlx::query("INSERT INTO instances (target_id, url) VALUES ($1, $2)")
+        .bind(id)
+        .bind(&url)
+        .execute(&pool)
+        .await
+        .expect("instance");
+    let replica =
+        Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
+    let probes = |replica: &Replica| -> u64 {
+        replica
+            .exposition()
+            .lines()
+            .filter(|l| l.starts_with("probes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        (probes(&replica) >= 5).then_some(())
+    })
+    .await
+    .expect("five probes");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM instance_status").fetch_one(&pool).await.expect("status");
+    assert_eq!(status, "up");
+    // Probes counted first, then requests: a probe asks before it is counted, so at most the
+    // one in flight has asked and is not counted yet (two GETs a probe would be twice as many).
+    let done = probes(&replica);
+    let asked = asked.load(Ordering::SeqCst);
+    assert!((done..=done + 1).contains(&asked), "{asked} requests for {done} probes");
+    replica.stop().await;
+}
