@@ -87,12 +87,25 @@ async fn ready(State(fleet): State<Fleet>, Path(n): Path<u32>, headers: HeaderMa
 
 /// Registers target `name` with `instances`, probed every `interval_ms`.
 pub async fn register(pool: &sqlx::PgPool, name: &str, instances: &[String], interval_ms: i32) {
+    register_with_paths(pool, name, instances, interval_ms, ("/health", "/ready")).await;
+}
+
+/// As [`register`], with the target's health and ready `paths`.
+pub async fn register_with_paths(
+    pool: &sqlx::PgPool,
+    name: &str,
+    instances: &[String],
+    interval_ms: i32,
+    paths: (&str, &str),
+) {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-         VALUES ($1, '/health', '/ready', '/metrics', $2, 150) RETURNING id",
+         VALUES ($1, $3, $4, '/metrics', $2, 150) RETURNING id",
     )
     .bind(name)
     .bind(interval_ms)
+    .bind(paths.0)
+    .bind(paths.1)
     .fetch_one(pool)
     .await
     .expect("target");

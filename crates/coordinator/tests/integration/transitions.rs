@@ -112,19 +112,7 @@ async fn one_path_for_both_is_asked_once_per_probe() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-         VALUES ('single', '/healthz', '/healthz', '/metrics', 100, 1000) RETURNING id",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("target");
-    sqlx::query("INSERT INTO instances (target_id, url) VALUES ($1, $2)")
-        .bind(id)
-        .bind(&url)
-        .execute(&pool)
-        .await
-        .expect("instance");
+    support::register_with_paths(&pool, "single", &[url], 100, ("/healthz", "/healthz")).await;
     let replica =
         Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
     let probes = |replica: &Replica| -> u64 {
