@@ -131,6 +131,23 @@ fn pids(caracal_dir: &Path) -> Vec<i32> {
     files.iter().filter_map(|f| std::fs::read_to_string(f).ok()?.lines().next()?.trim().parse().ok()).collect()
 }
 
+/// The last lines of every service's log under `.caracal/logs/`, for a failure message: a
+/// service that died between two commands says why there.
+fn log_tails(dir: &Path) -> String {
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.join(".caracal/logs")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            format!("--- {}\n{}", f.display(), lines[lines.len().saturating_sub(15)..].join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
@@ -166,7 +183,13 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "secrets are private");
 
     let again = run(vec!["up".into()]).await.expect("join");
-    assert_eq!(code(&again), Some(0), "running up twice is harmless: {}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(
+        code(&again),
+        Some(0),
+        "running up twice is harmless: {}\n{}",
+        String::from_utf8_lossy(&again.stderr),
+        log_tails(&dir)
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 
     let status = run(vec!["status".into(), "--ready".into(), "--json".into()]).await.expect("join");
