@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use caracal_core::RedisConnection;
 use caracal_core::telemetry::{KeyValue, MessageKind, MessageSpan};
 use caracal_store::event::BadEntry;
+use caracal_store::stream::Entry;
 use caracal_store::{Event, ledger, stream};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingCountReply};
 use tokio_util::sync::CancellationToken;
 
 use crate::GROUP;
@@ -229,7 +230,7 @@ impl Consumer {
         Ok(())
     }
 
-    async fn read(&mut self, from: &str) -> Result<Vec<StreamId>, RoundError> {
+    async fn read(&mut self, from: &str) -> Result<Vec<Entry>, RoundError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(GROUP).arg(&self.name).arg("COUNT").arg(self.config.batch);
         if from == ">" {
@@ -237,19 +238,18 @@ impl Consumer {
         }
         cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
         let started = Instant::now();
-        let reply: Option<StreamReadReply> = match cmd.query_async(&mut self.redis).await {
+        let reply: redis::Value = match cmd.query_async(&mut self.redis).await {
             Ok(reply) => {
                 self.had_group = true;
                 reply
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                None
+                redis::Value::Nil
             }
             Err(e) => return Err(e.into()),
         };
-        let entries: Vec<StreamId> =
-            reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+        let entries = stream::read_reply(reply).map_err(redis::RedisError::from)?;
         // A read that waited for nothing is idle time, not work.
         if !entries.is_empty() {
             self.metrics.stage("read", started.elapsed().as_secs_f64());
@@ -280,8 +280,9 @@ impl Consumer {
             };
             if !reply.claimed.is_empty() {
                 self.metrics.claimed.inc_by(reply.claimed.len() as u64);
-                let overused = self.overused(&reply.claimed).await?;
-                self.process(reply.claimed, &overused).await?;
+                let claimed: Vec<Entry> = reply.claimed.into_iter().map(Entry::from).collect();
+                let overused = self.overused(&claimed).await?;
+                self.process(claimed, &overused).await?;
             }
             if reply.next_stream_id == "0-0" {
                 return Ok(());
@@ -292,7 +293,7 @@ impl Consumer {
 
     /// Which of `entries` (now pending with us) were delivered more than `max_deliveries`
     /// times, with their counts.
-    async fn overused(&mut self, entries: &[StreamId]) -> Result<Vec<(String, u64)>, RoundError> {
+    async fn overused(&mut self, entries: &[Entry]) -> Result<Vec<(String, u64)>, RoundError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
         let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(stream::EVENTS)
@@ -312,20 +313,20 @@ impl Consumer {
     }
 
     /// Records `entries` and acknowledges them; poison (and the `overused`) go to the DLQ.
-    async fn process(&mut self, entries: Vec<StreamId>, overused: &[(String, u64)]) -> Result<(), RoundError> {
+    async fn process(&mut self, entries: Vec<Entry>, overused: &[(String, u64)]) -> Result<(), RoundError> {
         if entries.is_empty() {
             return Ok(());
         }
         // The readable entries: their stream ids and their events, side by side.
         let mut ids: Vec<String> = Vec::with_capacity(entries.len());
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
-        let mut poison: Vec<(StreamId, Poison)> = Vec::new();
+        let mut poison: Vec<(Entry, Poison)> = Vec::new();
         for entry in entries {
             if let Some((_, n)) = overused.iter().find(|(id, _)| *id == entry.id) {
                 poison.push((entry, Poison::TooManyDeliveries(*n)));
                 continue;
             }
-            match Event::from_fields(&entry.map) {
+            match Event::from_entry(&entry) {
                 Ok(event) => {
                     ids.push(entry.id);
                     events.push(event);
@@ -366,7 +367,7 @@ impl Consumer {
                     match ledger::insert(&self.pool, std::slice::from_ref(event)).await {
                         Ok(recorded) => self.count(recorded, 1),
                         Err(e) if ledger::is_data_error(&e) => {
-                            let entry = StreamId { id: id.clone(), map: Default::default(), ..Default::default() };
+                            let entry = Entry::new(id.clone());
                             poison.push((entry, Poison::Refused(e.to_string())));
                         }
                         Err(e) => return Err(e.into()),
@@ -395,12 +396,12 @@ impl Consumer {
     }
 
     /// Copies an entry to the DLQ with the reason and its original id.
-    async fn dead_letter(&mut self, entry: &StreamId, why: &Poison) -> redis::RedisResult<()> {
+    async fn dead_letter(&mut self, entry: &Entry, why: &Poison) -> redis::RedisResult<()> {
         tracing::warn!(entry = %entry.id, reason = %why, "entry moved to the DLQ");
         let mut cmd = redis::cmd("XADD");
         cmd.arg(stream::EVENTS_DLQ).arg("*").arg("reason").arg(why.to_string()).arg("entry_id").arg(&entry.id);
-        for (field, value) in &entry.map {
-            cmd.arg(format!("original.{field}"));
+        for (field, value) in entry.fields() {
+            cmd.arg([b"original.".as_slice(), field].concat());
             match value {
                 redis::Value::BulkString(bytes) => cmd.arg(bytes.as_slice()),
                 other => cmd.arg(format!("{other:?}")),

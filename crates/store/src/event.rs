@@ -61,23 +61,6 @@ pub enum BadEntry {
 }
 
 impl Event {
-    /// The entry's fields for `XADD` (empty strings stand for absent target and instance; a
-    /// `traceparent` field only when the event carries a trace).
-    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("outbox_id", self.id.to_string()),
-            ("type", self.event_type.clone()),
-            ("target", self.target.clone().unwrap_or_default()),
-            ("instance", self.instance.clone().unwrap_or_default()),
-            ("payload", self.payload.to_string()),
-            ("occurred_at", self.occurred_at.clone()),
-        ];
-        if let Some(traceparent) = &self.trace_context {
-            fields.push(("traceparent", traceparent.clone()));
-        }
-        fields
-    }
-
     /// The trace id of the event's trace context, when it has a well-formed one.
     pub fn trace_id(&self) -> Option<&str> {
         self.trace_context.as_deref().and_then(caracal_core::telemetry::trace_id_of)
@@ -88,11 +71,24 @@ impl Event {
     /// # Errors
     /// [`BadEntry`] naming the first field that is missing or malformed.
     pub fn from_fields(fields: &HashMap<String, redis::Value>) -> Result<Self, BadEntry> {
+        Self::from_lookup(|name| fields.get(name))
+    }
+
+    /// Reads an event back from a stream entry as [`crate::stream::read_reply`] returns it.
+    ///
+    /// # Errors
+    /// [`BadEntry`] naming the first field that is missing or malformed.
+    pub fn from_entry(entry: &crate::stream::Entry) -> Result<Self, BadEntry> {
+        Self::from_lookup(|name| entry.get(name))
+    }
+
+    /// The event whose fields `field` looks up by name.
+    fn from_lookup<'a>(field: impl Fn(&str) -> Option<&'a redis::Value>) -> Result<Self, BadEntry> {
         let text = |name: &'static str| -> Result<String, BadEntry> {
-            let value = fields.get(name).ok_or(BadEntry::Missing(name))?;
+            let value = field(name).ok_or(BadEntry::Missing(name))?;
             match value {
                 redis::Value::BulkString(bytes) => {
-                    String::from_utf8(bytes.clone()).map_err(|_| BadEntry::NotText(name))
+                    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| BadEntry::NotText(name))
                 }
                 redis::Value::SimpleString(s) => Ok(s.clone()),
                 _ => Err(BadEntry::NotText(name)),
@@ -140,10 +136,24 @@ mod tests {
             occurred_at: "2026-11-21T14:00:00.123456Z".into(),
             trace_context: None,
         };
+        // Through the very `XADD` the relay sends: its arguments after `XADD stream MAXLEN ~
+        // n *` are the entry's fields.
         let roundtrip = |event: &Event| {
-            let encoded = event.to_fields();
-            let pairs: Vec<(&str, &str)> = encoded.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            Event::from_fields(&fields(&pairs))
+            let cmd = crate::stream::xadd(crate::stream::EVENTS, event, 1000);
+            let args: Vec<redis::Value> = cmd
+                .args_iter()
+                .skip(6)
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => redis::Value::BulkString(bytes.to_vec()),
+                    _ => redis::Value::Nil,
+                })
+                .collect();
+            let entry = redis::Value::Array(vec![redis::Value::BulkString(b"1-0".to_vec()), redis::Value::Array(args)]);
+            let reply = redis::Value::Array(vec![redis::Value::Array(vec![
+                redis::Value::BulkString(crate::stream::EVENTS.into()),
+                redis::Value::Array(vec![entry]),
+            ])]);
+            Event::from_entry(&crate::stream::read_reply(reply).expect("a reply")[0])
         };
         assert_eq!(roundtrip(&event), Ok(event.clone()));
         let traced = Event {
