@@ -1,7 +1,5 @@
 //! One change as it travels: outbox row → stream entry → audit ledger row.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 /// An event to write to the outbox; the outbox assigns its id and time.
@@ -66,33 +64,17 @@ impl Event {
         self.trace_context.as_deref().and_then(caracal_core::telemetry::trace_id_of)
     }
 
-    /// Reads an event back from a stream entry's fields.
-    ///
-    /// # Errors
-    /// [`BadEntry`] naming the first field that is missing or malformed.
-    pub fn from_fields(fields: &HashMap<String, redis::Value>) -> Result<Self, BadEntry> {
-        Self::from_lookup(|name| fields.get(name))
-    }
-
     /// Reads an event back from a stream entry as [`crate::stream::read_reply`] returns it.
     ///
     /// # Errors
     /// [`BadEntry`] naming the first field that is missing or malformed.
     pub fn from_entry(entry: &crate::stream::Entry) -> Result<Self, BadEntry> {
-        Self::from_lookup(|name| entry.get(name))
-    }
-
-    /// The event whose fields `field` looks up by name.
-    fn from_lookup<'a>(field: impl Fn(&str) -> Option<&'a redis::Value>) -> Result<Self, BadEntry> {
         let text = |name: &'static str| -> Result<String, BadEntry> {
-            let value = field(name).ok_or(BadEntry::Missing(name))?;
-            match value {
-                redis::Value::BulkString(bytes) => {
-                    std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| BadEntry::NotText(name))
-                }
-                redis::Value::SimpleString(s) => Ok(s.clone()),
-                _ => Err(BadEntry::NotText(name)),
-            }
+            let value = entry.get(name).ok_or(BadEntry::Missing(name))?;
+            crate::stream::text_of(value)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .map(str::to_owned)
+                .ok_or(BadEntry::NotText(name))
         };
         let raw_id = text("outbox_id")?;
         let id = raw_id.parse::<i64>().ok().filter(|id| *id > 0).ok_or(BadEntry::BadId(raw_id))?;
@@ -121,8 +103,18 @@ impl Event {
 mod tests {
     use super::*;
 
+    use std::collections::HashMap;
+
+    use crate::stream::Entry;
+
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, redis::Value> {
         pairs.iter().map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec()))).collect()
+    }
+
+    /// An entry holding `fields`, as a consumer reads it.
+    fn read(fields: &HashMap<String, redis::Value>) -> Result<Event, BadEntry> {
+        let id = redis::streams::StreamId { id: "1-0".into(), map: fields.clone(), ..Default::default() };
+        Event::from_entry(&Entry::from(id))
     }
 
     #[test]
@@ -182,13 +174,13 @@ mod tests {
             f.insert(k.into(), redis::Value::BulkString(v.as_bytes().to_vec()));
             f
         };
-        assert!(Event::from_fields(&fields(&good)).is_ok());
-        assert_eq!(Event::from_fields(&with("outbox_id", "-3")), Err(BadEntry::BadId("-3".into())));
-        assert_eq!(Event::from_fields(&with("outbox_id", "x")), Err(BadEntry::BadId("x".into())));
-        assert!(matches!(Event::from_fields(&with("payload", "{not json")), Err(BadEntry::BadPayload(_))));
-        assert_eq!(Event::from_fields(&with("occurred_at", "yesterday")), Err(BadEntry::BadTime("yesterday".into())));
+        assert!(read(&fields(&good)).is_ok());
+        assert_eq!(read(&with("outbox_id", "-3")), Err(BadEntry::BadId("-3".into())));
+        assert_eq!(read(&with("outbox_id", "x")), Err(BadEntry::BadId("x".into())));
+        assert!(matches!(read(&with("payload", "{not json")), Err(BadEntry::BadPayload(_))));
+        assert_eq!(read(&with("occurred_at", "yesterday")), Err(BadEntry::BadTime("yesterday".into())));
         let mut missing = fields(&good);
         missing.remove("type");
-        assert_eq!(Event::from_fields(&missing), Err(BadEntry::Missing("type")));
+        assert_eq!(read(&missing), Err(BadEntry::Missing("type")));
     }
 }

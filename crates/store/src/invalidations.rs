@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use caracal_core::RedisConnection;
 use caracal_core::{Check, Failure, Observed, Rung};
-use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::streams::StreamRangeReply;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -129,7 +129,7 @@ impl Follower {
     /// Reads the entries after `from` (waiting up to [`BLOCK`]): the newest id read and the
     /// changed names, deduplicated in order.
     async fn read(&mut self, from: &str) -> Result<(Option<String>, Vec<String>), Closed> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(1000)
             .arg("BLOCK")
@@ -140,13 +140,14 @@ impl Follower {
             .query_async(&mut self.redis)
             .await
             .map_err(|e| Closed::warn(&e))?;
+        let entries = stream::read_reply(reply).map_err(|e| Closed::warn(&e.into()))?;
         self.freshness.mark();
         let mut newest = None;
         let mut names: Vec<String> = Vec::new();
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+        for entry in entries {
             // An entry that names no target is skipped, never fatal: the periodic re-read
             // from PostgreSQL, the record, covers whatever it meant.
-            match Event::from_fields(&entry.map).ok().and_then(|e| e.target) {
+            match Event::from_entry(&entry).ok().and_then(|e| e.target) {
                 Some(name) if !names.contains(&name) => names.push(name),
                 Some(_) => {}
                 None => tracing::warn!(entry = %entry.id, "skipping an unreadable entry of {}", stream::INVALIDATIONS),

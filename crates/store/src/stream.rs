@@ -54,7 +54,8 @@ pub(crate) fn xadd(stream: &str, event: &Event, max_len: usize) -> redis::Cmd {
         + event.instance.as_ref().map_or(0, String::len)
         + event.occurred_at.len()
         + event.trace_context.as_ref().map_or(0, String::len);
-    // The payload's length is not known before it is written; 128 bytes covers most.
+    // Field names and numbers take about 64 bytes; the payload's length is not known before
+    // it is written, and 128 bytes covers most.
     let mut cmd = redis::Cmd::with_capacity(20, stream.len() + text_len + 192);
     cmd.arg("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len).arg("*");
     cmd.arg("outbox_id").arg(event.id);
@@ -113,19 +114,23 @@ impl Entry {
     /// pending) read as none; a map of fields (RESP3) is flattened.
     fn from_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
         let redis::Value::Array(parts) = value else {
-            return Err(format!("a stream entry is not an array: {value:?}").into());
+            return Err(format!("a stream entry is {}, not an array", kind(&value)).into());
         };
         let mut parts = parts.into_iter();
         let id = match parts.next() {
             Some(redis::Value::BulkString(bytes)) => String::from_utf8(bytes)?,
             Some(redis::Value::SimpleString(id)) => id,
-            other => return Err(format!("a stream entry's id is not text: {other:?}").into()),
+            other => {
+                return Err(
+                    format!("a stream entry's id is {}, not text", other.as_ref().map_or("missing", kind)).into()
+                );
+            }
         };
         let fields = match parts.next() {
             Some(redis::Value::Array(fields)) => fields,
             Some(redis::Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
             None | Some(redis::Value::Nil) => Vec::new(),
-            Some(other) => return Err(format!("stream entry {id}'s fields are not an array: {other:?}").into()),
+            Some(other) => return Err(format!("stream entry {id}'s fields are {}, not an array", kind(&other)).into()),
         };
         Ok(Self { id, fields })
     }
@@ -139,11 +144,24 @@ impl From<redis::streams::StreamId> for Entry {
 }
 
 /// The bytes of a text value.
-fn text_of(value: &redis::Value) -> Option<&[u8]> {
+pub(crate) fn text_of(value: &redis::Value) -> Option<&[u8]> {
     match value {
         redis::Value::BulkString(bytes) => Some(bytes),
         redis::Value::SimpleString(s) => Some(s.as_bytes()),
         _ => None,
+    }
+}
+
+/// What a reply value is, for errors: never its contents (a whole batch of entries, payloads
+/// included, does not belong in a log line).
+fn kind(value: &redis::Value) -> &'static str {
+    match value {
+        redis::Value::Nil => "nil",
+        redis::Value::Int(_) => "an integer",
+        redis::Value::BulkString(_) | redis::Value::SimpleString(_) | redis::Value::VerbatimString { .. } => "text",
+        redis::Value::Array(_) | redis::Value::Set(_) | redis::Value::Push { .. } => "an array",
+        redis::Value::Map(_) | redis::Value::Attribute { .. } => "a map",
+        _ => "another kind of value",
     }
 }
 
@@ -165,10 +183,12 @@ pub fn read_reply(reply: redis::Value) -> Result<Vec<Entry>, redis::ParsingError
                     let mut pair = pair.into_iter();
                     Ok((pair.next().unwrap_or(redis::Value::Nil), pair.next().unwrap_or(redis::Value::Nil)))
                 }
-                other => Err(redis::ParsingError::from(format!("not a [stream, entries] pair: {other:?}"))),
+                other => {
+                    Err(redis::ParsingError::from(format!("a stream is {}, not a [name, entries] pair", kind(&other))))
+                }
             })
             .collect::<Result<_, _>>()?,
-        other => return Err(format!("not a stream read reply: {other:?}").into()),
+        other => return Err(format!("a stream read reply is {}, not an array or a map", kind(&other)).into()),
     };
     let mut entries = Vec::new();
     for (_, stream_entries) in streams {
@@ -180,7 +200,7 @@ pub fn read_reply(reply: redis::Value) -> Result<Vec<Entry>, redis::ParsingError
                 }
             }
             redis::Value::Nil => {}
-            other => return Err(format!("a stream's entries are not an array: {other:?}").into()),
+            other => return Err(format!("a stream's entries are {}, not an array", kind(&other)).into()),
         }
     }
     Ok(entries)
@@ -249,16 +269,18 @@ mod tests {
     }
 
     #[test]
-    fn an_event_reads_the_same_from_an_entry_as_from_a_map() {
-        let fields = ["outbox_id", "5", "type", "t", "target", "", "instance", "", "payload", "{\"a\":1}"];
+    fn an_event_is_read_from_an_entry_and_a_missing_field_is_named() {
+        let fields = ["outbox_id", "5", "type", "t", "target", "", "instance", "i", "payload", "{\"a\":1}"];
         let mut with_time = fields.to_vec();
         with_time.extend(["occurred_at", "2026-11-21T14:00:00Z"]);
         let reply = Value::Array(vec![Value::Array(vec![text(EVENTS), Value::Array(vec![entry("3-0", &with_time)])])]);
         let entries = read_reply(reply).expect("reply");
-        let from_entry = Event::from_entry(&entries[0]).expect("an event");
-        let map = with_time.chunks(2).map(|kv| (kv[0].to_string(), text(kv[1]))).collect();
-        assert_eq!(Event::from_fields(&map), Ok(from_entry.clone()));
-        assert_eq!(from_entry.id, 5);
+        let event = Event::from_entry(&entries[0]).expect("an event");
+        assert_eq!(
+            (event.id, event.event_type.as_str(), event.target, event.instance.as_deref()),
+            (5, "t", None, Some("i"))
+        );
+        assert_eq!(event.payload, serde_json::json!({"a": 1}));
         // Without its time, the entry is poison naming the field.
         let reply = Value::Array(vec![Value::Array(vec![text(EVENTS), Value::Array(vec![entry("3-1", &fields)])])]);
         let entries = read_reply(reply).expect("reply");

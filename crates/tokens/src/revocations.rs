@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use caracal_core::RedisConnection;
 use caracal_store::revocation::{self, Revocation};
 use caracal_store::{Event, stream};
-use redis::streams::StreamReadReply;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TokensConfig;
@@ -178,7 +177,7 @@ impl Follower {
 
     /// Reads new entries after `from` (waiting up to a second); returns the newest id read.
     async fn read(&mut self, from: &str) -> Result<Option<String>, String> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(500)
             .arg("BLOCK")
@@ -189,11 +188,12 @@ impl Follower {
             .query_async(&mut self.redis)
             .await
             .map_err(|e| format!("redis: {e}"))?;
+        let entries = stream::read_reply(reply).map_err(|e| format!("redis: {e}"))?;
         let mut newest = None;
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+        for entry in entries {
             // An entry that is not a revocation is skipped, never fatal: the set is re-read
             // from PostgreSQL regularly, which is the record.
-            match Event::from_fields(&entry.map).ok().and_then(|e| Revocation::from_payload(&e.payload)) {
+            match Event::from_entry(&entry).ok().and_then(|e| Revocation::from_payload(&e.payload)) {
                 Some(r) => self.verifier.revocations().insert(&r),
                 None => tracing::warn!(entry = %entry.id, "skipping an unreadable entry of {}", stream::REVOCATIONS),
             }
