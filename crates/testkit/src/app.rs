@@ -7,13 +7,15 @@ use caracal_core::config::{Config, CoreConfig, Mode};
 use caracal_core::{App, Running};
 
 /// Core settings for an in-process app: loopback, port 0, fast checks (200 ms interval,
-/// 300 ms timeout), no drain delay.
+/// 1 s timeout), no drain delay.
 pub fn core_config(mode: Mode) -> CoreConfig {
     let mut core = CoreConfig::defaults(0);
     core.mode = mode;
     core.bind = [127, 0, 0, 1].into();
     core.checks.interval = Duration::from_millis(200);
-    core.checks.timeout = Duration::from_millis(300);
+    // Generous: every test binary runs its tests at once on a small machine, and a check cut
+    // short there turns a test about something else red. Tests of timeouts set their own.
+    core.checks.timeout = Duration::from_secs(1);
     core.shutdown.drain_delay = Some(Duration::ZERO);
     core.shutdown.timeout = Duration::from_secs(5);
     core

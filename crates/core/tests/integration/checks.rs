@@ -105,7 +105,7 @@ async fn outbox_backlog_age_and_dead_rows_on_a_large_table() {
     let served = support::serve(app.check(checks::postgres(pool)).check(age).check(dead)).await;
 
     let body =
-        served.wait_for_check("outbox:oldest_pending_age", "fail", Duration::from_secs(5)).await.expect("10 s > 5 s");
+        served.wait_for_check("outbox:oldest_pending_age", "fail", Duration::from_secs(15)).await.expect("10 s > 5 s");
     let observed = body["checks"]["outbox:oldest_pending_age"][0]["observedValue"].as_f64().expect("observed age");
     assert!((9.0..60.0).contains(&observed), "oldest pending age {observed}");
     assert_eq!(check_status(&body, "outbox:dead"), "pass");
