@@ -9,8 +9,10 @@
 //! The relay and the audit consumer (with its ledger reconciler) run as child processes (this
 //! harness started again with `--role`), each with its defaults, so their memory is their own.
 //! `BENCH_RELAY_BATCH=N` and `BENCH_AUDIT_BATCH=N` set the batch sizes instead of the
-//! defaults (2,000). `BENCH_REPLICAS=1` runs only the one-of-each backlog (and no baselines
-//! with `BENCH_BASELINES=off`), for profiling one configuration.
+//! defaults (2,000). `BENCH_ROUNDS=N` (default 3) repeats the `psql` baseline and the backlogs
+//! after it N times, each backlog compared with its own round's baseline. `BENCH_REPLICAS=1`
+//! runs only the one-of-each backlog (and no baselines with `BENCH_BASELINES=off`), for
+//! profiling one configuration.
 //! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
 //! not the disk.
 
@@ -38,6 +40,7 @@ fn main() {
     let baselines = std::env::var("BENCH_BASELINES").map_or(true, |v| v != "off");
     let replicas: Vec<usize> = std::env::var("BENCH_REPLICAS")
         .map_or_else(|_| vec![1, 2], |v| v.split(',').map(|n| n.trim().parse().expect("BENCH_REPLICAS")).collect());
+    let rounds: usize = std::env::var("BENCH_ROUNDS").map_or(3, |v| v.parse().expect("BENCH_ROUNDS"));
     runtime.block_on(async {
         let raw = if !baselines {
             f64::NAN
@@ -46,69 +49,92 @@ fn main() {
             let pool = connect(&url, 16).await;
             raw_inserts(&pool).await
         };
-        let psql = if !baselines {
-            f64::NAN
-        } else {
-            let url = postgres.fresh_database("psql").expect("database");
-            let pool = connect(&url, 2).await;
-            psql_inserts(&pool, postgres.port(), url.rsplit('/').next().expect("name")).await
-        };
         println!("| measure | figure |");
         println!("|---|---:|");
         println!("| raw PostgreSQL inserts, sqlx (1 row/transaction, {PRODUCERS} connections) | {raw:.0} rows/s |");
-        println!("| raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
         let (relay_alone, audit_alone) = tokio::time::timeout(Duration::from_secs(300), hops_alone(&postgres, &redis))
             .await
             .expect("each hop alone cleared its backlog in 5 minutes");
         println!("| each hop alone, the other stopped: relay (outbox → stream) / audit (stream → ledger) | {relay_alone:.0} / {audit_alone:.0} events/s |");
-        for replicas in replicas {
-            let run = backlog(&postgres, &redis, replicas).await;
-            println!(
-                "| {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx |",
-                run.rate,
-                run.rate / psql,
-                run.rate / raw
-            );
-            let stages = |role: &str| {
-                run.stages
-                    .iter()
-                    .filter(|(r, _)| r == role)
-                    .flat_map(|(_, s)| s.iter())
-                    .fold(Vec::<(String, f64)>::new(), |mut sum, (stage, secs)| {
-                        match sum.iter_mut().find(|(s, _)| s == stage) {
-                            Some((_, total)) => *total += secs,
-                            None => sum.push((stage.clone(), *secs)),
-                        }
-                        sum
-                    })
-                    .iter()
-                    .map(|(stage, secs)| format!("{stage} {secs:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
+        // The `psql` baseline is a storm of round trips and moves with the machine's state far
+        // more than the batched pipeline does, so each round measures it again right before
+        // the backlogs it is compared with, and the summary gives every round's ratio.
+        let mut ratios: Vec<(usize, Vec<f64>)> = replicas.iter().map(|&r| (r, Vec::new())).collect();
+        for round in 1..=rounds {
+            let psql = if !baselines {
+                f64::NAN
+            } else {
+                let url = postgres.fresh_database("psql").expect("database");
+                let pool = connect(&url, 2).await;
+                psql_inserts(&pool, postgres.port(), url.rsplit('/').next().expect("name")).await
             };
-            println!("| relay stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("relay"));
-            println!("| audit stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("audit"));
-            println!("| stream entries beyond one per row ({replicas}+{replicas}) | {} |", run.duplicates);
-            println!(
-                "| peak RSS relay / audit ({replicas}+{replicas}, each process) | {:.0} / {:.0} MiB |",
-                run.relay_rss, run.audit_rss
-            );
-            println!(
-                "| CPU of the relays / audits for the backlog ({replicas}+{replicas}) | {:.2} / {:.2} s |",
-                run.relay_cpu, run.audit_cpu
-            );
-            println!(
-                "| CPU of PostgreSQL / Redis while the backlog cleared ({replicas}+{replicas}, every process) | {:.2} / {:.2} s |",
-                run.postgres_cpu, run.redis_cpu
-            );
-            if let Some((p50, p99, max, relay)) = run.lone {
+            println!("| round {round}: raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
+            for (replicas, ratios) in &mut ratios {
+                let replicas = *replicas;
+                // Lone events on an idle pipe: once is enough.
+                let run = backlog(&postgres, &redis, replicas, round == 1 && replicas == 1).await;
+                ratios.push(run.rate / psql);
                 println!(
-                    "| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |"
+                    "| round {round}: {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx |",
+                    run.rate,
+                    run.rate / psql,
+                    run.rate / raw
                 );
-                println!("| lone event, outbox insert to dispatch (the relay's poll), p50 | {relay:.1} ms |");
+                if round == rounds {
+                    print_details(&run, replicas);
+                }
             }
         }
+        for (replicas, ratios) in &mut ratios {
+            ratios.sort_by(f64::total_cmp);
+            let (min, max) = (ratios[0], ratios[ratios.len() - 1]);
+            let median = ratios[ratios.len() / 2];
+            println!(
+                "| {replicas} relay + {replicas} audit, {rounds} rounds: ratio to the round's `psql` baseline, min / median / max | {min:.2}× / **{median:.2}×** / {max:.2}× |"
+            );
+        }
     });
+}
+
+/// The breakdown of one backlog run: stages, duplicates, memory, CPU, lone-event latency.
+#[allow(clippy::print_stdout)] // the table on stdout is this harness's output
+fn print_details(run: &Run, replicas: usize) {
+    let stages = |role: &str| {
+        run.stages
+            .iter()
+            .filter(|(r, _)| r == role)
+            .flat_map(|(_, s)| s.iter())
+            .fold(Vec::<(String, f64)>::new(), |mut sum, (stage, secs)| {
+                match sum.iter_mut().find(|(s, _)| s == stage) {
+                    Some((_, total)) => *total += secs,
+                    None => sum.push((stage.clone(), *secs)),
+                }
+                sum
+            })
+            .iter()
+            .map(|(stage, secs)| format!("{stage} {secs:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!("| relay stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("relay"));
+    println!("| audit stages for the backlog ({replicas}+{replicas}, s summed) | {} |", stages("audit"));
+    println!("| stream entries beyond one per row ({replicas}+{replicas}) | {} |", run.duplicates);
+    println!(
+        "| peak RSS relay / audit ({replicas}+{replicas}, each process) | {:.0} / {:.0} MiB |",
+        run.relay_rss, run.audit_rss
+    );
+    println!(
+        "| CPU of the relays / audits for the backlog ({replicas}+{replicas}) | {:.2} / {:.2} s |",
+        run.relay_cpu, run.audit_cpu
+    );
+    println!(
+        "| CPU of PostgreSQL / Redis while the backlog cleared ({replicas}+{replicas}, every process) | {:.2} / {:.2} s |",
+        run.postgres_cpu, run.redis_cpu
+    );
+    if let Some((p50, p99, max, relay)) = run.lone {
+        println!("| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |");
+        println!("| lone event, outbox insert to dispatch (the relay's poll), p50 | {relay:.1} ms |");
+    }
 }
 
 /// What one backlog run measured.
@@ -154,9 +180,9 @@ impl Worker {
     }
 }
 
-/// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with one of each, then
-/// also times lone events on the idle pipe.
-async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
+/// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with `lone`, then also
+/// times lone events on the idle pipe.
+async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize, lone: bool) -> Run {
     let (url, pool) = fresh_pipeline(postgres, redis, "backlog").await;
     let mut children: Vec<Worker> = Vec::new();
     for _ in 0..replicas {
@@ -193,7 +219,7 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize) -> Run {
         children.iter().filter(|w| w.role == role).map(|w| cpu_seconds_of(w.child.id()).unwrap_or(0.0)).sum::<f64>()
     };
     let (relay_cpu, audit_cpu) = (cpu("relay"), cpu("audit"));
-    let lone = if replicas == 1 { Some(lone_events(&pool).await) } else { None };
+    let lone = if lone { Some(lone_events(&pool).await) } else { None };
     let rss = |role: &str| {
         children.iter().filter(|w| w.role == role).map(|w| peak_rss_mib_of(w.child.id())).fold(0.0, f64::max)
     };

@@ -107,6 +107,40 @@ async fn an_event_commits_with_its_change_or_not_at_all() {
     assert!(!plan.contains("Seq Scan"), "{plan}");
 }
 
+/// The relay's claim and the purge find their rows through indexes, whatever the outbox
+/// holds: a plan that reads the whole table costs every batch the outbox's size (an `IN
+/// (SELECT ...)` was joined by hashing a sequential scan of it). Planned both before the
+/// statistics know the rows (right after a burst) and after `ANALYZE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_claim_and_the_purge_never_read_the_whole_outbox() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let psql = |sql: &str| postgres.psql(&db, sql).expect("psql");
+    psql("ANALYZE outbox");
+    // Half pending, half dispatched two days ago and recorded: both statements have work.
+    psql("INSERT INTO outbox (event_type, payload) SELECT 't', '{}' FROM generate_series(1, 40000)");
+    psql("UPDATE outbox SET dispatched_at = now() - interval '2 days' WHERE id <= 20000");
+    psql(
+        "INSERT INTO audit_events (outbox_id, event_type, payload, occurred_at) \
+         SELECT id, event_type, payload, created_at FROM outbox WHERE id <= 20000",
+    );
+    let claim = outbox::CLAIM.replace("$1", "2000");
+    let purge = outbox::PURGE.replace("$1", "86400").replace("$2", "10000");
+    for statistics in ["as of the empty outbox", "after ANALYZE"] {
+        if statistics == "after ANALYZE" {
+            psql("ANALYZE outbox");
+        }
+        // As `claim` runs it: with its `SET LOCAL`s, in a transaction.
+        let plan = psql(&format!(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; EXPLAIN {claim}; ROLLBACK"
+        ));
+        assert!(!plan.contains("Seq Scan on outbox"), "claim, statistics {statistics}:\n{plan}");
+        let plan = psql(&format!("EXPLAIN {purge}"));
+        assert!(!plan.contains("Seq Scan on outbox"), "purge, statistics {statistics}:\n{plan}");
+    }
+}
+
 /// Every value of a batch comes back from the ledger as sent, whatever characters it holds,
 /// the time in UTC and the trace as its trace id.
 #[tokio::test(flavor = "multi_thread")]
