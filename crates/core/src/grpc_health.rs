@@ -4,17 +4,30 @@
 //!
 //! Service `""` answers from liveness (what `/health` says) and `"ready"` from the readiness
 //! ladder: the very snapshot `/ready` renders, so a gRPC probe storm never reaches a
-//! dependency either. tonic-health serves both methods from its in-memory table; one task keeps
-//! that table in step with the snapshot, the drain and the liveness flag.
+//! dependency either.
+//!
+//! - **`Check`** is answered from that snapshot on the spot, through tonic's own unary server
+//!   (`tonic::server::Grpc`, which decodes, encodes and writes the trailers), with a codec
+//!   whose buffers fit a health message. tonic-health's generated server would look the status
+//!   up in its table behind an async lock and allocate two 8 KiB codec buffers per call; with
+//!   the system allocator, each of those large allocations also consolidates its free lists.
+//!   Those were a third to a half of what a `Check` cost beyond a `GET /ready`
+//!   (docs/benchmarks.md).
+//! - **`Watch`** is tonic-health's: it streams from its in-memory table, which one task keeps
+//!   in step with the snapshot, the drain and the liveness flag.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{BufferSettings, Codec};
 use tonic_health::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::HealthReporter;
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::probes::Probes;
 
@@ -25,11 +38,70 @@ pub const READY_SERVICE: &str = "ready";
 /// looked at again at least this often; the look is two atomic loads and a cached render.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// The gRPC health routes, and the task that keeps their answers current until `stop`.
+/// The largest `Check` request read: a service name is a few bytes, and the endpoint is open to
+/// anyone who can reach the port, so a larger one is refused (`OUT_OF_RANGE`) unread.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+
+/// The gRPC health routes, and the task that keeps `Watch`'s table current until `stop`.
 pub(crate) fn routes(probes: Arc<Probes>, stop: CancellationToken) -> Router {
-    let (reporter, server) = tonic_health::server::health_reporter();
-    tokio::spawn(follow(probes, reporter, stop));
-    Router::new().route_service("/grpc.health.v1.Health/{*method}", server)
+    let (reporter, watch) = tonic_health::server::health_reporter();
+    tokio::spawn(follow(Arc::clone(&probes), reporter, stop));
+    let check = tower::service_fn(move |request: axum::extract::Request| {
+        let answer = Check(Arc::clone(&probes));
+        async move {
+            let mut grpc = tonic::server::Grpc::new(HealthCodec).max_decoding_message_size(MAX_REQUEST_BYTES);
+            Ok::<_, Infallible>(grpc.unary(answer, request).await)
+        }
+    });
+    // Exact paths: `Check` here, `Watch` (and only `Watch`) to tonic-health's server.
+    Router::new()
+        .route_service("/grpc.health.v1.Health/Check", check)
+        .route_service("/grpc.health.v1.Health/Watch", watch)
+}
+
+/// One `Check` call, answered from the current snapshot (no lock, no table).
+struct Check(Arc<Probes>);
+
+impl tonic::server::UnaryService<HealthCheckRequest> for Check {
+    type Response = HealthCheckResponse;
+    type Future = std::future::Ready<Result<tonic::Response<HealthCheckResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<HealthCheckRequest>) -> Self::Future {
+        let (live, ready) = statuses(&self.0);
+        let status = match request.get_ref().service.as_str() {
+            "" => live,
+            READY_SERVICE => ready,
+            // What tonic-health (and grpc-go) answer for a name they do not serve.
+            _ => return std::future::ready(Err(tonic::Status::not_found("service not registered"))),
+        };
+        let status = tonic_health::pb::health_check_response::ServingStatus::from(status);
+        std::future::ready(Ok(tonic::Response::new(HealthCheckResponse { status: status.into() })))
+    }
+}
+
+/// Protobuf for `Check`, with buffers sized for its messages (a request is a service name, an
+/// answer 2 bytes): they grow when a request is larger, up to [`MAX_REQUEST_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct HealthCodec;
+
+/// 128 bytes to start with instead of tonic's 8 KiB; the yield threshold is tonic's default.
+fn buffers() -> BufferSettings {
+    BufferSettings::new(128, 32 * 1024)
+}
+
+impl Codec for HealthCodec {
+    type Encode = HealthCheckResponse;
+    type Decode = HealthCheckRequest;
+    type Encoder = ProstEncoder<HealthCheckResponse>;
+    type Decoder = ProstDecoder<HealthCheckRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(buffers())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<HealthCheckResponse, HealthCheckRequest>::raw_decoder(buffers())
+    }
 }
 
 /// What the two services say now.
