@@ -38,13 +38,14 @@ pub const READY_SERVICE: &str = "ready";
 /// looked at again at least this often; the look is two atomic loads and a cached render.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// The largest `Check` request read: a service name is a few bytes, and the endpoint is open to
+/// The largest `Check` or `Watch` request read: a service name is a few bytes, and the endpoint is open to
 /// anyone who can reach the port, so a larger one is refused (`OUT_OF_RANGE`) unread.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 
 /// The gRPC health routes, and the task that keeps `Watch`'s table current until `stop`.
 pub(crate) fn routes(probes: Arc<Probes>, stop: CancellationToken) -> Router {
     let (reporter, watch) = tonic_health::server::health_reporter();
+    let watch = watch.max_decoding_message_size(MAX_REQUEST_BYTES);
     tokio::spawn(follow(Arc::clone(&probes), reporter, stop));
     let check = tower::service_fn(move |request: axum::extract::Request| {
         let answer = Check(Arc::clone(&probes));

@@ -108,5 +108,7 @@ async fn check_reads_a_name_past_its_first_buffer_and_refuses_an_oversized_reque
     // Past the limit the request is refused unread, and the connection goes on serving.
     let huge = "s".repeat(caracal_core::grpc_health::MAX_REQUEST_BYTES + 1);
     assert_eq!(check(&mut grpc, &huge).await, Err(tonic::Code::OutOfRange), "a request over the limit");
+    let watched = grpc.watch(HealthCheckRequest { service: huge }).await.map(|_| ()).map_err(|s| s.code());
+    assert_eq!(watched, Err(tonic::Code::OutOfRange), "Watch has the same limit");
     assert_eq!(check(&mut grpc, "ready").await, Ok(ServingStatus::Serving), "the same connection still answers");
 }
