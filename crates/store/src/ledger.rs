@@ -49,7 +49,8 @@ pub async fn insert(pool: &sqlx::PgPool, events: &[Event]) -> Result<u64, Error>
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let targets: Vec<Option<&str>> = events.iter().map(|e| e.target.as_deref()).collect();
     let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let payloads: Vec<sqlx::types::Json<&serde_json::value::RawValue>> =
+        events.iter().map(|e| sqlx::types::Json(&*e.payload)).collect();
     let times: Vec<&str> = events.iter().map(|e| e.occurred_at.as_str()).collect();
     let traces: Vec<Option<&str>> = events.iter().map(Event::trace_id).collect();
     let run = |sql: &'static str| {

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use caracal_core::telemetry;
+use serde_json::value::RawValue;
 use sqlx::PgConnection;
+use sqlx::types::Json;
 use tracing::Instrument;
 
 use crate::{Error, Event, NewEvent, rfc3339};
@@ -35,7 +37,7 @@ pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Err
 
 /// An outbox row as selected for relay: id, type, target, instance, payload, created at,
 /// trace context.
-type EventRow = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
+type EventRow = (i64, String, Option<String>, Option<String>, Json<Box<RawValue>>, String, Option<String>);
 
 /// The claim's statement (`$1` the batch size), kept as one constant so a test can show its
 /// plan. The subquery picks and locks the batch; the update finds those rows again by their
@@ -75,7 +77,7 @@ pub async fn claim(tx: &mut PgConnection, limit: i64) -> Result<Vec<Event>, Erro
             event_type,
             target,
             instance,
-            payload,
+            payload: payload.0,
             occurred_at,
             trace_context,
         })

@@ -40,8 +40,8 @@ impl Revocation {
     }
 
     /// Reads a revocation from an event's payload; `None` when it is not one.
-    pub fn from_payload(payload: &serde_json::Value) -> Option<Self> {
-        serde_json::from_value::<Self>(payload.clone()).ok().filter(|r| r.jti.is_some() != r.client_id.is_some())
+    pub fn from_payload(payload: &serde_json::value::RawValue) -> Option<Self> {
+        serde_json::from_str::<Self>(payload.get()).ok().filter(|r| r.jti.is_some() != r.client_id.is_some())
     }
 }
 

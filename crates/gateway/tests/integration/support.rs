@@ -67,7 +67,7 @@ impl Gateway {
             event_type: caracal_store::registry::CHANGED.into(),
             target: Some(name.into()),
             instance: None,
-            payload: serde_json::json!({ "name": name }),
+            payload: serde_json::value::to_raw_value(&serde_json::json!({ "name": name })).expect("json"),
             occurred_at: "2026-12-01T00:00:00Z".into(),
             trace_context: None,
         };
