@@ -38,8 +38,9 @@ pub const READY_SERVICE: &str = "ready";
 /// looked at again at least this often; the look is two atomic loads and a cached render.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// The largest `Check` or `Watch` request read: a service name is a few bytes, and the endpoint is open to
-/// anyone who can reach the port, so a larger one is refused (`OUT_OF_RANGE`) unread.
+/// The largest `Check` or `Watch` request read: a service name is a few bytes, and the
+/// endpoint is open to anyone who can reach the port, so a larger one is refused
+/// (`OUT_OF_RANGE`) unread.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 
 /// The gRPC health routes, and the task that keeps `Watch`'s table current until `stop`.
@@ -101,7 +102,7 @@ impl Codec for HealthCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<HealthCheckResponse, HealthCheckRequest>::raw_decoder(buffers())
+        ProstDecoder::new(buffers())
     }
 }
 

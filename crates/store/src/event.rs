@@ -29,7 +29,7 @@ pub struct Event {
     pub instance: Option<String>,
     /// Everything else, as the JSON text it was written as. Validated where it enters (the
     /// outbox's `jsonb`, a stream entry), then carried as text: the relay and the audit pass it
-    /// on without building a tree of it and serializing that again, which was about a tenth of
+    /// on without building a tree of it and serializing that again, which was about a third of
     /// the relay's CPU at bulk speed. Read it with `serde_json::from_str(payload.get())`.
     pub payload: Box<serde_json::value::RawValue>,
     /// When the change was committed (RFC 3339, UTC).

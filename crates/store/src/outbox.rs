@@ -43,7 +43,7 @@ type EventRow = (i64, String, Option<String>, Option<String>, Json<Box<RawValue>
 /// plan. The subquery picks and locks the batch; the update finds those rows again by their
 /// physical address (`ctid = ANY(ARRAY(...))`, a TID scan). Written as `id IN (...)`, the
 /// planner joined the two with a hash over a sequential scan of the whole outbox (100,000
-/// rows read to mark 2,000: 18 of a batch's 47 ms); by `id = ANY(...)` it costs a primary-key
+/// rows read to mark 2,000: 18 of a batch's 47 ms); `id = ANY(...)` would cost a primary-key
 /// lookup per row. A row's address is stable here: the subquery's lock is held until the
 /// claiming transaction ends, so nothing else can update or delete the row in between.
 pub const CLAIM: &str = concat!(

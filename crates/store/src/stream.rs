@@ -45,9 +45,10 @@ pub async fn publish(conn: &mut RedisConnection, stream: &str, events: &[Event],
 }
 
 /// One `XADD` of `event`: its outbox id, type, target and instance (empty strings stand for
-/// none), payload (its JSON text as it came), time and, only when it carries a trace, `traceparent`. Written straight
-/// into a command sized for them: at bulk speed, building each field as a `String` first and
-/// growing the command's buffer arg by arg was a quarter of the relay's CPU.
+/// none), payload (its JSON text as it came), time and, only when it carries a trace,
+/// `traceparent`. Written straight into a command sized for them: at bulk speed, building
+/// each field as a `String` first and growing the command's buffer arg by arg was a quarter
+/// of the relay's CPU.
 pub(crate) fn xadd(stream: &str, event: &Event, max_len: usize) -> redis::Cmd {
     let text_len = event.event_type.len()
         + event.target.as_ref().map_or(0, String::len)
