@@ -1,7 +1,10 @@
 //! Probe throughput: requests/s of a bare axum handler, of `/health`, and of `/ready` with
 //! five registered checks (PostgreSQL, Redis and three in-process ones), measured with `wrk`
 //! in one run on this machine; then gRPC `grpc.health.v1.Health/Check` for `"ready"` on the
-//! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client); then `/ready`
+//! same port against `/ready` over HTTP/2, both with `h2load` (nghttp2-client), next to the
+//! floor of that comparison: a bare axum `GET` over HTTP/2 against a bare handler that answers a
+//! gRPC-shaped `POST` (its message read, a 7-byte answer and a `grpc-status` trailers frame,
+//! no gRPC library at all), and a bare `POST` answered without trailers; then `/ready`
 //! with OTLP span export on against off (`PROBES_ONLY=tracing` runs just that;
 //! `PROBES_ONLY=grpc` stops before it). Run with
 //! `cargo bench -p caracal-core --bench probes`; the figures go into `docs/benchmarks.md`.
@@ -43,7 +46,11 @@ fn main() {
     let (bare, app) = runtime.block_on(async {
         let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let bare_addr = bare.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(bare, Router::new().route("/bare", get(|| async { "ok" }))).await });
+        let router = Router::new()
+            .route("/bare", get(|| async { "ok" }))
+            .route(CHECK_PATH, axum::routing::post(grpc_floor))
+            .route("/post", axum::routing::post(|_: axum::body::Bytes| async { "ok" }));
+        tokio::spawn(async move { axum::serve(bare, router).await });
         (bare_addr, serve_app(app(&postgres, &redis, |_| {})).await)
     });
     let targets = [
@@ -57,7 +64,7 @@ fn main() {
     for (i, (name, _)) in targets.iter().enumerate() {
         println!("| {name} | {:.0} | {:.2} |", medians[i], medians[i] / medians[0]);
     }
-    grpc_against_ready(&runtime, &app.to_string(), medians[2]);
+    grpc_against_ready(&runtime, &app.to_string(), &bare.to_string(), medians[2]);
     if std::env::var("PROBES_ONLY").as_deref() == Ok("grpc") {
         return;
     }
@@ -175,37 +182,45 @@ fn serve_traced(mode: &str) -> ! {
 /// (by default 32 connections, one request in flight on each, like `wrk -c32`; `H2LOAD_SHAPE`
 /// overrides the `-t -c -m` arguments, e.g. `"-t1 -c8 -m10"` to multiplex), rounds rotating.
 #[allow(clippy::print_stdout)]
-fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1: f64) {
+fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, bare: &str, ready_http1: f64) {
     let Some(h2load) = which("h2load") else {
         eprintln!("h2load is not installed (apt-get install -y nghttp2-client): no gRPC figures");
         return;
     };
-    // The gRPC answer is right before it is fast: SERVING, from a client nobody here tuned.
-    let status = runtime.block_on(async {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{app}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("h2c");
-        HealthClient::new(channel)
-            .check(HealthCheckRequest { service: "ready".into() })
-            .await
-            .map(|r| r.into_inner().status)
-    });
-    assert_eq!(status.ok(), Some(1), "Check(\"ready\") answers SERVING");
+    // The gRPC answer is right before it is fast: SERVING, from a client nobody here tuned;
+    // and the floor answers that client as a gRPC server would.
+    let check = |server: &str| {
+        runtime.block_on(async {
+            use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("h2c");
+            HealthClient::new(channel)
+                .check(HealthCheckRequest { service: "ready".into() })
+                .await
+                .map(|r| r.into_inner().status)
+        })
+    };
+    assert_eq!(check(app).ok(), Some(1), "Check(\"ready\") answers SERVING");
+    assert_eq!(check(bare).ok(), Some(1), "the bare gRPC-shaped handler answers SERVING");
     // A gRPC message: not compressed, 7 bytes: field 1 (service), length 5, "ready".
     let body = tempfile::NamedTempFile::new().expect("body file");
     std::fs::write(body.path(), [0, 0, 0, 0, 7, 0x0a, 5, b'r', b'e', b'a', b'd', b'y']).expect("write");
     let grpc =
         ["-d", body.path().to_str().expect("path"), "-H", "content-type: application/grpc", "-H", "te: trailers"];
-    let targets: [(&str, String, &[&str]); 2] = [
+    let targets: [(&str, String, &[&str]); 5] = [
         ("/ready over HTTP/2", format!("http://{app}/ready"), &[]),
         ("gRPC Check(\"ready\")", format!("http://{app}/grpc.health.v1.Health/Check"), &grpc),
+        ("bare GET over HTTP/2", format!("http://{bare}/bare"), &[]),
+        ("bare gRPC-shaped POST", format!("http://{bare}{CHECK_PATH}"), &grpc),
+        ("bare POST, no trailers", format!("http://{bare}/post"), &grpc),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut costs: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-    for round in 0..ROUNDS {
+    let rounds = grpc_rounds();
+    for round in 0..rounds {
         for i in 0..targets.len() {
             let index = (i + round) % targets.len();
             let (name, url, extra) = &targets[index];
@@ -219,7 +234,7 @@ fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1:
     let cost: Vec<f64> = costs.iter_mut().map(|r| median(r)).collect();
     println!();
     println!(
-        "| over one port, h2load {} | requests/s (median of {ROUNDS} x {SECONDS} s) | server CPU per request | requests/s per server core |",
+        "| over one port, h2load {} | requests/s (median of {rounds} x {SECONDS} s) | server CPU per request | requests/s per server core |",
         shape()
     );
     println!("|---|---:|---:|---:|");
@@ -229,6 +244,41 @@ fn grpc_against_ready(runtime: &tokio::runtime::Runtime, app: &str, ready_http1:
     }
     println!("| **gRPC ÷ /ready over HTTP/2** | **{:.2}** | | **{:.2}** |", rate[1] / rate[0], cost[0] / cost[1]);
     println!("| gRPC ÷ /ready over HTTP/1.1 | {:.2} | | |", rate[1] / ready_http1);
+    println!(
+        "| gRPC's frames alone: bare gRPC-shaped POST ÷ bare GET | {:.2} | {:+.1} µs | {:.2} |",
+        rate[3] / rate[2],
+        cost[3] - cost[2],
+        cost[2] / cost[3]
+    );
+    println!("| tonic and `Check` beyond the frames | | {:+.1} µs | |", (cost[1] - cost[0]) - (cost[3] - cost[2]));
+}
+
+/// Where the bare server answers like a gRPC health server.
+const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// The least a gRPC unary call costs on this HTTP/2 stack, with no gRPC library: the request's
+/// message read whole, the answer's 7-byte message (`SERVING`) and a `grpc-status: 0`
+/// trailers frame, from a plain axum handler. No gRPC server can send less.
+async fn grpc_floor(request: axum::body::Bytes) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let message = axum::body::Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 1]);
+    assert_eq!(request.len(), 12, "the bench's request message");
+    let trailers = async {
+        let mut trailers = axum::http::HeaderMap::new();
+        trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
+        Some(Ok::<_, std::convert::Infallible>(trailers))
+    };
+    let body = http_body_util::Full::new(message).with_trailers(trailers);
+    axum::response::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::new(body))
+        .expect("a response")
+}
+
+/// Rounds of the HTTP/2 comparison: [`ROUNDS`], or `GRPC_ROUNDS` for a steadier median on a
+/// noisy machine.
+fn grpc_rounds() -> usize {
+    std::env::var("GRPC_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|&r| r > 0).unwrap_or(ROUNDS)
 }
 
 /// h2load's threads, connections and streams per connection.
