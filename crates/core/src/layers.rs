@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 ///    and a timeout as its 408.
 /// 5. `CatchPanic`: a panicking handler answers 500 with a stable code, no details.
 /// 6. `Timeout`: a handler slower than `http.request_timeout` answers 408.
-/// 7. `RequestBodyLimit`: bodies over `http.body_limit_bytes` answer 413 before a handler
+/// 7. Closing after a 413: a refused body may still be arriving, so the connection cannot
+///    serve another request; the answer says so (see [`close_after_refused_body`]).
+/// 8. `RequestBodyLimit`: bodies over `http.body_limit_bytes` answer 413 before a handler
 ///    buffers them.
 ///
 /// The probe endpoints are not wrapped in this stack: they are not traced (a probe every
@@ -43,6 +45,7 @@ pub(crate) fn service_stack(routes: Router, metrics: Metrics, http: &HttpConfig)
             .layer(axum::middleware::from_fn_with_state(metrics, crate::http_metrics::track))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+            .layer(axum::middleware::map_response(close_after_refused_body))
             .layer(RequestBodyLimitLayer::new(http.body_limit_bytes)),
     )
 }
@@ -82,6 +85,19 @@ fn traced(on_failure: fn(ServerErrorsFailureClass, Duration, &tracing::Span)) ->
         .make_span_with(crate::telemetry::server_span as fn(&Request<axum::body::Body>) -> tracing::Span)
         .on_response(crate::telemetry::on_response as fn(&Response, Duration, &tracing::Span))
         .on_failure(on_failure)
+}
+
+/// Adds `Connection: close` to a 413, whoever answered it (the body limit here, or a handler
+/// that stopped reading at its own limit). The rest of the refused body may still be on its
+/// way, and hyper closes such a connection after the answer instead of reading it; without
+/// the header the client would take the connection back into its pool and send its next
+/// request on it, to see that request fail unanswered. (HTTP/2 has no such header; hyper
+/// leaves it out there, and a refused stream does not end the connection.)
+async fn close_after_refused_body<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -140,3 +140,19 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn scrape(served: &support::Served, path: &str) -> String {
     served.http.get(served.url(path)).bearer_auth(BEARER).send().await.expect("scrape").text().await.expect("text")
 }
+
+/// A body over the limit is refused while the client may still be sending it; the answer says
+/// the connection closes, so the client's next request goes on a new one instead of one the
+/// server is about to close (which it would see fail without an answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_answered_413_and_the_next_request_still_succeeds() {
+    let (served, _) = stable_app().await;
+    for round in 0..10 {
+        let big = served.http.post(served.url("/echo")).body(vec![b'x'; 200_000]).send().await.expect("request");
+        assert_eq!(big.status(), 413, "round {round}");
+        assert_eq!(big.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]), "round {round}");
+        drop(big);
+        let next = served.http.get(served.url("/items/1")).send().await.expect("the next request is answered");
+        assert_eq!(next.status(), 200, "round {round}");
+    }
+}
