@@ -13,14 +13,22 @@
 //! after it N times, each backlog compared with its own round's baseline. `BENCH_REPLICAS=1`
 //! runs only the one-of-each backlog (and no baselines with `BENCH_BASELINES=off`), for
 //! profiling one configuration.
+//! `BENCH_STATEMENTS=on` starts PostgreSQL with `pg_stat_statements` and adds, for the last
+//! round's backlogs, the time each statement spent inside PostgreSQL: the servers' side of
+//! the stage breakdown.
 //! The servers are the testkit's (PostgreSQL with `fsync=off`): this measures the software,
-//! not the disk.
+//! not the disk. The harness waits for the ledger with primary-key lookups, never by counting
+//! it while it grows: a `count(*)` every 200 ms was 8 % of PostgreSQL's time during a backlog.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caracal_testkit::bench::{cpu_seconds_between, cpu_seconds_by_pid, cpu_seconds_of, peak_rss_mib_of};
+use caracal_testkit::bench::{
+    cpu_seconds_between, cpu_seconds_by_pid, cpu_seconds_of, peak_rss_mib_of, reaped_cpu_seconds_by_pid,
+    reaped_cpu_seconds_of,
+};
+use caracal_testkit::postgres::PostgresBuilder;
 use caracal_testkit::{Postgres, Redis};
 
 const BACKLOG: i64 = 100_000;
@@ -34,7 +42,16 @@ fn main() {
     if let Some(role) = args.iter().position(|a| a == "--role").and_then(|i| args.get(i + 1)) {
         return child(role);
     }
-    let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
+    let statements = std::env::var("BENCH_STATEMENTS").is_ok_and(|v| v == "on");
+    let postgres = if statements {
+        PostgresBuilder::default()
+            .setting("shared_preload_libraries", "pg_stat_statements")
+            .setting("pg_stat_statements.track", "all")
+            .start()
+    } else {
+        Postgres::start_default()
+    }
+    .expect("PostgreSQL (apt-get install -y postgresql)");
     let redis = Redis::start_default().expect("Redis (apt-get install -y redis-server)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let baselines = std::env::var("BENCH_BASELINES").map_or(true, |v| v != "off");
@@ -59,38 +76,54 @@ fn main() {
         // The `psql` baseline is a storm of round trips and moves with the machine's state far
         // more than the batched pipeline does, so each round measures it again right before
         // the backlogs it is compared with, and the summary gives every round's ratio.
-        let mut ratios: Vec<(usize, Vec<f64>)> = replicas.iter().map(|&r| (r, Vec::new())).collect();
+        // The rate ratio moves with the machine's state; the CPU each row or event cost (every
+        // process of the run, servers included) counts only time actually run, so its ratio is
+        // given beside it.
+        let mut ratios: Vec<(usize, Vec<f64>, Vec<f64>)> = replicas.iter().map(|&r| (r, Vec::new(), Vec::new())).collect();
         for round in 1..=rounds {
-            let psql = if !baselines {
-                f64::NAN
+            let (psql, psql_cpu) = if !baselines {
+                (f64::NAN, f64::NAN)
             } else {
                 let url = postgres.fresh_database("psql").expect("database");
                 let pool = connect(&url, 2).await;
                 psql_inserts(&pool, postgres.port(), url.rsplit('/').next().expect("name")).await
             };
-            println!("| round {round}: raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s |");
-            for (replicas, ratios) in &mut ratios {
+            println!(
+                "| round {round}: raw PostgreSQL inserts, `psql` (1 `INSERT` statement each, {PRODUCERS} sessions) | {psql:.0} rows/s, {:.1} µs of CPU a row |",
+                psql_cpu * 1e6
+            );
+            for (replicas, ratios, cpu_ratios) in &mut ratios {
                 let replicas = *replicas;
                 // Lone events on an idle pipe: once is enough.
-                let run = backlog(&postgres, &redis, replicas, round == 1 && replicas == 1).await;
+                let run = backlog(&postgres, &redis, replicas, round == 1 && replicas == 1, statements).await;
+                let cpu = (run.relay_cpu + run.audit_cpu + run.postgres_cpu + run.redis_cpu) / BACKLOG as f64;
                 ratios.push(run.rate / psql);
+                cpu_ratios.push(psql_cpu / cpu);
                 println!(
-                    "| round {round}: {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx |",
+                    "| round {round}: {BACKLOG} backlog cleared, {replicas} relay + {replicas} audit | {:.0} events/s = **{:.2}×** psql, {:.2}× sqlx; {:.1} µs of CPU an event = {:.2}× less than psql's row |",
                     run.rate,
                     run.rate / psql,
-                    run.rate / raw
+                    run.rate / raw,
+                    cpu * 1e6,
+                    psql_cpu / cpu
                 );
                 if round == rounds {
                     print_details(&run, replicas);
                 }
             }
         }
-        for (replicas, ratios) in &mut ratios {
-            ratios.sort_by(f64::total_cmp);
-            let (min, max) = (ratios[0], ratios[ratios.len() - 1]);
-            let median = ratios[ratios.len() / 2];
+        for (replicas, ratios, cpu_ratios) in &mut ratios {
+            let spread = |values: &mut Vec<f64>| {
+                values.sort_by(f64::total_cmp);
+                (values[0], values[values.len() / 2], values[values.len() - 1])
+            };
+            let (min, median, max) = spread(ratios);
             println!(
                 "| {replicas} relay + {replicas} audit, {rounds} rounds: ratio to the round's `psql` baseline, min / median / max | {min:.2}× / **{median:.2}×** / {max:.2}× |"
+            );
+            let (min, median, max) = spread(cpu_ratios);
+            println!(
+                "| {replicas} relay + {replicas} audit, {rounds} rounds: CPU of a `psql` row ÷ CPU of an event, min / median / max | {min:.2}× / **{median:.2}×** / {max:.2}× |"
             );
         }
     });
@@ -135,6 +168,9 @@ fn print_details(run: &Run, replicas: usize) {
         println!("| lone event, outbox insert to ledger row, p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |");
         println!("| lone event, outbox insert to dispatch (the relay's poll), p50 | {relay:.1} ms |");
     }
+    for (statement, ms, calls) in &run.statements {
+        println!("| inside PostgreSQL ({replicas}+{replicas}): `{statement}` | {ms:.0} ms in {calls} calls |");
+    }
 }
 
 /// What one backlog run measured.
@@ -145,12 +181,35 @@ struct Run {
     audit_rss: f64,
     relay_cpu: f64,
     audit_cpu: f64,
-    /// CPU seconds of every PostgreSQL and Redis process while the backlog cleared.
+    /// CPU seconds of every PostgreSQL and Redis process while the backlog cleared (the
+    /// PostgreSQL processes that exited in between, autovacuum workers say, included).
     postgres_cpu: f64,
     redis_cpu: f64,
     lone: Option<(f64, f64, f64, f64)>,
     /// Per child: its role and its seconds per stage when the backlog had cleared.
     stages: Vec<(String, Vec<(String, f64)>)>,
+    /// With `BENCH_STATEMENTS=on`: the statements that took longest inside PostgreSQL while
+    /// the backlog cleared (text, milliseconds, calls).
+    statements: Vec<(String, f64, i64)>,
+}
+
+/// A reading of every PostgreSQL process's CPU time, the exited ones' included: a backend or
+/// autovacuum worker that exits is reaped by the postmaster, which then counts its time.
+struct PostgresCpu {
+    running: std::collections::HashMap<u32, f64>,
+    reaped: std::collections::HashMap<u32, f64>,
+}
+
+impl PostgresCpu {
+    fn now() -> Self {
+        Self { running: cpu_seconds_by_pid("postgres"), reaped: reaped_cpu_seconds_by_pid("postgres") }
+    }
+
+    /// CPU seconds spent by PostgreSQL since this reading.
+    fn spent(&self) -> f64 {
+        let now = Self::now();
+        cpu_seconds_between(&self.running, &now.running) + cpu_seconds_between(&self.reaped, &now.reaped)
+    }
 }
 
 /// A relay or audit child process, and the pipes to ask it for its stage times.
@@ -182,28 +241,34 @@ impl Worker {
 
 /// Clears a `BACKLOG`-row outbox with `replicas` relays and audits; with `lone`, then also
 /// times lone events on the idle pipe.
-async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize, lone: bool) -> Run {
+async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize, lone: bool, statements: bool) -> Run {
     let (url, pool) = fresh_pipeline(postgres, redis, "backlog").await;
     let mut children: Vec<Worker> = Vec::new();
     for _ in 0..replicas {
         children.push(spawn("relay", &url, &redis.url()));
         children.push(spawn("audit", &url, &redis.url()));
     }
-    fill_outbox(&pool).await;
-    let servers_before = (cpu_seconds_by_pid("postgres"), cpu_seconds_by_pid("redis-server"));
-    let started = epoch(&pool, CLOCK).await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while count(&pool).await < BACKLOG {
-        assert!(Instant::now() < deadline, "the backlog did not clear in 5 minutes");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let last = fill_outbox(&pool).await;
+    if statements {
+        sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()")
+            .execute(&pool)
+            .await
+            .expect("pg_stat_statements");
     }
+    let servers_before = (PostgresCpu::now(), cpu_seconds_by_pid("redis-server"));
+    let started = epoch(&pool, CLOCK).await;
+    assert!(
+        wait_for_ledger(&pool, last, BACKLOG, Duration::from_secs(300)).await,
+        "the backlog did not clear in 5 minutes"
+    );
     // The ledger's own clock: the last batch's insert, not this poll's granularity.
     let finished = epoch(&pool, LAST_RECORDED).await;
     let rate = BACKLOG as f64 / (finished - started);
     let (postgres_before, redis_before) = servers_before;
-    let postgres_cpu = cpu_seconds_between(&postgres_before, &cpu_seconds_by_pid("postgres"));
+    let postgres_cpu = postgres_before.spent();
     let redis_cpu = cpu_seconds_between(&redis_before, &cpu_seconds_by_pid("redis-server"));
     let stages = children.iter_mut().map(|w| (w.role.clone(), w.stages())).collect();
+    let statements = if statements { statement_times(&pool).await } else { Vec::new() };
 
     let (rows, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT outbox_id) FROM audit_events")
         .fetch_one(&pool)
@@ -225,7 +290,19 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize, lone: bool
     };
     let (relay_rss, audit_rss) = (rss("relay"), rss("audit"));
     children.into_iter().for_each(Worker::stop);
-    Run { rate, duplicates, relay_rss, audit_rss, relay_cpu, audit_cpu, postgres_cpu, redis_cpu, lone, stages }
+    Run {
+        rate,
+        duplicates,
+        relay_rss,
+        audit_rss,
+        relay_cpu,
+        audit_cpu,
+        postgres_cpu,
+        redis_cpu,
+        lone,
+        stages,
+        statements,
+    }
 }
 
 /// Each hop's own rate, the other stopped: the relay alone moves a `BACKLOG`-row outbox into
@@ -234,20 +311,29 @@ async fn backlog(postgres: &Postgres, redis: &Redis, replicas: usize, lone: bool
 /// pipeline.
 async fn hops_alone(postgres: &Postgres, redis: &Redis) -> (f64, f64) {
     let (url, pool) = fresh_pipeline(postgres, redis, "hops").await;
-    fill_outbox(&pool).await;
+    let last = fill_outbox(&pool).await;
     let started = epoch(&pool, CLOCK).await;
     let relay = spawn("relay", &url, &redis.url());
-    let pending = "SELECT count(*) FROM outbox WHERE dispatched_at IS NULL";
-    while sqlx::query_scalar::<_, i64>(pending).fetch_one(&pool).await.expect("pending") > 0 {
+    // The relay claims in id order, so the last row is (nearly) the last one dispatched; only
+    // then is the pending index asked whether anything is left.
+    let last_dispatched = "SELECT dispatched_at IS NOT NULL FROM outbox WHERE id = $1";
+    let any_pending = "SELECT EXISTS (SELECT 1 FROM outbox WHERE dispatched_at IS NULL)";
+    loop {
+        let done = sqlx::query_scalar::<_, bool>(last_dispatched).bind(last).fetch_one(&pool).await.expect("last")
+            && !sqlx::query_scalar::<_, bool>(any_pending).fetch_one(&pool).await.expect("pending");
+        if done {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dispatched = epoch(&pool, "SELECT extract(epoch FROM max(dispatched_at))::float8 FROM outbox").await;
     relay.stop();
     let started_audit = epoch(&pool, CLOCK).await;
     let audit = spawn("audit", &url, &redis.url());
-    while count(&pool).await < BACKLOG {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        wait_for_ledger(&pool, last, BACKLOG, Duration::from_secs(300)).await,
+        "the audit alone cleared the stream"
+    );
     let recorded = epoch(&pool, LAST_RECORDED).await;
     audit.stop();
     (BACKLOG as f64 / (dispatched - started), BACKLOG as f64 / (recorded - started_audit))
@@ -267,12 +353,9 @@ async fn lone_events(pool: &sqlx::PgPool) -> (f64, f64, f64, f64) {
             .expect("insert");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let last: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(pool).await.expect("max");
     let want = BACKLOG + LONE_EVENTS as i64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(pool).await < want {
-        assert!(Instant::now() < deadline, "lone events did not arrive");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(wait_for_ledger(pool, last, want, Duration::from_secs(60)).await, "lone events did not arrive");
     let relay_hop: f64 = sqlx::query_scalar(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (EXTRACT(EPOCH FROM dispatched_at - created_at) * 1000)::float8) \
          FROM outbox WHERE id > $1",
@@ -307,8 +390,9 @@ async fn fresh_pipeline(postgres: &Postgres, redis: &Redis, prefix: &str) -> (St
     (url, pool)
 }
 
-/// Commits a `BACKLOG`-row outbox at once, as rows piled up during an outage would be found.
-async fn fill_outbox(pool: &sqlx::PgPool) {
+/// Commits a `BACKLOG`-row outbox at once, as rows piled up during an outage would be found;
+/// returns the last row's id.
+async fn fill_outbox(pool: &sqlx::PgPool) -> i64 {
     sqlx::query(
         "INSERT INTO outbox (event_type, target, payload) \
          SELECT 'bench.event', 'bench', jsonb_build_object('i', g, 'from', 'up', 'to', 'down') FROM generate_series(1, $1) g",
@@ -317,6 +401,39 @@ async fn fill_outbox(pool: &sqlx::PgPool) {
     .execute(pool)
     .await
     .expect("backlog");
+    sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(pool).await.expect("last id")
+}
+
+/// Waits until the ledger holds `want` rows, at most `limit`; whether it did. While the
+/// pipeline runs it asks only whether row `last` has arrived (a primary-key lookup); it counts
+/// the ledger only after that, since counting a table as it grows is work that grows with it,
+/// done by the same two cores the pipeline runs on.
+async fn wait_for_ledger(pool: &sqlx::PgPool, last: i64, want: i64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let arrived = "SELECT EXISTS (SELECT 1 FROM audit_events WHERE outbox_id = $1)";
+    while Instant::now() < deadline {
+        if sqlx::query_scalar::<_, bool>(arrived).bind(last).fetch_one(pool).await.expect("last")
+            && count(pool).await >= want
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The statements that took longest inside PostgreSQL since `pg_stat_statements_reset()`,
+/// the harness's own left out: text (shortened), milliseconds, calls.
+async fn statement_times(pool: &sqlx::PgPool) -> Vec<(String, f64, i64)> {
+    sqlx::query_as(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), total_exec_time, calls FROM pg_stat_statements \
+         WHERE query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%audit_events WHERE outbox_id = $1%' \
+           AND query NOT LIKE 'SELECT count(*) FROM audit_events%' AND query NOT LIKE '%recorded_at%' \
+         ORDER BY total_exec_time DESC LIMIT 6",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_statements")
 }
 
 /// A time query's answer (`CLOCK`, `LAST_RECORDED`, ...).
@@ -459,9 +576,10 @@ async fn raw_inserts(pool: &sqlx::PgPool) -> f64 {
 }
 
 /// Single-row inserts as `psql` sends them: `RAW_ROWS` `INSERT` statements (each its own
-/// transaction) split over `PRODUCERS` concurrent `psql` sessions: rows/s. No client library's
-/// cost is in it, only the protocol's round trip per statement.
-async fn psql_inserts(pool: &sqlx::PgPool, port: u16, database: &str) -> f64 {
+/// transaction) split over `PRODUCERS` concurrent `psql` sessions: rows/s, and the CPU seconds
+/// a row cost (PostgreSQL's processes and the `psql`s). No client library's cost is in it, only
+/// the protocol's round trip per statement.
+async fn psql_inserts(pool: &sqlx::PgPool, port: u16, database: &str) -> (f64, f64) {
     sqlx::query("CREATE TABLE raw_psql (id bigserial PRIMARY KEY, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
         .execute(pool)
         .await
@@ -478,6 +596,7 @@ async fn psql_inserts(pool: &sqlx::PgPool, port: u16, database: &str) -> f64 {
             file
         })
         .collect();
+    let (postgres_before, psql_before) = (PostgresCpu::now(), reaped_cpu_seconds_of("self").expect("own stat"));
     let started = Instant::now();
     let sessions: Vec<Child> = files
         .iter()
@@ -508,7 +627,10 @@ async fn psql_inserts(pool: &sqlx::PgPool, port: u16, database: &str) -> f64 {
         assert!(session.wait().expect("psql").success(), "psql failed");
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // The sessions' backends exit after their psql does; give the postmaster time to reap them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu = postgres_before.spent() + reaped_cpu_seconds_of("self").expect("own stat") - psql_before;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_psql").fetch_one(pool).await.expect("count");
     assert_eq!(rows, RAW_ROWS as i64, "every psql insert landed");
-    RAW_ROWS as f64 / elapsed
+    (RAW_ROWS as f64 / elapsed, cpu / RAW_ROWS as f64)
 }

@@ -43,9 +43,22 @@ pub fn cpu_seconds() -> f64 {
 
 /// CPU seconds (user + system) process `pid` (or `"self"`) has used; `None` when it is gone.
 pub fn cpu_seconds_of(pid: impl std::fmt::Display) -> Option<f64> {
+    stat_seconds(pid, 11)
+}
+
+/// CPU seconds (user + system) of the children process `pid` (or `"self"`) has reaped: where
+/// the time of an exited process goes. PostgreSQL's postmaster reaps its backends, so a
+/// session that ended during a run is counted through it; `None` when `pid` is gone.
+pub fn reaped_cpu_seconds_of(pid: impl std::fmt::Display) -> Option<f64> {
+    stat_seconds(pid, 13)
+}
+
+/// The sum of two consecutive clock-tick fields of `/proc/{pid}/stat`, counted from the
+/// field after the command name (`utime` is 11, `cutime` 13), in seconds.
+fn stat_seconds(pid: impl std::fmt::Display, first: usize) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let ticks = fields.get(first)?.parse::<f64>().ok()? + fields.get(first + 1)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
 
@@ -53,11 +66,21 @@ pub fn cpu_seconds_of(pid: impl std::fmt::Display) -> Option<f64> {
 /// (`postgres`, `redis-server`), per pid: take one before and one after a run and give both
 /// to [`cpu_seconds_between`].
 pub fn cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
+    seconds_by_pid(comm, cpu_seconds_of)
+}
+
+/// [`reaped_cpu_seconds_of`] every running process named `comm`, per pid: with
+/// [`cpu_seconds_by_pid`], the whole CPU time of a server whose sessions come and go.
+pub fn reaped_cpu_seconds_by_pid(comm: &str) -> std::collections::HashMap<u32, f64> {
+    seconds_by_pid(comm, reaped_cpu_seconds_of)
+}
+
+fn seconds_by_pid(comm: &str, seconds: fn(u32) -> Option<f64>) -> std::collections::HashMap<u32, f64> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Default::default() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
-        .filter_map(|pid| Some((pid, cpu_seconds_of(pid)?)))
+        .filter_map(|pid| Some((pid, seconds(pid)?)))
         .collect()
 }
 
