@@ -141,6 +141,45 @@ async fn the_claim_and_the_purge_never_read_the_whole_outbox() {
     }
 }
 
+/// The ledger's time index is a block-range summary (BRIN), not an entry per row: a recent
+/// time range is answered from the ranges that can hold it, the rows found are the ones a
+/// full read finds, and the summary is kept up by itself (`autosummarize`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_finds_a_recent_time_range_from_block_summaries() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let psql = |sql: &str| postgres.psql(&db, sql).expect("psql");
+    let definition = psql("SELECT pg_get_indexdef('audit_events_occurred_brin'::regclass)");
+    assert!(definition.contains("USING brin (occurred_at)"), "{definition}");
+    assert!(definition.contains("autosummarize='on'"), "{definition}");
+    // 40,000 rows a second apart, in the order they occurred, as the audit writes them.
+    psql(
+        "INSERT INTO audit_events (outbox_id, event_type, payload, occurred_at) \
+         SELECT g, 't', '{}', now() - (40000 - g) * interval '1 second' FROM generate_series(1, 40000) g",
+    );
+    psql("SELECT brin_summarize_new_values('audit_events_occurred_brin')");
+    psql("ANALYZE audit_events");
+    let recent = "FROM audit_events WHERE occurred_at >= now() - interval '400 seconds'";
+    let plan =
+        psql(&format!("SET enable_seqscan = off; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(*) {recent}"));
+    assert!(plan.contains("Bitmap Index Scan on audit_events_occurred_brin"), "{plan}");
+    // Of the table's pages, only the last range or two is read (128 pages each).
+    let pages: i64 =
+        psql("SELECT relpages FROM pg_class WHERE relname = 'audit_events'").trim().parse().expect("pages");
+    let read: i64 = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Heap Blocks: lossy="))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lossy heap blocks in:\n{plan}"));
+    assert!(read <= 256 && read * 2 < pages, "read {read} of {pages} pages:\n{plan}");
+    let by_index = psql(&format!("SET enable_seqscan = off; SELECT count(*) {recent}"));
+    let by_scan = psql(&format!("SET enable_bitmapscan = off; SELECT count(*) {recent}"));
+    assert_eq!(by_index, by_scan);
+    assert!(by_index.trim().parse::<i64>().expect("count") >= 400, "{by_index}");
+}
+
 /// Every value of a batch comes back from the ledger as sent, whatever characters it holds,
 /// the time in UTC and the trace as its trace id.
 #[tokio::test(flavor = "multi_thread")]
