@@ -75,6 +75,33 @@ pub(crate) struct Page {
     next_cursor: Option<String>,
 }
 
+/// One page of the ledger: `$1` the cursor, `$2` target, `$3` type, `$4` since (local time,
+/// `$6` its offset in minutes), `$5` the page size.
+///
+/// With `since`, the page starts at the first outbox id that occurred at or after it (the
+/// `CASE`), found through the ledger's BRIN index on `occurred_at`: only the block ranges that
+/// can hold later times are read. Without that bound PostgreSQL walked the primary key from
+/// the cursor and filtered on the time, betting that matches come early: on a 1,000,000-row
+/// ledger, "since ten minutes ago" read every older row first (0.9–1.25 s). The time filter
+/// stays, for rows recorded out of order. `min(outbox_id + 0)` keeps the planner from turning
+/// the `min` into that same walk. The bound costs the rows since `since`, so a time before
+/// the ledger's first row skips it (every row matches; the walk finds them at once); a time
+/// early in a long ledger still reads most of it. Sent unprepared, so each request is planned
+/// with its own `since` (a generic plan cannot tell a recent time from an old one).
+pub const PAGE: &str = concat!(
+    "SELECT outbox_id, event_type, target, instance, payload, ",
+    rfc3339!("occurred_at"),
+    ", trace_id FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
+     AND ($3::text IS NULL OR event_type = $3) \
+     AND ($4::text IS NULL OR occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') \
+     AND outbox_id >= CASE WHEN $4::text IS NULL THEN 0 \
+       WHEN ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC' \
+            <= (SELECT occurred_at FROM audit_events ORDER BY outbox_id LIMIT 1) THEN 0 \
+       ELSE (SELECT min(outbox_id + 0) FROM audit_events \
+             WHERE occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') END \
+     ORDER BY outbox_id LIMIT $5"
+);
+
 /// Outbox id, type, target, instance, payload, occurred at, trace id.
 type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
 
@@ -112,23 +139,18 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
         Some(Some(parts)) => Some(parts),
         Some(None) => return invalid("since", "an RFC 3339 time, such as 2026-11-21T14:00:00Z"),
     };
-    let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(concat!(
-        "SELECT outbox_id, event_type, target, instance, payload, ",
-        rfc3339!("occurred_at"),
-        ", trace_id FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
-         AND ($3::text IS NULL OR event_type = $3) \
-         AND ($4::text IS NULL OR occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') \
-         ORDER BY outbox_id LIMIT $5"
-    ))
-    .bind(cursor)
-    .bind(params.target)
-    .bind(params.event_type)
-    .bind(since.as_ref().map(|(local, _)| local.as_str()))
-    .bind(limit)
-    .bind(since.as_ref().map_or(0, |(_, offset)| *offset))
-    .fetch_all(&state.pool)
-    .instrument(caracal_core::telemetry::db_span("postgresql", "SELECT", "audit_events"))
-    .await;
+    let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(PAGE)
+        // Planned for each request's own values, as `PAGE` needs (see there).
+        .persistent(false)
+        .bind(cursor)
+        .bind(params.target)
+        .bind(params.event_type)
+        .bind(since.as_ref().map(|(local, _)| local.as_str()))
+        .bind(limit)
+        .bind(since.as_ref().map_or(0, |(_, offset)| *offset))
+        .fetch_all(&state.pool)
+        .instrument(caracal_core::telemetry::db_span("postgresql", "SELECT", "audit_events"))
+        .await;
     let rows = match rows {
         Ok(rows) => rows,
         // PostgreSQL refused a value (a date with a month 13, say): the caller's mistake.

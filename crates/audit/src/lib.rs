@@ -25,6 +25,7 @@ use caracal_core::{App, Check, Failure, Observed, Rung};
 use caracal_store::stream;
 
 pub use config::{AuditConfig, LedgerConfig};
+pub use events::PAGE as EVENTS_PAGE;
 
 /// The default port.
 pub const PORT: u16 = 9090;
