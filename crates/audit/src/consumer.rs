@@ -121,6 +121,8 @@ impl Consumer {
         let mut own_pending = true;
         let mut last_claim: Option<Instant> = None;
         let mut pause = Duration::from_millis(100);
+        // The batch read while the previous one was recorded (a backlog only).
+        let mut ahead: Option<Vec<Entry>> = None;
         while !stop.is_cancelled() {
             let round = async {
                 if last_claim.is_none_or(|t| t.elapsed() >= self.config.claim_idle / 2) {
@@ -128,11 +130,24 @@ impl Consumer {
                     self.claim_stale().await?;
                     last_claim = Some(Instant::now());
                 }
-                let entries = self.read(if own_pending { "0" } else { ">" }).await?;
+                let entries = match ahead.take() {
+                    Some(entries) => entries,
+                    None => self.read(if own_pending { "0" } else { ">" }).await?,
+                };
                 if own_pending && entries.is_empty() {
                     own_pending = false;
                 }
-                self.process(entries, &[]).await
+                if own_pending || entries.len() < self.config.batch {
+                    return self.process(entries, &[]).await;
+                }
+                // A full batch of new entries: a backlog.
+                let (processed, next) = self.process_reading_ahead(entries).await;
+                // A failed read ahead may still have delivered entries to this consumer.
+                match next {
+                    Some(next) => ahead = Some(next),
+                    None => own_pending = true,
+                }
+                processed
             };
             let result = tokio::select! {
                 r = round => r,
@@ -147,6 +162,8 @@ impl Consumer {
                     {
                         let _ = self.ensure_group().await;
                     }
+                    // What was read ahead is pending with us: read it again from there.
+                    ahead = None;
                     own_pending = true;
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
@@ -231,30 +248,39 @@ impl Consumer {
     }
 
     async fn read(&mut self, from: &str) -> Result<Vec<Entry>, RoundError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&self.name).arg("COUNT").arg(self.config.batch);
-        if from == ">" {
-            cmd.arg("BLOCK").arg(u64::try_from(self.config.block.as_millis()).unwrap_or(1000));
-        }
-        cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
-        let started = Instant::now();
-        let reply: redis::Value = match cmd.query_async(&mut self.redis).await {
-            Ok(reply) => {
+        let block = (from == ">").then_some(self.config.block);
+        let read = read_group(&mut self.redis, &self.name, self.config.batch, from, block, &self.metrics).await;
+        match read {
+            Ok(entries) => {
                 self.had_group = true;
-                reply
+                Ok(entries)
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                redis::Value::Nil
+                Ok(Vec::new())
             }
-            Err(e) => return Err(e.into()),
-        };
-        let entries = stream::read_reply(reply).map_err(redis::RedisError::from)?;
-        // A read that waited for nothing is idle time, not work.
-        if !entries.is_empty() {
-            self.metrics.stage("read", started.elapsed().as_secs_f64());
+            Err(e) => Err(e.into()),
         }
-        Ok(entries)
+    }
+
+    /// Records a full batch of new entries while reading the next one (without waiting for
+    /// it: in a backlog it is already there). Recording is PostgreSQL's work and reading
+    /// Redis's, and in a backlog they took about as long as each other; overlapped, a batch
+    /// costs the longer of the two instead of their sum. The entries read ahead are pending
+    /// with this consumer until recorded, like any others: when this round fails they are
+    /// read again from the group's pending list.
+    async fn process_reading_ahead(&mut self, entries: Vec<Entry>) -> (Result<(), RoundError>, Option<Vec<Entry>>) {
+        let mut redis = self.redis.clone();
+        let (name, batch, metrics) = (self.name.clone(), self.config.batch, self.metrics.clone());
+        let next = async move { read_group(&mut redis, &name, batch, ">", None, &metrics).await };
+        let (processed, next) = tokio::join!(self.process(entries, &[]), next);
+        match next {
+            Ok(next) => (processed, Some(next)),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the next batch ahead failed; reading it again from the pending list");
+                (processed, None)
+            }
+        }
     }
 
     /// Takes over entries idle longer than `claim_idle` (their consumer is presumably dead);
@@ -414,6 +440,32 @@ impl Consumer {
 }
 
 /// A stream id (`ms-seq`) as a pair that orders like Redis orders ids; unreadable ids sort first.
+/// `XREADGROUP` of up to `count` entries for consumer `name` from `from` (`>` new ones, `0`
+/// its own pending ones), waiting up to `block` for new ones when given; times a read that
+/// returned entries as the `read` stage (one that waited for nothing is idle, not work).
+async fn read_group(
+    redis: &mut RedisConnection,
+    name: &str,
+    count: usize,
+    from: &str,
+    block: Option<Duration>,
+    metrics: &Metrics,
+) -> redis::RedisResult<Vec<Entry>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(GROUP).arg(name).arg("COUNT").arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(1000));
+    }
+    cmd.arg("STREAMS").arg(stream::EVENTS).arg(from);
+    let started = Instant::now();
+    let reply: redis::Value = cmd.query_async(redis).await?;
+    let entries = stream::read_reply(reply).map_err(redis::RedisError::from)?;
+    if !entries.is_empty() {
+        metrics.stage("read", started.elapsed().as_secs_f64());
+    }
+    Ok(entries)
+}
+
 fn stream_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))

@@ -139,3 +139,68 @@ async fn a_redis_outage_is_named_and_consumption_resumes() {
     audit.publish(2, "a");
     assert_eq!(audit.wait_rows(2).await, 2);
 }
+
+/// How many entries of `caracal.events` the group `audit` has delivered and not yet had acknowledged.
+async fn pending(conn: &mut redis::aio::MultiplexedConnection) -> Option<usize> {
+    let reply: redis::streams::StreamPendingReply =
+        redis::cmd("XPENDING").arg(stream::EVENTS).arg("audit").query_async(conn).await.ok()?;
+    Some(reply.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_is_read_ahead_while_a_batch_is_recorded_and_a_failed_round_loses_none_of_it() {
+    let audit = support::audit(Mode::Dev, serde_json::json!({ "block": "100ms", "batch": 10 })).await;
+    // Hold the ledger so the first batch's insert waits.
+    let mut lock = audit.pool.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.expect("lock");
+    // 55 entries at once (MULTI, so the waiting reader is answered only after all of them).
+    let client = redis::Client::open(audit.redis.url()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for id in 1..=55 {
+        pipe.cmd("XADD")
+            .arg(stream::EVENTS)
+            .arg("*")
+            .arg(&["outbox_id", &id.to_string(), "type", "t", "target", "a", "instance", "", "payload", "{}"])
+            .arg(&["occurred_at", "2026-11-21T14:00:00Z"])
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.expect("xadd");
+
+    // The first full batch waits on the ledger; the next one is read meanwhile.
+    let waiting =
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO audit_events%'";
+    let other = audit.pool.clone();
+    let pid: i32 = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(20), || async {
+        sqlx::query_scalar(waiting).fetch_optional(&other).await.ok().flatten()
+    })
+    .await
+    .expect("the first batch's insert waits on the ledger");
+    let read: usize = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(20), || async {
+        let count = pending(&mut conn.clone()).await?;
+        (count >= 20).then_some(count)
+    })
+    .await
+    .expect("the next batch is read while the first is recorded");
+    assert_eq!(read, 20, "one batch recorded, one read ahead, no more");
+
+    // The insert fails (its session is ended): the round fails, and both batches, the one read
+    // ahead included, are read again from this consumer's pending entries.
+    let ended: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&audit.pool).await.expect("end");
+    assert!(ended);
+    lock.rollback().await.expect("unlock");
+    assert_eq!(audit.wait_rows(55).await, 55);
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT outbox_id FROM audit_events ORDER BY outbox_id")
+        .fetch_all(&audit.pool)
+        .await
+        .expect("ids");
+    assert_eq!(ids, (1..=55).collect::<Vec<i64>>(), "every entry once");
+    let acked = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        let count = pending(&mut conn.clone()).await?;
+        (count == 0).then_some(())
+    })
+    .await;
+    assert!(acked.is_ok(), "everything acknowledged");
+}
