@@ -315,7 +315,7 @@ async fn hops_alone(postgres: &Postgres, redis: &Redis) -> (f64, f64) {
     let started = epoch(&pool, CLOCK).await;
     let relay = spawn("relay", &url, &redis.url());
     // The relay claims in id order, so the last row is (nearly) the last one dispatched; only
-    // then is the pending index asked whether anything is left.
+    // then is the outbox read for anything left.
     let last_dispatched = "SELECT dispatched_at IS NOT NULL FROM outbox WHERE id = $1";
     let any_pending = "SELECT EXISTS (SELECT 1 FROM outbox WHERE dispatched_at IS NULL)";
     loop {

@@ -38,7 +38,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use caracal_core::{App, Mode, Readiness, checks};
+use caracal_core::{App, Mode, Readiness};
 use caracal_tokens::{Access, Guard, Scope};
 
 pub use config::ApiConfig;
@@ -104,7 +104,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let pool = app.postgres()?;
     let redis = app.redis()?;
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
-    let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
+    let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.outbox_max_age);
     let platform = Arc::new(platform::PlatformView::default());
     let monitoring =
         Arc::new(monitoring::MonitoringView::new(config.alertmanager_url.is_some(), config.prometheus_url.is_some()));

@@ -246,13 +246,7 @@ async fn database(url: &str) -> Vec<Finding> {
     out.push(signing_keys(&pool).await);
     out.push(ledger(&pool).await);
     out.push(discovery(&pool).await);
-    let backlog: Result<(i64, f64, i64), _> = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
-         (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox WHERE dispatched_at IS NULL AND dead_at IS NULL), \
-         (SELECT count(*) FROM outbox WHERE dead_at IS NOT NULL)",
-    )
-    .fetch_one(&pool)
-    .await;
+    let backlog = caracal_store::outbox::figures(&pool).await;
     match backlog {
         Ok((pending, age, dead)) => {
             let severity = if age > 60.0 { Severity::Warn } else { Severity::Ok };
@@ -272,7 +266,11 @@ async fn database(url: &str) -> Vec<Finding> {
             }
         }
         Err(e) => {
-            out.push(finding("outbox backlog", Severity::Warn, format!("cannot read: {e}"), "run the migrations"))
+            let why = match e {
+                caracal_store::Error::Database(e) => e.to_string(),
+                other => other.to_string(),
+            };
+            out.push(finding("outbox backlog", Severity::Warn, format!("cannot read: {why}"), "run the migrations"))
         }
     }
     out

@@ -25,7 +25,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-use caracal_core::{App, Check, Failure, Observed, Rung, checks};
+use caracal_core::{App, Check, Failure, Observed, Rung};
 use caracal_store::invalidations;
 
 pub use config::CoordinatorConfig;
@@ -47,7 +47,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone())
         .map_err(|e| caracal_core::Error::startup("build the probe HTTP client", e))?;
     let heartbeat = prober.heartbeat();
-    let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.relay.max_lag);
+    let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.relay.max_lag);
     let relay = relay::Relay::new(pool.clone(), redis.clone(), metrics, config.relay.clone());
     let membership_redis = redis.clone();
     let membership_config = config.membership.clone();

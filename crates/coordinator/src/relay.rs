@@ -15,12 +15,21 @@
 //! entry, rows are sent one by one so only the bad one is retried, and after `max_attempts`
 //! marked dead (an alert, never unready). A batch sent but not marked (a crash in between) is
 //! sent again; consumers are idempotent on the outbox id.
+//!
+//! No index names `dispatched_at` (so the mark is a HOT update, written in place): pending
+//! rows are found by walking the primary key up from the outbox's floor, which every relay
+//! moves up each second to just below the first row still pending, but never past an id below
+//! which every transaction has ended (ids commit out of order). In a backlog the next batch is
+//! claimed while the current one is sent, walking up from the current batch's last id; every
+//! few seconds, and whenever a claim comes back short, the walk starts at the floor again, so
+//! a row that committed late, was released or came due after a failure is never left behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caracal_core::RedisConnection;
 use caracal_core::telemetry::{self, KeyValue, MessageKind, MessageSpan};
+use caracal_store::ledger;
 use caracal_store::outbox::{self, Retry};
 use caracal_store::{Error, stream};
 use tokio::sync::Notify;
@@ -34,6 +43,14 @@ use crate::metrics::Metrics;
 pub const OUTBOX_CHANNEL: &str = "caracal_outbox";
 /// How often dispatched rows past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How often the outbox's floor is moved up.
+const FLOOR_EVERY: Duration = Duration::from_secs(1);
+/// How long to wait, after reading the outbox's highest id, before reading the transaction
+/// horizon that proves every lower id final (as the ledger's reconciler does).
+const FLOOR_SETTLE: Duration = Duration::from_secs(1);
+/// The longest a backlog is claimed walking up from the last batch before a claim walks up
+/// from the floor again (for rows that committed late, were released, or came due again).
+const FLOOR_WALK_EVERY: Duration = Duration::from_secs(5);
 
 /// Relays the outbox to the event stream.
 #[derive(Debug, Clone)]
@@ -42,12 +59,16 @@ pub struct Relay {
     redis: RedisConnection,
     metrics: Metrics,
     config: RelayConfig,
+    /// Which outbox ids are final, for moving the floor.
+    horizon: ledger::Horizon,
+    /// When a claim last walked up from the floor.
+    floor_walked: Instant,
 }
 
 impl Relay {
     /// A relay from `pool`'s outbox to `redis`.
     pub fn new(pool: sqlx::PgPool, redis: RedisConnection, metrics: Metrics, config: RelayConfig) -> Self {
-        Self { pool, redis, metrics, config }
+        Self { pool, redis, metrics, config, horizon: ledger::Horizon::new(FLOOR_SETTLE), floor_walked: Instant::now() }
     }
 
     /// Relays until `stop`.
@@ -56,8 +77,11 @@ impl Relay {
         tokio::spawn(listen(self.pool.clone(), Arc::clone(&wake), stop.clone()));
         let mut backoff = self.config.backoff_base;
         let mut last_purge = Instant::now();
+        let mut last_floor = Instant::now();
+        // The batch claimed while the previous one was being sent (a backlog only).
+        let mut ahead: Option<Claimed> = None;
         while !stop.is_cancelled() {
-            let round = self.relay_once().await;
+            let round = self.relay_ahead(&mut ahead).await;
             let (wait, idle) = match round {
                 Ok(0) => (self.config.idle_wait, true),
                 Ok(_) => {
@@ -72,6 +96,12 @@ impl Relay {
                     (wait, false)
                 }
             };
+            if last_floor.elapsed() >= FLOOR_EVERY {
+                last_floor = Instant::now();
+                if let Err(e) = self.advance_floor().await {
+                    tracing::warn!(error = %e, "moving the outbox floor up failed");
+                }
+            }
             if last_purge.elapsed() >= PURGE_EVERY {
                 last_purge = Instant::now();
                 match outbox::purge(&self.pool, self.config.retention, 10_000).await {
@@ -96,14 +126,80 @@ impl Relay {
     /// # Errors
     /// When PostgreSQL fails, or Redis cannot be reached (nothing is marked then).
     pub async fn relay_once(&mut self) -> Result<usize, Error> {
+        let claimed = self.claim().await?;
+        self.send(claimed).await
+    }
+
+    /// Relays one batch, as [`Relay::relay_once`] does, but takes it from `ahead` when a batch
+    /// was claimed there; and while a full batch (a backlog) is being sent, claims the next
+    /// into `ahead`. The two stages then overlap: PostgreSQL marks the next batch while Redis
+    /// appends this one, instead of each waiting for the other (in a backlog they took about
+    /// as long as each other). Batches still reach the stream one after the other, in claim
+    /// order. The batch in `ahead` holds its rows in an open transaction: dropping it (an
+    /// error, a stop) rolls the claim back, so those rows are simply claimed again.
+    ///
+    /// # Errors
+    /// As [`Relay::relay_once`]; `ahead` is empty after an error.
+    pub async fn relay_ahead(&mut self, ahead: &mut Option<Claimed>) -> Result<usize, Error> {
+        let claimed = match ahead.take() {
+            Some(claimed) => claimed,
+            None => self.claim().await?,
+        };
+        let Some(last) = claimed.events.last().map(|e| e.id) else { return self.send(claimed).await };
+        if claimed.events.len() < usize::try_from(self.config.batch).unwrap_or(usize::MAX) {
+            return self.send(claimed).await;
+        }
+        let after = if self.floor_walked.elapsed() >= FLOOR_WALK_EVERY {
+            self.floor_walked = Instant::now();
+            0
+        } else {
+            last
+        };
+        let next = Self::claim_with(self.pool.clone(), self.config.batch, after, self.metrics.clone());
+        let (sent, next) = tokio::join!(self.send(claimed), next);
+        let sent = sent?;
+        *ahead = Some(next?);
+        Ok(sent)
+    }
+
+    /// Moves the outbox's floor up as far as it is known to hold (see [`outbox::advance_floor`]);
+    /// returns it. The horizon it needs settles over calls a second or more apart, so the floor
+    /// trails the newest rows by a few seconds.
+    ///
+    /// # Errors
+    /// When a query fails.
+    pub async fn advance_floor(&mut self) -> Result<i64, Error> {
+        let reading = ledger::read(&self.pool).await?;
+        let settled = self.horizon.observe(reading, Instant::now());
+        outbox::advance_floor(&self.pool, settled).await
+    }
+
+    /// Claims up to a batch of rows walking up from the floor, in a transaction of its own.
+    async fn claim(&mut self) -> Result<Claimed, Error> {
+        self.floor_walked = Instant::now();
+        Self::claim_with(self.pool.clone(), self.config.batch, 0, self.metrics.clone()).await
+    }
+
+    /// Claims up to `batch` rows of `pool`'s outbox walking up from above `after` (0: the
+    /// floor), timing the claim into `metrics`; owns its arguments, so it can run beside a
+    /// send that borrows the relay.
+    async fn claim_with(pool: sqlx::PgPool, batch: i64, after: i64, metrics: Metrics) -> Result<Claimed, Error> {
         let started = Instant::now();
-        let mut tx = self.pool.begin().await?;
-        let mut events = outbox::claim(&mut tx, self.config.batch).await?;
+        let mut tx = pool.begin().await?;
+        let events = outbox::claim(&mut tx, batch, after).await?;
+        if !events.is_empty() {
+            metrics.relay_stage("claim", started.elapsed().as_secs_f64());
+        }
+        Ok(Claimed { tx, events })
+    }
+
+    /// Publishes a claimed batch and commits its marks; returns how many rows it dispatched.
+    async fn send(&mut self, claimed: Claimed) -> Result<usize, Error> {
+        let Claimed { mut tx, mut events } = claimed;
         if events.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
-        self.metrics.relay_stage("claim", started.elapsed().as_secs_f64());
         let mut traced = Traced::start(&mut events);
         let max_len = self.config.stream_max_len;
         let started = Instant::now();
@@ -156,6 +252,14 @@ impl Relay {
         self.metrics.relay_published.inc_by(dispatched as u64);
         Ok(dispatched)
     }
+}
+
+/// A claimed batch: its rows, marked dispatched and locked by `tx`, which is still open. Sent
+/// and committed by the relay; dropped, it rolls back and the rows are due again.
+#[derive(Debug)]
+pub struct Claimed {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    events: Vec<caracal_store::Event>,
 }
 
 /// The spans of one batch whose rows carry traces: a `create caracal.events` PRODUCER span in

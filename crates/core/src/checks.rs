@@ -17,7 +17,7 @@ mod postgres;
 mod redis;
 mod stream;
 
-pub use outbox::{OUTBOX_INDEXES, outbox, outbox_query};
+pub use outbox::{OUTBOX_INDEXES, outbox, outbox_measured, outbox_query};
 pub use postgres::{postgres, postgres_writable};
 pub use redis::{redis, redis_tls};
 pub use stream::{StreamGroup, stream_group};

@@ -38,7 +38,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use caracal_core::config::ConfigError;
-use caracal_core::{App, Check, Failure, Mode, Observed, Rung, checks, env};
+use caracal_core::{App, Check, Failure, Mode, Observed, Rung, env};
 use caracal_tokens::{Access, Guard, Scope, TokensConfig, Verifier};
 
 pub use config::StsConfig;
@@ -105,7 +105,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let keys =
         Arc::new(ring::KeyRing::new(pool.clone(), sealer, config.clone(), Arc::clone(&verifier), metrics.clone()));
     let clients = Arc::new(clients::Clients::default());
-    let [outbox_age, outbox_dead] = checks::outbox(pool.clone(), app.metrics(), "outbox", config.outbox_max_age);
+    let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.outbox_max_age);
     let state = StsState {
         pool: pool.clone(),
         keys: Arc::clone(&keys),

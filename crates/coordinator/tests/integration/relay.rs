@@ -8,6 +8,7 @@ use caracal_coordinator::metrics::Metrics;
 use caracal_coordinator::relay::Relay;
 use caracal_store::{NewEvent, outbox, stream};
 use caracal_testkit::Redis;
+use caracal_testkit::redis::RedisBuilder;
 
 use crate::support;
 
@@ -114,4 +115,114 @@ async fn an_unreachable_redis_spends_no_attempts_and_a_refusing_one_kills_only_t
     redis.command(&format!("DEL {}", stream::EVENTS)).expect("del");
     enqueue(&pool, 3).await;
     assert_eq!(drain(&mut relay).await, 3);
+}
+
+/// Rows still undispatched, as any other session sees them (marks in an open claim are not
+/// committed yet), and how many of them another relay could claim now (rows a claim holds are
+/// locked).
+async fn pending_and_claimable(pool: &sqlx::PgPool) -> (i64, i64) {
+    let mut tx = pool.begin().await.expect("tx");
+    let counts = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox WHERE dispatched_at IS NULL), \
+                (SELECT count(*) FROM (SELECT id FROM outbox WHERE dispatched_at IS NULL FOR UPDATE SKIP LOCKED) s)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("counts");
+    tx.rollback().await.expect("rollback");
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_is_claimed_ahead_sent_in_order_once_each_and_an_outage_rolls_the_claim_back() {
+    let pool = support::database(&support::shared().postgres).await;
+    // Persistent, so the stream still holds the first batch after the restart below.
+    let mut redis = RedisBuilder::default().persistent(true).start().expect("redis");
+    let mut relay = relay(&pool, &redis).await; // batches of 100
+    enqueue(&pool, 1_050).await;
+
+    let mut ahead = None;
+    assert_eq!(relay.relay_ahead(&mut ahead).await.expect("relay"), 100);
+    assert!(ahead.is_some(), "a full batch claims the next one while it is sent");
+    assert_eq!(
+        pending_and_claimable(&pool).await,
+        (950, 850),
+        "the batch claimed ahead is held by its open transaction, not yet marked for anyone else"
+    );
+
+    // Redis goes away: the send fails, and what was claimed ahead is rolled back with it.
+    redis.stop();
+    assert!(relay.relay_ahead(&mut ahead).await.is_err(), "no Redis, no relay");
+    assert!(ahead.is_none(), "nothing stays claimed after a failure");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // A dropped transaction's rollback reaches PostgreSQL when its connection goes back to
+    // the pool, a moment later.
+    while pending_and_claimable(&pool).await != (950, 950) {
+        assert!(std::time::Instant::now() < deadline, "the claims were not rolled back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT sum(attempts)::bigint FROM outbox").fetch_one(&pool).await.expect("sum");
+    assert_eq!(attempts, 0, "an outage must not use up attempts");
+    redis.start().expect("restart");
+
+    // The rest goes out in claim order, each row once.
+    let mut sent = 100;
+    loop {
+        match relay.relay_ahead(&mut ahead).await.expect("relay") {
+            0 => break,
+            n => sent += n,
+        }
+    }
+    assert_eq!(sent, 1_050);
+    assert_eq!(pending_and_claimable(&pool).await, (0, 0));
+    let mut conn = support::redis(&redis.url()).await;
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(stream::EVENTS).arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let ids: Vec<i64> = entries
+        .ids
+        .iter()
+        .map(|entry| entry.get::<String>("outbox_id").expect("outbox_id").parse().expect("an id"))
+        .collect();
+    assert_eq!(ids.len(), 1_050, "each row once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "batches reach the stream in claim order");
+}
+
+async fn drain_ahead(relay: &mut Relay, ahead: &mut Option<caracal_coordinator::relay::Claimed>) -> usize {
+    let mut total = 0;
+    loop {
+        match relay.relay_ahead(ahead).await.expect("relay") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_that_commits_after_later_ones_is_relayed_and_the_floor_waits_for_it() {
+    let pool = support::database(&support::shared().postgres).await;
+    let redis = Redis::start_default().expect("redis");
+    let mut relay = relay(&pool, &redis).await; // batches of 100
+    let mut late = pool.begin().await.expect("tx");
+    let event = NewEvent { event_type: "late".into(), target: None, instance: None, payload: serde_json::json!({}) };
+    let late_id = outbox::enqueue(&mut late, &event).await.expect("enqueue");
+    enqueue(&pool, 250).await;
+    let mut ahead = None;
+    assert_eq!(drain_ahead(&mut relay, &mut ahead).await, 250, "the backlog goes out around the open row");
+    // Moved up every so often, the floor stays below the row its transaction still holds.
+    for _ in 0..8 {
+        assert!(relay.advance_floor().await.expect("floor") < late_id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    late.commit().await.expect("commit");
+    assert_eq!(drain_ahead(&mut relay, &mut ahead).await, 1, "found walking up from the floor");
+    let last: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(&pool).await.expect("max");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while relay.advance_floor().await.expect("floor") < last {
+        assert!(std::time::Instant::now() < deadline, "the floor did not pass the dispatched rows");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut conn = support::redis(&redis.url()).await;
+    let len: usize = redis::cmd("XLEN").arg(stream::EVENTS).query_async(&mut conn).await.expect("xlen");
+    assert_eq!(len, 251, "each row once");
 }

@@ -30,7 +30,8 @@ struct Figures {
 /// oldest undispatched row is older than `max_age`) and `outbox:dead` (not required: dead rows
 /// are an alert, never a reason to take the service out of rotation). Both record
 /// `caracal_outbox_pending`, `caracal_outbox_oldest_pending_age_seconds` and
-/// `caracal_outbox_dead`.
+/// `caracal_outbox_dead`. They run [`outbox_query`], which needs [`OUTBOX_INDEXES`]; an outbox
+/// that finds its pending rows another way gives its own query to [`outbox_measured`].
 ///
 /// # Panics
 /// When `table` is not a plain SQL identifier (`[a-z_][a-z0-9_]*`, optionally schema-qualified):
@@ -38,12 +39,33 @@ struct Figures {
 pub fn outbox(pool: PgPool, metrics: &Metrics, table: &str, max_age: Duration) -> [Check; 2] {
     assert!(valid_table(table), "outbox table {table:?} is not a plain identifier");
     let sql: Arc<str> = outbox_query(table).into();
-    let age = {
-        let (pool, metrics, sql) = (pool.clone(), metrics.clone(), Arc::clone(&sql));
-        Check::new("outbox:oldest_pending_age", Rung::Delivery, move || {
-            let (pool, metrics, sql) = (pool.clone(), metrics.clone(), Arc::clone(&sql));
+    outbox_measured(
+        metrics,
+        move || {
+            let (pool, sql) = (pool.clone(), Arc::clone(&sql));
             async move {
-                let f = measure(&pool, &metrics, &sql).await?;
+                // The table name was checked to be a plain identifier above.
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.map_err(|e| e.to_string())
+            }
+        },
+        max_age,
+    )
+}
+
+/// The two checks of [`outbox`], measured by `measure`: it answers (pending rows, the oldest
+/// pending row's age in seconds, dead rows), or why it could not. Both checks run it.
+pub fn outbox_measured<F, Fut>(metrics: &Metrics, measure: F, max_age: Duration) -> [Check; 2]
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(i64, f64, i64), String>> + Send + 'static,
+{
+    let measure = Arc::new(measure);
+    let age = {
+        let (metrics, measure) = (metrics.clone(), Arc::clone(&measure));
+        Check::new("outbox:oldest_pending_age", Rung::Delivery, move || {
+            let (metrics, measure) = (metrics.clone(), Arc::clone(&measure));
+            async move {
+                let f = figures(&metrics, measure()).await?;
                 let observed = Observed::new(f.oldest_age, "s");
                 if f.oldest_age > max_age.as_secs_f64() {
                     return Err(Failure::with(
@@ -63,9 +85,9 @@ pub fn outbox(pool: PgPool, metrics: &Metrics, table: &str, max_age: Duration) -
     let dead = {
         let metrics = metrics.clone();
         Check::new("outbox:dead", Rung::Delivery, move || {
-            let (pool, metrics, sql) = (pool.clone(), metrics.clone(), Arc::clone(&sql));
+            let (metrics, measure) = (metrics.clone(), Arc::clone(&measure));
             async move {
-                let f = measure(&pool, &metrics, &sql).await?;
+                let f = figures(&metrics, measure()).await?;
                 let observed = Observed::new(f.dead as f64, "rows");
                 if f.dead > 0 {
                     return Err(Failure::with(
@@ -93,10 +115,12 @@ pub fn outbox_query(table: &str) -> String {
     )
 }
 
-async fn measure(pool: &PgPool, metrics: &Metrics, sql: &Arc<str>) -> Result<Figures, Failure> {
-    let (pending, oldest_age, dead): (i64, f64, i64) =
-        // The table name was checked to be a plain identifier by `outbox`.
-        sqlx::query_as(sqlx::AssertSqlSafe(Arc::clone(sql))).fetch_one(pool).await.map_err(|e| Failure::new(format!("outbox query failed: {e}")))?;
+/// Awaits one measurement and records it.
+async fn figures(
+    metrics: &Metrics,
+    measured: impl Future<Output = Result<(i64, f64, i64), String>>,
+) -> Result<Figures, Failure> {
+    let (pending, oldest_age, dead) = measured.await.map_err(|e| Failure::new(format!("outbox query failed: {e}")))?;
     let oldest_age = oldest_age.max(0.0);
     metrics.outbox.record(OutboxFigures { pending, oldest_age_seconds: oldest_age, dead });
     Ok(Figures { pending, oldest_age, dead })
