@@ -18,11 +18,12 @@
 //!
 //! No index names `dispatched_at` (so the mark is a HOT update, written in place): pending
 //! rows are found by walking the primary key up from the outbox's floor, which every relay
-//! moves up each second to just below the first row still pending, but never past an id below
-//! which every transaction has ended (ids commit out of order). In a backlog the next batch is
-//! claimed while the current one is sent, walking up from the current batch's last id; every
-//! few seconds, and whenever a claim comes back short, the walk starts at the floor again, so
-//! a row that committed late, was released or came due after a failure is never left behind.
+//! moves up (every 200 ms while rows flow, every second when idle) to just below the first
+//! row still pending, but never past an id below which every transaction has ended (ids
+//! commit out of order). In a backlog the next batch is claimed while the current one is
+//! sent, walking up from the current batch's last id; every few seconds, and whenever a claim
+//! comes back short, the walk starts at the floor again, so a row that committed late, was
+//! released or came due after a failure is never left behind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +44,12 @@ use crate::metrics::Metrics;
 pub const OUTBOX_CHANNEL: &str = "caracal_outbox";
 /// How often dispatched rows past their retention are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
-/// How often the outbox's floor is moved up.
-const FLOOR_EVERY: Duration = Duration::from_secs(1);
+/// How often the outbox's floor is moved up while rows are flowing: the sooner it follows
+/// them, the fewer dispatched rows a claim walking up from it reads (right after a backlog,
+/// every row of it until the floor passes them).
+const FLOOR_EVERY_BUSY: Duration = Duration::from_millis(200);
+/// How often the outbox's floor is moved up while the relay is idle (with its idle claim).
+const FLOOR_EVERY_IDLE: Duration = Duration::from_secs(1);
 /// How long to wait, after reading the outbox's highest id, before reading the transaction
 /// horizon that proves every lower id final (as the ledger's reconciler does).
 const FLOOR_SETTLE: Duration = Duration::from_secs(1);
@@ -96,7 +101,8 @@ impl Relay {
                     (wait, false)
                 }
             };
-            if last_floor.elapsed() >= FLOOR_EVERY {
+            let floor_every = if idle { FLOOR_EVERY_IDLE } else { FLOOR_EVERY_BUSY };
+            if last_floor.elapsed() >= floor_every {
                 last_floor = Instant::now();
                 if let Err(e) = self.advance_floor().await {
                     tracing::warn!(error = %e, "moving the outbox floor up failed");
