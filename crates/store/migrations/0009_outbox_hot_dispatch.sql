@@ -23,7 +23,8 @@ ALTER TABLE outbox SET (fillfactor = 45);
 
 -- Every outbox row with an id at or below this is dispatched or dead, and no row at or below
 -- it can still appear (outbox ids come from a sequence and commit out of order, so the relay
--- moves it only up to an id below which every transaction has ended). Only ever moves up.
+-- moves it only up to an id below which every transaction has ended). Only the runbook's
+-- re-queue of dead rows moves it down.
 CREATE TABLE outbox_floor (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     id         bigint NOT NULL,

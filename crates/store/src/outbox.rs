@@ -108,15 +108,20 @@ pub async fn floor(pool: &sqlx::PgPool) -> Result<i64, Error> {
     Ok(sqlx::query_scalar("SELECT id FROM outbox_floor").fetch_one(pool).await?)
 }
 
+/// The walk of [`advance_floor`] (`$1` the floor, `$2` how far it may go): the first pending
+/// row above the floor, kept as one constant so a test can show its plan.
+pub const FLOOR_WALK: &str = "SELECT id FROM outbox WHERE id > $1 AND id <= $2 \
+       AND dispatched_at IS NULL AND dead_at IS NULL ORDER BY id LIMIT 1";
+
 /// The most ids [`advance_floor`] walks in one call, so one call's work is bounded.
 const FLOOR_STEP: i64 = 500_000;
 
 /// Moves the [`floor`] up to just below the first row above it that is still pending (not
 /// dispatched, not dead), but never past `settled`: an id below which every row that will
 /// ever exist is visible ([`crate::ledger::Horizon`]), since outbox ids commit out of order and
-/// a row not yet committed is not seen pending. Returns the floor. Relays may race: the floor
-/// only ever moves up, and every value any of them computes is true, because a row that is
-/// dispatched or dead stays so.
+/// a row not yet committed is not seen pending. Returns the floor. Relays may race: this only
+/// ever moves the floor up, and every value any of them computes is true, because a row that
+/// is dispatched or dead stays so (until [`REQUEUE_DEAD`], which lowers the floor itself).
 ///
 /// # Errors
 /// When a query fails.
@@ -125,21 +130,16 @@ pub async fn advance_floor(pool: &sqlx::PgPool, settled: i64) -> Result<i64, Err
     // the floor under the same lock) is either seen by the walk below or lowers the floor
     // after this moves it.
     let mut tx = pool.begin().await?;
+    // Walk the primary key in id order, whatever the statistics guess (as the claim does).
+    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off").execute(&mut *tx).await?;
     let at: i64 = sqlx::query_scalar("SELECT id FROM outbox_floor FOR UPDATE").fetch_one(&mut *tx).await?;
     let upto = settled.min(at.saturating_add(FLOOR_STEP));
     if upto <= at {
         tx.commit().await?;
         return Ok(at);
     }
-    let pending: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM outbox WHERE id > $1 AND id <= $2 AND dispatched_at IS NULL AND dead_at IS NULL \
-         ORDER BY id LIMIT 1",
-    )
-    .bind(at)
-    .bind(upto)
-    .persistent(false)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let pending: Option<i64> =
+        sqlx::query_scalar(FLOOR_WALK).bind(at).bind(upto).persistent(false).fetch_optional(&mut *tx).await?;
     let to = pending.map_or(upto, |id| id - 1);
     let floor = sqlx::query_scalar("UPDATE outbox_floor SET id = greatest(id, $1), updated_at = now() RETURNING id")
         .bind(to)

@@ -242,6 +242,7 @@ async fn the_claim_and_the_purge_never_read_the_whole_outbox() {
     );
     let claim = outbox::CLAIM.replace("$1", "2000").replace("$2", "0");
     let purge = outbox::PURGE.replace("$1", "86400").replace("$2", "10000");
+    let walk = outbox::FLOOR_WALK.replace("$1", "0").replace("$2", "40000");
     for statistics in ["as of the empty outbox", "after ANALYZE"] {
         if statistics == "after ANALYZE" {
             psql("ANALYZE outbox");
@@ -253,6 +254,12 @@ async fn the_claim_and_the_purge_never_read_the_whole_outbox() {
         assert!(!reads_whole_outbox(&plan), "claim, statistics {statistics}:\n{plan}");
         let plan = psql(&format!("EXPLAIN {purge}"));
         assert!(!reads_whole_outbox(&plan), "purge, statistics {statistics}:\n{plan}");
+        assert!(plan.contains("outbox_created_idx"), "purge, statistics {statistics}:\n{plan}");
+        // As `advance_floor` runs it: the first pending row, up the primary key from the floor.
+        let plan = psql(&format!(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; EXPLAIN {walk}; ROLLBACK"
+        ));
+        assert!(!reads_whole_outbox(&plan), "floor walk, statistics {statistics}:\n{plan}");
     }
 }
 
