@@ -20,6 +20,22 @@ fn reads_whole_outbox(plan: &str) -> bool {
     plan.lines().any(|l| l.contains("Seq Scan on outbox") && !l.contains("Seq Scan on outbox_floor"))
 }
 
+/// A fresh migrated database with an outbox row held by a transaction still open, below a
+/// later row that is committed: the open transaction, the held id and the committed id.
+async fn a_row_held_below_a_committed_one(
+    postgres: &Postgres,
+) -> (sqlx::PgPool, sqlx::Transaction<'static, sqlx::Postgres>, i64, i64) {
+    let (pool, _) = database(postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let mut held = pool.begin().await.expect("tx");
+    let held_id = outbox::enqueue(&mut held, &event(1)).await.expect("enqueue");
+    let mut tx = pool.begin().await.expect("tx");
+    let committed = outbox::enqueue(&mut tx, &event(2)).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert!(committed > held_id);
+    (pool, held, held_id, committed)
+}
+
 fn event(n: i64) -> NewEvent {
     NewEvent {
         event_type: "t".into(),
@@ -184,14 +200,7 @@ async fn a_claim_marks_its_rows_in_place() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_floor_waits_for_a_row_committed_after_later_ones() {
     let postgres = Postgres::start_default().expect("postgres");
-    let (pool, _) = database(&postgres).await;
-    caracal_store::migrate(&pool).await.expect("migrate");
-    let mut late = pool.begin().await.expect("tx");
-    let late_id = outbox::enqueue(&mut late, &event(1)).await.expect("enqueue");
-    let mut tx = pool.begin().await.expect("tx");
-    let early_id = outbox::enqueue(&mut tx, &event(2)).await.expect("enqueue");
-    tx.commit().await.expect("commit");
-    assert!(late_id < early_id);
+    let (pool, late, late_id, early_id) = a_row_held_below_a_committed_one(&postgres).await;
     let mut tx = pool.begin().await.expect("tx");
     let claimed = outbox::claim(&mut tx, 10, 0).await.expect("claim");
     tx.commit().await.expect("commit");
@@ -461,15 +470,8 @@ async fn the_ledger_gap_is_found_above_the_watermark_and_healed_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_horizon_never_passes_an_id_an_open_transaction_holds() {
     let postgres = Postgres::start_default().expect("postgres");
-    let (pool, _) = database(&postgres).await;
-    caracal_store::migrate(&pool).await.expect("migrate");
     // `held` draws an id and stays open; a later id commits and is visible.
-    let mut held = pool.begin().await.expect("tx");
-    let held_id = outbox::enqueue(&mut held, &event(1)).await.expect("enqueue");
-    let mut tx = pool.begin().await.expect("tx");
-    let visible = outbox::enqueue(&mut tx, &event(2)).await.expect("enqueue");
-    tx.commit().await.expect("commit");
-    assert!(visible > held_id);
+    let (pool, held, held_id, visible) = a_row_held_below_a_committed_one(&postgres).await;
 
     let mut horizon = ledger::Horizon::new(Duration::ZERO);
     for _ in 0..5 {
