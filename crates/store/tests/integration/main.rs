@@ -284,14 +284,17 @@ async fn the_ledger_finds_a_recent_time_range_from_block_summaries() {
     let definition = psql("SELECT pg_get_indexdef('audit_events_occurred_brin'::regclass)");
     assert!(definition.contains("USING brin (occurred_at)"), "{definition}");
     assert!(definition.contains("autosummarize='on'"), "{definition}");
-    // 40,000 rows a second apart, in the order they occurred, as the audit writes them.
+    // 40,000 rows a second apart, in the order they occurred, as the audit writes them; the
+    // last at a fixed time, so queries in different sessions (each with its own `now()`) ask
+    // for the same rows.
     psql(
         "INSERT INTO audit_events (outbox_id, event_type, payload, occurred_at) \
-         SELECT g, 't', '{}', now() - (40000 - g) * interval '1 second' FROM generate_series(1, 40000) g",
+         SELECT g, 't', '{}', '2026-11-21T14:00:00Z'::timestamptz - (40000 - g) * interval '1 second' \
+         FROM generate_series(1, 40000) g",
     );
     psql("SELECT brin_summarize_new_values('audit_events_occurred_brin')");
     psql("ANALYZE audit_events");
-    let recent = "FROM audit_events WHERE occurred_at >= now() - interval '400 seconds'";
+    let recent = "FROM audit_events WHERE occurred_at >= '2026-11-21T14:00:00Z'::timestamptz - interval '400 seconds'";
     let plan =
         psql(&format!("SET enable_seqscan = off; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(*) {recent}"));
     assert!(plan.contains("Bitmap Index Scan on audit_events_occurred_brin"), "{plan}");
