@@ -61,13 +61,14 @@ impl Served {
         (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    /// Polls `/ready` until its status code is `want`, for at most `within`.
+    /// Polls `/ready` until its status code is `want` with every check evaluated, for at most
+    /// `within`.
     pub async fn wait_ready_status(&self, want: u16, within: Duration) -> Result<serde_json::Value, String> {
         let last = std::sync::Mutex::new(String::new());
         crate::wait_for(within, Duration::from_millis(20), || async {
             let (status, body) = self.get_json("/ready").await;
             *last.lock().expect("lock") = format!("{status} {body}");
-            (status == want).then_some(body)
+            (status == want && all_evaluated(&body)).then_some(body)
         })
         .await
         .map_err(|waited| format!("no {want} within {waited:?}; last answer: {}", last.lock().expect("lock")))
@@ -105,13 +106,27 @@ impl Served {
         crate::wait_for(within, Duration::from_millis(20), || async {
             let (code, body) = self.get_json("/ready").await;
             *last.lock().expect("lock") = format!("{code} {body}");
-            // A check not evaluated yet also reads `fail`; wait for a real result.
-            let evaluated = status == "skipped" || body["checks"][name][0].get("time").is_some();
-            (evaluated && check_status(&body, name) == status).then_some(body)
+            // A check not evaluated yet also reads `fail` (or `warn`); wait for a real result.
+            (all_evaluated(&body) && check_status(&body, name) == status).then_some(body)
         })
         .await
         .map_err(|waited| format!("{name} not {status} within {waited:?}; last answer: {}", last.lock().expect("lock")))
     }
+}
+
+/// Whether every check in a `/ready` body has a result of its own (a time) or is skipped (a
+/// body without checks has nothing to wait for).
+///
+/// The checks of one rung publish as each finishes, so an answer can carry one of them
+/// evaluated beside another still `not evaluated yet`; a test that reads several checks from
+/// one answer waits for this first.
+pub fn all_evaluated(body: &serde_json::Value) -> bool {
+    body["checks"].as_object().is_none_or(|checks| {
+        checks
+            .values()
+            .flat_map(|entries| entries.as_array().into_iter().flatten())
+            .all(|entry| entry.get("time").is_some() || entry["status"] == "skipped")
+    })
 }
 
 /// The status of check `name` in a `/ready` body.
