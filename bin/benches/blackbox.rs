@@ -223,7 +223,14 @@ fn ours(postgres: &Postgres, urls: &[String], ca_pem: Option<&str>, paths: (&str
         membership.set(vec!["bench".into()]);
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
-        let prober = Prober::new(pool, membership, metrics, CoordinatorConfig::default()).expect("prober");
+        let prober = Prober::new(
+            pool,
+            membership,
+            metrics,
+            CoordinatorConfig::default(),
+            caracal_core::outbound::Policy::default(),
+        )
+        .expect("prober");
         let stop = CancellationToken::new();
         let (notices, received) = tokio::sync::mpsc::channel(1);
         notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");

@@ -59,7 +59,14 @@ fn main() {
         membership.set(vec!["bench".into()]);
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
-        let prober = Prober::new(pool, membership, metrics, CoordinatorConfig::default()).expect("prober");
+        let prober = Prober::new(
+            pool,
+            membership,
+            metrics,
+            CoordinatorConfig::default(),
+            caracal_core::outbound::Policy::default(),
+        )
+        .expect("prober");
         let stop = CancellationToken::new();
         // One full read of the registry, as the invalidations follower asks at start-up.
         let (notices, received) = tokio::sync::mpsc::channel(1);

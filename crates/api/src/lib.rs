@@ -64,6 +64,10 @@ pub struct ApiState {
     pub monitoring: Arc<monitoring::MonitoringView>,
     /// Settings.
     pub config: Arc<ApiConfig>,
+    /// The outbound address policy: a registered address literal it denies is refused.
+    pub outbound: Arc<caracal_core::outbound::Policy>,
+    /// Where targets' client certificates may be read from (`coordinator.tls.client_dir`).
+    pub client_files: Arc<caracal_store::tls::ClientFiles>,
     /// The status page's live feed.
     feed: Arc<page::live::Feed>,
     /// Draining ends the status page's open event streams.
@@ -130,6 +134,8 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         platform: Arc::clone(&platform),
         monitoring: Arc::clone(&monitoring),
         config: Arc::new(config.clone()),
+        outbound: Arc::new(caracal_core::outbound::Policy::new(app.config().core.outbound.clone())),
+        client_files: Arc::new(app.config().section("coordinator.tls")?),
         feed: Arc::clone(&feed),
         lifecycle: app.lifecycle(),
     };

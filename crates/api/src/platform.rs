@@ -86,6 +86,7 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
             labels: [("caracal".to_string(), "platform".to_string())].into(),
             tls: None,
             grpc_service: None,
+            credential: None,
         };
         match registry::create(pool, &spec, &Writer::Api).await {
             Ok(_) => tracing::info!(target = %name, "registered a platform service as a target"),

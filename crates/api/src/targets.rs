@@ -39,7 +39,7 @@ pub(crate) async fn create(
     body: Result<Json<TargetSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(spec) = body?;
-    spec.validate()?;
+    admit(&state, &spec).await?;
     let target = registry::create(&state.pool, &spec, &Writer::Api).await?;
     let location = format!("/v1/targets/{}", spec.name);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(target)).into_response())
@@ -64,8 +64,32 @@ pub(crate) async fn replace(
     } else if spec.name != name {
         return Err(ApiError::invalid("name", format!("must match the path (`{name}`); targets are not renamed")));
     }
-    spec.validate()?;
+    admit(&state, &spec).await?;
     Ok(Json(registry::replace(&state.pool, &spec, &Writer::Api).await?))
+}
+
+/// Checks a document before it is written: its fields; every instance whose host is an address
+/// literal against the outbound policy (a name is judged each time it is resolved); and its
+/// client certificate files, read on a blocking thread within a bound so no file a caller names
+/// can hold a worker or the request.
+async fn admit(state: &ApiState, spec: &TargetSpec) -> Result<(), ApiError> {
+    spec.validate()?;
+    for (i, url) in spec.instances.iter().enumerate() {
+        let host = caracal_core::outbound::host_of(url).unwrap_or("");
+        if state.outbound.check_host(host).is_err() {
+            return Err(ApiError::invalid(
+                format!("instances[{i}]"),
+                "the address is denied by the outbound address policy (outbound.allow / outbound.deny)",
+            ));
+        }
+    }
+    let Some(tls) = spec.tls.clone().filter(|t| t.client_cert_file.is_some()) else { return Ok(()) };
+    let files = std::sync::Arc::clone(&state.client_files);
+    let checked = tokio::task::spawn_blocking(move || tls.check_client_files(&files));
+    match tokio::time::timeout(std::time::Duration::from_secs(2), checked).await {
+        Ok(Ok(result)) => Ok(result?),
+        _ => Err(ApiError::invalid("tls.client_cert_file", caracal_store::tls::CLIENT_FILE_REFUSED)),
+    }
 }
 
 /// Delete a target and its instances (its history is kept).

@@ -28,6 +28,8 @@ pub struct CoordinatorConfig {
     pub membership: MembershipConfig,
     /// The outbox relay.
     pub relay: RelayConfig,
+    /// Client certificates for TLS probes: only files in `tls.client_dir` are ever read.
+    pub tls: caracal_store::tls::ClientFiles,
 }
 
 /// How replicas find each other.
@@ -83,6 +85,7 @@ impl Default for CoordinatorConfig {
             invalidations_max_age: Duration::from_secs(10),
             membership: MembershipConfig::default(),
             relay: RelayConfig::default(),
+            tls: caracal_store::tls::ClientFiles::default(),
         }
     }
 }

@@ -44,7 +44,8 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_coordinator"));
     metrics.register_target_families(app.registry_mut());
     let members = membership::Membership::new(membership::replica_id());
-    let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone())
+    let outbound = caracal_core::outbound::Policy::new(app.config().core.outbound.clone());
+    let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone(), outbound)
         .map_err(|e| caracal_core::Error::startup("build the probe HTTP client", e))?;
     let heartbeat = prober.heartbeat();
     let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.relay.max_lag);

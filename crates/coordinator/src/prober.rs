@@ -202,6 +202,8 @@ pub struct Prober {
     metrics: Metrics,
     config: CoordinatorConfig,
     client: reqwest::Client,
+    /// The outbound address policy every probe connects through.
+    outbound: caracal_core::outbound::Policy,
     permits: Arc<Semaphore>,
     heartbeat: Arc<Heartbeat>,
     user_agent: String,
@@ -217,11 +219,16 @@ impl Prober {
         members: Membership,
         metrics: Metrics,
         config: CoordinatorConfig,
+        outbound: caracal_core::outbound::Policy,
     ) -> Result<Self, reqwest::Error> {
+        // Every name is resolved under the address policy and the connection goes to the
+        // address it checked; redirects are never followed (they would pick the next address).
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(4)
             .pool_idle_timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(outbound.resolver())
             .build()?;
         let user_agent = format!("caracal-coordinator/{} ({})", env!("CARGO_PKG_VERSION"), members.id());
         Ok(Self {
@@ -231,6 +238,7 @@ impl Prober {
             permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             config,
             client,
+            outbound,
             heartbeat: Arc::new(Heartbeat { last: Mutex::new(Instant::now()) }),
             user_agent,
         })
@@ -406,7 +414,7 @@ impl Prober {
             address: Address::parse(&instance.url, instance.scheme),
             tls: instance.scheme.is_tls().then(|| {
                 let alpn: &[u8] = if instance.scheme == Scheme::Grpcs { b"h2" } else { b"http/1.1" };
-                let client = TlsClient::new(instance.tls.as_ref(), alpn)?;
+                let client = TlsClient::new(instance.tls.as_ref(), alpn, &self.config.tls)?;
                 client.remember(presented.clone());
                 Ok(client)
             }),
@@ -488,6 +496,11 @@ impl Prober {
         let Some(address) = &probing.address else {
             return (Status::Down, Some("the instance URL is not usable".into()), None);
         };
+        // An address literal is judged here (names are judged as they resolve): a denied one
+        // is never contacted.
+        if let Err(refused) = self.outbound.check_host(address.connect_host()) {
+            return (Status::Down, Some(refused.word().into()), None);
+        }
         let tls = match &probing.tls {
             None => None,
             Some(Ok(client)) => {
@@ -511,14 +524,15 @@ impl Prober {
             }
             (Scheme::Https, Some(client)) => {
                 let paths = [instance.health_path.as_str(), instance.ready_path.as_str()];
-                protocols::https(address, client, paths, instance.timeout, &self.user_agent).await
+                protocols::https(&self.outbound, address, client, paths, instance.timeout, &self.user_agent).await
             }
             (Scheme::Tcp, _) => {
-                let health = protocols::tcp(address, instance.timeout).await;
+                let health = protocols::tcp(&self.outbound, address, instance.timeout).await;
                 Seen { ready: health.clone(), health, presented: None }
             }
             (Scheme::Grpc | Scheme::Grpcs, tls) => {
-                let (health, presented) = protocols::grpc(address, tls, &instance.grpc_service, instance.timeout).await;
+                let (health, presented) =
+                    protocols::grpc(&self.outbound, address, tls, &instance.grpc_service, instance.timeout).await;
                 Seen { ready: health.clone(), health, presented }
             }
             (Scheme::Https, None) => return (Status::Down, Some("tls_config".into()), None),
@@ -548,13 +562,19 @@ impl Prober {
             Ok(r) => {
                 let status = r.status();
                 telemetry::record_client_status(&span, status.as_u16());
-                // Reading the (small) body lets the connection be reused for the next probe.
-                let _ = r.bytes().await;
+                // Reading a small body lets the connection carry the next probe; a larger one
+                // is cut at the cap and its connection closed (the status is the verdict).
+                protocols::drain_capped(r).await;
                 if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
             }
             Err(e) if e.is_timeout() => {
                 telemetry::record_client_error(&span, "timeout");
                 Err(format!("{path} timed out"))
+            }
+            Err(e) if caracal_core::outbound::refused_in(&e).is_some() => {
+                let word = caracal_core::outbound::refused_in(&e).map_or("address_denied", |r| r.word());
+                telemetry::record_client_error(&span, word);
+                Err(word.to_string())
             }
             Err(e) if e.is_connect() => {
                 telemetry::record_client_error(&span, "connection_refused");

@@ -15,6 +15,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tracing::Instrument;
 
+use caracal_core::outbound::Policy;
+
 use crate::tls::{Presented, TlsClient};
 
 /// Where an instance listens, from its URL.
@@ -45,7 +47,8 @@ impl Address {
         format!("{}:{}", self.host, self.port)
     }
 
-    fn connect_host(&self) -> &str {
+    /// The host to connect to (an IPv6 literal without its brackets).
+    pub(crate) fn connect_host(&self) -> &str {
         self.host.trim_start_matches('[').trim_end_matches(']')
     }
 }
@@ -61,8 +64,27 @@ pub struct Seen {
     pub presented: Option<Presented>,
 }
 
+/// The most of an answer's body a probe reads: what is beyond is never read, and the
+/// connection is closed instead of reused (the status code is the verdict).
+pub const BODY_CAP: usize = 64 * 1024;
+
+/// Reads at most [`BODY_CAP`] bytes of `response`'s body, then drops it (a body read whole
+/// leaves the pooled connection reusable; a longer one closes it).
+pub(crate) async fn drain_capped(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > BODY_CAP {
+            return;
+        }
+    }
+}
+
 /// The word for a connection that did not open.
 fn connect_reason(error: &std::io::Error) -> String {
+    if let Some(refused) = caracal_core::outbound::refused_in(error) {
+        return refused.word().into();
+    }
     match error.kind() {
         std::io::ErrorKind::ConnectionRefused => "connection_refused".into(),
         std::io::ErrorKind::TimedOut => "timeout".into(),
@@ -72,15 +94,17 @@ fn connect_reason(error: &std::io::Error) -> String {
     }
 }
 
-async fn connect(address: &Address) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect((address.connect_host(), address.port)).await.map_err(|e| connect_reason(&e))?;
+/// Connects through the outbound policy: the name is resolved, every answer checked, and the
+/// connection made to a checked address.
+async fn connect(outbound: &Policy, address: &Address) -> Result<TcpStream, String> {
+    let stream = outbound.connect(address.connect_host(), address.port).await.map_err(|e| connect_reason(&e))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
 
 /// `tcp://`: up when a connection opens within `timeout`.
-pub async fn tcp(address: &Address, timeout: Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, connect(address)).await {
+pub async fn tcp(outbound: &Policy, address: &Address, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, connect(outbound, address)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(why)) => Err(why),
         Err(_) => Err("timeout".into()),
@@ -93,9 +117,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 type Connection =
     hyper::client::conn::http1::Connection<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, Empty<Bytes>>;
 
-async fn open_https(address: &Address, client: &TlsClient) -> Result<(Sender, Connection), String> {
+async fn open_https(outbound: &Policy, address: &Address, client: &TlsClient) -> Result<(Sender, Connection), String> {
     let name = client.server_name(&address.host)?;
-    let tcp = connect(address).await?;
+    let tcp = connect(outbound, address).await?;
     let tls = client
         .connector()
         .connect(name, tcp)
@@ -155,14 +179,16 @@ async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &st
     };
     let status = response.status();
     telemetry::record_client_status(&span, status.as_u16());
-    // Reading the (small) body lets the connection carry the next request.
-    let _ = response.into_body().collect().await;
+    // Reading a small body lets the connection carry the next request; a larger one is cut
+    // at the cap (the connection is then not reused).
+    let _ = http_body_util::Limited::new(response.into_body(), BODY_CAP).collect().await;
     if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
 }
 
 /// `https://`: both paths over one fresh TLS connection (a second one when the server closes
 /// the first after answering), all within `timeout`; one GET when the two paths are the same.
 pub async fn https(
+    outbound: &Policy,
     address: &Address,
     client: &TlsClient,
     paths: [&str; 2],
@@ -170,14 +196,14 @@ pub async fn https(
     user_agent: &str,
 ) -> Seen {
     let both = async {
-        let (mut sender, connection) = open_https(address, client).await?;
+        let (mut sender, connection) = open_https(outbound, address, client).await?;
         let mut connection = Some(connection);
         let health = drive(&mut connection, get(&mut sender, address, paths[0], user_agent)).await;
         if paths[0] == paths[1] {
             return Ok((health.clone(), health));
         }
         if drive(&mut connection, sender.ready()).await.is_err() {
-            let (again, opened) = open_https(address, client).await?;
+            let (again, opened) = open_https(outbound, address, client).await?;
             (sender, connection) = (again, Some(opened));
         }
         let ready = drive(&mut connection, get(&mut sender, address, paths[1], user_agent)).await;
@@ -195,6 +221,7 @@ pub async fn https(
 /// `SERVING` is up; anything else is down with the status (`not_serving`, `unknown`,
 /// `service_unknown`) or the transport's failure as the reason.
 pub async fn grpc(
+    outbound: &Policy,
     address: &Address,
     tls: Option<&TlsClient>,
     service: &str,
@@ -205,16 +232,29 @@ pub async fn grpc(
             .map_err(|_| "grpc: the address is not usable".to_string())?
             .connect_timeout(timeout)
             .timeout(timeout);
+        // Both schemes connect through the outbound policy with a connector of ours, so tonic
+        // never resolves the name itself.
         let channel = match tls {
-            None => endpoint.connect().await.map_err(|e| transport_reason(&e))?,
+            None => {
+                let (address, outbound) = (address.clone(), outbound.clone());
+                let connect = tower::service_fn(move |_: hyper::Uri| {
+                    let (address, outbound) = (address.clone(), outbound.clone());
+                    async move {
+                        let tcp = connect(&outbound, &address).await.map_err(std::io::Error::other)?;
+                        Ok::<_, std::io::Error>(TokioIo::new(tcp))
+                    }
+                });
+                endpoint.connect_with_connector(connect).await.map_err(|e| transport_reason(&e))?
+            }
             Some(client) => {
-                let address = address.clone();
+                let (address, outbound) = (address.clone(), outbound.clone());
                 let name = client.server_name(&address.host)?;
                 let connector = client.connector();
                 let connect = tower::service_fn(move |_: hyper::Uri| {
-                    let (address, name, connector) = (address.clone(), name.clone(), connector.clone());
+                    let (address, outbound, name, connector) =
+                        (address.clone(), outbound.clone(), name.clone(), connector.clone());
                     async move {
-                        let tcp = connect(&address).await.map_err(std::io::Error::other)?;
+                        let tcp = connect(&outbound, &address).await.map_err(std::io::Error::other)?;
                         let tls = connector.connect(name, tcp).await?;
                         Ok::<_, std::io::Error>(TokioIo::new(tls))
                     }
@@ -227,7 +267,13 @@ pub async fn grpc(
         telemetry::inject_span_context(&span, &mut headers);
         let mut request = tonic::Request::new(HealthCheckRequest { service: service.to_string() });
         *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
-        let answer = match HealthClient::new(channel).check(request).instrument(span.clone()).await {
+        // A health answer is a few bytes: a larger message is refused, not buffered.
+        let answer = match HealthClient::new(channel)
+            .max_decoding_message_size(BODY_CAP)
+            .check(request)
+            .instrument(span.clone())
+            .await
+        {
             Ok(response) => {
                 span.record("rpc.grpc.status_code", 0);
                 match response.into_inner().status() {
@@ -310,7 +356,9 @@ fn transport_reason(error: &tonic::transport::Error) -> String {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             // Our connector wraps the connect word in an io::Error.
             let text = io.to_string();
-            if ["connection_refused", "timeout", "unreachable", "dns_not_found"].contains(&text.as_str()) {
+            if ["connection_refused", "timeout", "unreachable", "dns_not_found", "address_denied"]
+                .contains(&text.as_str())
+            {
                 return text;
             }
             return connect_reason(io);

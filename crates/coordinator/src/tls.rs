@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, LazyLock, Mutex};
 
-use caracal_store::tls::{TlsSpec, not_after, parse_certificates, parse_private_key};
+use caracal_store::tls::{ClientFiles, TlsSpec, not_after, parse_certificates, parse_private_key};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
@@ -69,11 +69,12 @@ struct Verified {
 }
 
 impl TlsClient {
-    /// A client for `spec` (none: the system roots only) speaking `alpn` (`http/1.1`, `h2`).
+    /// A client for `spec` (none: the system roots only) speaking `alpn` (`http/1.1`, `h2`),
+    /// its client certificate read from `files` (the operator's directory, nowhere else).
     ///
     /// # Errors
     /// A stable word and what is wrong, when the CA or the client certificate files are unusable.
-    pub fn new(spec: Option<&TlsSpec>, alpn: &[u8]) -> Result<Self, String> {
+    pub fn new(spec: Option<&TlsSpec>, alpn: &[u8], files: &ClientFiles) -> Result<Self, String> {
         let spec = spec.cloned().unwrap_or_default();
         let provider = provider();
         let mut roots = system_roots();
@@ -102,14 +103,15 @@ impl TlsClient {
         let mut config = match (&spec.client_cert_file, &spec.client_key_file) {
             (Some(cert), Some(key)) => {
                 // Read per task, never stored: a rotated key is picked up when the task restarts.
-                let chain = std::fs::read(cert)
-                    .map_err(|_| format!("tls_client_certificate: {cert} cannot be read"))
-                    .and_then(|b| {
-                    parse_certificates(&b).map_err(|e| format!("tls_client_certificate: {cert}: {e}"))
-                })?;
-                let key = std::fs::read(key)
-                    .map_err(|_| format!("tls_client_certificate: {key} cannot be read"))
-                    .and_then(|b| parse_private_key(&b).map_err(|e| format!("tls_client_certificate: {key}: {e}")))?;
+                // Only from the operator's directory, bounded (see `ClientFiles::read`).
+                let chain = files
+                    .read(cert)
+                    .map_err(|why| format!("tls_client_certificate: {why}"))
+                    .and_then(|b| parse_certificates(&b).map_err(|e| format!("tls_client_certificate: {e}")))?;
+                let key = files
+                    .read(key)
+                    .map_err(|why| format!("tls_client_certificate: {why}"))
+                    .and_then(|b| parse_private_key(&b).map_err(|e| format!("tls_client_certificate: {e}")))?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| format!("tls_client_certificate: {e}"))?
             }
             _ => builder.with_no_client_auth(),
@@ -331,7 +333,7 @@ mod tests {
         let leaf = trusted.server("DNS:localhost", 30, None).expect("a leaf");
         let stranger = other.server("DNS:localhost", 30, None).expect("a leaf from another CA");
         let spec = TlsSpec { ca_pem: Some(trusted.ca.pem().expect("CA PEM")), ..TlsSpec::default() };
-        let client = TlsClient::new(Some(&spec), b"http/1.1").expect("a client");
+        let client = TlsClient::new(Some(&spec), b"http/1.1", &ClientFiles::default()).expect("a client");
         let verifier = &client.recording;
         let localhost = ServerName::try_from("localhost").expect("a name");
         let now = UnixTime::now();

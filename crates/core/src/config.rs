@@ -119,6 +119,9 @@ pub struct CoreConfig {
     pub http: HttpConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// The address policy of every connection to a target (`[outbound]`).
+    #[serde(default)]
+    pub outbound: crate::outbound::OutboundConfig,
 }
 
 /// Metrics bearer settings; see [`crate::auth`].
@@ -278,6 +281,7 @@ impl CoreConfig {
                 sample_ratio: 1.0,
                 trace_probes: false,
             },
+            outbound: crate::outbound::OutboundConfig::default(),
         }
     }
 

@@ -31,6 +31,7 @@
 //!   the golden-signal layer and the standard tower stack, composed in one function.
 //! - [`readiness`]: [`Readiness`], the latest results for a service's own status endpoints;
 //!   [`ready_body`]: a `/ready` answer read back by a client.
+//! - [`outbound`]: the address policy every connection to a target goes through.
 //! - [`redis_connection`]: [`RedisConnection`], Redis at one address or behind Sentinels.
 //! - [`lifecycle`]: draining, forced unhealthy, signal handling; [`app`]: [`App`] and
 //!   [`Running`], serving and the drain sequence; [`telemetry`]: logs and OTLP spans.
@@ -50,6 +51,7 @@ mod layers;
 pub mod lifecycle;
 pub mod metrics;
 mod metrics_json;
+pub mod outbound;
 mod probes;
 pub mod readiness;
 pub mod ready_body;

@@ -11,6 +11,18 @@ use serde::Deserialize;
 pub struct GatewayConfig {
     /// Largest body taken from one instance; a larger one is `too_large`.
     pub instance_body_cap_bytes: usize,
+    /// Most samples taken from one instance; more is `sample_limit` (0: no limit).
+    pub sample_limit: usize,
+    /// Most labels on one sample (its own); more is `label_limit` (0: no limit).
+    pub label_limit: usize,
+    /// Longest label name, in bytes; longer is `label_name_length_limit` (0: no limit).
+    pub label_name_length_limit: usize,
+    /// Longest label value, in bytes; longer is `label_value_length_limit` (0: no limit).
+    pub label_value_length_limit: usize,
+    /// A directory the operator mounts with one bearer file per credential: a target naming
+    /// `credential: NAME` is scraped with the first line of `NAME` here. Unset: no target gets a
+    /// credential but the platform's own services (the metrics bearer, by `[api.platform]`).
+    pub credentials_dir: Option<std::path::PathBuf>,
     /// Largest sum of bodies one federation request takes.
     pub request_body_cap_bytes: usize,
     /// Instances scraped at once by one request.
@@ -36,6 +48,11 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             instance_body_cap_bytes: 32 * 1024 * 1024,
+            sample_limit: 200_000,
+            label_limit: 64,
+            label_name_length_limit: 256,
+            label_value_length_limit: 4096,
+            credentials_dir: None,
             request_body_cap_bytes: 512 * 1024 * 1024,
             request_concurrency: 32,
             global_concurrency: 128,
@@ -48,6 +65,16 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The sample and label limits of one instance's body.
+    pub fn limits(&self) -> crate::exposition::Limits {
+        crate::exposition::Limits {
+            samples: self.sample_limit,
+            labels: self.label_limit,
+            label_name_length: self.label_name_length_limit,
+            label_value_length: self.label_value_length_limit,
+        }
+    }
+
     /// Checks the settings fit together.
     ///
     /// # Errors

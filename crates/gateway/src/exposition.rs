@@ -157,6 +157,46 @@ pub struct ParseError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
+    /// The limit the body exceeded, when that is why (a valid body, too much of it).
+    pub limit: Option<Limit>,
+}
+
+/// A limit a body can exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Samples in the body.
+    Samples,
+    /// Labels on one sample (its own, before identity labels are added).
+    Labels,
+    /// Bytes in a label name.
+    LabelNameLength,
+    /// Bytes in a label value (unescaped).
+    LabelValueLength,
+}
+
+/// What one body may hold (0: no limit), as Prometheus' `sample_limit`, `label_limit`,
+/// `label_name_length_limit` and `label_value_length_limit`. Parsing stops at the first line
+/// over a limit, so a huge body costs no more than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Samples per body.
+    pub samples: usize,
+    /// Labels per sample.
+    pub labels: usize,
+    /// Bytes per label name.
+    pub label_name_length: usize,
+    /// Bytes per label value.
+    pub label_value_length: usize,
+}
+
+impl Limits {
+    /// No limit at all.
+    pub const NONE: Limits = Limits { samples: 0, labels: 0, label_name_length: 0, label_value_length: 0 };
+}
+
+/// Whether `n` is over `limit` (0: no limit).
+fn over(n: usize, limit: usize) -> bool {
+    limit != 0 && n > limit
 }
 
 /// An incremental parser: feed it chunks as they arrive (each line is parsed once complete),
@@ -179,6 +219,7 @@ pub struct Parser {
     samples: usize,
     /// Label names whose presence on a sample is recorded in [`Line::clash`].
     identity: Vec<String>,
+    limits: Limits,
 }
 
 impl Parser {
@@ -198,7 +239,15 @@ impl Parser {
             eof: false,
             samples: 0,
             identity: identity.iter().take(64).cloned().collect(),
+            limits: Limits::NONE,
         }
+    }
+
+    /// The same parser, refusing a body over `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Bytes held so far.
@@ -242,7 +291,17 @@ impl Parser {
     }
 
     fn error(&self, message: impl Into<String>) -> ParseError {
-        ParseError { line: self.line, message: message.into() }
+        ParseError { line: self.line, message: message.into(), limit: None }
+    }
+
+    fn limit_error(&self, limit: Limit) -> ParseError {
+        let message = match limit {
+            Limit::Samples => format!("more than {} samples", self.limits.samples),
+            Limit::Labels => format!("a sample with more than {} labels", self.limits.labels),
+            Limit::LabelNameLength => format!("a label name longer than {} bytes", self.limits.label_name_length),
+            Limit::LabelValueLength => format!("a label value longer than {} bytes", self.limits.label_value_length),
+        };
+        ParseError { line: self.line, message, limit: Some(limit) }
     }
 
     fn parse_line(&mut self, from: usize, to: usize) -> Result<(), ParseError> {
@@ -261,6 +320,9 @@ impl Parser {
         if let Some(comment) = line.strip_prefix('#') {
             let comment = comment.trim_start().to_string();
             return self.parse_comment(&comment);
+        }
+        if over(self.samples + 1, self.limits.samples) {
+            return Err(self.limit_error(Limit::Samples));
         }
         let parsed = self.parse_sample(line, from)?;
         self.add_sample(parsed);
@@ -340,13 +402,30 @@ impl Parser {
         let mut rest = &line[name_end..];
         let (mut labels_end, mut has_labels, mut clash) = (name_end, false, 0u64);
         if let Some(inside) = rest.strip_prefix('{') {
-            let mut names = |label: &str| {
+            let (mut count, mut exceeded) = (0usize, None);
+            let limits = self.limits;
+            let mut names = |label: &str, value_length: usize| {
                 has_labels = true;
+                count += 1;
+                if exceeded.is_none() {
+                    exceeded = if over(count, limits.labels) {
+                        Some(Limit::Labels)
+                    } else if over(label.len(), limits.label_name_length) {
+                        Some(Limit::LabelNameLength)
+                    } else if over(value_length, limits.label_value_length) {
+                        Some(Limit::LabelValueLength)
+                    } else {
+                        None
+                    };
+                }
                 if let Some(i) = self.identity.iter().position(|n| n == label) {
                     clash |= 1 << i;
                 }
             };
             let after = scan_labels(inside, &mut names).map_err(|m| self.error(m))?;
+            if let Some(limit) = exceeded {
+                return Err(self.limit_error(limit));
+            }
             labels_end = line.len() - after.len() - 1;
             rest = after;
         }
@@ -414,9 +493,9 @@ impl Parser {
     }
 }
 
-/// Walks a label block after its `{`, calling `each` with every label name; returns what
-/// follows the closing `}`.
-fn scan_labels<'a>(mut s: &'a str, each: &mut impl FnMut(&str)) -> Result<&'a str, String> {
+/// Walks a label block after its `{`, calling `each` with every label name and the length of
+/// its value once unescaped; returns what follows the closing `}`.
+fn scan_labels<'a>(mut s: &'a str, each: &mut impl FnMut(&str, usize)) -> Result<&'a str, String> {
     loop {
         s = s.trim_start();
         if let Some(after) = s.strip_prefix('}') {
@@ -427,21 +506,24 @@ fn scan_labels<'a>(mut s: &'a str, each: &mut impl FnMut(&str)) -> Result<&'a st
         if !valid_label_name(name) {
             return Err(format!("bad label name `{}`", name.chars().take(64).collect::<String>()));
         }
-        each(name);
         s = s[eq + 1..].trim_start().strip_prefix('"').ok_or("a label value without quotes")?;
         let bytes = s.as_bytes();
-        let mut i = 0;
+        let (mut i, mut escapes) = (0, 0);
         let end = loop {
             match bytes.get(i) {
                 None => return Err("an unterminated label value".into()),
                 Some(b'"') => break i,
                 Some(b'\\') => match bytes.get(i + 1) {
-                    Some(b'n' | b'\\' | b'"') => i += 2,
+                    Some(b'n' | b'\\' | b'"') => {
+                        i += 2;
+                        escapes += 1;
+                    }
                     _ => return Err("a bad escape in a label value".into()),
                 },
                 Some(_) => i += 1,
             }
         };
+        each(name, end - escapes);
         s = s[end + 1..].trim_start();
         if let Some(after) = s.strip_prefix(',') {
             s = after;
@@ -508,7 +590,7 @@ impl Body {
 pub fn label_names(block: &str) -> Vec<String> {
     let mut names = Vec::new();
     if let Some(inside) = block.strip_prefix('{') {
-        let _ = scan_labels(inside, &mut |n: &str| names.push(n.to_string()));
+        let _ = scan_labels(inside, &mut |n: &str, _| names.push(n.to_string()));
     }
     names
 }

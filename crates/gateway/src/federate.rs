@@ -18,7 +18,12 @@ use crate::error::GatewayError;
 use crate::exposition::Format;
 use crate::metrics::ResultLabels;
 use crate::registry::TargetInfo;
-use crate::render::{InstanceResult, Options, render};
+use crate::render::{InstanceResult, Options, render_to};
+
+/// Bytes of the answer rendered before they are handed to the client.
+const CHUNK: usize = 256 * 1024;
+/// The longest a client may leave a rendered chunk unread before the answer is abandoned.
+const STALL: Duration = Duration::from_secs(30);
 
 /// Longest `match[]` regex accepted, and the compiled size allowed.
 pub(crate) const MAX_MATCH_LEN: usize = 1024;
@@ -126,6 +131,7 @@ async fn federate(
             let (state, target, total, per_request) =
                 (state.clone(), Arc::clone(target), Arc::clone(&total), Arc::clone(&per_request));
             let scrape_url = format!("{}{path}", url.trim_end_matches('/'));
+            let base_url = url.clone();
             let instance = host_port(url);
             let identity: Vec<String> =
                 crate::render::identity(&target, &instance).into_iter().map(|(k, _)| k).collect();
@@ -138,7 +144,8 @@ async fn federate(
                     let _request_slot = per_request.acquire_owned().await;
                     let _global_slot = state.global.clone().acquire_owned().await;
                     let cap = state.config.request_body_cap_bytes;
-                    let scraped = state.scraper.scrape(&scrape_url, timeout, &total, cap, &identity).await;
+                    let scraped =
+                        state.scraper.scrape(&target, &base_url, &scrape_url, timeout, &total, cap, &identity).await;
                     let label = scraped.outcome.as_ref().err().map_or("ok", |r| r.label());
                     state.metrics.instance_scrapes.get_or_create(&ResultLabels { result: label }).inc();
                     (order, InstanceResult { target, instance, scraped })
@@ -165,11 +172,24 @@ async fn federate(
         _ => "partial",
     };
     let options = Options { format, only_target_metrics: query.only_target_metrics, matchers: query.matchers };
-    // Rendering a large merge takes milliseconds of CPU: off the async workers.
-    let (body, _) = tokio::task::spawn_blocking(move || render(&results, &options)).await.map_err(|e| {
-        tracing::error!(error = %e, "merging the federation answer failed");
-        GatewayError::Internal
-    })?;
+    // Rendering a large merge takes milliseconds of CPU: off the async workers, and streamed in
+    // chunks so the answer (larger than the bodies, with identity labels on every sample) is
+    // never held whole. A client that stops reading for `STALL` ends it.
+    let (chunks, received) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let runtime = tokio::runtime::Handle::current();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        render_to(&results, &options, CHUNK, &mut |rendered: &mut Vec<u8>| {
+            let chunk = std::mem::replace(rendered, Vec::with_capacity(CHUNK + 64 * 1024));
+            runtime.block_on(async { matches!(tokio::time::timeout(STALL, chunks.send(chunk)).await, Ok(Ok(()))) })
+        });
+    });
+    let stream = futures_util::stream::unfold(received, |mut received| async move {
+        let chunk = received.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)), received))
+    });
+    let body = axum::body::Body::from_stream(stream);
     let content_type = match format {
         Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         Format::Text => "text/plain; version=0.0.4; charset=utf-8",

@@ -11,7 +11,8 @@
 //! - [`registry`]: the targets registry held in memory, kept current by
 //!   `caracal.invalidations`.
 //! - [`exposition`]: reading text 0.0.4 and OpenMetrics 1.0 as bodies arrive.
-//! - [`scrape`]: one instance: bearer, timeout, caps, no redirects.
+//! - [`scrape`]: one instance: the credential an operator bound, the address policy, timeout,
+//!   caps and limits, no redirects.
 //! - [`render`]: merging instances with identity labels and writing the answer.
 //! - `federate` (private): the two federation routes; `openapi` (private): `/openapi.json`.
 //! - [`error`]: [`error::GatewayError`], answered in one place; [`metrics`]: its families.
@@ -89,6 +90,13 @@ async fn require_metrics_read(State(auth): State<FederationAuth>, request: Reque
     }
 }
 
+/// The one key of `[api]` the gateway reads: the platform's own services (name → instance URLs).
+#[derive(serde::Deserialize)]
+struct PlatformServices {
+    #[serde(default)]
+    platform: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// Adds the gateway to `app`: storage (PostgreSQL for the registry, Redis for revocations),
 /// delivery (`revocations:lag`, `stream:invalidations`) and service (`sts:keys_loaded`)
 /// checks, the routes, and the registry's follower.
@@ -103,8 +111,16 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_gateway"));
     let metrics_auth = Arc::new(BearerAuth::metrics(&app.config().core)?);
-    let credential = scrape::Credential::metrics(&app.config().core);
-    let scraper = scrape::Scraper::new(credential, config.instance_body_cap_bytes)
+    // The platform's own services, as `[api.platform]` configures them for the API to register:
+    // only they get the metrics bearer.
+    let platform: PlatformServices = app.config().section("api")?;
+    let credentials = scrape::Credentials::new(
+        scrape::Bearer::metrics(&app.config().core),
+        platform.platform,
+        config.credentials_dir.clone(),
+    );
+    let outbound = caracal_core::outbound::Policy::new(app.config().core.outbound.clone());
+    let scraper = scrape::Scraper::new(credentials, outbound, config.instance_body_cap_bytes, config.limits())
         .map_err(|e| caracal_core::Error::startup("build the scrape HTTP client", e))?;
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let registry = Arc::new(registry::Registry::new(pool.clone(), metrics.registry_targets.clone()));

@@ -28,6 +28,8 @@ pub struct TargetInfo {
     pub timeout: Duration,
     /// Its instances' base URLs, sorted.
     pub instances: Vec<String>,
+    /// The credential file it names (`gateway.credentials_dir`), if any.
+    pub credential: Option<String>,
 }
 
 /// Every target, by name order.
@@ -44,8 +46,8 @@ pub struct Registry {
     writing: tokio::sync::Mutex<()>,
 }
 
-/// A target row: name, labels, metrics path, timeout (ms), instance URLs.
-type Row = (String, serde_json::Value, String, i32, Vec<String>);
+/// A target row: name, labels, metrics path, timeout (ms), instance URLs, credential.
+type Row = (String, serde_json::Value, String, i32, Vec<String>, Option<String>);
 
 impl Registry {
     /// An empty registry read from `pool`, counting what it holds in `gauge`.
@@ -152,7 +154,7 @@ impl Registry {
 async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<TargetInfo>>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.name, t.labels, t.metrics_path, t.timeout_ms, \
-                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}') \
+                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}'), t.credential \
          FROM targets t LEFT JOIN instances i ON i.target_id = t.id \
          WHERE ($1::text[] IS NULL OR t.name = ANY($1)) GROUP BY t.id ORDER BY t.name",
     )
@@ -161,13 +163,14 @@ async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<T
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, labels, metrics_path, timeout_ms, instances)| {
+        .map(|(name, labels, metrics_path, timeout_ms, instances, credential)| {
             Arc::new(TargetInfo {
                 name,
                 labels: serde_json::from_value(labels).unwrap_or_default(),
                 metrics_path,
                 timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(1000)),
                 instances,
+                credential,
             })
         })
         .collect())

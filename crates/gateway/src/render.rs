@@ -77,6 +77,28 @@ struct Merged<'a> {
 
 /// The rendered body, and how many target samples it holds.
 pub fn render(results: &[InstanceResult], options: &Options) -> (Vec<u8>, usize) {
+    let mut whole = Vec::new();
+    let samples = render_to(results, options, usize::MAX, &mut |rendered: &mut Vec<u8>| {
+        if whole.is_empty() {
+            std::mem::swap(&mut whole, rendered);
+        } else {
+            whole.append(rendered);
+        }
+        true
+    });
+    (whole, samples)
+}
+
+/// Renders into chunks of about `chunk` bytes, each handed to `flush` (which empties it) as it
+/// fills, so the answer is never held whole: identity labels make it larger than the bodies
+/// (a target's 32 labels of 256 characters on every sample). Stops early when `flush` answers
+/// `false` (the client went away). Returns how many target samples were written.
+pub fn render_to(
+    results: &[InstanceResult],
+    options: &Options,
+    chunk: usize,
+    flush: &mut dyn FnMut(&mut Vec<u8>) -> bool,
+) -> usize {
     let identities: Vec<Identity> = results
         .iter()
         .map(|r| {
@@ -116,9 +138,9 @@ pub fn render(results: &[InstanceResult], options: &Options) -> (Vec<u8>, usize)
         }
     }
     let own = if options.only_target_metrics { Vec::new() } else { federation_families(results) };
-    let mut out: Vec<u8> = Vec::with_capacity(
-        results.iter().filter_map(|r| r.scraped.outcome.as_ref().ok()).map(|b| b.bytes.len() * 2).sum(),
-    );
+    let bodies: usize = results.iter().filter_map(|r| r.scraped.outcome.as_ref().ok()).map(|b| b.bytes.len() * 2).sum();
+    let mut out: Vec<u8> = Vec::with_capacity(bodies.min(chunk.saturating_add(64 * 1024)));
+    let mut out = Chunks { out: &mut out, chunk, flush, open: true };
     let mut merged_samples = 0;
     let mut target_families = families.into_iter().peekable();
     let mut own = own.into_iter().peekable();
@@ -132,17 +154,47 @@ pub fn render(results: &[InstanceResult], options: &Options) -> (Vec<u8>, usize)
         };
         if take_own {
             let family = own.next().expect("peeked");
-            write_header(&mut out, options.format, family.name, Kind::Gauge, Some(family.help), family.unit, true);
-            out.extend_from_slice(&family.lines);
+            write_header(out.out, options.format, family.name, Kind::Gauge, Some(family.help), family.unit, true);
+            out.out.extend_from_slice(&family.lines);
         } else {
             let (name, family) = target_families.next().expect("peeked");
             merged_samples += write_family(&mut out, options.format, name, &family, results, &identities);
         }
+        if !out.open {
+            return merged_samples;
+        }
     }
     if options.format == Format::OpenMetrics {
-        out.extend_from_slice(b"# EOF\n");
+        out.out.extend_from_slice(b"# EOF\n");
     }
-    (out, merged_samples)
+    out.hand_on();
+    merged_samples
+}
+
+/// The output buffer, handed on whenever it holds a chunk's worth.
+struct Chunks<'a> {
+    out: &'a mut Vec<u8>,
+    chunk: usize,
+    flush: &'a mut dyn FnMut(&mut Vec<u8>) -> bool,
+    /// Whether the receiver still wants more.
+    open: bool,
+}
+
+impl Chunks<'_> {
+    /// Hands the buffer on when it is full; whether to go on.
+    fn check(&mut self) -> bool {
+        if self.out.len() >= self.chunk {
+            self.hand_on();
+        }
+        self.open
+    }
+
+    fn hand_on(&mut self) {
+        if self.open && !self.out.is_empty() {
+            self.open = (self.flush)(self.out);
+            self.out.clear();
+        }
+    }
 }
 
 fn matches(matchers: &[regex::Regex], family: &Family) -> bool {
@@ -242,7 +294,7 @@ fn write_header(
 
 /// Writes one merged family; returns how many samples it wrote.
 fn write_family(
-    out: &mut Vec<u8>,
+    chunks: &mut Chunks<'_>,
     format: Format,
     name: &str,
     family: &Merged<'_>,
@@ -265,7 +317,7 @@ fn write_family(
         kind = Kind::Unknown;
     }
     let all_total = family.kind == Kind::Counter && all_fit;
-    write_header(out, format, name, kind, family.help, family.unit, all_total);
+    write_header(chunks.out, format, name, kind, family.help, family.unit, all_total);
     let drop_created = format == Format::Text && matches!(family.kind, Kind::Counter | Kind::Histogram | Kind::Summary);
     let mut written = 0;
     for (body, instance, line) in lines() {
@@ -273,8 +325,11 @@ fn write_family(
         if drop_created && body.name(line).ends_with("_created") {
             continue;
         }
-        write_line(out, format, body, line, &identities[instance]);
+        write_line(chunks.out, format, body, line, &identities[instance]);
         written += 1;
+        if !chunks.check() {
+            break;
+        }
     }
     written
 }

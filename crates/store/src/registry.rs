@@ -96,6 +96,7 @@ struct Row {
     discovery: Option<serde_json::Value>,
     tls: Option<serde_json::Value>,
     grpc_service: Option<String>,
+    credential: Option<String>,
     instances: Vec<String>,
     certificates: serde_json::Value,
     attempted_at: Option<String>,
@@ -116,7 +117,7 @@ macro_rules! select {
             rfc3339!("t.updated_at"),
             " AS updated_at, ",
             rfc3339!("t.paused_at"),
-            " AS paused_at, t.managed_by, t.declared_in, t.discovery, t.tls, t.grpc_service, \
+            " AS paused_at, t.managed_by, t.declared_in, t.discovery, t.tls, t.grpc_service, t.credential, \
              COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, \
              COALESCE(jsonb_agg(jsonb_build_object('instance', i.url, 'certificate_expires_at', ",
             rfc3339!("s.certificate_expires_at"),
@@ -159,6 +160,7 @@ impl From<Row> for Target {
                 labels: serde_json::from_value(row.labels).unwrap_or_default(),
                 tls: row.tls.and_then(|t| serde_json::from_value(t).ok()),
                 grpc_service: row.grpc_service,
+                credential: row.credential,
             },
             certificates: serde_json::from_value(row.certificates).unwrap_or_default(),
             created_at: row.created_at,
@@ -240,8 +242,8 @@ async fn record(tx: &mut PgConnection, event_type: &str, spec: &TargetSpec) -> R
 /// A statement over a target's columns that returns its id.
 type IdQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
 
-/// Binds a document's columns as `$2`..`$10`, after the `$1` the caller bound: labels, the
-/// three paths, interval, timeout, discovery, TLS settings and gRPC service.
+/// Binds a document's columns as `$2`..`$11`, after the `$1` the caller bound: labels, the
+/// three paths, interval, timeout, discovery, TLS settings, gRPC service and credential.
 fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
     query
         .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
@@ -253,6 +255,7 @@ fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
         .bind(spec.discovery.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
         .bind(spec.tls.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()))
         .bind(spec.grpc_service.as_deref())
+        .bind(spec.credential.as_deref())
 }
 
 /// Registers `spec` (already validated) on behalf of `writer`.
@@ -264,8 +267,8 @@ pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> 
         let mut tx = pool.begin().await?;
         let insert = sqlx::query_scalar(
             "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
-                                  discovery, tls, grpc_service, managed_by, declared_in) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING RETURNING id",
+                                  discovery, tls, grpc_service, credential, managed_by, declared_in) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(&spec.name);
         let id: Option<i64> =
@@ -328,7 +331,7 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
         }
         let update = sqlx::query_scalar(
             "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
-             timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, declared_in = COALESCE($11, declared_in), \
+             timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, credential = $11, declared_in = COALESCE($12, declared_in), \
              updated_at = now() \
              WHERE id = $1 RETURNING id",
         )

@@ -134,6 +134,13 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9._/-]{0,200}$")]
     pub grpc_service: Option<String>,
+    /// The credential the gateway presents when it scrapes this target's metrics: the name of
+    /// a bearer file an operator put in the gateway's credential directory
+    /// (`gateway.credentials_dir`). Without one, nothing is presented: no platform secret is
+    /// ever sent to a registered target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    pub credential: Option<String>,
 }
 
 /// How a target's instances are probed, from their URLs' scheme.
@@ -323,6 +330,14 @@ impl TargetSpec {
                 return Err(Invalid::new("grpc_service", "up to 200 of A-Z a-z 0-9 . _ / -"));
             }
         }
+        if let Some(credential) = &self.credential
+            && !matches(NAME_PATTERN, credential)
+        {
+            return Err(Invalid::new(
+                "credential",
+                "the name of a credential file: 1 to 63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
+            ));
+        }
         for (field, path) in
             [("health_path", &self.health_path), ("ready_path", &self.ready_path), ("metrics_path", &self.metrics_path)]
         {
@@ -381,6 +396,9 @@ fn check_base_url(url: &str) -> Result<(), String> {
     };
     if url.contains(['?', '#']) {
         return Err("must not have a query or fragment".into());
+    }
+    if caracal_core::outbound::host_of(url).is_some_and(|host| caracal_core::outbound::literal(host).is_err()) {
+        return Err("a numeric host must be a dotted quad such as 10.0.0.1: other numeric forms (2852039166, 0x7f.1, 127.1) are refused".into());
     }
     if !matches(INSTANCE_PATTERN, url) {
         return Err(match scheme {
@@ -499,6 +517,16 @@ mod tests {
         let mut s = spec();
         s.labels.insert("bad-key".into(), "v".into());
         assert_eq!(field_of(&s), "labels.bad-key");
+        for numeric in ["http://2852039166/", "http://0x7f.1:80", "tcp://127.1:22", "https://0177.0.0.1"] {
+            let mut s = spec();
+            s.instances = vec![numeric.into()];
+            assert_eq!(field_of(&s), "instances[0]", "{numeric}");
+        }
+        let mut s = spec();
+        s.credential = Some("../etc/passwd".into());
+        assert_eq!(field_of(&s), "credential");
+        s.credential = Some("payments-scraper".into());
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! it (`"tls": {...}`), and the certificate facts every writer and the prober share.
 //!
 //! CA certificates are public and live in the registry; a client certificate and its key stay
-//! files mounted where the coordinator runs, named here by path and never read into the store.
+//! files in a directory the operator mounts where the coordinator runs (`ClientFiles`), named
+//! here and never read into the store. Nothing outside that directory is ever read.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -27,13 +28,15 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9.:_-]{1,253}$")]
     pub server_name: Option<String>,
-    /// A PEM client certificate (chain) file, for servers that require one (mTLS).
+    /// A PEM client certificate (chain) file, for servers that require one (mTLS): a name in
+    /// the operator's client directory (`coordinator.tls.client_dir`), or an absolute path
+    /// inside it; refused when no directory is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^/")]
+    #[schema(min_length = 1, max_length = 4096)]
     pub client_cert_file: Option<String>,
-    /// Its PEM private key file; never read into the registry or echoed.
+    /// Its PEM private key file, in the same directory; never read into the registry or echoed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^/")]
+    #[schema(min_length = 1, max_length = 4096)]
     pub client_key_file: Option<String>,
     /// Skip verifying the server's certificate (the handshake still happens; expiry is still
     /// recorded). Shown in `/v1/status` and on the status page, and counted.
@@ -42,9 +45,8 @@ pub struct TlsSpec {
 }
 
 impl TlsSpec {
-    /// Checks every field, naming the first bad one (`tls.ca_pem`). The client certificate and
-    /// key must be readable PEM files where this runs (the API and control see the same
-    /// mounts as the coordinator).
+    /// Checks every field's shape, naming the first bad one (`tls.ca_pem`); reads no file
+    /// (see [`TlsSpec::check_client_files`]).
     ///
     /// # Errors
     /// [`Invalid`].
@@ -71,13 +73,82 @@ impl TlsSpec {
                 return Err(Invalid::new("tls.client_cert_file", "required with `client_key_file`"));
             }
             (Some(cert), Some(key)) => {
-                let bytes = read_file(cert).map_err(|why| Invalid::new("tls.client_cert_file", why))?;
-                parse_certificates(&bytes).map_err(|why| Invalid::new("tls.client_cert_file", why))?;
-                let bytes = read_file(key).map_err(|why| Invalid::new("tls.client_key_file", why))?;
-                parse_private_key(&bytes).map_err(|why| Invalid::new("tls.client_key_file", why))?;
+                for (field, value) in [("tls.client_cert_file", cert), ("tls.client_key_file", key)] {
+                    if value.is_empty() || value.len() > 4096 || value.contains('\0') {
+                        return Err(Invalid::new(field, "a file name of 1 to 4096 characters"));
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Checks the client certificate and key name readable PEM files in the operator's client
+    /// directory (see [`ClientFiles`]). This reads files: call it off the async workers
+    /// (`spawn_blocking`), as the API does.
+    ///
+    /// # Errors
+    /// [`Invalid`] naming the field; one text for a file outside the directory, missing or
+    /// unreadable, so an answer tells nothing about the server's files.
+    pub fn check_client_files(&self, files: &ClientFiles) -> Result<(), Invalid> {
+        let (Some(cert), Some(key)) = (&self.client_cert_file, &self.client_key_file) else { return Ok(()) };
+        let bytes = files.read(cert).map_err(|why| Invalid::new("tls.client_cert_file", why))?;
+        parse_certificates(&bytes).map_err(|why| Invalid::new("tls.client_cert_file", why))?;
+        let bytes = files.read(key).map_err(|why| Invalid::new("tls.client_key_file", why))?;
+        parse_private_key(&bytes).map_err(|why| Invalid::new("tls.client_key_file", why))?;
+        Ok(())
+    }
+}
+
+/// Largest client certificate or key file read, in bytes.
+pub const MAX_CLIENT_FILE: u64 = 64 * 1024;
+
+/// The answer for a client file that is outside the directory, missing, unreadable, not a
+/// regular file or too large: one text for all, so nothing about the server's files leaks.
+pub const CLIENT_FILE_REFUSED: &str = "must name a readable regular file of at most 64 KiB inside the client certificate directory (coordinator.tls.client_dir)";
+
+/// Where client certificates and keys may be read from: a directory the operator mounts
+/// (`coordinator.tls.client_dir`). Unset, targets cannot name client certificates at all.
+/// Every service that checks or uses them (the API, control, the coordinator) reads the same
+/// setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ClientFiles {
+    /// The directory; a target's `client_cert_file` and `client_key_file` are names inside it
+    /// (or absolute paths that resolve inside it).
+    pub client_dir: Option<std::path::PathBuf>,
+}
+
+impl ClientFiles {
+    /// Reads the file `named` names: resolved inside the directory with every symlink followed
+    /// (a link that leads out is refused), a regular file (not a FIFO or a device), at most
+    /// [`MAX_CLIENT_FILE`] bytes.
+    ///
+    /// # Errors
+    /// A sentence to answer with: [`CLIENT_FILE_REFUSED`], or that the directory is not set.
+    pub fn read(&self, named: &str) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let Some(dir) = &self.client_dir else {
+            return Err("client certificates are not enabled: an operator sets coordinator.tls.client_dir".into());
+        };
+        let refused = || CLIENT_FILE_REFUSED.to_string();
+        let dir = std::fs::canonicalize(dir).map_err(|_| refused())?;
+        let path = std::fs::canonicalize(dir.join(named)).map_err(|_| refused())?;
+        if !path.starts_with(&dir) {
+            return Err(refused());
+        }
+        let metadata = std::fs::metadata(&path).map_err(|_| refused())?;
+        if !metadata.is_file() || metadata.len() > MAX_CLIENT_FILE {
+            return Err(refused());
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_CLIENT_FILE + 1).read_to_end(&mut bytes))
+            .map_err(|_| refused())?;
+        if bytes.len() as u64 > MAX_CLIENT_FILE {
+            return Err(refused());
+        }
+        Ok(bytes)
     }
 }
 
@@ -104,18 +175,6 @@ pub(crate) fn object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resul
         }
     }
     deserializer.deserialize_option(Object)
-}
-
-/// Reads an absolute path, saying why not in words an operator can act on (no contents).
-fn read_file(path: &str) -> Result<Vec<u8>, String> {
-    if !path.starts_with('/') {
-        return Err("an absolute path".into());
-    }
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{path} does not exist"),
-        std::io::ErrorKind::PermissionDenied => format!("{path} is not readable"),
-        _ => format!("{path} cannot be read"),
-    })
 }
 
 /// The X.509 certificates in PEM `bytes`: at least one, each a parseable certificate.
@@ -179,18 +238,55 @@ mod tests {
         let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let tls = TlsSpec { ca_pem: Some(garbled.into()), ..TlsSpec::default() };
         assert_eq!(tls.validate().expect_err("not X.509").field, "tls.ca_pem");
-        let tls = TlsSpec { client_cert_file: Some("/etc/hostname".into()), ..TlsSpec::default() };
+        let tls = TlsSpec { client_cert_file: Some("client.pem".into()), ..TlsSpec::default() };
         assert_eq!(tls.validate().expect_err("no key").field, "tls.client_key_file");
         let tls = TlsSpec {
-            client_cert_file: Some("/nonexistent/cert.pem".into()),
-            client_key_file: Some("/nonexistent/key.pem".into()),
+            client_cert_file: Some(String::new()),
+            client_key_file: Some("key.pem".into()),
             ..TlsSpec::default()
         };
-        let invalid = tls.validate().expect_err("missing file");
-        assert_eq!(invalid.field, "tls.client_cert_file");
-        assert!(invalid.message.contains("does not exist"), "{invalid}");
+        assert_eq!(tls.validate().expect_err("empty").field, "tls.client_cert_file");
         let tls = TlsSpec { server_name: Some("a b".into()), ..TlsSpec::default() };
         assert_eq!(tls.validate().expect_err("bad name").field, "tls.server_name");
         assert!(TlsSpec { insecure_skip_verify: true, ..TlsSpec::default() }.validate().is_ok());
+    }
+
+    /// Outside the directory, missing, a device, a FIFO, too large, a link leading out: one
+    /// answer for all; unset, nothing is read at all.
+    #[test]
+    fn client_files_come_only_from_the_directory() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let outside = tempfile::tempdir().expect("another");
+        std::fs::write(dir.path().join("ok.pem"), "inside").expect("write");
+        std::fs::write(dir.path().join("big.pem"), vec![b'a'; 64 * 1024 + 1]).expect("write");
+        std::fs::write(outside.path().join("secret.pem"), "outside").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("secret.pem"), dir.path().join("leak.pem")).expect("link");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.pem")).expect("link");
+        std::os::unix::fs::symlink("ok.pem", dir.path().join("alias.pem")).expect("link");
+        let fifo = dir.path().join("fifo.pem");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
+        let files = ClientFiles { client_dir: Some(dir.path().to_path_buf()) };
+        assert_eq!(files.read("ok.pem").as_deref(), Ok(&b"inside"[..]));
+        assert_eq!(files.read("alias.pem").as_deref(), Ok(&b"inside"[..]), "a link inside stays inside");
+        let absolute = dir.path().join("ok.pem").display().to_string();
+        assert_eq!(files.read(&absolute).as_deref(), Ok(&b"inside"[..]), "an absolute path inside");
+        let secret = outside.path().join("secret.pem").display().to_string();
+        for refused in [
+            "/etc/passwd",
+            "/nonexistent/x.pem",
+            "missing.pem",
+            "../x",
+            "leak.pem",
+            "zero.pem",
+            "/dev/zero",
+            "fifo.pem",
+            "big.pem",
+            &secret,
+        ] {
+            assert_eq!(files.read(refused), Err(CLIENT_FILE_REFUSED.to_string()), "{refused}");
+        }
+        let unset = ClientFiles::default().read("ok.pem").expect_err("not enabled");
+        assert!(unset.contains("coordinator.tls.client_dir"), "{unset}");
     }
 }

@@ -27,15 +27,18 @@ type Case<'a> = (Method, &'a str, Option<String>, &'a str, u16, &'a str, Option<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_bad_request_is_answered_and_writes_nothing() {
-    let (served, pool) = support::api(Mode::Stable).await;
+    let mut pki = caracal_testkit::pki::Pki::new().expect("a CA from openssl");
+    let client = pki.client(10).expect("a client certificate");
+    // The client certificate is in the operator's directory; the key named below is not there.
+    let shared = support::shared();
+    let sections = json!({"coordinator": {"tls": {"client_dir": client.cert.parent().expect("its directory")}}});
+    let (served, pool) = support::api_on(&shared.postgres, &shared.redis, Mode::Stable, sections).await;
     let good = json!({"name": "shop", "instances": ["http://127.0.0.1:7001"]}).to_string();
     let (status, _) = send(&served, Method::POST, "/v1/targets", Some(&good), "application/json").await;
     assert_eq!(status, 201);
     let before = support::counts(&pool).await;
     assert_eq!(before, (1, 1, 2), "one target, one instance, its event and registry.changed");
 
-    let mut pki = caracal_testkit::pki::Pki::new().expect("a CA from openssl");
-    let client = pki.client(10).expect("a client certificate");
     let big =
         json!({"name": "big", "instances": ["http://127.0.0.1:1"], "labels": {"x": "y".repeat(100_000)}}).to_string();
     let cases: Vec<Case<'_>> = vec![
@@ -297,4 +300,67 @@ async fn the_admin_bearer_guards_writes_always_and_reads_outside_dev() {
     assert_eq!(dev.get("/v1/targets").await.status(), 200, "reads are open in dev");
     let write = dev.http.post(dev.url("/v1/targets")).json(&body).send().await.expect("request");
     assert_eq!(write.status(), 401, "a configured admin token is required for writes even in dev");
+}
+
+/// Addresses the outbound policy denies, and numeric forms resolvers read differently, are
+/// refused at the door, naming the instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_and_numeric_addresses_are_refused_naming_the_instance() {
+    let (served, pool) = support::api(Mode::Stable).await;
+    for url in [
+        "http://169.254.169.254/latest",
+        "http://2852039166/",
+        "http://0x7f.1:80",
+        "tcp://0.0.0.0:22",
+        "https://224.0.0.1",
+    ] {
+        let body = json!({"name": "meta", "instances": ["http://10.0.0.1:80", url]}).to_string();
+        let (status, answer) = send(&served, Method::POST, "/v1/targets", Some(&body), "application/json").await;
+        assert_eq!(status, 422, "{url}: {answer}");
+        assert_eq!(answer["error"]["field"], "instances[1]", "{url}: {answer}");
+    }
+    assert_eq!(support::counts(&pool).await, (0, 0, 0));
+}
+
+/// The resident set size of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// A client certificate file outside the operator's directory, missing, or a device gets one
+/// answer, fast, having read nothing; without a directory the fields are refused outright.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_files_outside_the_directory_are_one_answer_and_read_nothing() {
+    let dir = tempfile::tempdir().expect("a client directory");
+    let shared = support::shared();
+    let sections = json!({"coordinator": {"tls": {"client_dir": dir.path()}}});
+    let (served, pool) = support::api_on(&shared.postgres, &shared.redis, Mode::Stable, sections).await;
+    let before = rss();
+    let mut answers = Vec::new();
+    for path in ["/etc/passwd", "/nonexistent/client.pem", "missing.pem", "/dev/zero", "../../../../etc/passwd"] {
+        let tls = json!({"client_cert_file": path, "client_key_file": path});
+        let body = json!({"name": "mtls", "instances": ["https://127.0.0.1:8443"], "tls": tls}).to_string();
+        let started = std::time::Instant::now();
+        let (status, answer) = send(&served, Method::POST, "/v1/targets", Some(&body), "application/json").await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{path}: {:?}", started.elapsed());
+        assert_eq!(status, 422, "{path}: {answer}");
+        answers.push(answer);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "one answer for all: {answers:?}");
+    assert_eq!(answers[0]["error"]["field"], "tls.client_cert_file");
+    assert!(rss() < before + 64 * 1024 * 1024, "nothing large was read");
+    assert_eq!(support::counts(&pool).await, (0, 0, 0));
+
+    let (unset, _) = support::api(Mode::Stable).await;
+    let tls = json!({"client_cert_file": "client.pem", "client_key_file": "client.key"});
+    let body = json!({"name": "mtls", "instances": ["https://127.0.0.1:8443"], "tls": tls}).to_string();
+    let (status, answer) = send(&unset, Method::POST, "/v1/targets", Some(&body), "application/json").await;
+    assert_eq!(status, 422);
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("coordinator.tls.client_dir")), "{answer}");
 }

@@ -172,9 +172,13 @@ async fn a_discovered_target_keeps_its_instances_for_control() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_and_grpc_targets_read_back_with_their_certificates() {
-    let (served, pool) = support::api(Mode::Dev).await;
     let mut pki = caracal_testkit::pki::Pki::new().expect("a CA from openssl");
     let client = pki.client(10).expect("a client certificate");
+    // The operator's client directory holds the client certificate and key.
+    let client_dir = client.cert.parent().expect("the PKI's directory");
+    let shared = support::shared();
+    let sections = json!({"coordinator": {"tls": {"client_dir": client_dir}}});
+    let (served, pool) = support::api_on(&shared.postgres, &shared.redis, Mode::Dev, sections).await;
     let ca = pki.ca.pem().expect("CA PEM");
     let tls = json!({"ca_pem": ca, "server_name": "shop.internal", "client_cert_file": client.cert,
                      "client_key_file": client.key, "insecure_skip_verify": false});

@@ -4,6 +4,7 @@
 
 mod invalidations;
 mod ladder;
+mod outbound;
 mod relay;
 mod replicas;
 mod support;

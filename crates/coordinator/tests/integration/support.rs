@@ -144,11 +144,21 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(pool: &sqlx::PgPool, redis_url: &str, config: &CoordinatorConfig) -> Replica {
+        Self::start_with(pool, redis_url, config, caracal_core::outbound::Policy::default()).await
+    }
+
+    /// As [`Replica::start`], connecting under `outbound`.
+    pub async fn start_with(
+        pool: &sqlx::PgPool,
+        redis_url: &str,
+        config: &CoordinatorConfig,
+        outbound: caracal_core::outbound::Policy,
+    ) -> Replica {
         let membership = Membership::new(membership::replica_id());
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut registry);
         metrics.register_target_families(&mut registry);
-        let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone()).expect("prober");
+        let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone(), outbound).expect("prober");
         let stop = CancellationToken::new();
         let follower = invalidations::Follower::new(redis(redis_url).await, config.full_resync);
         let (notices, received) = tokio::sync::mpsc::channel(64);

@@ -67,10 +67,14 @@ async fn https_probes_record_expiry_and_name_each_failure() {
     create(&pool, target("insecure", unknown_server.port(), serde_json::json!({"insecure_skip_verify": true}))).await;
     create(&pool, target("mtls", mtls_server.port(), with_client)).await;
     create(&pool, target("mtls-without", mtls_server.port(), serde_json::json!({"ca_pem": ca}))).await;
+    // A key outside the operator's client directory is never read, whatever the registry says.
+    let outside = serde_json::json!({"ca_pem": ca, "client_cert_file": client.cert, "client_key_file": "/etc/passwd"});
+    create(&pool, target("mtls-outside", mtls_server.port(), outside)).await;
 
-    let config = support::config(&caracal_testkit::unique_name("members"));
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    config.tls.client_dir = client.cert.parent().map(std::path::Path::to_path_buf);
     let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
-    let all = ["good", "expired", "elsewhere", "stranger", "insecure", "mtls", "mtls-without"];
+    let all = ["good", "expired", "elsewhere", "stranger", "insecure", "mtls", "mtls-without", "mtls-outside"];
     let statuses = settled(&pool, &all).await;
     let status = |name: &str| statuses[name].clone();
     assert_eq!(status("good"), ("up".into(), None), "a valid chain from the target's CA");
@@ -79,6 +83,12 @@ async fn https_probes_record_expiry_and_name_each_failure() {
     assert_eq!(status("stranger"), ("down".into(), Some("unknown_issuer".into())));
     assert_eq!(status("insecure"), ("up".into(), None), "insecure_skip_verify accepts any certificate");
     assert_eq!(status("mtls"), ("up".into(), None), "the client certificate files are presented");
+    let (outside_status, outside_why) = status("mtls-outside");
+    assert_eq!(outside_status, "down");
+    assert!(
+        outside_why.as_deref().is_some_and(|w| w.starts_with("tls_client_certificate") && !w.contains("PEM")),
+        "refused before reading: {outside_why:?}"
+    );
     assert_eq!(status("mtls-without"), ("down".into(), Some("tls_handshake".into())));
 
     // (The test registry has no `caracal_coordinator` prefix; the service's has.)

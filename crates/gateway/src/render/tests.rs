@@ -27,6 +27,7 @@ fn shop() -> Arc<TargetInfo> {
         metrics_path: "/metrics".into(),
         timeout: Duration::from_secs(1),
         instances: vec![],
+        credential: None,
     })
 }
 

@@ -3,4 +3,5 @@
 
 mod federation;
 mod input;
+mod outbound;
 mod support;

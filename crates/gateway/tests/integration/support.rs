@@ -19,18 +19,46 @@ pub struct Gateway {
     pub pool: sqlx::PgPool,
 }
 
-/// A gateway (rc mode) on a fresh migrated database of `postgres`, with `[gateway]` settings.
+/// The credential (in the gateway's `credentials_dir`) that [`Gateway::register`] binds to
+/// every target it writes: a file holding [`BEARER`].
+pub const CREDENTIAL: &str = "test-bearer";
+
+/// A gateway (rc mode) on a fresh migrated database of `postgres`, with `[gateway]` settings;
+/// its `credentials_dir` (unless the settings name one) holds [`CREDENTIAL`].
 pub async fn gateway_on(postgres: &caracal_testkit::Postgres, settings: serde_json::Value) -> Gateway {
+    let mut settings = settings;
+    if settings.get("credentials_dir").is_none() {
+        let dir = tempfile::tempdir().expect("a credentials directory").keep();
+        std::fs::write(dir.join(CREDENTIAL), format!("{BEARER}\n")).expect("write the credential");
+        settings["credentials_dir"] = serde_json::json!(dir);
+    }
+    gateway_with(postgres, Mode::Rc, serde_json::json!({ "gateway": settings })).await
+}
+
+/// A gateway in `mode` on a fresh migrated database of `postgres`, with these config `sections`
+/// (`{"gateway": {...}, "api": {"platform": {...}}}`).
+pub async fn gateway_with(postgres: &caracal_testkit::Postgres, mode: Mode, sections: serde_json::Value) -> Gateway {
+    gateway_core(postgres, mode, sections, |_| {}).await
+}
+
+/// As [`gateway_with`], with the core settings adjusted (the outbound policy, say).
+pub async fn gateway_core(
+    postgres: &caracal_testkit::Postgres,
+    mode: Mode,
+    sections: serde_json::Value,
+    adjust: impl FnOnce(&mut caracal_core::CoreConfig),
+) -> Gateway {
     let url = postgres.fresh_database("gateway").expect("database");
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     caracal_store::migrate(&pool).await.expect("migrate");
-    let mut core = core_config(Mode::Rc);
+    let mut core = core_config(mode);
     core.database_url = Some(Secret::new(url));
     core.redis_url = Some(Secret::new(caracal_testkit::shared().redis.url()));
     core.metrics.bearer = Some(Secret::new(BEARER));
     core.admin_token = Some(Secret::new(ADMIN));
     core.checks.timeout = Duration::from_secs(1);
-    let app = caracal_testkit::app::app("gateway", core, serde_json::json!({ "gateway": settings }));
+    adjust(&mut core);
+    let app = caracal_testkit::app::app("gateway", core, sections);
     let served = serve(caracal_gateway::build(app).expect("build the gateway")).await;
     served.wait_ready_status(200, Duration::from_secs(15)).await.expect("gateway ready");
     Gateway { served, pool }
@@ -41,16 +69,29 @@ pub async fn gateway(settings: serde_json::Value) -> Gateway {
 }
 
 impl Gateway {
-    /// Registers a target straight in the registry's tables, announces it on
-    /// `caracal.invalidations` as the relay would, and waits until the gateway holds it.
+    /// Registers a target straight in the registry's tables, bound to [`CREDENTIAL`], announces
+    /// it on `caracal.invalidations` as the relay would, and waits until the gateway holds it.
     pub async fn register(&self, name: &str, labels: serde_json::Value, timeout_ms: i32, instances: &[String]) {
+        self.register_with(name, labels, timeout_ms, instances, Some(CREDENTIAL)).await;
+    }
+
+    /// As [`Gateway::register`], naming `credential` (or none).
+    pub async fn register_with(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+        timeout_ms: i32,
+        instances: &[String],
+        credential: Option<&str>,
+    ) {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-             VALUES ($1, $2, '/health', '/ready', '/metrics', 1000, $3) RETURNING id",
+            "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, credential) \
+             VALUES ($1, $2, '/health', '/ready', '/metrics', 1000, $3, $4) RETURNING id",
         )
         .bind(name)
         .bind(labels)
         .bind(timeout_ms)
+        .bind(credential)
         .fetch_one(&self.pool)
         .await
         .expect("target");
@@ -125,8 +166,9 @@ pub enum Behaviour {
     Huge(usize),
 }
 
-/// Serves an instance; returns its base URL. It demands the metrics bearer, like every
-/// fail-closed Caracal instance; `demand` overrides which bearer (to make it answer 401).
+/// Serves an instance; returns its base URL. It demands a bearer, like every fail-closed
+/// Caracal instance (the tests' [`CREDENTIAL`] holds [`BEARER`]); `demand` overrides which
+/// bearer (to make it answer 401).
 pub async fn instance(behaviour: Behaviour, demand: &'static str) -> String {
     let app = Router::new().route(
         "/metrics",
@@ -198,4 +240,37 @@ pub fn value(all: &[Found], name: &str, with: &[(&str, &str)]) -> Option<String>
     all.iter()
         .find(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)))
         .map(|(_, _, v)| v.clone())
+}
+
+/// What a capture server saw: each request's path and `Authorization` header, and how many
+/// connections it accepted.
+#[derive(Default)]
+pub struct Captured {
+    #[allow(clippy::type_complexity)]
+    pub requests: std::sync::Mutex<Vec<(String, Option<String>)>>,
+    pub connections: std::sync::atomic::AtomicUsize,
+}
+
+/// A server on `ip` that records every request and answers `/metrics` with one sample and
+/// everything else 200: an attacker's endpoint registered as a target.
+pub async fn capture(ip: &str) -> (String, std::sync::Arc<Captured>) {
+    use std::sync::atomic::Ordering;
+    let seen = std::sync::Arc::new(Captured::default());
+    let recorded = std::sync::Arc::clone(&seen);
+    let app = Router::new().fallback(move |request: axum::extract::Request| {
+        let recorded = std::sync::Arc::clone(&recorded);
+        async move {
+            let auth = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(String::from);
+            recorded.requests.lock().expect("lock").push((request.uri().path().to_string(), auth));
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], "captured 1\n").into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counted = std::sync::Arc::clone(&seen);
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+        counted.connections.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
 }
