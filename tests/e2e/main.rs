@@ -6,6 +6,7 @@ mod cli;
 mod discovery;
 mod failover;
 mod ledger;
+mod outbound;
 mod pipeline;
 mod sentinel;
 mod support;

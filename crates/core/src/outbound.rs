@@ -195,23 +195,16 @@ pub fn host_of(url: &str) -> Option<&str> {
 /// An address literal `host` stands for: a dotted quad or an IPv6 address; `None` for a name.
 ///
 /// # Errors
-/// [`Refused::NumericForm`] for a host that URL parsers and `inet_aton` would read as an IPv4
-/// address although it is not a dotted quad: its last label is a number (`2852039166`,
-/// `127.1`, `0x7f.0.0.1`, `0177.0.0.1`).
+/// [`Refused::NumericForm`] for a host whose last label starts with a digit although it is not
+/// a dotted quad: URL parsers and `inet_aton` read such hosts as IPv4 addresses (`2852039166`,
+/// `127.1`, `0x7f.0.0.1`, `0177.0.0.1`), and no top-level name starts with a digit.
 pub fn literal(host: &str) -> Result<Option<IpAddr>, Refused> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(Some(ip));
     }
-    // The WHATWG URL standard's "ends in a number": such a host is parsed as IPv4.
-    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
-    let numeric = !last.is_empty()
-        && (last.bytes().all(|b| b.is_ascii_digit())
-            || last
-                .strip_prefix("0x")
-                .or_else(|| last.strip_prefix("0X"))
-                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
-    if numeric { Err(Refused::NumericForm) } else { Ok(None) }
+    let last = host.strip_suffix('.').unwrap_or(host).rsplit('.').next().unwrap_or("");
+    if last.starts_with(|c: char| c.is_ascii_digit()) { Err(Refused::NumericForm) } else { Ok(None) }
 }
 
 #[cfg(test)]
@@ -252,7 +245,8 @@ mod tests {
         }
         assert_eq!(literal("169.254.169.254"), Ok(Some("169.254.169.254".parse().expect("ip"))));
         assert_eq!(literal("[::1]"), Ok(Some("::1".parse().expect("ip"))));
-        for name in ["shop.test", "a1", "x.0a", "api-2.internal", "localhost"] {
+        assert_eq!(literal("x.0a"), Err(Refused::NumericForm), "a last label starting with a digit");
+        for name in ["shop.test", "a1", "0a.x", "api-2.internal", "localhost", "svc.cluster.local."] {
             assert_eq!(literal(name), Ok(None), "{name}");
         }
         assert_eq!(

@@ -42,11 +42,13 @@ pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 /// Probe paths: `/` then up to 255 RFC 3986 path characters.
 pub const PATH_PATTERN: &str = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255}$";
 /// Instance URLs: `http(s)://host[:port][/prefix]` (no query or fragment), or
-/// `tcp://host:port`, `grpc://host:port`, `grpcs://host:port`; ports 1–65535.
-pub const INSTANCE_PATTERN: &str = "^(https?://[A-Za-z0-9.-]{1,253}\
+/// `tcp://host:port`, `grpc://host:port`, `grpcs://host:port`; ports 1–65535. A host is a
+/// dotted quad or a name whose last label starts with a letter: numbers written any other way
+/// (`2852039166`, `0x7f.1`, `127.1`) are read as addresses by resolvers, so none is accepted.
+pub const INSTANCE_PATTERN: &str = "^(https?://(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])|([A-Za-z0-9.-]{0,189}\\.)?[A-Za-z][A-Za-z0-9-]{0,62}\\.?)\
      (:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?\
      (/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,255})?\
-     |(tcp|grpcs?)://[A-Za-z0-9.-]{1,253}\
+     |(tcp|grpcs?)://(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])|([A-Za-z0-9.-]{0,189}\\.)?[A-Za-z][A-Za-z0-9-]{0,62}\\.?)\
      :(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))$";
 /// gRPC health service names (`grpc.health.v1` `HealthCheckRequest.service`): empty for the
 /// server as a whole, else a fully qualified service name.
@@ -398,14 +400,20 @@ fn check_base_url(url: &str) -> Result<(), String> {
         return Err("must not have a query or fragment".into());
     }
     if caracal_core::outbound::host_of(url).is_some_and(|host| caracal_core::outbound::literal(host).is_err()) {
-        return Err("a numeric host must be a dotted quad such as 10.0.0.1: other numeric forms (2852039166, 0x7f.1, 127.1) are refused".into());
+        return Err("a host is a dotted quad such as 10.0.0.1 or a name whose last label starts with a letter: other numeric forms (2852039166, 0x7f.1, 127.1) are refused".into());
     }
     if !matches(INSTANCE_PATTERN, url) {
         return Err(match scheme {
             Scheme::Http | Scheme::Https => {
-                format!("must be {}://host[:port][/prefix] (host of a-z A-Z 0-9 . -, port 1 to 65535)", scheme.as_str())
+                format!(
+                    "must be {}://host[:port][/prefix] (a dotted quad, or a host of a-z A-Z 0-9 . - whose last label starts with a letter; port 1 to 65535)",
+                    scheme.as_str()
+                )
             }
-            _ => format!("must be {}://host:port (host of a-z A-Z 0-9 . -, port 1 to 65535, no path)", scheme.as_str()),
+            _ => format!(
+                "must be {}://host:port (a dotted quad, or a host of a-z A-Z 0-9 . - whose last label starts with a letter; port 1 to 65535, no path)",
+                scheme.as_str()
+            ),
         });
     }
     Ok(())
@@ -577,6 +585,40 @@ mod tests {
         });
         let target: Target = serde_json::from_value(answered.clone()).expect("reads back");
         assert_eq!(serde_json::to_value(&target).expect("json"), answered);
+    }
+
+    /// The schema's pattern and the numeric-host rule refuse exactly the same hosts, so what the
+    /// OpenAPI document allows is what the server takes.
+    #[test]
+    fn the_pattern_and_the_numeric_host_rule_agree() {
+        for host in [
+            "10.0.0.1",
+            "255.255.255.255",
+            "256.1.1.1",
+            "010.0.0.1",
+            "2852039166",
+            "0x7f",
+            "0x7f.1",
+            "127.1",
+            "1.2.3.4.",
+            "shop.test",
+            "shop.test.",
+            "a",
+            "a1",
+            "1a",
+            "x.0a",
+            "0a.x",
+            "svc-2.ns.svc.cluster.local",
+            "0",
+            "a.1",
+        ] {
+            for url in [format!("http://{host}:80"), format!("tcp://{host}:80")] {
+                let pattern = matches(INSTANCE_PATTERN, &url);
+                let rule = caracal_core::outbound::literal(host).is_ok();
+                assert_eq!(pattern, rule, "{url}");
+                assert_eq!(check_base_url(&url).is_ok(), rule, "{url}");
+            }
+        }
     }
 
     #[test]

@@ -107,10 +107,18 @@ fn rss() -> u64 {
 async fn an_endless_body_is_judged_by_its_status_within_the_timeout() {
     let shared = support::shared();
     let pool = support::database(&shared.postgres).await;
+    // How many answers began and how many bytes the server managed to hand over: a probe that
+    // stops reading leaves the server blocked after what the sockets' buffers hold.
+    let (answers, sent) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let endless = |status: StatusCode| {
+        let (answers, sent) = (Arc::clone(&answers), Arc::clone(&sent));
         move || async move {
+            answers.fetch_add(1, Ordering::SeqCst);
             let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
-            let forever = futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+            let forever = futures_util::stream::repeat_with(move || {
+                sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            });
             (status, axum::body::Body::from_stream(forever)).into_response()
         }
     };
@@ -139,6 +147,8 @@ async fn an_endless_body_is_judged_by_its_status_within_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10), "judged in {:?}", started.elapsed());
     // Keep probing for a while: every probe cuts the body at 64 KiB.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let per_answer = sent.load(Ordering::SeqCst) / answers.load(Ordering::SeqCst).max(1);
+    assert!(per_answer < 32 * 1024 * 1024, "{} MB handed over per answer", per_answer / (1024 * 1024));
     let grown = rss().saturating_sub(before);
     assert!(grown < 150 * 1024 * 1024, "the process grew {} MB while probing endless bodies", grown / (1024 * 1024));
     replica.stop().await;
