@@ -18,6 +18,10 @@
 #                             (3000 4000 9090 8080 8081 8082)
 #   METRICS_BEARER_FILE       metrics bearer                   (.caracal/secrets/metrics_bearer)
 #   CARACAL_ADMIN_TOKEN_FILE  admin token                      (.caracal/secrets/admin_token)
+#   CARACAL_CREDENTIALS_DIR   the gateway's credentials_dir    (.caracal/credentials beside the secrets)
+#                             The smoke target's instance (the api) is fail-closed: as an
+#                             operator would, the test binds it a credential there (the metrics
+#                             bearer, as file smoke-<pid>) and removes it at the end.
 #   SMOKE_TIMEOUT             seconds to wait for each step    (60)
 set -uo pipefail
 
@@ -31,6 +35,7 @@ control="http://$host:${CONTROL_PORT:-8082}"
 bearer_file=${METRICS_BEARER_FILE:-.caracal/secrets/metrics_bearer}
 admin_file=${CARACAL_ADMIN_TOKEN_FILE:-.caracal/secrets/admin_token}
 timeout=${SMOKE_TIMEOUT:-60}
+credentials_dir=${CARACAL_CREDENTIALS_DIR:-$(dirname "$bearer_file")/../credentials}
 
 fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
 ok() { echo "smoke: ok   $*"; }
@@ -60,8 +65,11 @@ for service in "sts $sts" "api $api" "coordinator $coordinator" "audit $audit" "
 done
 
 name="smoke-$$-$RANDOM"
+credential="smoke-$$"
+[ -d "$credentials_dir" ] || fail "no credentials directory $credentials_dir (set CARACAL_CREDENTIALS_DIR to the gateway's credentials_dir)"
+(umask 077 && printf '%s\n' "$bearer" >"$credentials_dir/$credential") || fail "cannot write a credential into $credentials_dir"
 created=$(code -X POST "$api/v1/targets" -H "authorization: Bearer $admin" -H 'content-type: application/json' \
-  -d "{\"name\": \"$name\", \"instances\": [\"$api\"], \"interval_ms\": 500, \"timeout_ms\": 400}")
+  -d "{\"name\": \"$name\", \"instances\": [\"$api\"], \"interval_ms\": 500, \"timeout_ms\": 400, \"credential\": \"$credential\"}")
 [ "$created" = 201 ] || fail "registering target $name answered $created, not 201"
 ok "registered target $name"
 instance="${api#http://}"
@@ -72,6 +80,7 @@ grep -q "^caracal_federation_up{target=\"$name\",instance=\"$instance\"} 1$" <<<
 ok "the gateway federates $name at once"
 client="smoke-$$-$RANDOM"
 cleanup() {
+  rm -f "$credentials_dir/$credential"
   curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name" -H "authorization: Bearer $admin"
   curl -s -o /dev/null --max-time 5 -X DELETE "$api/v1/targets/$name-grpc" -H "authorization: Bearer $admin"
   curl -s -o /dev/null --max-time 5 -X DELETE "$sts/v1/clients/$client" -H "authorization: Bearer $admin"

@@ -57,7 +57,8 @@ class Instance(BaseHTTPRequestHandler):
             "text": ("text/plain; version=0.0.4", TEXT),
             "openmetrics": ("application/openmetrics-text; version=1.0.0", OPENMETRICS),
             "garbage": ("text/plain", "<html>this is not an exposition</html>\n{{{"),
-            "huge": ("text/plain; version=0.0.4", 'padding{x="0123456789012345678901234567890123456789"} 1\n' * 700_000),
+            # Over the 32 MiB body cap before the 200,000-sample limit: long lines.
+            "huge": ("text/plain; version=0.0.4", ('padding{x="' + "0123456789" * 18 + '"} 1\n') * 200_000),
             "slow": ("text/plain; version=0.0.4", "late 1\n"),
         }[behaviour]
         if behaviour == "slow":
@@ -99,8 +100,14 @@ def fleet():
         urls[behaviour] = url
     urls["down"] = closed_port()
     name = f"federated-{os.getpid()}"
+    # The instances are fail-closed: as an operator would, bind them a credential (the bearer
+    # they demand) in the gateway's credentials directory, beside `caracal up`'s secrets.
+    credentials = pathlib.Path(os.environ.get("CARACAL_CREDENTIALS_DIR") or
+                               pathlib.Path(os.environ.get("METRICS_BEARER_FILE", ".caracal/secrets/metrics_bearer")).parent.parent / "credentials")
+    credential = credentials / f"federation-{os.getpid()}"
+    credential.write_text(BEARER + "\n")
     spec = {"name": name, "instances": sorted(urls.values()), "timeout_ms": 1500, "interval_ms": 60000,
-            "labels": {"team": "payments"}}
+            "labels": {"team": "payments"}, "credential": credential.name}
     status, _, body = call("POST", f"{API}/v1/targets", json.dumps(spec).encode(),
                            {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"})
     assert status == 201, body
@@ -108,6 +115,7 @@ def fleet():
     yield {"name": name, "urls": urls, "client": client}
     call("DELETE", f"{API}/v1/targets/{name}", headers={"authorization": f"Bearer {ADMIN}"})
     delete_client(client[0])
+    credential.unlink(missing_ok=True)
     for server in servers:
         server.shutdown()
 

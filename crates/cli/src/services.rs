@@ -99,6 +99,9 @@ pub fn environment(home: &Home, state: &State, database_url: &str, redis_url: &s
         ("CARACAL_TOKENS__STS_URL".to_string(), format!("http://127.0.0.1:{}", state.ports.sts)),
         // Control reconciles the declared targets kept here (a ConfigMap in Kubernetes).
         ("CARACAL_CONTROL__TARGETS_DIR".to_string(), home.targets_dir().display().to_string()),
+        // The credentials the gateway may present to targets that name one (none but the
+        // metrics bearer to the platform's own services otherwise).
+        ("CARACAL_GATEWAY__CREDENTIALS_DIR".to_string(), home.credentials().display().to_string()),
     ];
     for service in SERVICES {
         let key = format!("CARACAL_API__PLATFORM__{}", service.name.to_ascii_uppercase());

@@ -105,6 +105,12 @@ impl Home {
         self.root.join("targets")
     }
 
+    /// Scrape credentials the gateway may present (one bearer file per name a target can
+    /// name in `credential`); mode 0700, empty until an operator puts one there.
+    pub fn credentials(&self) -> PathBuf {
+        self.root.join("credentials")
+    }
+
     /// Pid files of the services.
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
@@ -187,6 +193,10 @@ impl Home {
         std::fs::create_dir_all(&dir).map_err(CliError::io(format!("create {}", dir.display())))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(CliError::io("protect the secrets directory"))?;
+        let credentials = self.credentials();
+        std::fs::create_dir_all(&credentials).map_err(CliError::io(format!("create {}", credentials.display())))?;
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o700))
+            .map_err(CliError::io("protect the credentials directory"))?;
         for path in [self.metrics_bearer(), self.admin_token(), self.sts_key_encryption()] {
             if path.exists() {
                 continue;

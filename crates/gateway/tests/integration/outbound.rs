@@ -29,9 +29,15 @@ async fn no_platform_secret_goes_where_a_caller_pointed() {
         }),
     )
     .await;
-    gw.register_with("attacker", json!({"caracal": "platform", "job": "federate"}), 2_000, &[attacker.clone()], None)
-        .await;
-    gw.register_with("api", json!({"caracal": "platform"}), 2_000, &[platform.clone()], None).await;
+    gw.register_with(
+        "attacker",
+        json!({"caracal": "platform", "job": "federate"}),
+        2_000,
+        std::slice::from_ref(&attacker),
+        None,
+    )
+    .await;
+    gw.register_with("api", json!({"caracal": "platform"}), 2_000, std::slice::from_ref(&platform), None).await;
     // The platform's name, but an instance the configuration does not name.
     gw.register_with("sts", json!({"caracal": "platform"}), 2_000, &[hijacked], None).await;
     gw.register_with("stolen", json!({}), 2_000, &[unbound], Some("missing-credential")).await;
