@@ -9,23 +9,14 @@ use axum::Router;
 use axum::routing::get;
 use caracal_testkit::Dnsmasq;
 
+use caracal_testkit::process::rss;
+
 use crate::support::{self, Stores};
 
 const API: &str = env!("CARGO_BIN_EXE_caracal-api");
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_caracal-coordinator");
 const CONTROL: &str = env!("CARGO_BIN_EXE_caracal-control");
 const GATEWAY: &str = env!("CARGO_BIN_EXE_caracal-gateway");
-
-/// The resident set size of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_name_resolving_to_the_metadata_address_is_denied_and_never_probed() {

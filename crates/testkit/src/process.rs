@@ -9,6 +9,17 @@ use nix::sys::signal::Signal;
 
 use crate::{Error, spawn};
 
+/// The resident set size of process `pid` in bytes (`VmRSS`), or of this process for
+/// `std::process::id()`; 0 when it cannot be read (the process is gone).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| {
+        let v = v.trim();
+        v.strip_suffix("kB").unwrap_or(v).trim().parse::<u64>().ok()
+    });
+    kb.unwrap_or(0) * 1024
+}
+
 /// A child process whose stdout and stderr go to files in its scratch directory; killed on drop.
 #[derive(Debug)]
 pub struct ServiceProcess {

@@ -322,17 +322,6 @@ async fn denied_and_numeric_addresses_are_refused_naming_the_instance() {
     assert_eq!(support::counts(&pool).await, (0, 0, 0));
 }
 
-/// The resident set size of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 /// A client certificate file outside the operator's directory, missing, or a device gets one
 /// answer, fast, having read nothing; without a directory the fields are refused outright.
 #[tokio::test(flavor = "multi_thread")]
@@ -341,7 +330,7 @@ async fn client_files_outside_the_directory_are_one_answer_and_read_nothing() {
     let shared = support::shared();
     let sections = json!({"coordinator": {"tls": {"client_dir": dir.path()}}});
     let (served, pool) = support::api_on(&shared.postgres, &shared.redis, Mode::Stable, sections).await;
-    let before = rss();
+    let before = caracal_testkit::process::rss(std::process::id());
     let mut answers = Vec::new();
     for path in ["/etc/passwd", "/nonexistent/client.pem", "missing.pem", "/dev/zero", "../../../../etc/passwd"] {
         let tls = json!({"client_cert_file": path, "client_key_file": path});
@@ -354,7 +343,7 @@ async fn client_files_outside_the_directory_are_one_answer_and_read_nothing() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "one answer for all: {answers:?}");
     assert_eq!(answers[0]["error"]["field"], "tls.client_cert_file");
-    assert!(rss() < before + 64 * 1024 * 1024, "nothing large was read");
+    assert!(caracal_testkit::process::rss(std::process::id()) < before + 64 * 1024 * 1024, "nothing large was read");
     assert_eq!(support::counts(&pool).await, (0, 0, 0));
 
     let (unset, _) = support::api(Mode::Stable).await;

@@ -9,34 +9,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use caracal_store::registry::{self, Writer};
-use caracal_store::target::TargetSpec;
 
-use crate::support::{self, Replica};
-
-async fn create(pool: &sqlx::PgPool, spec: serde_json::Value) {
-    let spec: TargetSpec = serde_json::from_value(spec).expect("a target document");
-    spec.validate().expect("valid");
-    registry::create(pool, &spec, &Writer::Api).await.expect("created");
-}
-
-/// Each named target's (status, last error), once every one has a status other than `unknown`.
-async fn settled(pool: &sqlx::PgPool, names: &[&str]) -> std::collections::HashMap<String, (String, Option<String>)> {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT t.name, s.status, s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
-             JOIN instance_status s ON s.instance_id = i.id WHERE t.name = ANY($1) AND s.status <> 'unknown'",
-        )
-        .bind(&names)
-        .fetch_all(pool)
-        .await
-        .ok()?;
-        (rows.len() == names.len()).then(|| rows.into_iter().map(|(n, s, e)| (n, (s, e))).collect())
-    })
-    .await
-    .expect("every instance probed")
-}
+use crate::support::{self, Replica, create, settled};
 
 /// A server that answers every path 200 and counts the connections it accepted.
 async fn counted() -> (u16, Arc<AtomicUsize>) {
@@ -90,17 +64,6 @@ async fn denied_addresses_are_down_and_never_contacted() {
     replica.stop().await;
 }
 
-/// The resident set size of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 /// An instance whose `/health` and `/ready` answer an endless body: judged by the status code
 /// (200 up, 503 unready) within the timeout; the probes read 64 KiB of it, not gigabytes.
 #[tokio::test(flavor = "multi_thread")]
@@ -137,7 +100,7 @@ async fn an_endless_body_is_judged_by_its_status_within_the_timeout() {
         serde_json::json!({"name": "sick", "instances": [format!("{base}/sick")], "interval_ms": 200, "timeout_ms": 2000}),
     )
     .await;
-    let before = rss();
+    let before = caracal_testkit::process::rss(std::process::id());
     let config = support::config(&caracal_testkit::unique_name("members"));
     let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
     let started = std::time::Instant::now();
@@ -149,7 +112,7 @@ async fn an_endless_body_is_judged_by_its_status_within_the_timeout() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let per_answer = sent.load(Ordering::SeqCst) / answers.load(Ordering::SeqCst).max(1);
     assert!(per_answer < 32 * 1024 * 1024, "{} MB handed over per answer", per_answer / (1024 * 1024));
-    let grown = rss().saturating_sub(before);
+    let grown = caracal_testkit::process::rss(std::process::id()).saturating_sub(before);
     assert!(grown < 150 * 1024 * 1024, "the process grew {} MB while probing endless bodies", grown / (1024 * 1024));
     replica.stop().await;
 }

@@ -197,3 +197,31 @@ impl Replica {
         }
     }
 }
+
+/// Registers `spec` (validated) as the API would.
+pub async fn create(pool: &sqlx::PgPool, spec: serde_json::Value) {
+    let spec: caracal_store::target::TargetSpec = serde_json::from_value(spec).expect("a target document");
+    spec.validate().expect("valid");
+    caracal_store::registry::create(pool, &spec, &caracal_store::registry::Writer::Api).await.expect("created");
+}
+
+/// Each named target's (status, last error), once every one has a status other than `unknown`.
+pub async fn settled(
+    pool: &sqlx::PgPool,
+    names: &[&str],
+) -> std::collections::HashMap<String, (String, Option<String>)> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT t.name, s.status, s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
+             JOIN instance_status s ON s.instance_id = i.id WHERE t.name = ANY($1) AND s.status <> 'unknown'",
+        )
+        .bind(&names)
+        .fetch_all(pool)
+        .await
+        .ok()?;
+        (rows.len() == names.len()).then(|| rows.into_iter().map(|(n, s, e)| (n, (s, e))).collect())
+    })
+    .await
+    .expect("every instance probed")
+}

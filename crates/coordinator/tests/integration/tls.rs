@@ -4,36 +4,9 @@
 
 use std::time::Duration;
 
-use caracal_store::registry::{self, Writer};
-use caracal_store::target::TargetSpec;
 use caracal_testkit::pki::{Pki, TlsServer};
 
-use crate::support::{self, Replica};
-
-async fn create(pool: &sqlx::PgPool, spec: serde_json::Value) {
-    let spec: TargetSpec = serde_json::from_value(spec).expect("a target document");
-    spec.validate().expect("valid");
-    registry::create(pool, &spec, &Writer::Api).await.expect("created");
-}
-
-/// Waits until every named target's instance has a status other than `unknown`; returns
-/// target -> (status, last error).
-async fn settled(pool: &sqlx::PgPool, names: &[&str]) -> std::collections::HashMap<String, (String, Option<String>)> {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT t.name, s.status, s.last_error FROM instances i JOIN targets t ON t.id = i.target_id \
-             JOIN instance_status s ON s.instance_id = i.id WHERE t.name = ANY($1) AND s.status <> 'unknown'",
-        )
-        .bind(&names)
-        .fetch_all(pool)
-        .await
-        .ok()?;
-        (rows.len() == names.len()).then(|| rows.into_iter().map(|(n, s, e)| (n, (s, e))).collect())
-    })
-    .await
-    .expect("every instance probed")
-}
+use crate::support::{self, Replica, create, settled};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_probes_record_expiry_and_name_each_failure() {
