@@ -141,6 +141,42 @@ def test_the_config_file_loads_in_the_real_binary():
     assert "invalid configuration" not in result.stderr
 
 
+def test_the_outbound_policy_and_the_gateways_credentials_render_where_they_belong():
+    """[outbound] reaches every service through the shared file, and loads; the credentials
+    Secret is mounted into the gateway alone."""
+    deny = ["169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128"]
+    values = dict(URLS, outbound={"allow": ["10.0.0.0/8"], "deny": deny}, federation={"credentialsSecret": "scrape-credentials", "targets": []})
+    docs = documents(render(values))
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"])["data"]["caracal.toml"]
+    assert 'allow = ["10.0.0.0/8"]' in config and 'deny = ["169.254.0.0/16", "fe80::/10", "127.0.0.0/8", "::1/128"]' in config, config
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        secrets = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+        gateway = doc["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        assert (env.get("CARACAL_GATEWAY__CREDENTIALS_DIR") == "/var/run/caracal/credentials") == gateway, doc["metadata"]["name"]
+        assert ("scrape-credentials" in secrets) == gateway, doc["metadata"]["name"]
+    binary = ROOT / "target" / "debug" / "caracal-gateway"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(config)
+        f.flush()
+        env = {"CARACAL_CONFIG": f.name, "DATABASE_URL": "postgres://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/",
+               "CARACAL_MODE": "dev", "PORT": "0"}
+        process = subprocess.Popen([str(binary)], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = process.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+    assert "invalid configuration" not in stderr, stderr
+    bad = dict(URLS, outbound={"allow": [], "deny": ["not-a-range"]})
+    with pytest.raises(helm_python.HelmError):
+        render(bad)
+
+
 def test_the_control_section_loads_in_the_real_control():
     """caracal-control reads [control]: with the rendered file it starts (a bad key exits 2 at once)."""
     values = dict(URLS, targets=[{"name": "shop", "instances": ["http://10.0.0.7:9100"]}], control={"nameservers": ["127.0.0.1:53"]})

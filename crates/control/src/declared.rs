@@ -216,7 +216,7 @@ fn differences(want: &TargetSpec, have: &TargetSpec) -> Vec<&'static str> {
     if want.discovery.is_none() && sorted(&want.instances) != sorted(&have.instances) {
         fields.push("instances");
     }
-    let pairs: [(&'static str, bool); 9] = [
+    let pairs: [(&'static str, bool); 10] = [
         ("discovery", want.discovery != have.discovery),
         ("health_path", want.health_path != have.health_path),
         ("ready_path", want.ready_path != have.ready_path),
@@ -226,6 +226,7 @@ fn differences(want: &TargetSpec, have: &TargetSpec) -> Vec<&'static str> {
         ("labels", want.labels != have.labels),
         ("tls", want.tls != have.tls),
         ("grpc_service", want.grpc_service != have.grpc_service),
+        ("credential", want.credential != have.credential),
     ];
     fields.extend(pairs.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name));
     fields

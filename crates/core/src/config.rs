@@ -483,6 +483,27 @@ mod tests {
         text
     }
 
+    #[test]
+    fn the_outbound_policy_is_read_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CARACAL_OUTBOUND__DENY", "[\"127.0.0.0/8\"]");
+            jail.set_env("CARACAL_OUTBOUND__ALLOW", "[\"10.0.0.0/8\", \"::1/128\"]");
+            let config = Config::load(1).expect("loads");
+            assert_eq!(config.core.outbound.deny, vec!["127.0.0.0/8".parse::<ipnet::IpNet>().expect("a range")]);
+            assert_eq!(config.core.outbound.allow.len(), 2);
+            Ok(())
+        });
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(1).expect("loads");
+            assert_eq!(
+                config.core.outbound,
+                crate::outbound::OutboundConfig::default(),
+                "the defaults deny link-local"
+            );
+            Ok(())
+        });
+    }
+
     fn section(config: &Config) -> Result<(), super::ConfigError> {
         config.section::<Section>("svc").map(drop)
     }
@@ -504,6 +525,8 @@ mod tests {
         );
         let unknown_deeper = error(&[("CARACAL_SVC__INNER__TYPO", "1")], section);
         assert!(unknown_deeper.contains("`CARACAL_SVC__INNER__TYPO`"), "{unknown_deeper}");
+        let range = error(&[("CARACAL_OUTBOUND__DENY", "[\"127.0.0.0/8\", \"not-a-range\"]")], |_| Ok(()));
+        assert!(range.contains("`outbound.deny") && range.contains("CARACAL_OUTBOUND__DENY"), "{range}");
         let lower = error(&[("caracal_svc__wait", "soon")], section);
         assert!(lower.contains("`caracal_svc__wait`"), "spelt as set: {lower}");
     }

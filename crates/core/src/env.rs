@@ -26,6 +26,14 @@ pub const CARACAL_REDIS_SENTINEL__NODES: &str = "CARACAL_REDIS_SENTINEL__NODES";
 pub const CARACAL_API__ALERTMANAGER_URL: &str = "CARACAL_API__ALERTMANAGER_URL";
 /// The api's Prometheus, for the `TSDB` entry of `/healthchecks` (config key `api.prometheus_url`).
 pub const CARACAL_API__PROMETHEUS_URL: &str = "CARACAL_API__PROMETHEUS_URL";
+/// The outbound address policy's allowed ranges (`outbound.allow`), a list.
+pub const CARACAL_OUTBOUND__ALLOW: &str = "CARACAL_OUTBOUND__ALLOW";
+/// The outbound address policy's denied ranges (`outbound.deny`), a list replacing the default.
+pub const CARACAL_OUTBOUND__DENY: &str = "CARACAL_OUTBOUND__DENY";
+/// The only directory targets' client certificates are read from (`coordinator.tls.client_dir`).
+pub const CARACAL_COORDINATOR__TLS__CLIENT_DIR: &str = "CARACAL_COORDINATOR__TLS__CLIENT_DIR";
+/// The gateway's scrape credentials, one bearer file per name (`gateway.credentials_dir`).
+pub const CARACAL_GATEWAY__CREDENTIALS_DIR: &str = "CARACAL_GATEWAY__CREDENTIALS_DIR";
 /// Listening port (config key `port`).
 pub const PORT: &str = "PORT";
 /// `dev`, `rc` or `stable`; blank means `stable` (config key `mode`).

@@ -81,6 +81,7 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         declared(
             serde_json::json!({"name": "tls", "instances": ["https://h:1"], "tls": {"insecure_skip_verify": true}}),
         ),
+        declared(serde_json::json!({"name": "scraped", "instances": ["http://h:1"], "credential": "payments"})),
     ];
     let have = vec![
         target(serde_json::json!({"name": "tls", "instances": ["https://h:1"]}), "control", Some("t.yaml")),
@@ -97,11 +98,18 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         ),
         target(serde_json::json!({"name": "gone", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
         target(serde_json::json!({"name": "theirs", "instances": ["http://h:1"]}), "api", None),
+        target(serde_json::json!({"name": "scraped", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
     ];
     let steps = plan(&want, &have, |t| t.managed_by == "control");
     let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
-        ["create new (t.yaml)", "update moved (t.yaml: interval_ms)", "update tls (t.yaml: tls)", "delete gone"]
+        [
+            "create new (t.yaml)",
+            "update moved (t.yaml: interval_ms)",
+            "update tls (t.yaml: tls)",
+            "update scraped (t.yaml: credential)",
+            "delete gone"
+        ]
     );
 }
