@@ -119,8 +119,9 @@ fn answered(mut spec: Object) -> Object {
         .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("InstanceCertificate")))
         .description(Some("The certificate each TLS instance last presented"));
     spec.properties.insert("certificates".into(), certificates.build().into());
-    // `discovery`, `tls` and `grpc_service` are answered only when set; every other field always.
-    let optional = ["discovery", "tls", "grpc_service"];
+    // `discovery`, `tls`, `grpc_service` and `credential` are answered only when set; every
+    // other field always.
+    let optional = ["discovery", "tls", "grpc_service", "credential"];
     spec.required = spec.properties.keys().filter(|k| !optional.contains(&k.as_str())).cloned().collect();
     spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     spec.description = Some("A registered target.".into());
