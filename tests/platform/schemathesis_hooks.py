@@ -1,13 +1,30 @@
 """schemathesis hooks for tests/platform/test_openapi.py (loaded through SCHEMATHESIS_HOOKS).
 
 A target's `tls.ca_pem` must parse as X.509 and its client certificate and key files must exist
-where the API runs: no JSON Schema can say either, so a generated body naming them would be
-refused (422) however schema-valid. Such bodies are left out of generation; the refusals are
-tested with real files and certificates from openssl (crates/api/tests, crates/store)."""
+in the operator's client directory: no JSON Schema can say either, so a generated body naming
+them would be refused (422) however schema-valid. Likewise an instance whose address literal the
+deployment's outbound address policy denies (by default link-local, 0.0.0.0/8, multicast,
+broadcast) is refused 422: the policy is configuration, not part of the document. Such bodies
+are left out of generation; the refusals are tested with real files, certificates from openssl
+and addresses (crates/api/tests, crates/store, caracal-core's outbound tests)."""
+
+import ipaddress
+import urllib.parse
 
 import schemathesis
 
 UNKNOWABLE = ("ca_pem", "client_cert_file", "client_key_file")
+# caracal-core's default `outbound.deny` (crates/core/src/outbound.rs).
+DENIED = [ipaddress.ip_network(n) for n in
+          ("169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128", "224.0.0.0/4", "ff00::/8", "255.255.255.255/32")]
+
+
+def denied(url):
+    try:
+        address = ipaddress.ip_address(urllib.parse.urlsplit(url).hostname or "")
+    except ValueError:
+        return False  # a name: judged when it resolves, never at the door
+    return any(address in network for network in DENIED)
 
 
 @schemathesis.hook
@@ -17,4 +34,7 @@ def filter_case(ctx, case):
     if not isinstance(body, dict):
         return True
     tls = body.get("tls")
-    return not (isinstance(tls, dict) and any(tls.get(key) is not None for key in UNKNOWABLE))
+    if isinstance(tls, dict) and any(tls.get(key) is not None for key in UNKNOWABLE):
+        return False
+    instances = body.get("instances")
+    return not (isinstance(instances, list) and any(isinstance(u, str) and denied(u) for u in instances))

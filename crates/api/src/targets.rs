@@ -33,7 +33,7 @@ pub(crate) async fn get_one(State(state): State<ApiState>, Path(name): Path<Stri
     responses((status = 201, body = Target), (status = 400, description = "Malformed JSON"), (status = 401, description = "No valid token"),
               (status = 403, description = "The token lacks targets:write"), (status = 409, description = "Name taken"),
               (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
-              (status = 422, description = "A field is invalid")))]
+              (status = 422, description = "A field is invalid, or an instance's address is one the deployment's outbound address policy denies")))]
 pub(crate) async fn create(
     State(state): State<ApiState>,
     body: Result<Json<TargetSpec>, JsonRejection>,
@@ -51,7 +51,7 @@ pub(crate) async fn create(
               (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target"),
               (status = 409, description = "The target is declared in a file caracal-control manages (`managed_by_control`), or it discovers its instances and the body lists some (`discovered_instances`)"),
               (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
-              (status = 422, description = "A field is invalid, or the name differs from the path's")))]
+              (status = 422, description = "A field is invalid, an instance's address is one the deployment's outbound address policy denies, or the name differs from the path's")))]
 pub(crate) async fn replace(
     State(state): State<ApiState>,
     Path(name): Path<String>,

@@ -44,6 +44,10 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     println!("  {:<12} {}", "redis", redis.url());
     println!("  secrets      {} and {}", home.metrics_bearer().display(), home.admin_token().display());
     println!("  targets      {} (YAML or JSON files; caracal-control keeps the registry in step)", targets.display());
+    println!(
+        "  credentials  {} (a bearer file per name a target may give as `credential`; the gateway presents nothing else)",
+        home.credentials().display()
+    );
     println!("Next: `caracal status --ready`, `caracal doctor`, `caracal down` (add -v to delete the data)");
     Ok(())
 }

@@ -484,6 +484,8 @@ mod tests {
     }
 
     #[test]
+    // The closure's error type is figment's own, large by design.
+    #[allow(clippy::result_large_err)]
     fn the_outbound_policy_is_read_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CARACAL_OUTBOUND__DENY", "[\"127.0.0.0/8\"]");
