@@ -167,11 +167,15 @@ impl Credentials {
         if !plain {
             return None;
         }
+        // Resolved on every scrape: a mounted Secret's rotation swaps its links, and the file
+        // behind the name moves (and must still lie inside the directory).
         let dir = std::fs::canonicalize(self.dir.as_ref()?).ok()?;
         let path = std::fs::canonicalize(dir.join(name)).ok().filter(|p| p.starts_with(&dir))?;
         let mut named = self.named.lock().ok()?;
-        let bearer = named.entry(name.to_string()).or_insert_with(|| std::sync::Arc::new(Bearer::file(path)));
-        Some(std::sync::Arc::clone(bearer))
+        if named.get(name).is_none_or(|held| held.file.as_deref() != Some(path.as_path())) {
+            named.insert(name.to_string(), std::sync::Arc::new(Bearer::file(path)));
+        }
+        named.get(name).cloned()
     }
 }
 

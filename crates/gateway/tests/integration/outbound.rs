@@ -151,3 +151,34 @@ async fn a_large_answer_is_streamed_whole() {
     assert_eq!(all.len(), 20_000);
     assert!(all.iter().all(|(_, labels, _)| labels.len() == 35), "i, target, instance and 32 labels each");
 }
+
+/// A credential mounted as Kubernetes mounts a Secret (the name a link into `..data`, itself a
+/// link to a timestamped directory) follows a rotation: the new token is presented once the
+/// links swap and the old directory is gone.
+#[tokio::test]
+async fn a_rotated_credential_is_presented_after_the_swap() {
+    let dir = tempfile::tempdir().expect("a credentials directory");
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).expect("v1");
+    std::fs::write(root.join("..v1/rotating"), "rotated-1\n").expect("write");
+    std::os::unix::fs::symlink("..v1", root.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/rotating", root.join("rotating")).expect("the name");
+    let gw = gateway(json!({"credentials_dir": root})).await;
+    let url = instance(Behaviour::Text("rotated 1\n".into()), "rotated-2").await;
+    gw.register_with("rotating", json!({}), 2_000, &[url], Some("rotating")).await;
+    let reason = |body: &str| {
+        let all = samples(body);
+        all.iter()
+            .find(|(n, _, _)| n == "caracal_federation_error")
+            .and_then(|(_, labels, _)| labels.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone()))
+    };
+    let (_, _, body) = gw.federate("/v1/targets/rotating/metrics", &[]).await;
+    assert_eq!(reason(&body).as_deref(), Some("status"), "the old token is refused: {body}");
+    std::fs::create_dir(root.join("..v2")).expect("v2");
+    std::fs::write(root.join("..v2/rotating"), "rotated-2\n").expect("write");
+    std::os::unix::fs::symlink("..v2", root.join("..data.tmp")).expect("link");
+    std::fs::rename(root.join("..data.tmp"), root.join("..data")).expect("swap");
+    std::fs::remove_dir_all(root.join("..v1")).expect("the old one goes");
+    let (_, _, body) = gw.federate("/v1/targets/rotating/metrics", &[]).await;
+    assert_eq!(reason(&body), None, "the new token is presented: {body}");
+}
