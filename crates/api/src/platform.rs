@@ -87,6 +87,7 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
             tls: None,
             grpc_service: None,
             credential: None,
+            degraded: None,
         };
         match registry::create(pool, &spec, &Writer::Api).await {
             Ok(_) => tracing::info!(target = %name, "registered a platform service as a target"),

@@ -9,12 +9,16 @@
 //! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes. It
 //!   holds the registry in memory, kept current by `caracal.invalidations` (store's
 //!   `invalidations` follower), with a full re-read every `full_resync` as the safety net.
+//! - [`gray`]: gray failure: the four detectors that judge a live, ready instance `degraded`
+//!   (latency against its own baseline, errors over a window, outlier among its peers,
+//!   flapping), with hysteresis of their own.
 //! - [`protocols`]: the HTTPS, TCP and gRPC probes (plain HTTP stays in the prober, pooled).
 //! - [`tls`]: TLS clients for probes, the presented chain's expiry, failures as stable words.
 //! - [`relay`]: outbox → stream, with `FOR UPDATE SKIP LOCKED`, capped backoff and dead rows.
 //! - [`metrics`]: the `caracal_coordinator_*` families.
 
 pub mod config;
+pub mod gray;
 pub mod membership;
 pub mod metrics;
 pub mod prober;

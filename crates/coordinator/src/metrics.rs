@@ -23,6 +23,29 @@ pub struct InstanceLabels {
     pub url: String,
 }
 
+/// Labels of `caracal_coordinator_instance_latency_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// The target's name.
+    pub target: String,
+    /// The instance's base URL.
+    pub url: String,
+    /// `recent` (the median of the last 12 successful probes) or `baseline` (of the 48
+    /// before: what the latency detector compares it with).
+    pub window: &'static str,
+}
+
+/// One probed instance's series, looked up once when its task starts (a probe then sets
+/// them without hashing a label).
+#[derive(Debug)]
+pub(crate) struct InstanceSeries {
+    up: Gauge,
+    degraded: Gauge,
+    recent: Gauge<f64, std::sync::atomic::AtomicU64>,
+    baseline: Gauge<f64, std::sync::atomic::AtomicU64>,
+    exported: [bool; 2],
+}
+
 /// Labels of `caracal_target_certificate_expiry_timestamp_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
@@ -50,6 +73,8 @@ pub struct Metrics {
     pub(crate) probe_duration: Histogram,
     pub(crate) instances_owned: Gauge,
     pub(crate) instance_up: Family<InstanceLabels, Gauge>,
+    pub(crate) instance_degraded: Family<InstanceLabels, Gauge>,
+    pub(crate) instance_latency: Family<LatencyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(crate) transitions: Counter,
     pub(crate) relay_batch: Histogram,
     pub(crate) relay_published: Counter,
@@ -62,6 +87,51 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// `instance_up` and `instance_degraded` of an instance now probed here (latencies come
+    /// once measured).
+    pub(crate) fn instance_series(&self, labels: &InstanceLabels) -> InstanceSeries {
+        InstanceSeries {
+            up: self.instance_up.get_or_create(labels).clone(),
+            degraded: self.instance_degraded.get_or_create(labels).clone(),
+            recent: Gauge::default(),
+            baseline: Gauge::default(),
+            exported: [false; 2],
+        }
+    }
+
+    /// Sets an instance's series from its shown status and its detector's medians (µs).
+    pub(crate) fn export_instance(
+        &self,
+        labels: &InstanceLabels,
+        series: &mut InstanceSeries,
+        status: crate::prober::Status,
+        medians: [Option<u32>; 2],
+    ) {
+        use crate::prober::Status;
+        series.up.set(i64::from(matches!(status, Status::Up | Status::Degraded)));
+        series.degraded.set(i64::from(status == Status::Degraded));
+        for (i, (window, median)) in [("recent", medians[0]), ("baseline", medians[1])].into_iter().enumerate() {
+            let Some(us) = median else { continue };
+            if !series.exported[i] {
+                let labels = LatencyLabels { target: labels.target.clone(), url: labels.url.clone(), window };
+                let gauge = self.instance_latency.get_or_create(&labels).clone();
+                if i == 0 { series.recent = gauge } else { series.baseline = gauge }
+                series.exported[i] = true;
+            }
+            let gauge = if i == 0 { &series.recent } else { &series.baseline };
+            gauge.set(f64::from(us) / 1e6);
+        }
+    }
+
+    /// Removes an instance's series (its task ended: ownership moved).
+    pub(crate) fn forget_instance(&self, labels: &InstanceLabels) {
+        self.instance_up.remove(labels);
+        self.instance_degraded.remove(labels);
+        for window in ["recent", "baseline"] {
+            self.instance_latency.remove(&LatencyLabels { target: labels.target.clone(), url: labels.url.clone(), window });
+        }
+    }
+
     /// Adds `seconds` spent in relay `stage`.
     pub(crate) fn relay_stage(&self, stage: &'static str, seconds: f64) {
         self.relay_stage_seconds.get_or_create(&StageLabels { stage }).inc_by(seconds);
@@ -82,6 +152,8 @@ impl Metrics {
             probe_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             instances_owned: Gauge::default(),
             instance_up: Family::default(),
+            instance_degraded: Family::default(),
+            instance_latency: Family::default(),
             transitions: Counter::default(),
             relay_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             relay_published: Counter::default(),
@@ -103,6 +175,16 @@ impl Metrics {
             "instance_up",
             "1 when a watched instance's recorded status is up (exported by the replica probing it)",
             m.instance_up.clone(),
+        );
+        registry.register(
+            "instance_degraded",
+            "1 when a watched instance is degraded: live and ready, but slow, flaky or flapping (instance_up stays 1)",
+            m.instance_degraded.clone(),
+        );
+        registry.register(
+            "instance_latency_seconds",
+            "A watched instance's median probe latency: recent (last 12 successful probes) and baseline (the 48 before)",
+            m.instance_latency.clone(),
         );
         registry.register("transitions", "Status transitions recorded", m.transitions.clone());
         registry.register("relay_batch_size", "Outbox rows relayed per batch", m.relay_batch.clone());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use caracal_core::telemetry;
 use caracal_store::invalidations::Notice;
-use caracal_store::target::{Scheme, TlsSpec};
+use caracal_store::target::{DegradedSpec, Detector, Scheme, TlsSpec};
 use caracal_store::{NewEvent, outbox};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::CoordinatorConfig;
+use crate::gray::{Change, Gray, Peers, Sample, Verdict};
 use crate::membership::Membership;
 use crate::metrics::{CertificateLabels, InstanceLabels, Metrics, ResultLabels};
 use crate::protocols::{self, Address, Seen};
@@ -30,6 +31,9 @@ pub enum Status {
     Down,
     /// Live, but `/ready` fails.
     Unready,
+    /// Live and ready, but slow, flaky or flapping (the `gray` detectors' verdict; never
+    /// given to the consecutive-failure judge).
+    Degraded,
     /// Live and ready.
     Up,
 }
@@ -41,6 +45,7 @@ impl Status {
             Status::Unknown => "unknown",
             Status::Down => "down",
             Status::Unready => "unready",
+            Status::Degraded => "degraded",
             Status::Up => "up",
         }
     }
@@ -49,6 +54,7 @@ impl Status {
         match s {
             "down" => Status::Down,
             "unready" => Status::Unready,
+            "degraded" => Status::Degraded,
             "up" => Status::Up,
             _ => Status::Unknown,
         }
@@ -107,14 +113,6 @@ impl Judge {
         }
     }
 
-    /// Undoes a change that could not be recorded, so the next matching observation retries it.
-    pub fn revert(&mut self, from: Status) {
-        let to = self.status;
-        self.status = from;
-        self.candidate = Some(to);
-        self.streak = self.needed(to).saturating_sub(1);
-    }
-
     /// Adopts a status recorded by someone else (another replica, during a hand-over).
     pub fn adopt(&mut self, status: Status) {
         *self = Self::new(status, self.failure_threshold, self.success_threshold);
@@ -129,18 +127,22 @@ impl Judge {
     }
 }
 
-/// Removes an instance's `instance_up` and certificate series when its probe task ends
-/// (ownership moved).
+/// Removes an instance's series (`instance_up`, `instance_degraded`, its latencies, its
+/// certificate) and its place among its target's peers when its probe task ends (ownership
+/// moved).
 struct Exported<'a> {
     metrics: &'a Metrics,
+    peers: &'a Peers,
+    id: i64,
     labels: InstanceLabels,
     certificate: CertificateLabels,
 }
 
 impl Drop for Exported<'_> {
     fn drop(&mut self) {
-        self.metrics.instance_up.remove(&self.labels);
+        self.metrics.forget_instance(&self.labels);
         self.metrics.certificate_expiry.remove(&self.certificate);
+        self.peers.forget(&self.labels.target, self.id);
     }
 }
 
@@ -164,7 +166,7 @@ impl Heartbeat {
 }
 
 /// One instance and its target's probe settings, as read from the registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Instance {
     id: i64,
     target: String,
@@ -176,6 +178,8 @@ struct Instance {
     scheme: Scheme,
     tls: Option<TlsSpec>,
     grpc_service: String,
+    /// How it is judged `degraded` (the target's block, or every default).
+    degraded: DegradedSpec,
 }
 
 /// One running instance task: what it probes, how to stop it, and how to make it probe now.
@@ -207,6 +211,8 @@ pub struct Prober {
     permits: Arc<Semaphore>,
     heartbeat: Arc<Heartbeat>,
     user_agent: String,
+    /// Each target's instances on this replica, for the outlier detector.
+    peers: Arc<Peers>,
 }
 
 impl Prober {
@@ -241,6 +247,7 @@ impl Prober {
             outbound,
             heartbeat: Arc::new(Heartbeat { last: Mutex::new(Instant::now()) }),
             user_agent,
+            peers: Arc::new(Peers::default()),
         })
     }
 
@@ -310,13 +317,24 @@ impl Prober {
     /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
     /// the ids of instances that are new or changed by a `Changed` notice.
     async fn load(&self, notice: Notice, registry: &mut HashMap<i64, Instance>) -> Result<HashSet<i64>, sqlx::Error> {
-        type Row = (i64, String, String, String, String, i32, i32, Option<serde_json::Value>, Option<String>);
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            i32,
+            i32,
+            Option<serde_json::Value>,
+            Option<String>,
+            Option<serde_json::Value>,
+        );
         let names = match &notice {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, t.tls, t.grpc_service \
+            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, t.tls, t.grpc_service, t.degraded \
              FROM instances i JOIN targets t ON t.id = i.target_id \
              WHERE t.paused_at IS NULL AND ($1::text[] IS NULL OR t.name = ANY($1))",
         )
@@ -325,12 +343,13 @@ impl Prober {
         .await?;
         let loaded: HashMap<i64, Instance> = rows
             .into_iter()
-            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, tls, grpc_service)| {
+            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, tls, grpc_service, degraded)| {
                 let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
                 let instance = Instance {
                     scheme: Scheme::of(&url).unwrap_or(Scheme::Http),
                     tls: tls.and_then(|t| serde_json::from_value(t).ok()),
                     grpc_service: grpc_service.unwrap_or_default(),
+                    degraded: degraded.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default(),
                     id,
                     target,
                     url,
@@ -391,7 +410,7 @@ impl Prober {
         let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
         // The status as recorded (by whoever owned it before), so a new owner does not
         // re-announce it. Read once per task: tasks start only when something changed.
-        let (status, presented) = loop {
+        let (stored, presented, verdict) = loop {
             match self.stored_status(instance.id).await {
                 Ok(stored) => break stored,
                 Err(e) => {
@@ -403,10 +422,22 @@ impl Prober {
                 }
             }
         };
-        let mut judge = Judge::new(status, self.config.failure_threshold, self.config.success_threshold);
+        // What is recorded (and shown); the judge sees only up, unready and down, and the
+        // detectors keep a recorded verdict until their windows are full.
+        let mut published = stored;
+        let mut judge = Judge::new(judged(stored), self.config.failure_threshold, self.config.success_threshold);
+        let mut gray = Gray::new();
+        gray.adopt(verdict);
         // While this replica owns the instance it exports its status; the series goes with it.
         let certificate = CertificateLabels { target: instance.target.clone(), instance: instance.url.clone() };
-        let _exported = Exported { metrics: &self.metrics, labels: labels.clone(), certificate: certificate.clone() };
+        let _exported = Exported {
+            metrics: &self.metrics,
+            peers: &self.peers,
+            id: instance.id,
+            labels: labels.clone(),
+            certificate: certificate.clone(),
+        };
+        let mut series = self.metrics.instance_series(&labels);
         if let Some(p) = &presented {
             self.metrics.certificate_expiry.get_or_create(&certificate).set(p.expires_at);
         }
@@ -420,6 +451,8 @@ impl Prober {
             }),
             presented,
         };
+        // The group's view is refreshed at most twice per interval.
+        let peer_view_age = instance.interval / 2;
         // A new instance is probed at once; otherwise first probes spread over one interval.
         let spread = if at_once { Duration::from_millis(50) } else { instance.interval };
         let mut wait = spread.mul_f64(fastrand::f64());
@@ -434,6 +467,7 @@ impl Prober {
             let started = Instant::now();
             let span = probe_span(&instance);
             let (observed, error, presented) = self.probe(&instance, &probing).instrument(span.clone()).await;
+            let took = started.elapsed();
             drop(permit);
             span.record("caracal.probe.result", observed.as_str());
             if let Some(why) = &error {
@@ -454,40 +488,83 @@ impl Prober {
                     }
                 }
             }
-            self.metrics.probe_duration.observe(started.elapsed().as_secs_f64());
+            self.metrics.probe_duration.observe(took.as_secs_f64());
             self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
-            let changed = judge.observe(observed);
-            self.metrics.instance_up.get_or_create(&labels).set(i64::from(judge.status() == Status::Up));
-            let Some(from) = changed else { continue };
-            match self.record(&instance, from, observed, error.as_deref()).instrument(span.clone()).await {
+            let changed = judge.observe(observed).is_some();
+            let up = judge.status() == Status::Up;
+            let sample = Sample { latency: (observed == Status::Up).then_some(took), failed: observed != Status::Up, up, changed };
+            let peers = self.peer_view(&instance, &gray, up, peer_view_age);
+            if let Some(Change::Entered(Verdict { reason, detail })) = gray.observe(&sample, &instance.degraded, peers.as_ref()) {
+                tracing::debug!(target = %instance.target, instance = %instance.url, reason = reason.as_str(), detail, "gray failure detected");
+            }
+            let now = match (judge.status(), gray.verdict()) {
+                (Status::Up, Some(_)) => Status::Degraded,
+                (status, _) => status,
+            };
+            self.metrics.export_instance(&labels, &mut series, now, [gray.recent_us(), gray.baseline_us()]);
+            if now == published {
+                continue;
+            }
+            let verdict = if now == Status::Degraded { gray.verdict() } else { None };
+            match self.record(&instance, published, now, error.as_deref(), verdict).instrument(span.clone()).await {
                 Ok(true) => {
                     self.metrics.transitions.inc();
-                    tracing::info!(target = %instance.target, instance = %instance.url, from = from.as_str(), to = observed.as_str(), "status changed");
+                    tracing::info!(target = %instance.target, instance = %instance.url, from = published.as_str(), to = now.as_str(),
+                        reason = verdict.map(|v| v.detail.as_str()).or(error.as_deref()), "status changed");
+                    published = now;
                 }
                 Ok(false) => {
-                    // Another replica recorded it first (an ownership hand-over); follow it.
-                    judge.adopt(observed);
+                    // Another replica recorded a change first (an ownership hand-over): follow
+                    // what it recorded.
+                    if let Ok((stored, _, verdict)) = self.stored_status(instance.id).await {
+                        published = stored;
+                        judge.adopt(judged(stored));
+                        gray.adopt(verdict);
+                    }
                 }
                 Err(e) => {
+                    // The next probe tries again while the change still holds.
                     tracing::warn!(error = %e, instance = %instance.url, "recording a transition failed; will retry");
-                    judge.revert(from);
                 }
             }
         }
     }
 
-    /// The instance's recorded status (`unknown` when it has none) and certificate.
-    async fn stored_status(&self, id: i64) -> Result<(Status, Option<Presented>), sqlx::Error> {
-        let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256 \
-             FROM instance_status WHERE instance_id = $1",
+    /// Reports the instance to its target's group and returns the group's view, while the
+    /// outlier detector judges it and it is up with a full recent window; otherwise takes it
+    /// out of the group.
+    fn peer_view(&self, instance: &Instance, gray: &Gray, up: bool, max_age: Duration) -> Option<crate::gray::PeerView> {
+        let window = u32::try_from(instance.degraded.error_window).unwrap_or(20);
+        match (instance.degraded.uses(Detector::Outlier) && up, gray.recent_us()) {
+            (true, Some(median)) => {
+                let failed = gray.failed_share(window).unwrap_or(0.0);
+                self.peers.report(&instance.target, instance.id, median, failed, max_age)
+            }
+            _ => {
+                self.peers.forget(&instance.target, instance.id);
+                None
+            }
+        }
+    }
+
+    /// The instance's recorded status (`unknown` when it has none), certificate and verdict
+    /// (while degraded).
+    async fn stored_status(&self, id: i64) -> Result<(Status, Option<Presented>, Option<Verdict>), sqlx::Error> {
+        let row: Option<(String, Option<i64>, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
+             degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((status, expires_at, sha256)) = row else { return Ok((Status::Unknown, None)) };
+        let Some((status, expires_at, sha256, reason, detail)) = row else { return Ok((Status::Unknown, None, None)) };
         let presented = expires_at.zip(sha256).map(|(expires_at, sha256)| Presented { expires_at, sha256 });
-        Ok((Status::parse(&status), presented))
+        let status = Status::parse(&status);
+        let verdict = (status == Status::Degraded).then(|| Verdict {
+            reason: reason.as_deref().and_then(Detector::parse).unwrap_or(Detector::Latency),
+            detail: detail.unwrap_or_default(),
+        });
+        Ok((status, presented, verdict))
     }
 
     /// Probes the instance as its scheme says; the status, why when not up, and the certificate
@@ -628,24 +705,34 @@ impl Prober {
 
     /// Records a change in one transaction: the status row (only if it still holds `from`, so
     /// two replicas never record the same change twice), the transition and its outbox event.
+    /// A change to `degraded` carries the verdict: its reason word and sentence.
     /// `Ok(false)` when the stored status had moved on already.
     async fn record(
         &self,
         instance: &Instance,
         from: Status,
         to: Status,
-        reason: Option<&str>,
+        error: Option<&str>,
+        verdict: Option<&Verdict>,
     ) -> Result<bool, caracal_store::Error> {
+        let degraded = verdict.map(|v| serde_json::json!({ "reason": v.reason.as_str(), "detail": v.detail }));
+        // The history and `last_error` say why in one line: the failure, or the verdict.
+        let reason = match verdict {
+            Some(v) => Some(format!("{}: {}", v.reason.as_str(), v.detail)),
+            None => error.map(str::to_string),
+        };
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "INSERT INTO instance_status (instance_id, status, last_error) VALUES ($1, $2, $3) \
-             ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, since = now(), last_error = excluded.last_error \
+            "INSERT INTO instance_status (instance_id, status, last_error, degraded) VALUES ($1, $2, $3, $5) \
+             ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, since = now(), last_error = excluded.last_error, \
+             degraded = excluded.degraded \
              WHERE instance_status.status = $4",
         )
         .bind(instance.id)
         .bind(to.as_str())
-        .bind(reason)
+        .bind(reason.as_deref())
         .bind(from.as_str())
+        .bind(&degraded)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -657,10 +744,13 @@ impl Prober {
             .bind(&instance.url)
             .bind(from.as_str())
             .bind(to.as_str())
-            .bind(reason)
+            .bind(reason.as_deref())
             .execute(&mut *tx)
             .await?;
-        let payload = serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": reason });
+        let payload = match verdict {
+            Some(v) => serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": v.reason.as_str(), "detail": v.detail }),
+            None => serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": error }),
+        };
         let event = NewEvent {
             event_type: "instance.status_changed".into(),
             target: Some(instance.target.clone()),
@@ -671,6 +761,11 @@ impl Prober {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// The status the consecutive-failure judge starts from: a recorded `degraded` is up to it.
+fn judged(recorded: Status) -> Status {
+    if recorded == Status::Degraded { Status::Up } else { recorded }
 }
 
 /// The span of one probe of `instance` (a trace of its own: probes run on a timer), whose
@@ -716,17 +811,5 @@ mod tests {
         assert_eq!(j.observe(Status::Unready), None, "a different bad status starts its own streak");
         assert_eq!(j.observe(Status::Unready), Some(Status::Up));
         assert_eq!(j.status(), Status::Unready);
-    }
-
-    #[test]
-    fn a_change_that_could_not_be_recorded_is_retried_next_time() {
-        let mut j = Judge::new(Status::Up, 3, 1);
-        for _ in 0..2 {
-            assert_eq!(j.observe(Status::Down), None);
-        }
-        assert_eq!(j.observe(Status::Down), Some(Status::Up));
-        j.revert(Status::Up);
-        assert_eq!(j.status(), Status::Up);
-        assert_eq!(j.observe(Status::Down), Some(Status::Up), "one more observation suffices");
     }
 }

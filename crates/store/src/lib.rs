@@ -23,6 +23,7 @@
 //! Timestamps leave PostgreSQL as RFC 3339 text (UTC, microseconds), so no date-time crate is
 //! needed on either side.
 
+pub mod degraded;
 pub mod discovery;
 pub mod error;
 pub mod event;

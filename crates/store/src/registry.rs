@@ -97,6 +97,7 @@ struct Row {
     tls: Option<serde_json::Value>,
     grpc_service: Option<String>,
     credential: Option<String>,
+    degraded: Option<serde_json::Value>,
     instances: Vec<String>,
     certificates: serde_json::Value,
     attempted_at: Option<String>,
@@ -117,7 +118,7 @@ macro_rules! select {
             rfc3339!("t.updated_at"),
             " AS updated_at, ",
             rfc3339!("t.paused_at"),
-            " AS paused_at, t.managed_by, t.declared_in, t.discovery, t.tls, t.grpc_service, t.credential, \
+            " AS paused_at, t.managed_by, t.declared_in, t.discovery, t.tls, t.grpc_service, t.credential, t.degraded, \
              COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, \
              COALESCE(jsonb_agg(jsonb_build_object('instance', i.url, 'certificate_expires_at', ",
             rfc3339!("s.certificate_expires_at"),
@@ -161,6 +162,7 @@ impl From<Row> for Target {
                 tls: row.tls.and_then(|t| serde_json::from_value(t).ok()),
                 grpc_service: row.grpc_service,
                 credential: row.credential,
+                degraded: row.degraded.and_then(|d| serde_json::from_value(d).ok()),
             },
             certificates: serde_json::from_value(row.certificates).unwrap_or_default(),
             created_at: row.created_at,
@@ -242,8 +244,8 @@ async fn record(tx: &mut PgConnection, event_type: &str, spec: &TargetSpec) -> R
 /// A statement over a target's columns that returns its id.
 type IdQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
 
-/// Binds a document's columns as `$2`..`$11`, after the `$1` the caller bound: labels, the
-/// three paths, interval, timeout, discovery, TLS settings, gRPC service and credential.
+/// Binds a document's columns as `$2`..`$12`, after the `$1` the caller bound: labels, the
+/// three paths, interval, timeout, discovery, TLS settings, gRPC service, credential and degraded settings.
 fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
     query
         .bind(serde_json::to_value(&spec.labels).unwrap_or_default())
@@ -256,6 +258,7 @@ fn bind_document<'q>(query: IdQuery<'q>, spec: &'q TargetSpec) -> IdQuery<'q> {
         .bind(spec.tls.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()))
         .bind(spec.grpc_service.as_deref())
         .bind(spec.credential.as_deref())
+        .bind(spec.degraded.as_ref().map(|d| serde_json::to_value(d).unwrap_or_default()))
 }
 
 /// Registers `spec` (already validated) on behalf of `writer`.
@@ -267,8 +270,8 @@ pub async fn create(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) -> 
         let mut tx = pool.begin().await?;
         let insert = sqlx::query_scalar(
             "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, \
-                                  discovery, tls, grpc_service, credential, managed_by, declared_in) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (name) DO NOTHING RETURNING id",
+                                  discovery, tls, grpc_service, credential, degraded, managed_by, declared_in) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(&spec.name);
         let id: Option<i64> =
@@ -331,7 +334,7 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
         }
         let update = sqlx::query_scalar(
             "UPDATE targets SET labels = $2, health_path = $3, ready_path = $4, metrics_path = $5, interval_ms = $6, \
-             timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, credential = $11, declared_in = COALESCE($12, declared_in), \
+             timeout_ms = $7, discovery = $8, tls = $9, grpc_service = $10, credential = $11, degraded = $12, declared_in = COALESCE($13, declared_in), \
              updated_at = now() \
              WHERE id = $1 RETURNING id",
         )

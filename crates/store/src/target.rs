@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::degraded::{DegradedSpec, Detector};
 pub use crate::discovery::{Discovery, DnsDiscovery, RecordType};
 pub use crate::tls::TlsSpec;
 
@@ -143,6 +144,10 @@ pub struct TargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     pub credential: Option<String>,
+    /// How its instances are judged `degraded` (slow, flaky or flapping while up); every
+    /// field defaults, and `{"enabled": false}` turns detection off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedSpec>,
 }
 
 /// How a target's instances are probed, from their URLs' scheme.
@@ -339,6 +344,9 @@ impl TargetSpec {
                 "credential",
                 "the name of a credential file: 1 to 63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
             ));
+        }
+        if let Some(degraded) = &self.degraded {
+            degraded.validate()?;
         }
         for (field, path) in
             [("health_path", &self.health_path), ("ready_path", &self.ready_path), ("metrics_path", &self.metrics_path)]
