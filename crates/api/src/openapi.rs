@@ -31,6 +31,9 @@ use utoipa::{Modify, OpenApi};
         caracal_store::discovery::DiscoveryStatus,
         caracal_store::tls::TlsSpec,
         caracal_store::target::InstanceCertificate,
+        caracal_store::target::InstanceDegraded,
+        caracal_store::target::DegradedSpec,
+        caracal_store::target::Detector,
     )),
     tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
     modifiers(&Shapes)
@@ -119,9 +122,13 @@ fn answered(mut spec: Object) -> Object {
         .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("InstanceCertificate")))
         .description(Some("The certificate each TLS instance last presented"));
     spec.properties.insert("certificates".into(), certificates.build().into());
-    // `discovery`, `tls`, `grpc_service` and `credential` are answered only when set; every
-    // other field always.
-    let optional = ["discovery", "tls", "grpc_service", "credential"];
+    let degraded = utoipa::openapi::ArrayBuilder::new()
+        .items(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("InstanceDegraded")))
+        .description(Some("Its instances shown degraded now, with each verdict"));
+    spec.properties.insert("degraded_instances".into(), degraded.build().into());
+    // `discovery`, `tls`, `grpc_service`, `credential` and `degraded` are answered only when
+    // set; every other field always.
+    let optional = ["discovery", "tls", "grpc_service", "credential", "degraded"];
     spec.required = spec.properties.keys().filter(|k| !optional.contains(&k.as_str())).cloned().collect();
     spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     spec.description = Some("A registered target.".into());

@@ -16,9 +16,9 @@ pub(crate) enum Fleet {
     Empty,
     /// Every instance up.
     AllUp,
-    /// Some instance not up.
+    /// Some instance not up (down, unready, or live but degraded).
     SomeDown,
-    /// No instance up.
+    /// No instance live and ready (up or degraded).
     AllDown,
 }
 
@@ -100,19 +100,21 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
 }
 
 async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
-    let (total, up): (i64, i64) = sqlx::query_as(
+    let (total, up, live): (i64, i64, i64) = sqlx::query_as(
         // Instances not probed yet (no status row, or only a certificate recorded ahead of the
-        // first status) count neither way.
-        "SELECT count(*) FILTER (WHERE s.status <> 'unknown'), count(*) FILTER (WHERE s.status = 'up') FROM instances i \
+        // first status) count neither way. A degraded instance serves, slowly or flakily: the
+        // service is degraded, not down.
+        "SELECT count(*) FILTER (WHERE s.status <> 'unknown'), count(*) FILTER (WHERE s.status = 'up'), \
+         count(*) FILTER (WHERE s.status IN ('up', 'degraded')) FROM instances i \
          JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
          WHERE t.labels @> '{\"caracal\": \"platform\"}'",
     )
     .fetch_one(pool)
     .await?;
-    Ok(match (total, up) {
-        (0, _) => Fleet::Empty,
-        (t, u) if u == t => Fleet::AllUp,
-        (_, 0) => Fleet::AllDown,
+    Ok(match (total, up, live) {
+        (0, _, _) => Fleet::Empty,
+        (t, u, _) if u == t => Fleet::AllUp,
+        (_, _, 0) => Fleet::AllDown,
         _ => Fleet::SomeDown,
     })
 }

@@ -14,7 +14,8 @@ use crate::{ApiError, ApiState};
 pub(crate) struct InstanceStatus {
     target: String,
     instance: String,
-    /// `unknown` (not probed yet), `up`, `unready` (live but not ready) or `down`.
+    /// `unknown` (not probed yet), `up`, `degraded` (live and ready, but slow, flaky or
+    /// flapping), `unready` (live but not ready) or `down`.
     status: String,
     /// Since when (RFC 3339), once probed.
     since: Option<String>,
@@ -25,6 +26,20 @@ pub(crate) struct InstanceStatus {
     certificate_expires_at: Option<String>,
     /// Whether its certificate is not verified (`tls.insecure_skip_verify`).
     insecure_skip_verify: bool,
+    /// Why it is degraded, while it is (`null` otherwise).
+    degraded: Option<Degraded>,
+}
+
+/// A degraded instance's verdict.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Degraded {
+    /// The detector that fired: `latency`, `errors`, `outlier` or `flapping`.
+    reason: String,
+    /// What it saw, with figures ("p50 154 ms over the last 12 probes against its own 4.1 ms
+    /// over the 48 before").
+    detail: String,
+    /// Since when (RFC 3339).
+    since: String,
 }
 
 /// Every instance's status.
@@ -33,8 +48,10 @@ pub(crate) struct StatusPage {
     instances: Vec<InstanceStatus>,
 }
 
-/// Target, instance, status, since, last error, paused, certificate expiry, unverified.
-type StatusRow = (String, String, String, Option<String>, Option<String>, bool, Option<String>, bool);
+/// Target, instance, status, since, last error, paused, certificate expiry, unverified,
+/// degraded reason and detail.
+type StatusRow =
+    (String, String, String, Option<String>, Option<String>, bool, Option<String>, bool, Option<String>, Option<String>);
 /// Id, instance, from, to, reason, occurred at.
 type TransitionRow = (i64, String, String, String, Option<String>, String);
 
@@ -47,7 +64,8 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
         rfc3339!("s.since"),
         ", s.last_error, t.paused_at IS NOT NULL, ",
         rfc3339!("s.certificate_expires_at"),
-        ", COALESCE((t.tls->>'insecure_skip_verify')::boolean, false) \
+        ", COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
+         s.degraded->>'reason', s.degraded->>'detail' \
          FROM instances i JOIN targets t ON t.id = i.target_id \
          LEFT JOIN instance_status s ON s.instance_id = i.id ORDER BY t.name, i.url"
     ))
@@ -55,7 +73,13 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
     .await?;
     let instances = rows
         .into_iter()
-        .map(|(target, instance, status, since, last_error, paused, certificate_expires_at, insecure_skip_verify)| {
+        .map(|row| {
+            let (target, instance, status, since, last_error, paused, certificate_expires_at, insecure_skip_verify, reason, detail) =
+                row;
+            let degraded = match (status.as_str(), reason, detail, &since) {
+                ("degraded", Some(reason), Some(detail), Some(since)) => Some(Degraded { reason, detail, since: since.clone() }),
+                _ => None,
+            };
             InstanceStatus {
                 target,
                 instance,
@@ -65,6 +89,7 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
                 paused,
                 certificate_expires_at,
                 insecure_skip_verify,
+                degraded,
             }
         })
         .collect();

@@ -100,6 +100,7 @@ struct Row {
     degraded: Option<serde_json::Value>,
     instances: Vec<String>,
     certificates: serde_json::Value,
+    degraded_instances: serde_json::Value,
     attempted_at: Option<String>,
     outcome: Option<String>,
     resolved_at: Option<String>,
@@ -122,7 +123,11 @@ macro_rules! select {
              COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, \
              COALESCE(jsonb_agg(jsonb_build_object('instance', i.url, 'certificate_expires_at', ",
             rfc3339!("s.certificate_expires_at"),
-            ") ORDER BY i.id) FILTER (WHERE s.certificate_expires_at IS NOT NULL), '[]') AS certificates, ",
+            ") ORDER BY i.id) FILTER (WHERE s.certificate_expires_at IS NOT NULL), '[]') AS certificates, \
+             COALESCE(jsonb_agg(jsonb_build_object('instance', i.url, 'reason', s.degraded->>'reason', \
+             'detail', s.degraded->>'detail', 'since', ",
+            rfc3339!("s.since"),
+            ") ORDER BY i.id) FILTER (WHERE s.status = 'degraded' AND s.degraded IS NOT NULL), '[]') AS degraded_instances, ",
             rfc3339!("d.attempted_at"),
             " AS attempted_at, d.outcome, ",
             rfc3339!("d.resolved_at"),
@@ -165,6 +170,7 @@ impl From<Row> for Target {
                 degraded: row.degraded.and_then(|d| serde_json::from_value(d).ok()),
             },
             certificates: serde_json::from_value(row.certificates).unwrap_or_default(),
+            degraded_instances: serde_json::from_value(row.degraded_instances).unwrap_or_default(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             paused_at: row.paused_at,

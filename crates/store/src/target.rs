@@ -450,6 +450,22 @@ pub struct Target {
     /// are left out).
     #[serde(default)]
     pub certificates: Vec<InstanceCertificate>,
+    /// Its instances shown `degraded` now, each with its verdict (the others are left out).
+    #[serde(default)]
+    pub degraded_instances: Vec<InstanceDegraded>,
+}
+
+/// Why an instance is degraded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceDegraded {
+    /// The instance's URL.
+    pub instance: String,
+    /// The detector that fired: `latency`, `errors`, `outlier` or `flapping`.
+    pub reason: String,
+    /// What it saw, with figures.
+    pub detail: String,
+    /// Since when (RFC 3339).
+    pub since: String,
 }
 
 /// When the certificate an instance presented expires.
@@ -589,7 +605,7 @@ mod tests {
             "name": "shop", "instances": ["http://a:1"], "health_path": "/health", "ready_path": "/ready",
             "metrics_path": "/metrics", "interval_ms": 5000, "timeout_ms": 1000, "labels": {},
             "created_at": "t", "updated_at": "t", "paused_at": null, "managed_by": "api",
-            "declared_in": null, "discovery_status": null, "certificates": []
+            "declared_in": null, "discovery_status": null, "certificates": [], "degraded_instances": []
         });
         let target: Target = serde_json::from_value(answered.clone()).expect("reads back");
         assert_eq!(serde_json::to_value(&target).expect("json"), answered);

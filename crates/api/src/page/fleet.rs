@@ -38,7 +38,7 @@ pub(crate) struct TargetView {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct InstanceView {
     pub url: String,
-    /// `unknown`, `up`, `unready` or `down`.
+    /// `unknown`, `up`, `degraded`, `unready` or `down`.
     pub status: &'static str,
     /// Since when (Unix seconds), once probed.
     pub since: Option<f64>,
@@ -46,6 +46,9 @@ pub(crate) struct InstanceView {
     pub last_error: Option<String>,
     /// When the certificate it presented expires (Unix seconds), for TLS instances.
     pub certificate_expires: Option<f64>,
+    /// While degraded: the reason word and the sentence with its figures (ours, from numbers
+    /// only: nothing the instance answered).
+    pub degraded: Option<(String, String)>,
 }
 
 /// One recorded transition. Small on purpose: a fleet holds tens of thousands, read again on
@@ -71,7 +74,7 @@ impl TargetView {
             "unknown"
         } else if self.instances.iter().all(|i| i.status == "down") {
             "down"
-        } else if has("down") || has("unready") {
+        } else if has("down") || has("unready") || has("degraded") {
             "degraded"
         } else if has("unknown") {
             "unknown"
@@ -82,9 +85,21 @@ impl TargetView {
 }
 
 /// Target, platform, paused since, created, unverified TLS, instance url, status, since, last
-/// error, certificate expiry.
-type Row =
-    (String, bool, Option<f64>, f64, bool, Option<String>, Option<String>, Option<f64>, Option<String>, Option<f64>);
+/// error, certificate expiry, degraded reason and detail.
+type Row = (
+    String,
+    bool,
+    Option<f64>,
+    f64,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<String>,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+);
 /// Target, instance, from, to, at.
 type PointRow = (String, String, String, String, f64);
 
@@ -99,7 +114,7 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
         "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
          extract(epoch FROM t.created_at)::float8, COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
          i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error, \
-         extract(epoch FROM s.certificate_expires_at)::float8 \
+         extract(epoch FROM s.certificate_expires_at)::float8, s.degraded->>'reason', s.degraded->>'detail' \
          FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
          ORDER BY t.name, i.url",
     )
@@ -114,14 +129,17 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     tx.commit().await?;
 
     let mut targets: Vec<TargetView> = Vec::new();
-    for (name, platform, paused_since, created, insecure, url, status, since, last_error, certificate_expires) in rows {
+    for row in rows {
+        let (name, platform, paused_since, created, insecure, url, status, since, last_error, certificate_expires, reason, detail) =
+            row;
         if targets.last().is_none_or(|t| t.name != name) {
             let (instances, transitions) = (Vec::new(), Vec::new());
             targets.push(TargetView { name, platform, paused_since, created, instances, insecure, transitions });
         }
         if let (Some(url), Some(target)) = (url, targets.last_mut()) {
             let status = known(status.as_deref().unwrap_or("unknown"));
-            target.instances.push(InstanceView { url, status, since, last_error, certificate_expires });
+            let degraded = reason.zip(detail).filter(|_| status == "degraded");
+            target.instances.push(InstanceView { url, status, since, last_error, certificate_expires, degraded });
         }
     }
     let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
@@ -138,9 +156,9 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     Ok(Fleet { targets, as_of })
 }
 
-/// A status as one of the four the coordinator writes (anything else reads as `unknown`).
+/// A status as one of those the coordinator writes (anything else reads as `unknown`).
 fn known(status: &str) -> &'static str {
-    ["up", "unready", "down"].into_iter().find(|s| *s == status).unwrap_or("unknown")
+    ["up", "degraded", "unready", "down"].into_iter().find(|s| *s == status).unwrap_or("unknown")
 }
 
 /// A stretch of time one instance spent in one status, within the window.
@@ -229,6 +247,7 @@ mod tests {
                 since: None,
                 last_error: None,
                 certificate_expires: None,
+                degraded: None,
             }],
             insecure: false,
             transitions: points.iter().map(|(from, to, at)| Point { instance: 0, from, to, at: *at }).collect(),

@@ -108,16 +108,18 @@ pub(crate) const PAGE_SIZE: usize = 100;
 /// Longest search accepted (a target name's length).
 const MAX_QUERY: usize = 63;
 
-/// Which targets a page shows: those whose name contains `query`, page `page` (from 1).
+/// Which targets a page shows: those whose name contains `query` (and, with `degraded`,
+/// only those with a degraded instance), page `page` (from 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listing {
     pub query: String,
     pub page: usize,
+    pub degraded: bool,
 }
 
 impl Default for Listing {
     fn default() -> Self {
-        Self { query: String::new(), page: 1 }
+        Self { query: String::new(), page: 1, degraded: false }
     }
 }
 
@@ -129,6 +131,7 @@ impl Listing {
             match key.as_ref() {
                 "q" => listing.query = value.trim().to_lowercase().chars().take(MAX_QUERY).collect(),
                 "page" => listing.page = value.parse::<usize>().unwrap_or(1).max(1),
+                "only" => listing.degraded = value == "degraded",
                 _ => {}
             }
         }
@@ -140,6 +143,9 @@ impl Listing {
         if !self.query.is_empty() {
             query.append_pair("q", &self.query);
         }
+        if self.degraded {
+            query.append_pair("only", "degraded");
+        }
         query.append_pair("page", &page.to_string());
         format!("/status?{}", query.finish())
     }
@@ -149,18 +155,28 @@ impl Listing {
 /// with every target on its page must start over.
 pub(crate) fn main_content(page: &Page<'_>, view: View, listing: &Listing) -> Markup {
     let all = &page.fleet.targets;
-    let matching: Vec<&TargetView> =
-        all.iter().filter(|t| listing.query.is_empty() || t.name.contains(&listing.query)).collect();
+    let has_degraded = |t: &TargetView| t.instances.iter().any(|i| i.status == "degraded");
+    let matching: Vec<&TargetView> = all
+        .iter()
+        .filter(|t| listing.query.is_empty() || t.name.contains(&listing.query))
+        .filter(|t| !listing.degraded || has_degraded(t))
+        .collect();
     let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
     let current = listing.page.min(pages);
     let first = (current - 1) * PAGE_SIZE;
     let shown = &matching[first.min(matching.len())..(first + PAGE_SIZE).min(matching.len())];
     // A page that shows every target takes new ones live; a partial page only updates its own.
-    let complete = listing.query.is_empty() && all.len() <= PAGE_SIZE;
+    let complete = listing.query.is_empty() && !listing.degraded && all.len() <= PAGE_SIZE;
     html! {
         (platform(page.ladders, page.alerts))
         section aria-labelledby="targets-h" {
             h2 #targets-h { "Targets" }
+            @if listing.degraded {
+                p #degraded-filter {
+                    "Showing the " (matching.len()) " targets with a degraded instance. "
+                    a href="/status" { "Show every target" }
+                }
+            }
             @if !complete {
                 form.search method="get" action="/status" role="search" {
                     label for="q" { "Find a target by name" }
@@ -208,10 +224,18 @@ pub(crate) fn summary(fleet: &Fleet) -> Markup {
         .map(|(s, n)| format!("{n} {s}"))
         .collect();
     let n = fleet.targets.len();
+    // Instances live and ready but slow, flaky or flapping, with a filter to their targets.
+    let degraded = fleet.targets.iter().flat_map(|t| &t.instances).filter(|i| i.status == "degraded").count();
     html! {
         p #summary {
             (n) (if n == 1 { " target" } else { " targets" })
             @if !parts.is_empty() { ": " (parts.join(", ")) }
+            @if degraded > 0 {
+                " · "
+                a #degraded-filter-link href="/status?only=degraded" {
+                    (degraded) (if degraded == 1 { " instance degraded" } else { " instances degraded" })
+                }
+            }
         }
     }
 }
@@ -327,7 +351,10 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                         @if let Some(expires) = instance.certificate_expires {
                             (certificate(expires, as_of))
                         }
-                        @if view.details() && instance.status != "up" {
+                        @if let Some((reason, detail)) = &instance.degraded {
+                            p.degraded { span.label { "Degraded (" (reason) "): " } (detail) }
+                        }
+                        @if view.details() && instance.status != "up" && instance.status != "degraded" {
                             @if let Some(error) = &instance.last_error {
                                 p.error { span.label { "Last error: " } code { (error) } }
                             }

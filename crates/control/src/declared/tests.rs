@@ -10,6 +10,7 @@ fn target(spec: serde_json::Value, managed_by: &str, declared_in: Option<&str>) 
         declared_in: declared_in.map(String::from),
         discovery_status: None,
         certificates: Vec::new(),
+        degraded_instances: Vec::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! caracal-coordinator's integration tests: replicas sharing a fleet, transitions with
-//! hysteresis, HTTPS, TCP and gRPC probes, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
+//! hysteresis, gray failure (degraded), HTTPS, TCP and gRPC probes, the relay's failure modes and the service's ladder, on real PostgreSQL, Redis
 //! and HTTP.
 
+mod gray;
 mod invalidations;
 mod ladder;
 mod outbound;
