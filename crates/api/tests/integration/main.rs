@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis.
 
 mod bad_input;
+mod degraded;
 mod faults;
 mod monitoring;
 mod page;
