@@ -279,6 +279,9 @@ CASES = {
     "CaracalMetricsScrapeFailing": (['up{job="caracal-api",instance="10.0.0.1:3000"}', "0x40"], "1x40", {"job": "caracal-api", "instance": "10.0.0.1:3000"}, "15m"),
     "CaracalFleetInstanceDown": ([f'caracal_coordinator_instance_up{{{NS},target="shop",url="http://shop:80"}}', "0x40"], "1x40",
                                  {"target": "shop", "url": "http://shop:80"}, "15m"),
+    # Degraded for 15 minutes fires (after its 10m); degraded and back within minutes stays quiet.
+    "CaracalInstanceDegraded": ([f'caracal_coordinator_instance_degraded{{{NS},target="shop",url="http://shop:80"}}', "1x40"], "0x5 1x5 0x30",
+                                {"target": "shop", "url": "http://shop:80"}, "15m"),
     # At eval_time 15m, time() is 900: an expiry at 1000 leaves 100 s of signing, one far ahead is fine.
     "CaracalStsSigningKeyExpiring": ([f'caracal_sts_active_key_expiry_timestamp_seconds{{{NS},job="caracal-sts"}}', "1000x40"], "100000x40",
                                      {"job": "caracal-sts"}, "15m"),
