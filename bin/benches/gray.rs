@@ -78,6 +78,12 @@ type Transition = (String, String, String, f64);
 #[allow(clippy::print_stdout)] // the table on stdout is this harness's output
 fn main() {
     let state = state_per_instance();
+    if std::env::args().any(|a| a == "--state-only") {
+        println!("| detector state per instance (size) | {} B | ≤ 1 KiB |", state.0);
+        println!("| 50,000 instances' detector state and peer entries, resident | {:.1} MiB | ≤ 50 MB |", state.1);
+        println!("| CPU of the detectors per probe (full windows, every detector) | {:.0} ns | |", state.2);
+        return;
+    }
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async move {
@@ -151,11 +157,11 @@ fn main() {
         let of = |url: &str| transitions.iter().filter(|t| t.0 == url).cloned().collect::<Vec<_>>();
         // Seconds from the injection to the first change away from `up`.
         let detected = |url: &str| of(url).iter().find(|t| t.3 >= injected && t.2 != "up").map(|t| t.3 - injected);
-        // Share of [from, until) the instance was shown anything but `up`.
-        let not_up_share = |url: &str, from: f64, until: f64| {
+        // Share of [from, until) the instance was shown as one of `shown`.
+        let share_in = |url: &str, shown: &[&str], from: f64, until: f64| {
             let mut status = "up".to_string();
             let mut at = from;
-            let mut not_up = 0.0;
+            let mut inside = 0.0;
             for t in of(url) {
                 if t.3 <= from {
                     status = t.2.clone();
@@ -164,16 +170,16 @@ fn main() {
                 if t.3 >= until {
                     break;
                 }
-                if status != "up" {
-                    not_up += t.3 - at;
+                if shown.contains(&status.as_str()) {
+                    inside += t.3 - at;
                 }
                 status = t.2.clone();
                 at = t.3;
             }
-            if status != "up" {
-                not_up += until - at;
+            if shown.contains(&status.as_str()) {
+                inside += until - at;
             }
-            not_up / (until - from)
+            inside / (until - from)
         };
         let slow = url_of("pair", 0);
         let flaky = url_of("pair", 1);
@@ -193,7 +199,7 @@ fn main() {
             })
             .sum();
         let back = |u: &str| {
-            of(u).iter().filter(|t| t.3 >= healed && t.2 == "up").map(|t| t.3 - healed).last()
+            of(u).iter().filter(|t| t.3 >= healed && t.2 == "up").map(|t| t.3 - healed).next_back()
         };
         let fmt = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
         let reason = |u: &str| {
@@ -212,8 +218,17 @@ fn main() {
         println!("| instance slowed 4 → ~150 ms: detected after | {} ({}) | ≤ 30 s |", fmt(detected(&slow)), reason(&slow));
         println!("| instance failing 25 % at random: detected after | {} ({}) | ≤ 30 s |", fmt(flaky_detected), reason(&flaky));
         if let Some(d) = flaky_detected {
-            let share = not_up_share(&flaky, injected + d, healed);
+            let (from, until) = (injected + d, healed);
+            let share = share_in(&flaky, &["degraded", "unready", "down"], from, until);
             println!("| … shown other than `up` from detection to healing | {:.1} % of the time | ≥ 90 % |", share * 100.0);
+            let degraded = share_in(&flaky, &["degraded"], from, until);
+            let unready = share_in(&flaky, &["unready"], from, until);
+            let changes = of(&flaky).iter().filter(|t| t.3 > from && t.3 < until).count();
+            println!(
+                "| … of which `degraded` / `unready` (2 failures in a row), changes meanwhile | {:.1} % / {:.1} %, {changes} | |",
+                degraded * 100.0,
+                unready * 100.0
+            );
         }
         println!("| single-instance target slowed 4 → 300 ms: detected after | {} ({}) | ≤ 60 s |", fmt(detected(&single)), reason(&single));
         for (name, u) in [("slowed", &slow), ("flaky", &flaky), ("single", &single)] {
@@ -223,6 +238,7 @@ fn main() {
         println!("| false alarms: 10 noisy × {:.0} s, 3 steady at 250 ms, 4 peers of the degraded | {false_alarms} | 0 |", ended - started);
         println!("| detector state per instance (size) | {} B | ≤ 1 KiB |", state.0);
         println!("| 50,000 instances' detector state and peer entries, resident | {:.1} MiB | ≤ 50 MB |", state.1);
+        println!("| CPU of the detectors per probe (full windows, every detector) | {:.0} ns | |", state.2);
         println!();
         println!("Verdicts recorded:");
         for (url, reason) in reasons {
@@ -231,9 +247,10 @@ fn main() {
     });
 }
 
-/// The detector's size per instance, and the resident memory 50,000 add (each full, with a
-/// peer entry, as a fleet at rest holds them).
-fn state_per_instance() -> (usize, f64) {
+/// The detector's size per instance, the resident memory 50,000 add (each full, with a peer
+/// entry, as a fleet at rest holds them), and the time one probe's judgement takes (ns)
+/// once every window is full.
+fn state_per_instance() -> (usize, f64, f64) {
     let rss = || caracal_testkit::process::rss(std::process::id()) as f64 / (1024.0 * 1024.0);
     let before = rss();
     let spec = caracal_store::target::DegradedSpec::default();
@@ -242,7 +259,8 @@ fn state_per_instance() -> (usize, f64) {
     for i in 0..50_000_i64 {
         let mut gray = Gray::new();
         for _ in 0..80 {
-            let sample = Sample { latency: Some(Duration::from_micros(4_000)), failed: false, up: true, changed: false };
+            let sample =
+                Sample { latency: Some(Duration::from_micros(4_000)), failed: false, up: true, changed: false };
             gray.observe(&sample, &spec, None);
         }
         peers.report(&format!("t{}", i / 100), i, 4_000, 0.0, Duration::from_secs(3600));
@@ -250,5 +268,19 @@ fn state_per_instance() -> (usize, f64) {
     }
     let after = rss();
     std::hint::black_box(&fleet);
-    (std::mem::size_of::<Gray>(), after - before)
+    // Full windows: every probe computes both medians, the MAD and the four readings.
+    let rounds = 20;
+    let names: Vec<String> = (0..fleet.len() / 100 + 1).map(|g| format!("t{g}")).collect();
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        for (i, gray) in fleet.iter_mut().enumerate() {
+            let us = 3_000 + u64::try_from((i + round) % 2_000).unwrap_or(0);
+            let sample = Sample { latency: Some(Duration::from_micros(us)), failed: false, up: true, changed: false };
+            let view =
+                peers.report(&names[i / 100], i64::try_from(i).unwrap_or(0), 4_000, 0.0, Duration::from_secs(3600));
+            std::hint::black_box(gray.observe(&sample, &spec, view.as_ref()));
+        }
+    }
+    let per_probe = started.elapsed().as_secs_f64() * 1e9 / (rounds * fleet.len()) as f64;
+    (std::mem::size_of::<Gray>(), after - before, per_probe)
 }

@@ -1,5 +1,6 @@
 //! Prober cost: probes/s and CPU of one coordinator replica watching 5,000 instances served by
-//! a local test server in a separate process. `cargo bench -p caracal-bin --bench prober`;
+//! a local test server in a separate process, with gray-failure detection off and on in turn.
+//! `cargo bench -p caracal-bin --bench prober`;
 //! figures go into `docs/benchmarks.md`.
 //!
 //! Each probe is two GETs (`/health` and `/ready`). The fleet server runs in its own process so
@@ -21,7 +22,7 @@ const HOSTS: usize = 50;
 const PER_HOST: usize = 100;
 const INTERVAL_MS: i32 = 1000;
 const WARMUP: Duration = Duration::from_secs(4);
-const WINDOW: Duration = Duration::from_secs(10);
+const WINDOW: Duration = Duration::from_secs(15);
 
 #[allow(clippy::print_stdout)] // the table on stdout is this harness's output
 fn main() {
@@ -33,7 +34,7 @@ fn main() {
 
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (probes_per_s, cpu_per_s) = runtime.block_on(async {
+    let phases = runtime.block_on(async {
         let url = postgres.fresh_database("bench").expect("database");
         let pool = sqlx::PgPool::connect(&url).await.expect("connect");
         caracal_store::migrate(&pool).await.expect("migrate");
@@ -60,7 +61,7 @@ fn main() {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
         let prober = Prober::new(
-            pool,
+            pool.clone(),
             membership,
             metrics,
             CoordinatorConfig::default(),
@@ -72,23 +73,47 @@ fn main() {
         let (notices, received) = tokio::sync::mpsc::channel(1);
         notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
         let task = tokio::spawn(prober.run(received, stop.clone()));
-        tokio::time::sleep(WARMUP).await;
-        let (p0, c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
-        tokio::time::sleep(WINDOW).await;
-        let (p1, c1, elapsed) = (probes(&registry), cpu_seconds(), t0.elapsed().as_secs_f64());
+        // Gray-failure detection off, then on (every detector judging: windows full, so the
+        // medians are computed on every probe), twice, in the same run.
+        let mut phases = Vec::new();
+        for enabled in [false, true, false, true, false, true] {
+            sqlx::query("UPDATE targets SET degraded = $1")
+                .bind(serde_json::json!({ "enabled": enabled }))
+                .execute(&pool)
+                .await
+                .expect("degraded");
+            notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
+            // 60 probes fill an instance's latency windows.
+            tokio::time::sleep(if enabled { WARMUP + Duration::from_secs(62) } else { WARMUP }).await;
+            let (p0, c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
+            tokio::time::sleep(WINDOW).await;
+            let (p1, c1, elapsed) = (probes(&registry), cpu_seconds(), t0.elapsed().as_secs_f64());
+            phases.push((enabled, (p1 - p0) / elapsed, (c1 - c0) / elapsed));
+        }
         stop.cancel();
         let _ = task.await;
-        ((p1 - p0) / elapsed, (c1 - c0) / elapsed)
+        phases
     });
     let _ = fleet.kill();
     let _ = fleet.wait();
     let instances = HOSTS * PER_HOST;
-    println!("| measure | figure |");
-    println!("|---|---:|");
-    println!("| instances watched (interval {INTERVAL_MS} ms) | {instances} |");
-    println!("| probes/s (each: GET /health + GET /ready) | {probes_per_s:.0} |");
-    println!("| prober CPU | {cpu_per_s:.2} cores |");
-    println!("| probes/s per core | {:.0} |", probes_per_s / cpu_per_s.max(1e-9));
+    println!("{instances} instances watched (interval {INTERVAL_MS} ms); each probe: GET /health + GET /ready");
+    println!();
+    println!("| gray-failure detection | probes/s | prober CPU (cores) | probes/s per core | CPU per probe (µs) |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut per_probe = [Vec::new(), Vec::new()];
+    for (enabled, probes_per_s, cpu_per_s) in &phases {
+        let us = cpu_per_s / probes_per_s.max(1e-9) * 1e6;
+        per_probe[usize::from(*enabled)].push(us);
+        println!(
+            "| {} | {probes_per_s:.0} | {cpu_per_s:.2} | {:.0} | {us:.1} |",
+            if *enabled { "on" } else { "off" },
+            probes_per_s / cpu_per_s.max(1e-9)
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!();
+    println!("CPU per probe, on against off: {:+.1} %", (mean(&per_probe[1]) / mean(&per_probe[0]) - 1.0) * 100.0);
 }
 
 fn serve_fleet() {

@@ -50,8 +50,18 @@ pub(crate) struct StatusPage {
 
 /// Target, instance, status, since, last error, paused, certificate expiry, unverified,
 /// degraded reason and detail.
-type StatusRow =
-    (String, String, String, Option<String>, Option<String>, bool, Option<String>, bool, Option<String>, Option<String>);
+type StatusRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    Option<String>,
+    bool,
+    Option<String>,
+    Option<String>,
+);
 /// Id, instance, from, to, reason, occurred at.
 type TransitionRow = (i64, String, String, String, Option<String>, String);
 
@@ -74,10 +84,22 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
     let instances = rows
         .into_iter()
         .map(|row| {
-            let (target, instance, status, since, last_error, paused, certificate_expires_at, insecure_skip_verify, reason, detail) =
-                row;
+            let (
+                target,
+                instance,
+                status,
+                since,
+                last_error,
+                paused,
+                certificate_expires_at,
+                insecure_skip_verify,
+                reason,
+                detail,
+            ) = row;
             let degraded = match (status.as_str(), reason, detail, &since) {
-                ("degraded", Some(reason), Some(detail), Some(since)) => Some(Degraded { reason, detail, since: since.clone() }),
+                ("degraded", Some(reason), Some(detail), Some(since)) => {
+                    Some(Degraded { reason, detail, since: since.clone() })
+                }
                 _ => None,
             };
             InstanceStatus {

@@ -216,7 +216,9 @@ fn differences(want: &TargetSpec, have: &TargetSpec) -> Vec<&'static str> {
     if want.discovery.is_none() && sorted(&want.instances) != sorted(&have.instances) {
         fields.push("instances");
     }
-    let pairs: [(&'static str, bool); 10] = [
+    // No block and a block of defaults judge alike.
+    let degraded = |spec: &TargetSpec| spec.degraded.clone().unwrap_or_default();
+    let pairs: [(&'static str, bool); 11] = [
         ("discovery", want.discovery != have.discovery),
         ("health_path", want.health_path != have.health_path),
         ("ready_path", want.ready_path != have.ready_path),
@@ -227,6 +229,7 @@ fn differences(want: &TargetSpec, have: &TargetSpec) -> Vec<&'static str> {
         ("tls", want.tls != have.tls),
         ("grpc_service", want.grpc_service != have.grpc_service),
         ("credential", want.credential != have.credential),
+        ("degraded", degraded(want) != degraded(have)),
     ];
     fields.extend(pairs.into_iter().filter(|(_, differs)| *differs).map(|(name, _)| name));
     fields

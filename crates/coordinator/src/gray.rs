@@ -114,11 +114,6 @@ impl<const N: usize> Ring<N> {
         evicted
     }
 
-    fn clear(&mut self) {
-        self.len = 0;
-        self.next = 0;
-    }
-
     /// The median and MAD of the values, when full.
     fn median_mad(&self) -> Option<(u32, u32)> {
         if !self.full() {
@@ -201,7 +196,7 @@ pub fn human(us: f64) -> String {
     }
 }
 
-/// One instance's detector state: about 300 bytes, whatever the fleet.
+/// One instance's detector state: 336 bytes, whatever the fleet.
 #[derive(Debug, Clone)]
 pub struct Gray {
     recent: Ring<RECENT>,
@@ -210,6 +205,9 @@ pub struct Gray {
     changes: Bits,
     verdict: Option<Verdict>,
     streak: u8,
+    /// The windows' medians (and the baseline's MAD), computed once per probe.
+    recent_median: Option<u32>,
+    baseline_stats: Option<(u32, u32)>,
 }
 
 impl Default for Gray {
@@ -228,6 +226,8 @@ impl Gray {
             changes: Bits { bits: 0, len: 0 },
             verdict: None,
             streak: 0,
+            recent_median: None,
+            baseline_stats: None,
         }
     }
 
@@ -244,12 +244,12 @@ impl Gray {
 
     /// The recent median latency (µs), once [`RECENT`] successful probes were seen.
     pub fn recent_us(&self) -> Option<u32> {
-        self.recent.median_mad().map(|(median, _)| median)
+        self.recent_median
     }
 
     /// The baseline median latency (µs), once full.
     pub fn baseline_us(&self) -> Option<u32> {
-        self.baseline.median_mad().map(|(median, _)| median)
+        self.baseline_stats.map(|(median, _)| median)
     }
 
     /// The share of the last `window` probes shown up that failed, once seen.
@@ -278,7 +278,9 @@ impl Gray {
                 && (self.verdict.is_none() || !self.baseline.full())
             {
                 self.baseline.push(older);
+                self.baseline_stats = self.baseline.median_mad();
             }
+            self.recent_median = self.recent.median_mad().map(|(median, _)| median);
         }
         let mut fire = None;
         let mut quiet = true;
@@ -322,14 +324,8 @@ impl Gray {
         None
     }
 
-    /// Forgets the latency history (the instance's settings changed).
-    pub fn reset_latency(&mut self) {
-        self.recent.clear();
-        self.baseline.clear();
-    }
-
     fn latency(&self, spec: &DegradedSpec) -> Reading {
-        let (Some((recent, _)), Some((base, mad))) = (self.recent.median_mad(), self.baseline.median_mad()) else {
+        let (Some(recent), Some((base, mad))) = (self.recent_median, self.baseline_stats) else {
             return Reading::UNKNOWN;
         };
         let min_increase = u32::try_from(spec.min_increase_ms).unwrap_or(0).saturating_mul(1000);
@@ -368,7 +364,7 @@ impl Gray {
     }
 
     fn outlier(&self, spec: &DegradedSpec, peers: Option<&PeerView>) -> Reading {
-        let Some((recent, _)) = self.recent.median_mad() else { return Reading::UNKNOWN };
+        let Some(recent) = self.recent_median else { return Reading::UNKNOWN };
         // Too few instances to compare: nothing to say, which is not a reason to stay degraded.
         let Some(peers) = peers.filter(|p| p.instances >= MIN_PEERS) else {
             return Reading { fire: None, quiet: true };
@@ -436,12 +432,8 @@ impl Group {
         let mad_us = lower_median(&mut distances);
         let mut failed: Vec<f64> = self.members.values().map(|m| m.failed).collect();
         failed.sort_by(f64::total_cmp);
-        let view = PeerView {
-            instances: self.members.len(),
-            median_us,
-            mad_us,
-            failed: failed[(failed.len() - 1) / 2],
-        };
+        let view =
+            PeerView { instances: self.members.len(), median_us, mad_us, failed: failed[(failed.len() - 1) / 2] };
         self.view = Some((view, Instant::now()));
         Some(view)
     }

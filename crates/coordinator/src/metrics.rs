@@ -115,7 +115,11 @@ impl Metrics {
             if !series.exported[i] {
                 let labels = LatencyLabels { target: labels.target.clone(), url: labels.url.clone(), window };
                 let gauge = self.instance_latency.get_or_create(&labels).clone();
-                if i == 0 { series.recent = gauge } else { series.baseline = gauge }
+                if i == 0 {
+                    series.recent = gauge
+                } else {
+                    series.baseline = gauge
+                }
                 series.exported[i] = true;
             }
             let gauge = if i == 0 { &series.recent } else { &series.baseline };
@@ -128,7 +132,11 @@ impl Metrics {
         self.instance_up.remove(labels);
         self.instance_degraded.remove(labels);
         for window in ["recent", "baseline"] {
-            self.instance_latency.remove(&LatencyLabels { target: labels.target.clone(), url: labels.url.clone(), window });
+            self.instance_latency.remove(&LatencyLabels {
+                target: labels.target.clone(),
+                url: labels.url.clone(),
+                window,
+            });
         }
     }
 

@@ -492,9 +492,16 @@ impl Prober {
             self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
             let changed = judge.observe(observed).is_some();
             let up = judge.status() == Status::Up;
-            let sample = Sample { latency: (observed == Status::Up).then_some(took), failed: observed != Status::Up, up, changed };
+            let sample = Sample {
+                latency: (observed == Status::Up).then_some(took),
+                failed: observed != Status::Up,
+                up,
+                changed,
+            };
             let peers = self.peer_view(&instance, &gray, up, peer_view_age);
-            if let Some(Change::Entered(Verdict { reason, detail })) = gray.observe(&sample, &instance.degraded, peers.as_ref()) {
+            if let Some(Change::Entered(Verdict { reason, detail })) =
+                gray.observe(&sample, &instance.degraded, peers.as_ref())
+            {
                 tracing::debug!(target = %instance.target, instance = %instance.url, reason = reason.as_str(), detail, "gray failure detected");
             }
             let now = match (judge.status(), gray.verdict()) {
@@ -533,7 +540,13 @@ impl Prober {
     /// Reports the instance to its target's group and returns the group's view, while the
     /// outlier detector judges it and it is up with a full recent window; otherwise takes it
     /// out of the group.
-    fn peer_view(&self, instance: &Instance, gray: &Gray, up: bool, max_age: Duration) -> Option<crate::gray::PeerView> {
+    fn peer_view(
+        &self,
+        instance: &Instance,
+        gray: &Gray,
+        up: bool,
+        max_age: Duration,
+    ) -> Option<crate::gray::PeerView> {
         let window = u32::try_from(instance.degraded.error_window).unwrap_or(20);
         match (instance.degraded.uses(Detector::Outlier) && up, gray.recent_us()) {
             (true, Some(median)) => {
@@ -550,7 +563,9 @@ impl Prober {
     /// The instance's recorded status (`unknown` when it has none), certificate and verdict
     /// (while degraded).
     async fn stored_status(&self, id: i64) -> Result<(Status, Option<Presented>, Option<Verdict>), sqlx::Error> {
-        let row: Option<(String, Option<i64>, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        /// Status, certificate expiry and fingerprint, verdict reason and detail.
+        type Row = (String, Option<i64>, Option<String>, Option<String>, Option<String>);
+        let row: Option<Row> = sqlx::query_as(
             "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
              degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = $1",
         )
@@ -748,7 +763,9 @@ impl Prober {
             .execute(&mut *tx)
             .await?;
         let payload = match verdict {
-            Some(v) => serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": v.reason.as_str(), "detail": v.detail }),
+            Some(v) => {
+                serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": v.reason.as_str(), "detail": v.detail })
+            }
             None => serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": error }),
         };
         let event = NewEvent {

@@ -141,6 +141,9 @@ impl DegradedSpec {
     /// # Errors
     /// [`Invalid`].
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.detectors.len() > Detector::ALL.len() {
+            return Err(Invalid::new("degraded.detectors", "at most the four detectors"));
+        }
         for (field, factor) in [("latency_factor", self.latency_factor), ("outlier_factor", self.outlier_factor)] {
             if !(1.0..=1000.0).contains(&factor) {
                 return Err(Invalid::new(format!("degraded.{field}"), "a factor from 1 to 1000"));

@@ -130,8 +130,20 @@ pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
 
     let mut targets: Vec<TargetView> = Vec::new();
     for row in rows {
-        let (name, platform, paused_since, created, insecure, url, status, since, last_error, certificate_expires, reason, detail) =
-            row;
+        let (
+            name,
+            platform,
+            paused_since,
+            created,
+            insecure,
+            url,
+            status,
+            since,
+            last_error,
+            certificate_expires,
+            reason,
+            detail,
+        ) = row;
         if targets.last().is_none_or(|t| t.name != name) {
             let (instances, transitions) = (Vec::new(), Vec::new());
             targets.push(TargetView { name, platform, paused_since, created, instances, insecure, transitions });

@@ -77,7 +77,8 @@ async fn a_degraded_instance_shows_its_reason_everywhere() {
     assert!(body.contains("b-degraded") && body.contains("▲</span> degraded"), "{body}");
     assert!(body.contains(DETAIL), "the sentence: {body}");
     assert!(body.contains("href=\"/status?only=degraded\""), "{body}");
-    let only = served.http.get(served.url("/status?only=degraded")).send().await.expect("page").text().await.expect("body");
+    let only =
+        served.http.get(served.url("/status?only=degraded")).send().await.expect("page").text().await.expect("body");
     assert!(only.contains("id=\"t-shop\"") && !only.contains("id=\"t-calm\""), "{only}");
 }
 

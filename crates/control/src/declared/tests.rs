@@ -83,6 +83,8 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
             serde_json::json!({"name": "tls", "instances": ["https://h:1"], "tls": {"insecure_skip_verify": true}}),
         ),
         declared(serde_json::json!({"name": "scraped", "instances": ["http://h:1"], "credential": "payments"})),
+        declared(serde_json::json!({"name": "calm", "instances": ["http://h:1"], "degraded": {"enabled": false}})),
+        declared(serde_json::json!({"name": "defaults", "instances": ["http://h:1"], "degraded": {}})),
     ];
     let have = vec![
         target(serde_json::json!({"name": "tls", "instances": ["https://h:1"]}), "control", Some("t.yaml")),
@@ -100,6 +102,8 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         target(serde_json::json!({"name": "gone", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
         target(serde_json::json!({"name": "theirs", "instances": ["http://h:1"]}), "api", None),
         target(serde_json::json!({"name": "scraped", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
+        target(serde_json::json!({"name": "calm", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
+        target(serde_json::json!({"name": "defaults", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
     ];
     let steps = plan(&want, &have, |t| t.managed_by == "control");
     let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
@@ -110,6 +114,7 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
             "update moved (t.yaml: interval_ms)",
             "update tls (t.yaml: tls)",
             "update scraped (t.yaml: credential)",
+            "update calm (t.yaml: degraded)",
             "delete gone"
         ]
     );

@@ -106,7 +106,8 @@ async fn slow_and_flaky_instances_become_degraded_with_reasons_and_heal_without_
                            "degraded": {"enabled": false}}),
     )
     .await;
-    let replica = Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("m"))).await;
+    let replica =
+        Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("m"))).await;
 
     // Warm-up: 60 successful probes make a baseline (6 s at 100 ms).
     caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
@@ -133,7 +134,10 @@ async fn slow_and_flaky_instances_become_degraded_with_reasons_and_heal_without_
     assert!(exposition.contains(&format!("instance_degraded{{target=\"shop\",url=\"{}\"}} 0", urls[0])));
     for window in ["recent", "baseline"] {
         assert!(
-            exposition.contains(&format!("instance_latency_seconds{{target=\"shop\",url=\"{}\",window=\"{window}\"}}", urls[1])),
+            exposition.contains(&format!(
+                "instance_latency_seconds{{target=\"shop\",url=\"{}\",window=\"{window}\"}}",
+                urls[1]
+            )),
             "{exposition}"
         );
     }
@@ -191,7 +195,8 @@ async fn a_new_owner_keeps_a_recorded_verdict() {
     .execute(&pool)
     .await
     .expect("recorded");
-    let replica = Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("m"))).await;
+    let replica =
+        Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("m"))).await;
     // Healthy now, but its windows are not full for 2 s: nothing new is said before then.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(transitions(&pool, &server.url(1)).await, [], "a new owner re-announces nothing");
