@@ -26,6 +26,23 @@ pub struct ApiConfig {
     /// How often Alertmanager and Prometheus are read.
     #[serde(with = "humantime_serde")]
     pub monitoring_interval: Duration,
+    /// The status page.
+    pub page: PageConfig,
+}
+
+/// The `[api.page]` settings: what the status page lets a visitor hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PageConfig {
+    /// Live feeds a signed-out visitor may hold open at once (each closed after 2 minutes; the
+    /// page reconnects); beyond, `503` with `Retry-After`.
+    pub public_streams: usize,
+}
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        Self { public_streams: crate::page::live::MAX_PUBLIC_STREAMS }
+    }
 }
 
 impl Default for ApiConfig {
@@ -37,6 +54,7 @@ impl Default for ApiConfig {
             alertmanager_url: None,
             prometheus_url: None,
             monitoring_interval: Duration::from_secs(5),
+            page: PageConfig::default(),
         }
     }
 }

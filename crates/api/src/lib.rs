@@ -125,7 +125,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         "Status pages with a live feed open",
         live_pages.clone(),
     );
-    let feed = Arc::new(page::live::Feed::new(live_pages));
+    let feed = Arc::new(page::live::Feed::new(live_pages, config.page.public_streams));
     let state = ApiState {
         pool: pool.clone(),
         access,

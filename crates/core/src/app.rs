@@ -373,14 +373,15 @@ impl App {
         ));
         let service_routes = self.routes.fallback(not_found);
         let grpc = grpc_health::routes(Arc::clone(&probes), stop_checks.clone());
-        let router = layers::probe_stack(probes::routes(probes).merge(grpc), core.telemetry.trace_probes)
-            .merge(layers::service_stack(service_routes, self.metrics, &core.http));
+        let probe_routes = layers::probe_stack(probes::routes(probes).merge(grpc), core.telemetry.trace_probes);
+        let routers = crate::listener::Routers {
+            all: probe_routes.clone().merge(layers::service_stack(service_routes, self.metrics, &core.http)),
+            probes: probe_routes.fallback(crate::listener::overloaded),
+        };
         let stop_accepting = CancellationToken::new();
-        let server = tokio::spawn(
-            axum::serve(listener, router.into_make_service())
-                .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-                .into_future(),
-        );
+        let http = core.http.clone();
+        let stop = stop_accepting.clone();
+        let server = tokio::spawn(async move { crate::listener::serve(listener, routers, &http, stop).await });
         let mut workers = JoinSet::new();
         for (name, work) in self.workers {
             workers.spawn(async move {

@@ -204,6 +204,28 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Larger request bodies are answered 413.
     pub body_limit_bytes: usize,
+    /// A client that has not sent a request's whole header within this is disconnected (also
+    /// how long an idle keep-alive connection is kept).
+    #[serde(with = "humantime_serde", default = "header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once; beyond, only probes are answered (on `probe_connections`
+    /// more), then connections are closed at once.
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    /// Connections beyond `max_connections` that still answer `/health`, `/ready`, `/metrics`
+    /// and gRPC health (and `503` to anything else).
+    #[serde(default = "probe_connections")]
+    pub probe_connections: usize,
+}
+
+fn header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn max_connections() -> usize {
+    1024
+}
+fn probe_connections() -> usize {
+    64
 }
 
 /// Logging and tracing settings.
@@ -272,7 +294,13 @@ impl CoreConfig {
                 failure_threshold: 1,
                 success_threshold: 1,
             },
-            http: HttpConfig { request_timeout: Duration::from_secs(30), body_limit_bytes: 1024 * 1024 },
+            http: HttpConfig {
+                request_timeout: Duration::from_secs(30),
+                body_limit_bytes: 1024 * 1024,
+                header_read_timeout: header_read_timeout(),
+                max_connections: max_connections(),
+                probe_connections: probe_connections(),
+            },
             telemetry: TelemetryConfig {
                 log: "info".into(),
                 otlp_endpoint: None,

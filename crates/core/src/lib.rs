@@ -48,6 +48,7 @@ pub mod grpc_health;
 mod http_metrics;
 mod ladder;
 mod layers;
+pub mod listener;
 pub mod lifecycle;
 pub mod metrics;
 mod metrics_json;

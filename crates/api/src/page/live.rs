@@ -41,6 +41,21 @@ pub(crate) const PING: Duration = Duration::from_secs(5);
 /// A connection is closed after this long; the browser reconnects at once (resuming), and its
 /// credential is judged afresh, so an expired or revoked token does not keep seeing errors.
 const MAX_CONNECTION: Duration = Duration::from_secs(600);
+/// A signed-out page's stream is closed sooner (it reconnects, resuming): an anonymous client
+/// cannot hold one for long.
+const MAX_PUBLIC_CONNECTION: Duration = Duration::from_secs(120);
+/// Signed-out streams open at once by default (`api.page.public_streams`); beyond, a page is
+/// told to retry (`503`, `Retry-After`).
+pub(crate) const MAX_PUBLIC_STREAMS: usize = 256;
+
+/// Why no stream was opened.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The page has not read the store yet.
+    Starting,
+    /// [`MAX_PUBLIC_STREAMS`] signed-out streams are open.
+    Busy,
+}
 
 /// What the page shows now, and the feed position it corresponds to.
 #[derive(Debug)]
@@ -73,6 +88,8 @@ pub(crate) struct Feed {
     sender: broadcast::Sender<Arc<Change>>,
     /// Open event streams (`caracal_api_live_pages`).
     open: prometheus_client::metrics::gauge::Gauge,
+    /// Signed-out streams that may still open.
+    public: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counts one open event stream for as long as it lives.
@@ -100,14 +117,16 @@ pub(crate) enum Start {
 }
 
 impl Feed {
-    /// An empty feed counting its open streams in `open`.
-    pub(crate) fn new(open: prometheus_client::metrics::gauge::Gauge) -> Self {
+    /// An empty feed counting its open streams in `open`, with room for `public` signed-out
+    /// ones.
+    pub(crate) fn new(open: prometheus_client::metrics::gauge::Gauge, public: usize) -> Self {
         Self {
             boot: format!("{:08x}", fastrand::u32(..)),
             current: ArcSwapOption::empty(),
             recent: Mutex::new(VecDeque::new()),
             sender: broadcast::channel(KEPT).0,
             open,
+            public: Arc::new(tokio::sync::Semaphore::new(public)),
         }
     }
 
@@ -316,17 +335,25 @@ fn over(feed: &Feed, current: &Current, view: View, version: &str) -> Event {
     Event::default().id(id).event("reset").data(data.to_string())
 }
 
-/// The SSE response for a page with `view` whose last event id was `last`; `None` before the
-/// first read of the store. Ends when the process starts draining, or after
-/// [`MAX_CONNECTION`].
+/// The SSE response for a page with `view` whose last event id was `last`. Ends when the
+/// process starts draining, or after [`MAX_CONNECTION`] ([`MAX_PUBLIC_CONNECTION`] signed
+/// out).
+///
+/// # Errors
+/// [`Refused`]: before the first read of the store, or with every signed-out stream taken.
 pub(crate) fn stream(
     feed: Arc<Feed>,
     view: View,
     last: Option<String>,
     draining: impl Future<Output = ()> + Send + 'static,
     version: &'static str,
-) -> Option<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>> {
-    let (start, receiver) = feed.subscribe(last.as_deref())?;
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Refused> {
+    let public = if view == View::Public {
+        Some(Arc::clone(&feed.public).try_acquire_owned().map_err(|_| Refused::Busy)?)
+    } else {
+        None
+    };
+    let (start, receiver) = feed.subscribe(last.as_deref()).ok_or(Refused::Starting)?;
     let first: Vec<Event> = match start {
         Start::Resume(changes) => changes.iter().map(|c| event(&feed, c, view)).collect(),
         Start::Over(current) => vec![over(&feed, &current, view, version)],
@@ -334,8 +361,8 @@ pub(crate) fn stream(
     let live_feed = Arc::clone(&feed);
     let open = Open::new(&feed.open);
     let live = BroadcastStream::new(receiver).filter_map(move |item| {
-        // Lives as long as the stream: dropped when the page goes away.
-        let _open = &open;
+        // Live as long as the stream: dropped when the page goes away.
+        let (_open, _public) = (&open, &public);
         let event = match item {
             Ok(change) => Some(event(&live_feed, &change, view)),
             // Too slow to keep up: start over from the current state.
@@ -351,7 +378,7 @@ pub(crate) fn stream(
     let end = async move {
         tokio::select! {
             () = draining => {}
-            () = tokio::time::sleep(MAX_CONNECTION) => {}
+            () = tokio::time::sleep(if view == View::Public { MAX_PUBLIC_CONNECTION } else { MAX_CONNECTION }) => {}
         }
     };
     let stream = futures_util::stream::iter(first)
@@ -359,7 +386,7 @@ pub(crate) fn stream(
         .take_until(Box::pin(end))
         .map(Ok);
     // Comments keep idle proxies from closing the connection between pings.
-    Some(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 #[cfg(test)]
@@ -386,7 +413,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_resumes_within_its_process_and_starts_over_otherwise() {
-        let feed = Feed::new(Default::default());
+        let feed = Feed::new(Default::default(), MAX_PUBLIC_STREAMS);
         assert!(feed.subscribe(None).is_none(), "nothing to serve before the first read");
         feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new(), Vec::new());
         let first = feed.id(0);

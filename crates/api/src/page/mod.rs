@@ -121,13 +121,18 @@ async fn events(State(state): State<ApiState>, headers: HeaderMap, RawQuery(quer
     let lifecycle = std::sync::Arc::clone(&state.lifecycle);
     let draining = async move { lifecycle.drain_started().await };
     match live::stream(std::sync::Arc::clone(&state.feed), viewer.view, last, draining, VERSION) {
-        Some(sse) => {
+        Ok(sse) => {
             let mut response = sse.into_response();
             // A buffering proxy would hold events back.
             response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
             response
         }
-        None => problem(StatusCode::SERVICE_UNAVAILABLE, "starting", "The status page is starting."),
+        Err(live::Refused::Starting) => problem(StatusCode::SERVICE_UNAVAILABLE, "starting", "The status page is starting."),
+        Err(live::Refused::Busy) => {
+            let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "busy", "Too many live pages; retrying shortly.");
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
     }
 }
 

@@ -380,3 +380,28 @@ async fn a_large_fleet_is_paged_and_searchable_by_name() {
     let (_, _, odd) = page(&served, "/status?page=-3&q", Auth::None).await;
     assert!(odd.contains("Targets 1–100 of 250"), "an unreadable page number is the first");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_out_live_feeds_are_bounded_and_a_signed_in_one_still_opens() {
+    let shared = support::shared();
+    let sections = json!({"api": {"page": {"public_streams": 2}}});
+    let (served, _) = support::api_on(&shared.postgres, &shared.redis, Mode::Stable, sections).await;
+    page_shows(&served, Auth::None, "data-event-id=").await;
+    let first = Events::open(&served, None, Auth::None).await;
+    let second = Events::open(&served, None, Auth::None).await;
+    let third = served.http.get(served.url("/status/events")).send().await.expect("answer");
+    assert_eq!(third.status(), 503, "a third signed-out feed is refused");
+    assert_eq!(third.headers()["retry-after"], "5");
+    assert!(third.text().await.expect("body").contains("busy"));
+    let mut admin = Events::open(&served, None, Auth::Bearer(ADMIN)).await;
+    assert_eq!(admin.next().await.1, "reset", "a signed-in page is not counted among them");
+    // One goes away: its place is free again.
+    drop(first);
+    let reopened = caracal_testkit::wait_for(Duration::from_secs(5), Duration::from_millis(100), || async {
+        let response = served.http.get(served.url("/status/events")).send().await.ok()?;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    assert!(reopened.is_ok(), "a freed place is taken again");
+    drop(second);
+}

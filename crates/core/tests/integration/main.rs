@@ -9,6 +9,7 @@ mod endpoints;
 mod faults;
 mod grpc;
 mod ladder;
+mod slow_clients;
 mod stores;
 mod storm;
 mod support;
