@@ -124,6 +124,11 @@ test("a registered target appears, and its instance going down shows within 2 s 
   const text = await card(publicPage).innerText();
   assert.match(text, /down/);
   assert.doesNotMatch(text, /answered|refused|timed out/, "no error text in public");
+  // Nor any address: instances by number, the platform's too (a map of internal hosts and
+  // ports is not for anyone who can load the page).
+  const whole = await publicPage.locator("main").innerText();
+  assert.doesNotMatch(whole, /https?:\/\/|127\.0\.0\.1/, "no URL or address in public");
+  assert.match(text, /Instance 1/);
   assert.equal(await card(publicPage).locator(".error").count(), 0);
   assert.equal(await publicPage.locator("form.control").count(), 0, "no controls in public");
   assert.deepEqual(problems, []);

@@ -235,8 +235,11 @@ pub(crate) async fn run(
         let alerts_changed = now_alerts != alerts;
         alerts = now_alerts;
         if ladders_changed || alerts_changed {
-            let html = render::platform(&ladders, &alerts).into_string();
-            changes.push(("platform", render::same(serde_json::json!({ "html": html }).to_string())));
+            let data = render::variants(|view| {
+                let html = render::platform(&ladders, &alerts, view).into_string();
+                serde_json::json!({ "html": html }).to_string()
+            });
+            changes.push(("platform", data));
         }
         if let Some(loaded) = new_fleet {
             fleet = Some(loaded);

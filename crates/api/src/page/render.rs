@@ -168,7 +168,7 @@ pub(crate) fn main_content(page: &Page<'_>, view: View, listing: &Listing) -> Ma
     // A page that shows every target takes new ones live; a partial page only updates its own.
     let complete = listing.query.is_empty() && !listing.degraded && all.len() <= PAGE_SIZE;
     html! {
-        (platform(page.ladders, page.alerts))
+        (platform(page.ladders, page.alerts, view))
         section aria-labelledby="targets-h" {
             h2 #targets-h { "Targets" }
             @if listing.degraded {
@@ -241,7 +241,7 @@ pub(crate) fn summary(fleet: &Fleet) -> Markup {
 }
 
 /// The platform's own services, each with its ladder, and the alerts Alertmanager has active.
-pub(crate) fn platform(ladders: &[ServiceLadder], alerts: &[String]) -> Markup {
+pub(crate) fn platform(ladders: &[ServiceLadder], alerts: &[String], view: View) -> Markup {
     html! {
         section #platform aria-labelledby="platform-h" {
             h2 #platform-h { "Platform" }
@@ -260,8 +260,8 @@ pub(crate) fn platform(ladders: &[ServiceLadder], alerts: &[String]) -> Markup {
                 @for service in ladders {
                     article.service aria-labelledby=(format!("svc-{}", service.name)) {
                         h3 #(format!("svc-{}", service.name)) { (service.name) }
-                        @for instance in &service.instances {
-                            (ladder(instance, service.instances.len() > 1))
+                        @for (i, instance) in service.instances.iter().enumerate() {
+                            (ladder(instance, (service.instances.len() > 1).then_some(i), view))
                         }
                     }
                 }
@@ -270,7 +270,9 @@ pub(crate) fn platform(ladders: &[ServiceLadder], alerts: &[String]) -> Markup {
     }
 }
 
-fn ladder(instance: &InstanceLadder, named: bool) -> Markup {
+/// One platform instance's ladder; `index` names it among several (by its URL when signed
+/// in, by its number when not: the public page shows no address).
+fn ladder(instance: &InstanceLadder, index: Option<usize>, view: View) -> Markup {
     let (label, class) = match instance.status.as_deref() {
         Some("pass") => ("ready", "up"),
         Some("warn") => ("ready, degraded", "unready"),
@@ -280,7 +282,9 @@ fn ladder(instance: &InstanceLadder, named: bool) -> Markup {
     let (failing, held) = instance.held_back_by();
     html! {
         div.ladder-box {
-            @if named { p.instance-url { (instance.url) } }
+            @if let Some(i) = index {
+                @if view.details() { p.instance-url { (instance.url) } } @else { p.instance-url { "Instance " (i + 1) } }
+            }
             p { (badge(class, label)) }
             @if instance.status.is_some() {
                 ol.ladder aria-label="Readiness ladder, bottom rung first" {
@@ -340,9 +344,10 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                 p { "No instances." }
             }
             ul.instances {
-                @for instance in &target.instances {
+                @for (i, instance) in target.instances.iter().enumerate() {
                     li.instance data-status=(instance.status) {
-                        span.url { (instance.url) }
+                        // Signed out, no address: instances by number.
+                        @if view.details() { span.url { (instance.url) } } @else { span.url { "Instance " (i + 1) } }
                         " "
                         (badge(instance.status, instance.status))
                         @if let Some(since) = instance.since {

@@ -94,6 +94,8 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
     let public = page_shows(&served, Auth::None, "id=\"t-shop\"").await;
     assert!(public.contains("✖</span> down"), "status in text and glyph:\n{public}");
     assert!(!public.contains("db password"), "the public page shows no error text");
+    assert!(!public.contains("127.0.0.1:9"), "nor an instance's address: {public}");
+    assert!(public.contains("Instance 1"), "instances by number");
     assert!(!public.contains("Pause probing"), "nor the controls");
     assert!(public.contains("<main") && public.contains("<header") && public.contains("<footer"), "landmarks");
     // Every script is a file of the page's own; none inline.
@@ -103,6 +105,7 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
     let (status, headers, admin) = page(&served, "/status", Auth::Bearer(ADMIN)).await;
     assert_eq!(status, 200);
     assert!(admin.contains(SECRET_ERROR) && admin.contains("Pause probing"), "{admin}");
+    assert!(admin.contains("http://127.0.0.1:9/a"), "signed in, the address");
     let csp = headers["content-security-policy"].to_str().expect("csp");
     assert!(
         csp.contains("script-src 'self'") && csp.contains("default-src 'none'") && !csp.contains("unsafe"),
