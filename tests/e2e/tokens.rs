@@ -31,7 +31,7 @@ fn kek_file(dir: &tempfile::TempDir) -> String {
     let path = dir.path().join("kek");
     if !path.exists() {
         let key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(fastrand::u8(..)));
-        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key)).expect("kek");
+        caracal_testkit::write_secret(&path, base64::engine::general_purpose::STANDARD.encode(key));
     }
     path.display().to_string()
 }

@@ -313,6 +313,11 @@ impl App {
     /// The Redis password from `REDIS_PASSWORD_FILE`, without its trailing newline.
     fn redis_password(&self) -> Result<Option<String>, ConfigError> {
         let Some(path) = &self.config.core.redis_password_file else { return Ok(None) };
+        crate::secret_file::check(path, self.config.core.mode).map_err(|message| ConfigError {
+            key: "redis_password_file".into(),
+            origin: file_origin(Some(env::REDIS_PASSWORD_FILE)),
+            message,
+        })?;
         let text = read_config_file(path, "redis_password_file", Some(env::REDIS_PASSWORD_FILE))?;
         let password = String::from_utf8(text).map_err(|_| ConfigError {
             key: "redis_password_file".into(),

@@ -144,11 +144,9 @@ impl BearerAuth {
             }
             (Some(token), None) => Bearer::Fixed(digest(token.expose().trim())),
             (None, Some(path)) => {
-                let (stamp, digests) = read_tokens(path).map_err(|message| ConfigError {
-                    key: s.file_key.into(),
-                    origin: origin(s.file_env),
-                    message,
-                })?;
+                let (stamp, digests) = crate::secret_file::check(path, mode)
+                    .and_then(|()| read_tokens(path))
+                    .map_err(|message| ConfigError { key: s.file_key.into(), origin: origin(s.file_env), message })?;
                 let cache = Mutex::new(FileCache { stamp: Some(stamp), digests });
                 Bearer::File(BearerFile { path: path.to_path_buf(), cache })
             }

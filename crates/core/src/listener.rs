@@ -93,7 +93,11 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(if reserved { RESERVE_HEADER_TIMEOUT.min(header_timeout) } else { header_timeout })
             .keep_alive(!reserved);
-        builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(header_timeout)).keep_alive_timeout(header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(header_timeout))
+            .keep_alive_timeout(header_timeout);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -111,7 +115,8 @@ pub async fn serve(
 /// The answer to anything but a probe on a connection in the probe reserve.
 pub(crate) async fn overloaded() -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = serde_json::json!({"error": {"code": "overloaded", "message": "too many connections; try again shortly"}});
+    let body =
+        serde_json::json!({"error": {"code": "overloaded", "message": "too many connections; try again shortly"}});
     (
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         [(axum::http::header::RETRY_AFTER, "1"), (axum::http::header::CONNECTION, "close")],

@@ -130,9 +130,11 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
 fn sealer(config: &StsConfig, mode: Mode) -> Result<keys::Sealer, caracal_core::Error> {
     let origin = format!("environment variable `{}` (or config key)", env::CARACAL_STS_KEY_ENCRYPTION_FILE);
     match &config.key_encryption_file {
-        Some(path) => keys::Sealer::from_file(path).map_err(|message| {
-            ConfigError { key: "sts.key_encryption_file".into(), origin: origin.clone(), message }.into()
-        }),
+        Some(path) => {
+            caracal_core::secret_file::check(path, mode).and_then(|()| keys::Sealer::from_file(path)).map_err(
+                |message| ConfigError { key: "sts.key_encryption_file".into(), origin: origin.clone(), message }.into(),
+            )
+        }
         None if mode == Mode::Dev => {
             tracing::warn!(
                 "{} is not set: private keys are sealed with an insecure built-in key (dev mode only)",

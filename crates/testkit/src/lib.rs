@@ -93,6 +93,24 @@ pub fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(Error::io("read a bound address"))?.port())
 }
 
+/// Writes a secret file as a service outside `dev` accepts one: readable by its owner alone
+/// (`0600`).
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn write_secret(path: impl AsRef<std::path::Path>, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path.as_ref())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.as_ref().display()));
+    file.write_all(contents.as_ref()).unwrap_or_else(|e| panic!("write {}: {e}", path.as_ref().display()));
+}
+
 /// Raises this process's open-file limit to its hard limit, for tests that hold thousands of
 /// sockets at once (both ends of every loopback connection count).
 ///

@@ -34,6 +34,10 @@ pub struct TokensConfig {
     pub revocations_reload: Duration,
     /// Verified tokens remembered, so a token presented again skips the signature check.
     pub cache_size: usize,
+    /// Outside `dev`, `sts_url` must be `https://` or a loopback address (the JWKS it serves
+    /// decides which tokens are genuine); `true` allows plain HTTP to another host, for a
+    /// network path protected otherwise (a service mesh's mTLS).
+    pub insecure_sts_url: bool,
 }
 
 impl Default for TokensConfig {
@@ -48,6 +52,7 @@ impl Default for TokensConfig {
             revocations_max_lag: Duration::from_secs(5),
             revocations_reload: Duration::from_secs(30),
             cache_size: 10_000,
+            insecure_sts_url: false,
         }
     }
 }
@@ -56,6 +61,33 @@ impl TokensConfig {
     /// The issuer tokens must name: `issuer`, else `sts_url` (without a trailing slash).
     pub fn expected_issuer(&self) -> Option<String> {
         self.issuer.clone().or_else(|| self.sts_url.clone()).map(|s| s.trim_end_matches('/').to_string())
+    }
+
+    /// Checks `sts_url` for `mode`: an `http(s)://` URL, and outside `dev` `https://` or
+    /// loopback unless `insecure_sts_url`.
+    ///
+    /// # Errors
+    /// A [`caracal_core::ConfigError`] naming `tokens.sts_url`.
+    pub fn validate(&self, mode: caracal_core::Mode) -> Result<(), caracal_core::ConfigError> {
+        let Some(url) = &self.sts_url else { return Ok(()) };
+        let error = |message: &str| caracal_core::ConfigError {
+            key: "tokens.sts_url".into(),
+            origin: "`CARACAL_TOKENS__STS_URL` or the config file".into(),
+            message: message.into(),
+        };
+        let parsed = reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        let Some(parsed) = parsed else {
+            return Err(error("expected an http:// or https:// URL such as https://caracal-sts:8080"));
+        };
+        let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if mode != caracal_core::Mode::Dev && parsed.scheme() == "http" && !loopback && !self.insecure_sts_url {
+            return Err(error(
+                "outside dev the STS is reached over https:// (or on loopback): its JWKS decides which tokens are genuine; \
+                 set tokens.insecure_sts_url = true only where the network path is protected otherwise",
+            ));
+        }
+        Ok(())
     }
 
     /// The STS's JWKS URL, when an STS is configured.

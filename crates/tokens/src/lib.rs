@@ -42,6 +42,7 @@ pub use verifier::{Verifier, VerifyError};
 /// Configuration errors (bad `[tokens]` settings, an unusable admin token, Redis URL).
 pub fn install(app: caracal_core::App, pool: sqlx::PgPool) -> Result<(caracal_core::App, Access), caracal_core::Error> {
     let config: TokensConfig = app.config().section("tokens")?;
+    config.validate(app.config().core.mode)?;
     let Some(jwks_url) = config.jwks_url() else {
         let admin = Arc::new(app.admin_auth()?);
         return Ok((app, Access::new(admin, None)));

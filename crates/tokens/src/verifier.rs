@@ -344,11 +344,27 @@ impl Verifier {
         if !response.status().is_success() {
             return Err(format!("GET {url}: status {}", response.status()));
         }
-        let jwks: JwkSet = response.json().await.map_err(|e| format!("GET {url}: not a JWKS: {e}"))?;
+        let body = read_capped(response, MAX_JWKS_BYTES).await.map_err(|e| format!("GET {url}: {e}"))?;
+        let jwks: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not a JWKS: {e}"))?;
         let kept = self.set_keys(&jwks);
         tracing::debug!(keys = kept, "JWKS loaded");
         Ok(())
     }
+}
+
+/// The most of a JWKS answer read (a few keys take a few KiB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// `response`'s body, or an error once it passes `cap` bytes (read no further).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the answer failed: {e}"))? {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("the answer is larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The worker that fetches the JWKS on start and every `jwks_refresh` (every second until
@@ -364,7 +380,11 @@ impl JwksFetcher {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(verifier: std::sync::Arc<Verifier>, url: String, config: &TokensConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+        // A redirect could point the key fetch anywhere: none is followed.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         if let Ok(mut fetch) = verifier.fetch.try_lock() {
             fetch.source = Some((client, url));
         }

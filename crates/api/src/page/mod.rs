@@ -127,9 +127,12 @@ async fn events(State(state): State<ApiState>, headers: HeaderMap, RawQuery(quer
             response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
             response
         }
-        Err(live::Refused::Starting) => problem(StatusCode::SERVICE_UNAVAILABLE, "starting", "The status page is starting."),
+        Err(live::Refused::Starting) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "starting", "The status page is starting.")
+        }
         Err(live::Refused::Busy) => {
-            let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, "busy", "Too many live pages; retrying shortly.");
+            let mut response =
+                problem(StatusCode::SERVICE_UNAVAILABLE, "busy", "Too many live pages; retrying shortly.");
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("5"));
             response
         }

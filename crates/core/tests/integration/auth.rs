@@ -69,7 +69,7 @@ fn core_with_mode(raw: &str) -> Result<CoreConfig, Box<figment::Error>> {
 fn configure(core: &mut CoreConfig, bearer: Bearer, dir: &Path) {
     let file = |name: &str, text: &str| -> PathBuf {
         let path = dir.join(name);
-        std::fs::write(&path, text).expect("write bearer file");
+        caracal_testkit::write_secret(&path, text);
         path
     };
     match bearer {
@@ -149,7 +149,7 @@ async fn every_cell_of_the_auth_matrix() {
 async fn rewriting_the_bearer_file_rotates_without_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bearer");
-    std::fs::write(&path, "old-token\n").expect("write");
+    caracal_testkit::write_secret(&path, "old-token\n");
     let mut core = support::core_config(Mode::Stable);
     core.metrics.bearer_file = Some(path.clone());
     let served = support::serve(build(core).expect("app")).await;
@@ -183,6 +183,29 @@ async fn rewriting_the_bearer_file_rotates_without_restart() {
 async fn write_later(path: &Path, text: &str) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
+    caracal_testkit::write_secret(&tmp, text);
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[test]
+fn a_bearer_file_others_can_read_stops_a_service_outside_dev_naming_the_file_and_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bearer");
+    std::fs::write(&path, "a-token\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    for mode in [Mode::Rc, Mode::Stable] {
+        let mut core = support::core_config(mode);
+        core.metrics.bearer_file = Some(path.clone());
+        let error = build(core).err().expect("refused at start").to_string();
+        assert!(error.contains("metrics.bearer_file") && error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("0644"), "the mode is named: {error}");
+    }
+    let mut core = support::core_config(Mode::Dev);
+    core.metrics.bearer_file = Some(path.clone());
+    assert!(build(core).is_ok(), "dev takes it");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut core = support::core_config(Mode::Stable);
+    core.metrics.bearer_file = Some(path);
+    assert!(build(core).is_ok(), "0600 is private");
 }

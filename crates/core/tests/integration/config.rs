@@ -35,7 +35,7 @@ fn bad_values_exit_2_naming_key_source_and_expectation() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let empty = dir.path().join("empty");
-    std::fs::write(&empty, "").expect("write");
+    caracal_testkit::write_secret(&empty, "");
     let stderr = fails_with(&[("METRICS_BEARER_FILE", empty.to_str().expect("utf-8 path"))]);
     assert!(stderr.contains("is empty") && stderr.contains(&empty.display().to_string()), "{stderr}");
 

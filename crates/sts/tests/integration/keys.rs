@@ -131,7 +131,7 @@ async fn the_key_encryption_key_is_required_checked_and_never_guessed() {
     assert!(error.contains("CARACAL_STS_KEY_ENCRYPTION_FILE") && error.contains("sts.key_encryption_file"), "{error}");
 
     // A file of the wrong size.
-    std::fs::write(kek.dir.path().join("short"), "c2hvcnQ=").expect("write");
+    caracal_testkit::write_secret(kek.dir.path().join("short"), "c2hvcnQ=");
     let mut sections = serde_json::json!({});
     sections["key_encryption_file"] = kek.dir.path().join("short").display().to_string().into();
     let mut core = caracal_testkit::app::core_config(caracal_core::Mode::Rc);

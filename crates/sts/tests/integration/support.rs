@@ -21,7 +21,7 @@ impl Kek {
     pub fn new() -> Self {
         let bytes: [u8; 32] = caracal_sts::keys::random().expect("random");
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("kek"), STANDARD.encode(bytes)).expect("write kek");
+        caracal_testkit::write_secret(dir.path().join("kek"), STANDARD.encode(bytes));
         Self { dir, bytes }
     }
 

@@ -241,3 +241,66 @@ async fn a_flood_of_unknown_kids_costs_the_sts_one_fetch_per_floor() {
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for the whole flood");
 }
+
+/// Serves `app` on loopback; its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_fetch_follows_no_redirect_and_reads_at_most_a_mebibyte() {
+    let k = keys("k1");
+    let jwks_body = serde_json::to_string(&jwks(&[&k])).expect("json");
+    let genuine = serve(axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let body = jwks_body.clone();
+            async move { body }
+        }),
+    ))
+    .await;
+    let elsewhere = format!("{genuine}/.well-known/jwks.json");
+    let redirecting = serve(axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let to = elsewhere.clone();
+            async move { axum::response::Redirect::temporary(&to) }
+        }),
+    ))
+    .await;
+    // A JSON array padded past the cap: a key set would be read whole.
+    let huge = serve(axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(|| async { format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024)) }),
+    ))
+    .await;
+    let config = TokensConfig { issuer: Some("https://sts.test".into()), ..TokensConfig::default() };
+    for (base, loads) in [(&genuine, true), (&redirecting, false), (&huge, false)] {
+        let v = std::sync::Arc::new(Verifier::new(&config, Metrics::default()));
+        v.revocations().replace(&[]);
+        let url = format!("{base}/.well-known/jwks.json");
+        let _fetcher = super::JwksFetcher::new(std::sync::Arc::clone(&v), url, &config).expect("client");
+        assert_eq!(v.verify(&sign(&k, &claims())).await.is_ok(), loads, "{base}");
+    }
+}
+
+#[test]
+fn outside_dev_the_sts_is_reached_over_https_or_on_loopback() {
+    use caracal_core::Mode;
+    let with = |url: &str, insecure: bool| TokensConfig {
+        sts_url: Some(url.into()),
+        insecure_sts_url: insecure,
+        ..TokensConfig::default()
+    };
+    for url in ["https://sts.internal:8080", "http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost:8080"] {
+        assert!(with(url, false).validate(Mode::Stable).is_ok(), "{url}");
+    }
+    let error = with("http://caracal-sts:8080", false).validate(Mode::Rc).expect_err("refused").to_string();
+    assert!(error.contains("tokens.sts_url") && error.contains("https"), "{error}");
+    assert!(with("http://caracal-sts:8080", true).validate(Mode::Stable).is_ok(), "when told the path is protected");
+    assert!(with("http://caracal-sts:8080", false).validate(Mode::Dev).is_ok(), "dev");
+    assert!(with("ftp://sts", false).validate(Mode::Dev).is_err(), "not a URL for it");
+}
