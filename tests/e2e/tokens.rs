@@ -202,3 +202,30 @@ async fn an_sts_restart_keeps_tokens_valid_across_the_platform() {
     let fresh = p.token("reader", &secret, "targets:read").await;
     assert_eq!(p.get(&p.targets(), &fresh).await, 200, "new tokens verify too");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unverified_tls_needs_targets_admin_and_introspection_is_a_clients_own() {
+    let p = Platform::start().await;
+    let writer = p.client("writer", &["targets:write"]).await;
+    let boss = p.client("boss", &["targets:write", "targets:admin"]).await;
+    let post = |token: String, name: &'static str| {
+        let body = serde_json::json!({"name": name, "instances": ["https://127.0.0.1:9443"], "tls": {"insecure_skip_verify": true}});
+        let request = p.http.post(p.targets()).bearer_auth(token).json(&body).send();
+        async move {
+            let response = request.await.expect("post");
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = post(p.token("writer", &writer, "targets:write").await, "lab").await;
+    assert_eq!((status, &body["error"]["code"]), (403, &serde_json::json!("insufficient_scope")), "{body}");
+    let (status, body) = post(p.token("boss", &boss, "targets:write targets:admin").await, "lab").await;
+    assert_eq!(status, 201, "{body}");
+
+    // The writer's token, introspected by another client: not its to learn about.
+    let token = p.token("writer", &writer, "targets:write").await;
+    let (status, body) = p.form("/oauth/introspect", "boss", &boss, &format!("token={token}")).await;
+    assert_eq!((status, &body), (200, &serde_json::json!({"active": false})));
+    let (_, body) = p.form("/oauth/introspect", "writer", &writer, &format!("token={token}")).await;
+    assert_eq!(body["active"], true, "its own");
+}

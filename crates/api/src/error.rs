@@ -39,6 +39,10 @@ pub enum ApiError {
     /// No valid admin bearer (401, `unauthorized`).
     #[error("a valid admin bearer token is required")]
     Unauthorized,
+    /// The token lacks a scope this request needs beyond the route's (403,
+    /// `insufficient_scope`).
+    #[error("{0}")]
+    InsufficientScope(String),
     /// The database cannot take the request now (503, `store_unavailable`, with
     /// `Retry-After`): a failover, a restart, a standby or demoted primary.
     #[error("the database cannot take this request now")]
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Owned(refused) => (StatusCode::CONFLICT, refused.code()),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -3,10 +3,11 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use caracal_store::registry::{self, Writer};
+use caracal_tokens::{Caller, Scope};
 
 use crate::target::{Target, TargetSpec};
 use crate::{ApiError, ApiState};
@@ -28,17 +29,32 @@ pub(crate) async fn get_one(State(state): State<ApiState>, Path(name): Path<Stri
     registry::get(&mut conn, &name).await?.map(Json).ok_or(ApiError::NotFound(name))
 }
 
+/// Turning certificate verification off is an administrator's decision: the admin token or a
+/// token with `targets:admin`, never `targets:write` alone.
+fn allowed(caller: Option<&Caller>, spec: &TargetSpec) -> Result<(), ApiError> {
+    let insecure = spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
+    // The guard puts the caller on every write; none is refused (fail closed).
+    if insecure && !caller.is_some_and(|c| c.holds(Scope::TargetsAdmin)) {
+        return Err(ApiError::InsufficientScope(
+            "`tls.insecure_skip_verify` needs the targets:admin scope (or the admin token)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Register a target.
 #[utoipa::path(post, path = "/v1/targets", tag = "targets", request_body = TargetSpec,
     responses((status = 201, body = Target), (status = 400, description = "Malformed JSON"), (status = 401, description = "No valid token"),
-              (status = 403, description = "The token lacks targets:write"), (status = 409, description = "Name taken"),
+              (status = 403, description = "The token lacks targets:write, or targets:admin for `tls.insecure_skip_verify`"), (status = 409, description = "Name taken"),
               (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
               (status = 422, description = "A field is invalid, or an instance's address is one the deployment's outbound address policy denies")))]
 pub(crate) async fn create(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<TargetSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(spec) = body?;
+    allowed(caller.as_ref().map(|c| &c.0), &spec)?;
     admit(&state, &spec).await?;
     let target = registry::create(&state.pool, &spec, &Writer::Api).await?;
     let location = format!("/v1/targets/{}", spec.name);
@@ -48,16 +64,18 @@ pub(crate) async fn create(
 /// Replace a target (instances no longer listed are dropped, new ones added).
 #[utoipa::path(put, path = "/v1/targets/{name}", tag = "targets", request_body = TargetSpec, params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 200, body = Target), (status = 400, description = "Malformed JSON"), (status = 401, description = "No valid token"),
-              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target"),
+              (status = 403, description = "The token lacks targets:write, or targets:admin for `tls.insecure_skip_verify`"), (status = 404, description = "No such target"),
               (status = 409, description = "The target is declared in a file caracal-control manages (`managed_by_control`), or it discovers its instances and the body lists some (`discovered_instances`)"),
               (status = 413, description = "Body too large"), (status = 415, description = "The body is not application/json"),
               (status = 422, description = "A field is invalid, an instance's address is one the deployment's outbound address policy denies, or the name differs from the path's")))]
 pub(crate) async fn replace(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<TargetSpec>, JsonRejection>,
 ) -> Result<Json<Target>, ApiError> {
     let Json(mut spec) = body?;
+    allowed(caller.as_ref().map(|c| &c.0), &spec)?;
     // The body may leave the name out (the path names the target) or repeat it.
     if spec.name.is_empty() {
         spec.name.clone_from(&name);
@@ -95,7 +113,7 @@ async fn admit(state: &ApiState, spec: &TargetSpec) -> Result<(), ApiError> {
 /// Delete a target and its instances (its history is kept).
 #[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token"),
-              (status = 403, description = "The token lacks targets:write"), (status = 404, description = "No such target"),
+              (status = 403, description = "The token lacks targets:write, or targets:admin for `tls.insecure_skip_verify`"), (status = 404, description = "No such target"),
               (status = 409, description = "The target is declared in a file caracal-control manages (`managed_by_control`)")))]
 pub(crate) async fn remove(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     registry::delete(&state.pool, &name, &Writer::Api).await?;

@@ -48,6 +48,10 @@ pub(crate) enum ScopeName {
     MetricsRead,
     #[schema(rename = "clients:write")]
     ClientsWrite,
+    #[schema(rename = "targets:admin")]
+    TargetsAdmin,
+    #[schema(rename = "tokens:introspect")]
+    TokensIntrospect,
 }
 
 /// A client as listed (never with its secret).

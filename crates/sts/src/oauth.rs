@@ -278,7 +278,8 @@ pub(crate) struct IntrospectionDetails {
     jti: String,
 }
 
-/// Introspect a token (RFC 7662): `{"active": false}` for anything not valid now.
+/// Introspect a token (RFC 7662): `{"active": false}` for anything not valid now, and for
+/// another client's token unless the caller holds `tokens:introspect`.
 #[utoipa::path(post, path = "/oauth/introspect", tag = "oauth",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, body = Introspection, description = "Whether the token is active, and its claims when it is"),
@@ -290,8 +291,13 @@ pub(crate) async fn introspect(State(state): State<StsState>, headers: HeaderMap
     let result = async {
         let form = Form::read(&headers, body).await?;
         let token = form.require("token")?;
-        authenticate(&state, &headers, &form)?;
-        let details = state.verifier.verify(token).await.ok().map(|c| IntrospectionDetails {
+        let caller = authenticate(&state, &headers, &form)?;
+        // RFC 7662 §4 leaves who may learn what to the server: a client learns about its own
+        // tokens; another client's are `active: false` unless it may introspect any
+        // (`tokens:introspect`), so a leaked token cannot be checked by whoever holds a client.
+        let any = caller.scopes.iter().any(|s| s == Scope::TokensIntrospect.as_str());
+        let claims = state.verifier.verify(token).await.ok().filter(|c| any || c.client_id == caller.id);
+        let details = claims.map(|c| IntrospectionDetails {
             scope: c.scope,
             client_id: c.client_id,
             token_type: "Bearer",

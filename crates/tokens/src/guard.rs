@@ -51,6 +51,16 @@ pub enum Caller {
     Token(AccessClaims),
 }
 
+impl Caller {
+    /// Whether the caller may do what `scope` allows: the admin token may do anything.
+    pub fn holds(&self, scope: Scope) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Token(claims) => scope.granted_by(&claims.scope),
+        }
+    }
+}
+
 impl Access {
     /// Accepts the admin token, and STS tokens when `verifier` is given.
     pub fn new(admin: Arc<BearerAuth>, verifier: Option<Arc<Verifier>>) -> Self {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use claims::AccessClaims;
 pub use config::TokensConfig;
-pub use guard::{Access, Guard};
+pub use guard::{Access, Caller, Guard};
 pub use revocations::RevocationSet;
 pub use scope::Scope;
 pub use verifier::{Verifier, VerifyError};

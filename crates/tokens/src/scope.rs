@@ -15,12 +15,23 @@ pub enum Scope {
     MetricsRead,
     /// Manage the STS's clients.
     ClientsWrite,
+    /// Register targets whose certificates are not verified (`tls.insecure_skip_verify`).
+    TargetsAdmin,
+    /// Introspect other clients' tokens at the STS (a client may always introspect its own).
+    TokensIntrospect,
 }
 
 impl Scope {
     /// Every scope, in a stable order.
-    pub const ALL: [Scope; 5] =
-        [Scope::TargetsRead, Scope::TargetsWrite, Scope::EventsRead, Scope::MetricsRead, Scope::ClientsWrite];
+    pub const ALL: [Scope; 7] = [
+        Scope::TargetsRead,
+        Scope::TargetsWrite,
+        Scope::EventsRead,
+        Scope::MetricsRead,
+        Scope::ClientsWrite,
+        Scope::TargetsAdmin,
+        Scope::TokensIntrospect,
+    ];
 
     /// The scope as written in tokens (`targets:read`).
     pub fn as_str(self) -> &'static str {
@@ -30,6 +41,8 @@ impl Scope {
             Scope::EventsRead => "events:read",
             Scope::MetricsRead => "metrics:read",
             Scope::ClientsWrite => "clients:write",
+            Scope::TargetsAdmin => "targets:admin",
+            Scope::TokensIntrospect => "tokens:introspect",
         }
     }
 
@@ -59,7 +72,7 @@ mod tests {
         for scope in Scope::ALL {
             assert_eq!(Scope::parse(scope.as_str()), Some(scope));
         }
-        assert_eq!(Scope::parse("targets:admin"), None);
+        assert_eq!(Scope::parse("targets:root"), None);
         assert!(Scope::TargetsRead.granted_by("events:read targets:read"));
         assert!(!Scope::TargetsRead.granted_by("targets:reader"), "a prefix is not a scope");
         assert!(!Scope::TargetsRead.granted_by(""));

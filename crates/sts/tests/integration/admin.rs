@@ -70,7 +70,8 @@ async fn clients_are_created_once_listed_without_secrets_and_disabled() {
     let (status, _, _) =
         sts.post_form("/oauth/token", Some(("scraper", &secret)), "grant_type=client_credentials").await;
     assert_eq!(status, 401, "a disabled client gets no token");
-    let (other, other_secret) = sts.client(&["targets:read"]).await;
+    // Asked by a client that may introspect any token, so `false` means revoked.
+    let (other, other_secret) = sts.client(&["tokens:introspect"]).await;
     assert!(!sts.active(&other, &other_secret, &token).await, "its live token is revoked at once");
     let gone = http.get(sts.served.url("/v1/clients/scraper")).bearer_auth(ADMIN).send().await.expect("get");
     assert_eq!(gone.status(), 404, "a deleted client is gone");

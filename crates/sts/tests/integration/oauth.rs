@@ -157,7 +157,10 @@ async fn revocation_and_introspection() {
     let (id, secret) = sts.client(&["targets:read"]).await;
     let (other, other_secret) = sts.client(&["targets:read"]).await;
     let token = sts.token(&id, &secret, None).await;
-    assert!(sts.active(&other, &other_secret, &token).await, "any client may introspect");
+    assert!(!sts.active(&other, &other_secret, &token).await, "another client's token is not its to learn about");
+    let (auditor, auditor_secret) = sts.client(&["tokens:introspect"]).await;
+    assert!(sts.active(&auditor, &auditor_secret, &token).await, "tokens:introspect may introspect any");
+    assert!(sts.active(&id, &secret, &token).await, "a client may introspect its own");
 
     let (status, _, body) = sts.post_form("/oauth/introspect", Some((&id, &secret)), &format!("token={token}")).await;
     assert_eq!(status, 200);
