@@ -229,3 +229,35 @@ async fn unverified_tls_needs_targets_admin_and_introspection_is_a_clients_own()
     let (_, body) = p.form("/oauth/introspect", "writer", &writer, &format!("token={token}")).await;
     assert_eq!(body["active"], true, "its own");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_page_session_ends_when_its_token_is_revoked() {
+    let p = Platform::start().await;
+    let secret = p.client("viewer", &["targets:read"]).await;
+    let token = p.token("viewer", &secret, "targets:read").await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let response = http
+        .post(format!("{}/status/signin", p.api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .expect("signin");
+    assert_eq!(response.status(), 303);
+    let set = response.headers()["set-cookie"].to_str().expect("cookie").to_string();
+    let cookie = set.split(';').next().expect("pair").to_string();
+    assert!(!cookie.contains(&token), "the cookie is not the token");
+    let signed_in = || async {
+        let page = http.get(format!("{}/status", p.api.base)).header("cookie", &cookie).send().await.expect("page");
+        page.text().await.expect("body").contains("Sign out")
+    };
+    assert!(signed_in().await, "the session stands");
+    let (status, _) = p.form("/oauth/revoke", "viewer", &secret, &format!("token={token}")).await;
+    assert_eq!(status, 200);
+    let ended = caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(100), || async {
+        (!signed_in().await).then_some(())
+    })
+    .await;
+    assert!(ended.is_ok(), "revoking the token ends its page session");
+}

@@ -37,11 +37,14 @@ pub struct PageConfig {
     /// Live feeds a signed-out visitor may hold open at once (each closed after 2 minutes; the
     /// page reconnects); beyond, `503` with `Retry-After`.
     pub public_streams: usize,
+    /// The page is served over HTTPS (a TLS front end): the session cookie is `Secure` and
+    /// `__Host-` prefixed. Never guessed from a request header.
+    pub secure_cookies: bool,
 }
 
 impl Default for PageConfig {
     fn default() -> Self {
-        Self { public_streams: crate::page::live::MAX_PUBLIC_STREAMS }
+        Self { public_streams: crate::page::live::MAX_PUBLIC_STREAMS, secure_cookies: false }
     }
 }
 

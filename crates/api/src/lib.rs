@@ -70,6 +70,8 @@ pub struct ApiState {
     pub client_files: Arc<caracal_store::tls::ClientFiles>,
     /// The status page's live feed.
     feed: Arc<page::live::Feed>,
+    /// The status page's sign-in sessions.
+    sessions: Arc<page::session::Sessions>,
     /// Draining ends the status page's open event streams.
     lifecycle: Arc<caracal_core::Lifecycle>,
 }
@@ -137,6 +139,7 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         outbound: Arc::new(caracal_core::outbound::Policy::new(app.config().core.outbound.clone())),
         client_files: Arc::new(app.config().section("coordinator.tls")?),
         feed: Arc::clone(&feed),
+        sessions: Arc::new(page::session::Sessions::new(pool.clone(), config.page.secure_cookies)),
         lifecycle: app.lifecycle(),
     };
     let worker_pool = pool.clone();

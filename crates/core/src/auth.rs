@@ -181,6 +181,18 @@ impl BearerAuth {
         self.mode == Mode::Dev || self.presents_bearer(headers)
     }
 
+    /// Whether a token whose SHA-256 is `presented` would be allowed now, as
+    /// [`BearerAuth::allows`] judges a header (so a rotated bearer file no longer accepts the
+    /// old token's digest). For sessions that keep a digest, never the token.
+    pub fn allows_digest(&self, presented: &[u8; 32]) -> bool {
+        match (&self.bearer, self.mode) {
+            (Bearer::None, Mode::Dev) => true,
+            (Bearer::None, Mode::Rc | Mode::Stable) => false,
+            (Bearer::Fixed(expected), _) => presented.ct_eq(expected).into(),
+            (Bearer::File(file), _) => file.accepts(presented),
+        }
+    }
+
     /// Whether the request carries exactly one `Authorization: Bearer <token>` whose token is
     /// one of the configured ones.
     pub fn presents_bearer(&self, headers: &HeaderMap) -> bool {

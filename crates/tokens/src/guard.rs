@@ -67,6 +67,11 @@ impl Access {
         Self { admin, verifier }
     }
 
+    /// Whether the admin token whose SHA-256 is `digest` is (still) the admin token.
+    pub fn admin_allows_digest(&self, digest: &[u8; 32]) -> bool {
+        self.admin.allows_digest(digest)
+    }
+
     /// The verifier, when this service accepts STS tokens.
     pub fn verifier(&self) -> Option<&Arc<Verifier>> {
         self.verifier.as_ref()

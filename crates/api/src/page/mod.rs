@@ -16,7 +16,7 @@ mod fleet;
 mod ladders;
 pub(crate) mod live;
 mod render;
-mod session;
+pub(crate) mod session;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -91,7 +91,7 @@ fn see_other(location: &str) -> Response {
 /// `GET /` and `/status` (`?q=` a part of a name, `?page=`): the page, as of the feed's
 /// latest read.
 async fn show(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let viewer = session::viewer(&state.access, &headers).await;
+    let viewer = state.sessions.viewer(&state.access, &headers).await;
     let Some(current) = state.feed.current() else {
         let mut response = html(StatusCode::SERVICE_UNAVAILABLE, render::starting());
         response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
@@ -113,7 +113,7 @@ async fn show(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query)
 /// `GET /status/events`: the live feed. The browser's `Last-Event-ID` (on a reconnect), or
 /// `?since=` (the id the page was rendered at), says where to resume.
 async fn events(State(state): State<ApiState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let viewer = session::viewer(&state.access, &headers).await;
+    let viewer = state.sessions.viewer(&state.access, &headers).await;
     let since = query
         .as_deref()
         .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "since").map(|(_, v)| v.into_owned()));
@@ -145,9 +145,22 @@ async fn signin_form() -> Response {
 }
 
 /// `POST /status/signin` (`token=…`, form-encoded): a good token starts a session.
-async fn signin(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn signin(
+    State(state): State<ApiState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !session::same_origin(&headers) {
         return problem(StatusCode::FORBIDDEN, "cross_site", "Sign in from the status page itself.");
+    }
+    if let Err(wait) = state.sessions.attempt(peer.map(|p| p.0.0.ip())) {
+        let mut response =
+            problem(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "Too many sign-in attempts; wait a minute.");
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let token = form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.trim().to_string());
     let refuse = |status: StatusCode, why: &str| html(status, render::signin(Some(why)));
@@ -156,12 +169,12 @@ async fn signin(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
         Some(token) if token.is_empty() => refuse(StatusCode::BAD_REQUEST, "Enter a token."),
         Some(token) if token.len() > session::MAX_TOKEN => refuse(StatusCode::BAD_REQUEST, "That token is too long."),
         Some(token) => {
-            if !session::accepts(&state.access, &token).await {
+            let Some(cookie) = state.sessions.start(&state.access, &token).await else {
                 // Nothing about why: a guesser learns nothing.
                 return refuse(StatusCode::UNAUTHORIZED, "That token is not accepted here.");
-            }
+            };
             let mut response = see_other("/status");
-            if let Ok(cookie) = HeaderValue::from_str(&session::start(&token, &headers)) {
+            if let Ok(cookie) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(SET_COOKIE, cookie);
             }
             response
@@ -169,13 +182,13 @@ async fn signin(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) 
     }
 }
 
-/// `POST /status/signout`: ends the session.
-async fn signout(headers: HeaderMap) -> Response {
+/// `POST /status/signout`: ends the session (its cookie is refused from now on).
+async fn signout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if !session::same_origin(&headers) {
         return problem(StatusCode::FORBIDDEN, "cross_site", "Sign out from the status page itself.");
     }
     let mut response = see_other("/status");
-    if let Ok(cookie) = HeaderValue::from_str(&session::end()) {
+    if let Ok(cookie) = HeaderValue::from_str(&state.sessions.end(&headers).await) {
         response.headers_mut().insert(SET_COOKIE, cookie);
     }
     response
@@ -192,7 +205,7 @@ async fn control(
         "resume" => false,
         _ => return problem(StatusCode::NOT_FOUND, "not_found", "No such control."),
     };
-    let viewer = session::viewer(&state.access, &headers).await;
+    let viewer = state.sessions.viewer(&state.access, &headers).await;
     if viewer.signed_in && !session::same_origin(&headers) {
         return problem(StatusCode::FORBIDDEN, "cross_site", "Use the status page's own buttons.");
     }

@@ -167,6 +167,14 @@ async fn signing_in_sets_a_strict_cookie_and_the_controls_pause_and_resume_probi
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
     let cookie = set.split(';').next().expect("pair").to_string();
     assert!(!cookie.contains(ADMIN), "the cookie does not hold the token in the clear");
+    use base64::Engine;
+    let value = cookie.split_once('=').expect("pair").1;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&decoded).contains(ADMIN), "nor encoded: a random id");
+    assert!(!set.contains("Secure"), "not Secure unless configured, whatever a header says");
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM page_sessions").fetch_one(&pool).await.expect("sessions");
+    assert_eq!(stored, 1, "kept server-side");
 
     let signed_in = page_shows(&served, Auth::Cookie(&cookie), SECRET_ERROR).await;
     assert!(signed_in.contains("Sign out") && signed_in.contains("/status/targets/shop/pause"));
@@ -221,6 +229,46 @@ async fn signing_in_sets_a_strict_cookie_and_the_controls_pause_and_resume_probi
     let response = post("/status/signout", String::new(), Some(&cookie), "same-origin").await.expect("signout");
     assert_eq!(response.status(), 303);
     assert!(response.headers()["set-cookie"].to_str().expect("cookie").contains("Max-Age=0"));
+    // The old cookie, kept by someone: refused from now on.
+    let (_, _, after) = page(&served, "/status", Auth::Cookie(&cookie)).await;
+    assert!(
+        !after.contains(SECRET_ERROR) && !after.contains("Pause probing"),
+        "a signed-out cookie sees the public page"
+    );
+    let response =
+        post("/status/targets/shop/pause", String::new(), Some(&cookie), "same-origin").await.expect("pause");
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_is_rate_limited_per_address_and_secure_cookies_are_host_bound() {
+    let shared = support::shared();
+    let sections = json!({"api": {"page": {"secure_cookies": true}}});
+    let (served, _) = support::api_on(&shared.postgres, &shared.redis, Mode::Stable, sections).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let signin = |token: &str| {
+        http.post(served.url("/status/signin"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(format!("token={token}"))
+            .send()
+    };
+    let response = signin(ADMIN).await.expect("signin");
+    assert_eq!(response.status(), 303);
+    let set = response.headers()["set-cookie"].to_str().expect("cookie").to_string();
+    assert!(set.starts_with("__Host-caracal_session=") && set.contains("; Secure") && set.contains("Path=/"), "{set}");
+    let mut limited = None;
+    for attempt in 0..20 {
+        let response = signin("a-guess").await.expect("signin");
+        if response.status() == 429 {
+            limited = Some((attempt, response.headers()["retry-after"].to_str().expect("retry-after").to_string()));
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    let (attempt, retry) = limited.expect("limited");
+    assert_eq!(attempt, 9, "ten attempts a minute, the first sign-in included");
+    assert!(retry.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)), "{retry}");
 }
 
 /// An open event stream, read event by event.
