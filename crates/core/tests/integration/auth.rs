@@ -197,7 +197,8 @@ fn a_bearer_file_others_can_read_stops_a_service_outside_dev_naming_the_file_and
     for mode in [Mode::Rc, Mode::Stable] {
         let mut core = support::core_config(mode);
         core.metrics.bearer_file = Some(path.clone());
-        let error = build(core).err().expect("refused at start").to_string();
+        let Err(error) = build(core) else { panic!("{mode:?}: refused at start") };
+        let error = error.to_string();
         assert!(error.contains("metrics.bearer_file") && error.contains(&path.display().to_string()), "{error}");
         assert!(error.contains("0644"), "the mode is named: {error}");
     }

@@ -118,3 +118,19 @@ async fn with_every_connection_held_by_idle_clients_a_probe_still_answers() {
     let response = reqwest::get(served.url("/v1/anything")).await.expect("answer");
     assert_eq!(response.status(), 404, "served normally once connections are free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let mut core = support::core_config(Mode::Stable);
+    core.http.header_read_timeout = Duration::from_secs(1);
+    let served = support::serve(support::app(core)).await;
+    let addr = served.url("/").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+    let mut answer = [0u8; 1024];
+    let n = stream.read(&mut answer).await.expect("answer");
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"), "answered, kept alive");
+    let started = Instant::now();
+    assert!(closed(&mut stream, Duration::from_secs(5)).await, "an idle connection is not kept forever");
+    assert!(started.elapsed() >= Duration::from_millis(800), "but for the timeout: {:?}", started.elapsed());
+}
