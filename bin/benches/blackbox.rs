@@ -18,14 +18,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caracal_coordinator::config::CoordinatorConfig;
-use caracal_coordinator::membership::Membership;
-use caracal_coordinator::metrics::Metrics;
-use caracal_coordinator::prober::Prober;
 use caracal_testkit::Postgres;
+
+#[path = "support/lone_prober.rs"]
+mod lone_prober;
 use caracal_testkit::bench::{cpu_seconds, cpu_seconds_of, rss_mib_of, which};
 use caracal_testkit::pki::Pki;
-use tokio_util::sync::CancellationToken;
+use lone_prober::LoneProber;
 
 const INSTANCES: usize = 1_000;
 /// Probe intervals: every second (the load, which saturates the exporter on this
@@ -219,29 +218,13 @@ fn ours(postgres: &Postgres, urls: &[String], ca_pem: Option<&str>, paths: (&str
                 .await
                 .expect("instances");
         }
-        let membership = Membership::new("bench".into());
-        membership.set(vec!["bench".into()]);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
-        let prober = Prober::new(
-            pool,
-            membership,
-            metrics,
-            CoordinatorConfig::default(),
-            caracal_core::outbound::Policy::default(),
-        )
-        .expect("prober");
-        let stop = CancellationToken::new();
-        let (notices, received) = tokio::sync::mpsc::channel(1);
-        notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
-        let task = tokio::spawn(prober.run(received, stop.clone()));
+        let prober = LoneProber::start(pool).await;
         tokio::time::sleep(WARMUP).await;
-        let ((p0, up0), c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
+        let ((p0, up0), c0, t0) = (probes(&prober.registry), cpu_seconds(), Instant::now());
         tokio::time::sleep(WINDOW).await;
-        let ((p1, up1), c1, elapsed) = (probes(&registry), cpu_seconds(), t0.elapsed().as_secs_f64());
+        let ((p1, up1), c1, elapsed) = (probes(&prober.registry), cpu_seconds(), t0.elapsed().as_secs_f64());
         let rss_mib = rss_mib_of("self");
-        stop.cancel();
-        let _ = task.await;
+        prober.stop().await;
         Run {
             probes_per_s: (p1 - p0) / elapsed,
             cores: (c1 - c0) / elapsed,

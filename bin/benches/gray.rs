@@ -22,13 +22,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use caracal_coordinator::config::CoordinatorConfig;
 use caracal_coordinator::gray::{Gray, Peers, Sample};
-use caracal_coordinator::membership::Membership;
-use caracal_coordinator::metrics::Metrics;
-use caracal_coordinator::prober::Prober;
 use caracal_testkit::Postgres;
-use tokio_util::sync::CancellationToken;
+
+#[path = "support/lone_prober.rs"]
+mod lone_prober;
+use lone_prober::LoneProber;
 
 const INTERVAL_MS: i32 = 500;
 const INJECT_AT: Duration = Duration::from_secs(60);
@@ -110,22 +109,7 @@ fn main() {
             modes.lock().expect("lock").insert(format!("steady/{n}"), Mode::Steady(250.0));
         }
 
-        let membership = Membership::new("bench".into());
-        membership.set(vec!["bench".into()]);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
-        let prober = Prober::new(
-            pool.clone(),
-            membership,
-            metrics,
-            CoordinatorConfig::default(),
-            caracal_core::outbound::Policy::default(),
-        )
-        .expect("prober");
-        let stop = CancellationToken::new();
-        let (notices, received) = tokio::sync::mpsc::channel(1);
-        notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
-        let task = tokio::spawn(prober.run(received, stop.clone()));
+        let prober = LoneProber::start(pool.clone()).await;
 
         let now = || async { sqlx::query_scalar::<_, f64>("SELECT extract(epoch FROM now())::float8").fetch_one(&pool).await.expect("now") };
         let started = now().await;
@@ -145,8 +129,7 @@ fn main() {
         let healed = now().await;
         tokio::time::sleep(RUN - HEAL_AT).await;
         let ended = now().await;
-        stop.cancel();
-        let _ = task.await;
+        prober.stop().await;
 
         let transitions: Vec<Transition> = sqlx::query_as(
             "SELECT instance_url, from_status, to_status, extract(epoch FROM occurred_at)::float8 FROM status_transitions ORDER BY id",

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use caracal_coordinator::config::CoordinatorConfig;
-use caracal_coordinator::membership::Membership;
-use caracal_coordinator::metrics::Metrics;
-use caracal_coordinator::prober::Prober;
 use caracal_testkit::Postgres;
+
+#[path = "support/lone_prober.rs"]
+mod lone_prober;
 use caracal_testkit::bench::{cpu_seconds, spawn_self};
-use tokio_util::sync::CancellationToken;
+use lone_prober::LoneProber;
 
 const HOSTS: usize = 50;
 const PER_HOST: usize = 100;
@@ -56,23 +55,7 @@ fn main() {
                 .await
                 .expect("instances");
         }
-        let membership = Membership::new("bench".into());
-        membership.set(vec!["bench".into()]);
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(registry.sub_registry_with_prefix("caracal_coordinator"));
-        let prober = Prober::new(
-            pool.clone(),
-            membership,
-            metrics,
-            CoordinatorConfig::default(),
-            caracal_core::outbound::Policy::default(),
-        )
-        .expect("prober");
-        let stop = CancellationToken::new();
-        // One full read of the registry, as the invalidations follower asks at start-up.
-        let (notices, received) = tokio::sync::mpsc::channel(1);
-        notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
-        let task = tokio::spawn(prober.run(received, stop.clone()));
+        let prober = LoneProber::start(pool.clone()).await;
         // Gray-failure detection off, then on (every detector judging: windows full, so the
         // medians are computed on every probe), twice, in the same run.
         let mut phases = Vec::new();
@@ -82,16 +65,15 @@ fn main() {
                 .execute(&pool)
                 .await
                 .expect("degraded");
-            notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
+            prober.notices.send(caracal_store::invalidations::Notice::Resync).await.expect("send");
             // 60 probes fill an instance's latency windows.
             tokio::time::sleep(if enabled { WARMUP + Duration::from_secs(62) } else { WARMUP }).await;
-            let (p0, c0, t0) = (probes(&registry), cpu_seconds(), Instant::now());
+            let (p0, c0, t0) = (probes(&prober.registry), cpu_seconds(), Instant::now());
             tokio::time::sleep(WINDOW).await;
-            let (p1, c1, elapsed) = (probes(&registry), cpu_seconds(), t0.elapsed().as_secs_f64());
+            let (p1, c1, elapsed) = (probes(&prober.registry), cpu_seconds(), t0.elapsed().as_secs_f64());
             phases.push((enabled, (p1 - p0) / elapsed, (c1 - c0) / elapsed));
         }
-        stop.cancel();
-        let _ = task.await;
+        prober.stop().await;
         phases
     });
     let _ = fleet.kill();
