@@ -12,3 +12,4 @@ mod sentinel;
 mod support;
 mod tokens;
 mod traces;
+mod upgrade;

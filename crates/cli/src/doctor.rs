@@ -225,17 +225,25 @@ async fn database(url: &str) -> Vec<Finding> {
     {
         out.push(skew("postgres", db_now));
     }
-    let expected = caracal_store::expected_version();
-    match caracal_store::applied_version(&pool).await {
-        Ok(Some(v)) if v == expected => {
-            out.push(finding("migrations", Severity::Ok, format!("schema at version {v}"), ""))
+    match caracal_store::schema::schema(&pool).await {
+        Ok(state @ caracal_store::schema::Schema::Expected { .. }) => {
+            out.push(finding("migrations", Severity::Ok, state.to_string(), ""))
         }
-        Ok(v) => out.push(finding(
+        Ok(state @ caracal_store::schema::Schema::Compatible { .. }) => out.push(finding(
+            "migrations",
+            Severity::Warn,
+            state.to_string(),
+            "finish the upgrade: roll every replica to the new release, then `caracal-api --migrate --post-deploy`",
+        )),
+        Ok(state @ caracal_store::schema::Schema::Ahead { .. }) => out.push(finding(
             "migrations",
             Severity::Critical,
-            format!("schema at {v:?}, this build expects {expected}"),
-            "run `caracal-api --migrate`",
+            state.to_string(),
+            "this `caracal` is older than the schema: use the new release's binaries",
         )),
+        Ok(state) => {
+            out.push(finding("migrations", Severity::Critical, state.to_string(), "run `caracal-api --migrate`"))
+        }
         Err(e) => out.push(finding(
             "migrations",
             Severity::Critical,

@@ -2,8 +2,10 @@
 //! share.
 //!
 //! # Layout
-//! - [`migrate`] / [`MIGRATOR`]: the embedded sqlx migrations (`migrations/`), applied only
-//!   on request (`caracal-api --migrate`), never implicitly by every replica.
+//! - [`schema`]: the embedded sqlx migrations (`migrations/`), applied only on request
+//!   (`caracal-api --migrate`, never implicitly by every replica) with a `lock_timeout` and
+//!   retries, and the compatibility window that keeps the previous release ready on a newer
+//!   schema that declares itself compatible with it.
 //! - [`event`]: [`Event`], one change as it travels outbox → stream → ledger, and its stream
 //!   encoding.
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
@@ -32,6 +34,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod registry;
 pub mod revocation;
+pub mod schema;
 pub mod stream;
 pub mod target;
 pub mod tls;
@@ -39,9 +42,7 @@ pub mod tls;
 use caracal_core::{Check, Failure, Observed, Rung};
 pub use error::Error;
 pub use event::{Event, NewEvent};
-
-/// The embedded migrations.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use schema::{MIGRATOR, applied_version, expected_version, migrate};
 
 /// SQL turning a `timestamptz` column into RFC 3339 UTC text.
 #[macro_export]
@@ -49,31 +50,6 @@ macro_rules! rfc3339 {
     ($column:literal) => {
         concat!("to_char(", $column, " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     };
-}
-
-/// Applies every pending migration.
-///
-/// # Errors
-/// When PostgreSQL cannot be reached or a migration fails.
-pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    MIGRATOR.run(pool).await.map_err(Error::Migrate)
-}
-
-/// The newest migration version this build knows.
-pub fn expected_version() -> i64 {
-    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
-}
-
-/// The newest migration version applied to the database, if any.
-///
-/// # Errors
-/// When the query fails (a database never migrated answers `Ok(None)`).
-pub async fn applied_version(pool: &sqlx::PgPool) -> Result<Option<i64>, Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
-    if !exists {
-        return Ok(None);
-    }
-    Ok(sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?)
 }
 
 /// The storage rung every pipeline service has: `postgres:connectivity`, `postgres:writable`,
@@ -87,22 +63,19 @@ pub fn storage_checks(pool: sqlx::PgPool, redis: caracal_core::RedisConnection) 
     ]
 }
 
-/// `postgres:schema_version` (storage rung, required): the database is migrated to exactly the
-/// version this build expects. Observes the applied version.
+/// `postgres:schema_version` (storage rung, required): the database is at the version this
+/// build expects, or at a newer one declared compatible with it ([the window](schema)).
+/// Observes the applied version.
 pub fn schema_check(pool: sqlx::PgPool) -> Check {
     Check::new("postgres:schema_version", Rung::Storage, move || {
         let pool = pool.clone();
         async move {
-            let expected = expected_version();
-            match applied_version(&pool).await {
-                Ok(Some(v)) if v == expected => Ok(Observed::new(v as f64, "version")),
-                Ok(Some(v)) => Err(Failure::with(
-                    format!("schema at version {v}, this build expects {expected}; run `caracal-api --migrate`"),
-                    Observed::new(v as f64, "version"),
-                )),
-                Ok(None) => {
-                    Err(Failure::new(format!("schema not migrated; run `caracal-api --migrate` (expects {expected})")))
-                }
+            match schema::schema(&pool).await {
+                Ok(state) => match state.version() {
+                    Some(v) if state.usable() => Ok(Observed::new(v as f64, "version")),
+                    Some(v) => Err(Failure::with(state.to_string(), Observed::new(v as f64, "version"))),
+                    None => Err(Failure::new(state.to_string())),
+                },
                 Err(e) => Err(Failure::new(format!("cannot read the schema version: {e}"))),
             }
         }

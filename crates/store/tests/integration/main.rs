@@ -1,6 +1,8 @@
 //! caracal-store's integration tests on a real PostgreSQL: migrations, the outbox's
 //! transactional guarantees and the plans of its hot queries.
 
+mod schema;
+
 use std::time::Duration;
 
 use caracal_store::ledger;
