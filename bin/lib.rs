@@ -46,7 +46,7 @@ pub fn api() -> ExitCode {
     if args.migrate {
         return caracal_core::task("api", VERSION, caracal_api::PORT, |config| async move {
             let app = caracal_core::App::new("api", VERSION, config)?;
-            let pool = app.postgres()?;
+            let pool = caracal_store::pool(&app)?;
             caracal_store::migrate(&pool).await.map_err(|e| caracal_core::Error::startup("apply migrations", e))?;
             eprintln!("api: schema at version {}", caracal_store::expected_version());
             Ok(())

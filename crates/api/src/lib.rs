@@ -107,7 +107,7 @@ fn router(state: ApiState) -> Router {
 pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: ApiConfig = app.config().section("api")?;
     config.validate()?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let (app, access) = caracal_tokens::install(app, pool.clone())?;
     let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.outbox_max_age);

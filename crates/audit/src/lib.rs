@@ -38,7 +38,7 @@ pub const GROUP: &str = "audit";
 /// Configuration errors (missing URLs, bad `[audit]` settings, an unusable admin token).
 pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: AuditConfig = app.config().section("audit")?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     // The consumer blocks in XREADGROUP; its own connection keeps the checks' PING prompt.
     let consumer_redis = app.redis()?;

@@ -46,7 +46,7 @@ pub const PORT: u16 = 8082;
 /// configuration with no `control.nameservers`).
 pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let config: ControlConfig = app.config().section("control")?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_control"));
     let resolver =

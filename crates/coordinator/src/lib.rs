@@ -43,7 +43,7 @@ pub const PORT: u16 = 4000;
 /// Configuration errors (missing URLs, bad `[coordinator]` settings).
 pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let config: CoordinatorConfig = app.config().section("coordinator")?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_coordinator"));
     metrics.register_target_families(app.registry_mut());

@@ -152,17 +152,37 @@ impl App {
     }
 
     /// A lazily connecting PostgreSQL pool for `DATABASE_URL`; connecting waits for first use,
-    /// so start-up never blocks on the database (readiness reports it instead).
+    /// so start-up never blocks on the database (readiness reports it instead). Its sessions
+    /// are named `caracal-<service>` in `pg_stat_activity`, unless the URL names them.
     ///
     /// # Errors
     /// [`Error::Config`] when `DATABASE_URL` is unset or not a PostgreSQL URL.
     pub fn postgres(&self) -> Result<sqlx::PgPool, Error> {
+        self.postgres_as(&format!("caracal-{}", self.name))
+    }
+
+    /// As [`App::postgres`], with the sessions named `application_name` (unless the URL names
+    /// them): `caracal-store` adds the schema version the build expects, so that a
+    /// post-deployment step can tell whether a replica of an older release is still connected.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `DATABASE_URL` is unset or not a PostgreSQL URL.
+    pub fn postgres_as(&self, application_name: &str) -> Result<sqlx::PgPool, Error> {
         let url = required(self.config.core.database_url.as_ref(), "database_url", env::DATABASE_URL)?;
-        sqlx::postgres::PgPoolOptions::new()
+        let mut options: sqlx::postgres::PgConnectOptions =
+            url.parse().map_err(|e| bad_url("database_url", env::DATABASE_URL, &e))?;
+        if options.get_application_name().is_none() {
+            options = options.application_name(application_name);
+        }
+        Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)
-            .map_err(|e| bad_url("database_url", env::DATABASE_URL, &e).into())
+            .connect_lazy_with(options))
+    }
+
+    /// The service's name (`api`, `coordinator`, ...).
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// The Redis connection: to `REDIS_URL`, reconnecting by itself after Redis restarts, or,

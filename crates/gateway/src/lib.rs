@@ -107,7 +107,7 @@ struct PlatformServices {
 pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let config: GatewayConfig = app.config().section("gateway")?;
     config.validate()?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_gateway"));
     let metrics_auth = Arc::new(BearerAuth::metrics(&app.config().core)?);

@@ -44,6 +44,16 @@ pub use error::Error;
 pub use event::{Event, NewEvent};
 pub use schema::{MIGRATOR, applied_version, expected_version, migrate};
 
+/// The service's PostgreSQL pool, its sessions named `caracal-<service> schema <N>` in
+/// `pg_stat_activity` (N: the schema version this build expects), so that the post-deployment
+/// steps can wait until no replica of an older release is connected.
+///
+/// # Errors
+/// As [`caracal_core::App::postgres`].
+pub fn pool(app: &caracal_core::App) -> Result<sqlx::PgPool, caracal_core::Error> {
+    app.postgres_as(&format!("caracal-{} schema {}", app.name(), expected_version()))
+}
+
 /// SQL turning a `timestamptz` column into RFC 3339 UTC text.
 #[macro_export]
 macro_rules! rfc3339 {

@@ -98,7 +98,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
         tokens.issuer = Some(format!("http://127.0.0.1:{}", app.config().core.port));
     }
     let sealer = sealer(&config, app.config().core.mode)?;
-    let pool = app.postgres()?;
+    let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_sts"));
     let (app, access, verifier) = caracal_tokens::attach(app, pool.clone(), &tokens, None)?;
