@@ -37,6 +37,14 @@ struct ApiArgs {
     /// Apply the database migrations and exit.
     #[arg(long)]
     migrate: bool,
+    /// With --migrate: also run the post-deployment steps (drops, backfills), once every
+    /// replica runs this release.
+    #[arg(long, requires = "migrate")]
+    post_deploy: bool,
+    /// With --post-deploy: how long to wait for replicas of an older release to leave (a
+    /// rollout in progress) before giving up.
+    #[arg(long, requires = "post_deploy", default_value = "10m", value_parser = humantime::parse_duration)]
+    wait_for_replicas: std::time::Duration,
 }
 
 /// `caracal-api`: the management and status API (port 3000). `--migrate` applies the schema
@@ -47,8 +55,35 @@ pub fn api() -> ExitCode {
         return caracal_core::task("api", VERSION, caracal_api::PORT, |config| async move {
             let app = caracal_core::App::new("api", VERSION, config)?;
             let pool = caracal_store::pool(&app)?;
-            caracal_store::migrate(&pool).await.map_err(|e| caracal_core::Error::startup("apply migrations", e))?;
-            eprintln!("api: schema at version {}", caracal_store::expected_version());
+            let options = caracal_store::schema::MigrateOptions {
+                wait_for_replicas: args.wait_for_replicas,
+                ..caracal_store::schema::MigrateOptions::default()
+            };
+            let done = caracal_store::schema::migrate_with(&pool, &options)
+                .await
+                .map_err(|e| caracal_core::Error::startup("apply migrations", e))?;
+            eprintln!(
+                "api: schema at version {} (applied now: {:?}, in {} attempt(s))",
+                caracal_store::expected_version(),
+                done.applied,
+                done.attempts
+            );
+            if args.post_deploy {
+                let done = caracal_store::schema::post_deploy(&pool, &options)
+                    .await
+                    .map_err(|e| caracal_core::Error::startup("run the post-deployment steps", e))?;
+                eprintln!("api: post-deployment steps run now: {:?}", done.applied);
+            } else {
+                let pending = caracal_store::schema::pending_post_deploy(&pool)
+                    .await
+                    .map_err(|e| caracal_core::Error::startup("read the post-deployment steps", e))?;
+                if !pending.is_empty() {
+                    eprintln!(
+                        "api: post-deployment steps pending {pending:?}: once every replica runs this release, \
+                         `caracal-api --migrate --post-deploy`"
+                    );
+                }
+            }
             Ok(())
         });
     }

@@ -58,6 +58,8 @@ def test_servicemonitors_and_rules_validate_against_the_operator_schemas(shape):
 
 def test_deployments_are_hardened_and_probed():
     for doc in (d for d in documents(render()) if d["kind"] == "Deployment"):
+        # An upgrade never leaves fewer ready replicas than asked for.
+        assert doc["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         pod = doc["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -473,6 +475,8 @@ def test_a_first_install_with_no_values_runs_its_own_postgres_and_redis():
     # which would run before the database exists).
     (job,) = [d for d in docs if d["kind"] == "Job"]
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
+    # Evaluation only: the one Job runs the post-deployment steps too.
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["caracal-api", "--migrate", "--post-deploy"]
     (wait,) = job["spec"]["template"]["spec"]["initContainers"]
     assert "pg_isready -h caracal-postgresql" in wait["command"][-1]
     notes = next(t for p, t in rendered.items() if p.endswith("NOTES.txt"))
@@ -487,8 +491,12 @@ def test_managed_stores_turn_the_in_chart_ones_off_one_value_each():
     managed = render(URLS)
     docs = documents(managed)
     assert not [d for d in docs if d["kind"] == "StatefulSet"]
-    (job,) = [d for d in docs if d["kind"] == "Job"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    migrate, post_deploy = [d for d in docs if d["kind"] == "Job"]
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == ["caracal-api", "--migrate"]
+    # The contract half after the roll.
+    assert post_deploy["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert post_deploy["spec"]["template"]["spec"]["containers"][0]["command"] == ["caracal-api", "--migrate", "--post-deploy"]
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert base64.b64decode(secret["data"]["database-url"]).decode() == URLS["database"]["url"]
     notes = next(t for p, t in managed.items() if p.endswith("NOTES.txt"))
@@ -543,7 +551,7 @@ def test_redis_behind_sentinels_replaces_the_url_in_every_pod_and_loads_in_the_r
         assert json.loads(env["CARACAL_REDIS_SENTINEL__NODES"]) == nodes
     # The rendered env goes through caracal-core's loader: exit 1 (the database is absent), not 2.
     binary = ROOT / "target" / "debug" / "caracal-api"
-    (job,) = [d for d in docs if d["kind"] == "Job"]
+    job = next(d for d in docs if d["kind"] == "Job")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("CARACAL_REDIS_SENTINEL")}
     env.update({"DATABASE_URL": "postgres://x@127.0.0.1:1/x", "CARACAL_MODE": "dev"})

@@ -251,6 +251,26 @@ async fn database(url: &str) -> Vec<Finding> {
             "check the database",
         )),
     }
+    match caracal_store::schema::pending_post_deploy(&pool).await {
+        Ok(pending) if pending.is_empty() => {
+            out.push(finding("post-deploy", Severity::Ok, "no post-deployment step pending".to_string(), ""))
+        }
+        Ok(pending) => out.push(finding(
+            "post-deploy",
+            Severity::Warn,
+            format!(
+                "post-deployment steps pending: {}",
+                pending.iter().map(|(v, d)| format!("{v} ({d})")).collect::<Vec<_>>().join(", ")
+            ),
+            "once every replica runs this release: `caracal-api --migrate --post-deploy` (the chart's post-upgrade hook)",
+        )),
+        Err(e) => out.push(finding(
+            "post-deploy",
+            Severity::Critical,
+            format!("cannot read the post-deployment steps: {e}"),
+            "check the database",
+        )),
+    }
     out.push(signing_keys(&pool).await);
     out.push(ledger(&pool).await);
     out.push(discovery(&pool).await);

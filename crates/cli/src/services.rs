@@ -177,13 +177,14 @@ pub fn stop(home: &Home, service: Service, grace: Duration) -> Result<bool, CliE
     Ok(stopped)
 }
 
-/// Runs `caracal-api --migrate` against the local database.
+/// Runs `caracal-api --migrate --post-deploy` against the local database: locally every
+/// service runs the same release, so the post-deployment steps follow at once.
 ///
 /// # Errors
 /// When the migration fails, with its last line.
 pub fn migrate(bin: &std::path::Path, env: &[(String, String)]) -> Result<(), CliError> {
     let output = Command::new(bin.join("caracal-api"))
-        .arg("--migrate")
+        .args(["--migrate", "--post-deploy"])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .output()

@@ -9,6 +9,15 @@ pub enum Error {
     /// A migration failed.
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A post-deployment step would remove what a replica of an older release still uses.
+    #[error(
+        "replicas of an older release are still connected: {replicas}; the post-deployment steps run once every \
+         replica runs this release"
+    )]
+    OlderReplicas {
+        /// The replicas, by session name.
+        replicas: String,
+    },
     /// A Redis command failed.
     #[error("redis command failed")]
     Redis(#[from] redis::RedisError),

@@ -5,7 +5,9 @@
 //! - [`schema`]: the embedded sqlx migrations (`migrations/`), applied only on request
 //!   (`caracal-api --migrate`, never implicitly by every replica) with a `lock_timeout` and
 //!   retries, and the compatibility window that keeps the previous release ready on a newer
-//!   schema that declares itself compatible with it.
+//!   schema that declares itself compatible with it; the post-deployment steps
+//!   (`post-deploy/`) that finish a release once every replica runs it. [`schema_rules`]: what
+//!   a migration may do, checked by a test on every one.
 //! - [`event`]: [`Event`], one change as it travels outbox → stream → ledger, and its stream
 //!   encoding.
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
@@ -35,6 +37,7 @@ pub mod outbox;
 pub mod registry;
 pub mod revocation;
 pub mod schema;
+pub mod schema_rules;
 pub mod stream;
 pub mod target;
 pub mod tls;

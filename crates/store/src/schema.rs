@@ -40,6 +40,16 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// The table the runner keeps the declarations in: `version`, `compatible_with`.
 pub const COMPATIBILITY_TABLE: &str = "_schema_compatibility";
 
+/// The embedded post-deployment steps (`post-deploy/`): the contract half of a release's
+/// change (drops, backfills), run only once every replica runs the release
+/// (`caracal-api --migrate --post-deploy`). Each is numbered after the schema version whose
+/// release it finishes.
+pub static POST_DEPLOY: Migrator = sqlx::migrate!("./post-deploy");
+
+/// The table the post-deployment steps are recorded in (sqlx's own bookkeeping, apart from the
+/// schema's `_sqlx_migrations`, so they never count as a schema version).
+pub const POST_DEPLOY_TABLE: &str = "_caracal_post_deploy";
+
 /// The newest migration version this build knows.
 pub fn expected_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
@@ -223,11 +233,19 @@ pub struct MigrateOptions {
     pub attempts: u32,
     /// The pause between two attempts.
     pub pause: Duration,
+    /// How long the post-deployment steps wait for replicas of an older release to leave
+    /// before giving up.
+    pub wait_for_replicas: Duration,
 }
 
 impl Default for MigrateOptions {
     fn default() -> Self {
-        MigrateOptions { lock_timeout: Duration::from_secs(5), attempts: 12, pause: Duration::from_secs(5) }
+        MigrateOptions {
+            lock_timeout: Duration::from_secs(5),
+            attempts: 12,
+            pause: Duration::from_secs(5),
+            wait_for_replicas: Duration::from_secs(600),
+        }
     }
 }
 
@@ -237,7 +255,7 @@ impl Default for MigrateOptions {
 /// # Errors
 /// When PostgreSQL cannot be reached, a migration fails, or one never got its lock.
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    migrate_with(pool, &MigrateOptions::default()).await
+    migrate_with(pool, &MigrateOptions::default()).await.map(|_| ())
 }
 
 /// Applies every pending migration (see [the runner](self)).
@@ -245,8 +263,102 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
 /// # Errors
 /// When PostgreSQL cannot be reached, a migration fails, or one never got its lock within
 /// `options.attempts`.
-pub async fn migrate_with(pool: &sqlx::PgPool, options: &MigrateOptions) -> Result<(), Error> {
+pub async fn migrate_with(pool: &sqlx::PgPool, options: &MigrateOptions) -> Result<Migrated, Error> {
     run_with(pool, &MIGRATOR, options, true).await
+}
+
+/// Runs the post-deployment steps whose schema version is applied and that have not run yet,
+/// with the same lock discipline as [`migrate_with`] — once no replica of an older release is
+/// connected (sessions named by [`crate::pool`]): a step removes what the previous release may
+/// still use. It waits up to `options.wait_for_replicas` for them to leave (a rollout in
+/// progress), checking every `options.pause`.
+///
+/// # Errors
+/// [`Error::OlderReplicas`] when replicas of an older release are still connected after the
+/// wait; otherwise as [`migrate_with`].
+pub async fn post_deploy(pool: &sqlx::PgPool, options: &MigrateOptions) -> Result<Migrated, Error> {
+    let started = std::time::Instant::now();
+    let applied = applied_version(pool).await?.unwrap_or(0);
+    let pending = pending_post_deploy(pool).await?;
+    loop {
+        let older: Vec<(String, i64, i64)> = connected_builds(pool)
+            .await?
+            .into_iter()
+            .filter(|(_, schema, _)| pending.iter().any(|(step, _)| step > schema))
+            .collect();
+        if older.is_empty() {
+            break;
+        }
+        let replicas = older
+            .iter()
+            .map(|(name, _, sessions)| format!("{name} ({sessions} session(s))"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if started.elapsed() >= options.wait_for_replicas {
+            return Err(Error::OlderReplicas { replicas });
+        }
+        tracing::info!(replicas, "the post-deployment steps wait for replicas of an older release to leave");
+        tokio::time::sleep(options.pause).await;
+    }
+    let steps: Vec<_> = POST_DEPLOY.iter().filter(|m| m.version <= applied).cloned().collect();
+    let migrator = Migrator {
+        migrations: std::borrow::Cow::Owned(steps),
+        table_name: std::borrow::Cow::Borrowed(POST_DEPLOY_TABLE),
+        ..Migrator::DEFAULT
+    };
+    run_with(pool, &migrator, options, false).await
+}
+
+/// The builds connected to the database, by the names their sessions carry
+/// (`caracal-<service> schema <N>`): `(name, N, sessions)`.
+///
+/// # Errors
+/// When the query fails.
+pub async fn connected_builds(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, i64)>, Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT application_name, count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name ~ '^caracal-[a-z]+ schema [0-9]+$' \
+         GROUP BY application_name ORDER BY application_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(name, sessions)| {
+            let schema = name.rsplit(' ').next()?.parse().ok()?;
+            Some((name, schema, sessions))
+        })
+        .collect())
+}
+
+/// The post-deployment steps not run yet whose schema version is applied: `(version,
+/// description)`, for `caracal doctor`.
+///
+/// # Errors
+/// When a query fails.
+pub async fn pending_post_deploy(pool: &sqlx::PgPool) -> Result<Vec<(i64, String)>, Error> {
+    let applied = applied_version(pool).await?.unwrap_or(0);
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('_caracal_post_deploy') IS NOT NULL").fetch_one(pool).await?;
+    let done: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _caracal_post_deploy WHERE success").fetch_all(pool).await?
+    } else {
+        Vec::new()
+    };
+    Ok(POST_DEPLOY
+        .iter()
+        .filter(|m| m.version <= applied && !done.contains(&m.version))
+        .map(|m| (m.version, m.description.to_string()))
+        .collect())
+}
+
+/// What a run of the migrations did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The versions applied by this run, in order.
+    pub applied: Vec<i64>,
+    /// How many attempts it took (more than one when a migration gave up waiting for a lock).
+    pub attempts: u32,
 }
 
 /// Runs `migrator` until it succeeds, retrying a migration that gave up waiting for a lock.
@@ -256,33 +368,37 @@ pub(crate) async fn run_with(
     migrator: &Migrator,
     options: &MigrateOptions,
     declare: bool,
-) -> Result<(), Error> {
+) -> Result<Migrated, Error> {
     let mut attempt = 1;
     loop {
         match attempt_once(pool, migrator, options, declare).await {
-            Err(Error::Migrate(MigrateError::ExecuteMigration(e, version)))
-                if lock_not_available(&e) && attempt < options.attempts =>
-            {
+            Ok(applied) => return Ok(Migrated { applied, attempts: attempt }),
+            Err(e) if retryable(&e) && attempt < options.attempts => {
                 tracing::warn!(
-                    version,
+                    error = %e,
                     attempt,
                     attempts = options.attempts,
-                    "migration gave up waiting for a lock (lock_timeout {:?}); retrying in {:?}",
+                    "a migration gave up waiting for a lock (lock_timeout {:?}); retrying in {:?}",
                     options.lock_timeout,
                     options.pause
                 );
                 attempt += 1;
                 tokio::time::sleep(options.pause).await;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// Whether a migration failed only because it waited too long for a lock (or was chosen as a
-/// deadlock's victim): worth another try.
-fn lock_not_available(e: &sqlx::Error) -> bool {
-    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "55P03" || code == "40P01")
+/// Whether an attempt failed only because a statement waited too long for a lock (or was
+/// chosen as a deadlock's victim) — a migration, or the clean-up before it: worth another try.
+fn retryable(e: &Error) -> bool {
+    let database = match e {
+        Error::Database(e) | Error::Migrate(MigrateError::ExecuteMigration(e, _)) => e,
+        Error::Migrate(MigrateError::Execute(e)) => e,
+        _ => return false,
+    };
+    database.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "55P03" || code == "40P01")
 }
 
 /// One attempt, on a connection of its own that is closed at the end: the advisory lock sqlx
@@ -292,7 +408,7 @@ async fn attempt_once(
     migrator: &Migrator,
     options: &MigrateOptions,
     declare: bool,
-) -> Result<(), Error> {
+) -> Result<Vec<i64>, Error> {
     let mut conn = pool.acquire().await?.detach();
     let result = async {
         sqlx::query(sqlx::AssertSqlSafe(format!("SET lock_timeout = {}", options.lock_timeout.as_millis())))
@@ -310,11 +426,25 @@ async fn attempt_once(
             locking: false,
             ..Migrator::DEFAULT
         };
-        unlocked.run(&mut conn).await.map_err(Error::Migrate)
+        let before = applied_set(&mut conn, &unlocked.table_name).await?;
+        unlocked.run(&mut conn).await.map_err(Error::Migrate)?;
+        let after = applied_set(&mut conn, &unlocked.table_name).await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
     .await;
     let _ = conn.close().await;
     result
+}
+
+/// The versions recorded in `table` (none before it exists).
+async fn applied_set(conn: &mut sqlx::PgConnection, table: &str) -> Result<Vec<i64>, Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table).fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT version FROM {table} WHERE success ORDER BY version");
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await?)
 }
 
 /// Writes every embedded migration's declaration, before any is applied.

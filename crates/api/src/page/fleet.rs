@@ -104,7 +104,7 @@ type Row = (
 type PointRow = (String, String, String, String, f64);
 
 /// Reads the whole fleet: targets, instances and statuses in one query, the last 24 hours of
-/// transitions in another (through `status_transitions_occurred_idx`).
+/// transitions in another (through `status_transitions_occurred_brin`).
 pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // One snapshot for both reads, so a transition and the status it led to agree.
