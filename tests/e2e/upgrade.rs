@@ -201,13 +201,16 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 #[derive(Default, Debug)]
 struct Writes {
     acknowledged: Vec<String>,
+    /// Reads answered 200 (`GET /v1/status` after each write).
+    reads: u64,
     unavailable_503: u64,
     retry_after_missing: u64,
     other_5xx: Vec<String>,
     unreachable: u64,
 }
 
-/// Registers a target every 40 ms through a ready API replica in rotation, until `stop`.
+/// Registers a target every 40 ms through a ready API replica in rotation, and reads the
+/// status through the next one, until `stop`.
 async fn write(fleet: Fleet, instance: String, stop: Arc<AtomicBool>) -> Writes {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let mut writes = Writes::default();
@@ -238,6 +241,21 @@ async fn write(fleet: Fleet, instance: String, stop: Arc<AtomicBool>) -> Writes 
                 r.text().await.unwrap_or_default()
             )),
             Ok(r) => panic!("{name} at {base}: {} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(_) => writes.unreachable += 1,
+        }
+        let reader = &apis[(n as usize + 1) % apis.len()];
+        match http.get(format!("{reader}/v1/status")).send().await {
+            Ok(r) if r.status() == 200 => writes.reads += 1,
+            Ok(r) if r.status() == 503 => {
+                writes.unavailable_503 += 1;
+                if r.headers().get("retry-after").is_none() {
+                    writes.retry_after_missing += 1;
+                }
+            }
+            Ok(r) if r.status().is_server_error() => {
+                writes.other_5xx.push(format!("status read at {reader}: {}", r.status()))
+            }
+            Ok(r) => panic!("status read at {reader}: {}", r.status()),
             Err(_) => writes.unreachable += 1,
         }
         n += 1;
@@ -435,11 +453,12 @@ async fn the_previous_release_rolls_to_this_one_under_load_without_an_outage() {
     .expect("indexes");
 
     eprintln!(
-        "rolling upgrade (schema {previous_schema} -> {}): {} writes acknowledged, {} answered 503 (Retry-After on all: {}), \
+        "rolling upgrade (schema {previous_schema} -> {}): {} writes acknowledged, {} reads, {} answered 503 (Retry-After on all: {}), \
          {} other 5xx, {} unreachable; {} watch rounds, rounds without a ready replica: {:?}, longest: {:?}; \
          {} status changes of the flapping instance recorded, {} out of chain",
         caracal_store::expected_version(),
         writes.acknowledged.len(),
+        writes.reads,
         writes.unavailable_503,
         writes.retry_after_missing == 0,
         writes.other_5xx.len(),
@@ -450,7 +469,7 @@ async fn the_previous_release_rolls_to_this_one_under_load_without_an_outage() {
         transitions.len(),
         broken.len()
     );
-    assert!(writes.acknowledged.len() > 100, "the writer kept writing: {writes:?}");
+    assert!(writes.acknowledged.len() > 100 && writes.reads > 100, "the writer kept writing and reading: {writes:?}");
     assert!(missing.is_empty() && doubled.is_empty(), "lost {missing:?}, doubled {doubled:?}");
     assert!(writes.other_5xx.is_empty(), "5xx other than 503: {:?}", writes.other_5xx);
     assert_eq!(writes.retry_after_missing, 0, "every 503 carries Retry-After");
