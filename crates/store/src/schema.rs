@@ -418,7 +418,7 @@ async fn attempt_once(
         if declare {
             write_declarations(&mut conn).await?;
         }
-        drop_invalid_indexes(&mut conn).await?;
+        drop_invalid_indexes(&mut conn, migrator).await?;
         // The lock is already held (and must be, around the invalid-index clean-up).
         let unlocked = Migrator {
             migrations: migrator.migrations.clone(),
@@ -470,14 +470,21 @@ async fn write_declarations(conn: &mut sqlx::PgConnection) -> Result<(), Error> 
     Ok(())
 }
 
-/// Drops the invalid indexes a failed `CREATE INDEX CONCURRENTLY` leaves behind, so its retry
-/// builds the index instead of finding the broken one there (`IF NOT EXISTS`). Runs under the
-/// migration lock, so no other runner's build is in progress.
-async fn drop_invalid_indexes(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+/// Drops the invalid indexes a failed `CREATE INDEX CONCURRENTLY` of `migrator`'s left behind,
+/// so its retry builds the index instead of finding the broken one there (`IF NOT EXISTS`).
+/// Only those: an invalid index of any other name may be an operator's `REINDEX
+/// CONCURRENTLY` in progress. Runs under the migration lock, so no other runner's build is.
+async fn drop_invalid_indexes(conn: &mut sqlx::PgConnection, migrator: &Migrator) -> Result<(), Error> {
+    let ours = concurrent_builds(migrator);
+    if ours.is_empty() {
+        return Ok(());
+    }
     let invalid: Vec<String> = sqlx::query_scalar(
         "SELECT quote_ident(c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND n.nspname = current_schema()",
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE NOT i.indisvalid AND n.nspname = current_schema() AND c.relname = ANY($1)",
     )
+    .bind(&ours)
     .fetch_all(&mut *conn)
     .await?;
     for index in invalid {
@@ -487,6 +494,18 @@ async fn drop_invalid_indexes(conn: &mut sqlx::PgConnection) -> Result<(), Error
             .await?;
     }
     Ok(())
+}
+
+/// The names of the indexes `migrator`'s migrations build `CONCURRENTLY`.
+fn concurrent_builds(migrator: &Migrator) -> Vec<String> {
+    let pattern = regex::Regex::new(
+        r"(?i)\bcreate\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?([a-z_][a-z0-9_]*)",
+    )
+    .expect("a valid pattern");
+    migrator
+        .iter()
+        .flat_map(|m| pattern.captures_iter(m.sql.as_str()).map(|c| c[1].to_lowercase()).collect::<Vec<_>>())
+        .collect()
 }
 
 #[cfg(test)]
@@ -500,6 +519,12 @@ mod tests {
         assert_eq!(declared_compatibility("CREATE TABLE t ();\n-- compatible-with: 12"), None, "past the header");
         assert_eq!(declared_compatibility("-- compatible-with: twelve\n"), None);
         assert_eq!(declared_compatibility("-- A table.\nCREATE TABLE t ();"), None);
+    }
+
+    #[test]
+    fn the_concurrent_builds_are_known_by_name() {
+        assert!(concurrent_builds(&MIGRATOR).contains(&"status_transitions_occurred_brin".to_string()));
+        assert!(concurrent_builds(&POST_DEPLOY).is_empty(), "the post-deployment steps only drop");
     }
 
     #[test]
