@@ -216,7 +216,7 @@ async fn postgres_over_tls_verifies_the_server_and_refuses_one_without_tls() {
     let served = serve(verify_full(&postgres.url(), &pki.ca.cert)).await;
     served.wait_ready_status(200, WITHIN).await.expect("ready over verified TLS");
     let ssl: String = postgres
-        .psql("postgres", "SELECT string_agg(ssl::text, ',') FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL AND application_name = ''")
+        .psql("postgres", "SELECT string_agg(ssl::text, ',') FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL AND application_name LIKE 'caracal-%'")
         .expect("pg_stat_ssl");
     assert!(ssl.contains("true"), "the service's sessions use TLS: {ssl}");
     drop(served);
