@@ -10,6 +10,10 @@ out=target/previous-release
 if [ -x "$out/bin/caracal-all" ] && [ "$(cat "$out/bin/commit" 2>/dev/null)" = "$commit" ]; then
   exit 0
 fi
+# A shallow clone lacks the commit: fetch the history from where the clone came from.
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null && [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  git fetch --quiet --unshallow || true
+fi
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
   echo "build-previous-release: commit $commit (releases.toml) is not in this clone's history; a shallow clone needs \`git fetch --unshallow\`" >&2
   exit 1
