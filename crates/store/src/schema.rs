@@ -277,9 +277,25 @@ pub async fn migrate_with(pool: &sqlx::PgPool, options: &MigrateOptions) -> Resu
 /// [`Error::OlderReplicas`] when replicas of an older release are still connected after the
 /// wait; otherwise as [`migrate_with`].
 pub async fn post_deploy(pool: &sqlx::PgPool, options: &MigrateOptions) -> Result<Migrated, Error> {
+    post_deploy_steps(pool, &POST_DEPLOY, options).await
+}
+
+/// As [`post_deploy`], with the steps of `steps` (the tests run steps of their own). A step
+/// whose header says `-- batched` is a rewrite of rows, one bounded statement (`... LIMIT N`)
+/// that is run again, each time in its own transaction, until it changes no row; then it is
+/// recorded. So no transaction holds many rows' locks, and an interrupted rewrite resumes
+/// where it stopped.
+///
+/// # Errors
+/// As [`post_deploy`].
+pub async fn post_deploy_steps(
+    pool: &sqlx::PgPool,
+    steps: &Migrator,
+    options: &MigrateOptions,
+) -> Result<Migrated, Error> {
     let started = std::time::Instant::now();
     let applied = applied_version(pool).await?.unwrap_or(0);
-    let pending = pending_post_deploy(pool).await?;
+    let pending = pending_in(pool, steps).await?;
     loop {
         let older: Vec<(String, i64, i64)> = connected_builds(pool)
             .await?
@@ -300,13 +316,66 @@ pub async fn post_deploy(pool: &sqlx::PgPool, options: &MigrateOptions) -> Resul
         tracing::info!(replicas, "the post-deployment steps wait for replicas of an older release to leave");
         tokio::time::sleep(options.pause).await;
     }
-    let steps: Vec<_> = POST_DEPLOY.iter().filter(|m| m.version <= applied).cloned().collect();
+    let mut rewritten = 0;
+    for step in steps.iter().filter(|m| pending.iter().any(|(v, _)| *v == m.version) && is_batched(m.sql.as_str())) {
+        rewritten += rewrite_in_batches(pool, step, options).await?;
+    }
+    let steps: Vec<_> = steps.iter().filter(|m| m.version <= applied).cloned().collect();
     let migrator = Migrator {
         migrations: std::borrow::Cow::Owned(steps),
         table_name: std::borrow::Cow::Borrowed(POST_DEPLOY_TABLE),
         ..Migrator::DEFAULT
     };
-    run_with(pool, &migrator, options, false).await
+    let mut done = run_with(pool, &migrator, options, false).await?;
+    done.rewritten = rewritten;
+    Ok(done)
+}
+
+/// Whether a step's header says `-- batched`.
+pub fn is_batched(sql: &str) -> bool {
+    sql.lines().map(str::trim).take_while(|l| l.starts_with("--") || l.is_empty()).any(|l| l == "-- batched")
+}
+
+/// Runs a batched step's statement until it changes no row, on a connection of its own with
+/// `lock_timeout`; a batch that gave up waiting for a lock is tried again after a pause.
+/// Returns the rows it changed.
+async fn rewrite_in_batches(
+    pool: &sqlx::PgPool,
+    step: &sqlx::migrate::Migration,
+    options: &MigrateOptions,
+) -> Result<u64, Error> {
+    let mut conn = pool.acquire().await?.detach();
+    let result = async {
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET lock_timeout = {}", options.lock_timeout.as_millis())))
+            .execute(&mut conn)
+            .await?;
+        let (mut rows, mut batches, mut attempt) = (0, 0u64, 1);
+        loop {
+            match sqlx::query(sqlx::AssertSqlSafe(step.sql.as_str().to_string())).execute(&mut conn).await {
+                Ok(done) if done.rows_affected() == 0 => break,
+                Ok(done) => {
+                    rows += done.rows_affected();
+                    batches += 1;
+                    if batches % 100 == 0 {
+                        tracing::info!(step = step.version, rows, batches, "rewriting in batches");
+                    }
+                }
+                Err(e) => {
+                    let e = Error::Database(e);
+                    if !retryable(&e) || attempt >= options.attempts {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(options.pause).await;
+                }
+            }
+        }
+        tracing::info!(step = step.version, rows, batches, "rewritten in batches");
+        Ok(rows)
+    }
+    .await;
+    let _ = conn.close().await;
+    result
 }
 
 /// The builds connected to the database, by the names their sessions carry
@@ -337,6 +406,11 @@ pub async fn connected_builds(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, i
 /// # Errors
 /// When a query fails.
 pub async fn pending_post_deploy(pool: &sqlx::PgPool) -> Result<Vec<(i64, String)>, Error> {
+    pending_in(pool, &POST_DEPLOY).await
+}
+
+/// The steps of `steps` not run yet whose schema version is applied.
+async fn pending_in(pool: &sqlx::PgPool, steps: &Migrator) -> Result<Vec<(i64, String)>, Error> {
     let applied = applied_version(pool).await?.unwrap_or(0);
     let exists: bool =
         sqlx::query_scalar("SELECT to_regclass('_caracal_post_deploy') IS NOT NULL").fetch_one(pool).await?;
@@ -345,7 +419,7 @@ pub async fn pending_post_deploy(pool: &sqlx::PgPool) -> Result<Vec<(i64, String
     } else {
         Vec::new()
     };
-    Ok(POST_DEPLOY
+    Ok(steps
         .iter()
         .filter(|m| m.version <= applied && !done.contains(&m.version))
         .map(|m| (m.version, m.description.to_string()))
@@ -359,6 +433,8 @@ pub struct Migrated {
     pub applied: Vec<i64>,
     /// How many attempts it took (more than one when a migration gave up waiting for a lock).
     pub attempts: u32,
+    /// The rows the batched post-deployment steps rewrote.
+    pub rewritten: u64,
 }
 
 /// Runs `migrator` until it succeeds, retrying a migration that gave up waiting for a lock.
@@ -372,7 +448,7 @@ pub(crate) async fn run_with(
     let mut attempt = 1;
     loop {
         match attempt_once(pool, migrator, options, declare).await {
-            Ok(applied) => return Ok(Migrated { applied, attempts: attempt }),
+            Ok(applied) => return Ok(Migrated { applied, attempts: attempt, rewritten: 0 }),
             Err(e) if retryable(&e) && attempt < options.attempts => {
                 tracing::warn!(
                     error = %e,

@@ -12,6 +12,9 @@
 //! - While it declares compatibility with an older build, it only adds: no drop, rename, new
 //!   `NOT NULL` on an existing column, changed type, nor rewrite of rows (`UPDATE`, `DELETE`).
 //!   Those are the contract half, a post-deployment step or a later release.
+//! - A post-deployment step that rewrites rows (`UPDATE`, `DELETE`) does it in batches: a
+//!   `-- batched` `-- no-transaction` step of one statement bounded by a `LIMIT`, which the
+//!   runner repeats until it changes no row.
 
 /// The first schema version the rules are checked on: the migrations before it predate them,
 /// and their checksums (recorded in every database) freeze them as they are.
@@ -42,6 +45,18 @@ pub fn check(version: i64, sql: &str, post_deploy: bool) -> Vec<String> {
     }
     if !no_tx && !statements.is_empty() && !statements[0].starts_with("SET LOCAL LOCK_TIMEOUT") {
         broken.push("does not start with `SET LOCAL lock_timeout = ...`".to_string());
+    }
+    if post_deploy {
+        let batched = crate::schema::is_batched(sql) && no_tx && statements.len() == 1;
+        for s in statements.iter().filter(|s| s.starts_with("UPDATE ") || s.starts_with("DELETE ")) {
+            if !batched || !s.contains(" LIMIT ") {
+                broken.push(format!(
+                    "rewrites rows in one go: a `-- batched` `-- no-transaction` step of one statement bounded by a \
+                     LIMIT does it in batches (`{}`)",
+                    clip(s)
+                ));
+            }
+        }
     }
     let contracting = post_deploy || declared.is_some_and(|with| with >= version);
     if !contracting {
@@ -181,12 +196,28 @@ mod tests {
             assert_eq!(check(20, &expand, false).len(), 1, "{sql}");
             let declared_break = format!("-- compatible-with: 20\nSET LOCAL lock_timeout = '5s';\n{sql}");
             assert!(check(20, &declared_break, false).is_empty(), "{sql}");
-            let step = format!("SET LOCAL lock_timeout = '5s';\n{sql}");
-            assert!(check(20, &step, true).is_empty(), "{sql}");
+            if !sql.starts_with("UPDATE") {
+                let step = format!("SET LOCAL lock_timeout = '5s';\n{sql}");
+                assert!(check(20, &step, true).is_empty(), "{sql}");
+            }
         }
         let adds = "-- compatible-with: 19\nSET LOCAL lock_timeout = '5s';\nALTER TABLE t ADD COLUMN b text;\n\
                     CREATE TABLE u (a text NOT NULL);";
         assert!(check(20, adds, false).is_empty());
+    }
+
+    #[test]
+    fn a_rewrite_in_a_post_deployment_step_goes_in_batches() {
+        let in_one_go = check(20, "SET LOCAL lock_timeout = '5s';\nUPDATE t SET b = a WHERE b IS NULL;", true);
+        assert!(in_one_go.iter().any(|b| b.contains("in one go")), "{in_one_go:?}");
+        let unbounded = check(20, "-- no-transaction\n-- batched\nUPDATE t SET b = a WHERE b IS NULL", true);
+        assert!(unbounded.iter().any(|b| b.contains("in one go")), "{unbounded:?}");
+        let batched = check(
+            20,
+            "-- no-transaction\n-- batched\nUPDATE t SET b = a WHERE id IN (SELECT id FROM t WHERE b IS NULL LIMIT 1000)",
+            true,
+        );
+        assert!(batched.is_empty(), "{batched:?}");
     }
 
     #[test]

@@ -272,3 +272,65 @@ async fn this_release_migrations_and_post_deployment_steps_never_hold_a_hot_tabl
     assert_eq!(caracal_store::applied_version(&pool).await.expect("version"), Some(expected_version()));
     assert!(schema::pending_post_deploy(&pool).await.expect("pending").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batched_post_deployment_step_rewrites_every_row_without_holding_writers() {
+    let postgres = Postgres::start_default().expect("postgres");
+    let pool = sqlx::PgPool::connect(&postgres.fresh_database("batched").expect("db")).await.expect("connect");
+    caracal_store::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE backfill (id bigserial PRIMARY KEY, a bigint NOT NULL, b bigint)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    sqlx::query("INSERT INTO backfill (a) SELECT g FROM generate_series(1, 200000) g")
+        .execute(&pool)
+        .await
+        .expect("rows");
+    let sql = "-- no-transaction\n-- batched\n\
+               UPDATE backfill SET b = a WHERE id IN (SELECT id FROM backfill WHERE b IS NULL LIMIT 2000)";
+    assert!(caracal_store::schema_rules::check(2, sql, true).is_empty(), "the step keeps the rules");
+    let step = sqlx::migrate::Migration::new(
+        2,
+        "backfill b".into(),
+        sqlx::migrate::MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        true,
+    );
+    let steps = sqlx::migrate::Migrator::with_migrations(vec![step]);
+
+    // A writer updating rows of the same table throughout, each update timed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+        async move {
+            let (mut slowest, mut n) = (Duration::ZERO, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                sqlx::query("UPDATE backfill SET a = a WHERE id = $1")
+                    .bind((n * 7919 % 200_000 + 1) as i64)
+                    .execute(&pool)
+                    .await
+                    .expect("write");
+                slowest = slowest.max(started.elapsed());
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (slowest, n)
+        }
+    });
+    let done = schema::post_deploy_steps(&pool, &steps, &schema::MigrateOptions::default()).await.expect("step");
+    stop.store(true, Ordering::SeqCst);
+    let (slowest, writes) = writer.await.expect("writer");
+    eprintln!("batched rewrite of 200,000 rows: {done:?}; {writes} writes meanwhile, the slowest {slowest:?}");
+    assert_eq!(done.rewritten, 200_000);
+    assert_eq!(done.applied, [2]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM backfill WHERE b IS DISTINCT FROM a")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "every row rewritten");
+    assert!(writes > 10 && slowest < Duration::from_millis(500), "writers waited {slowest:?} ({writes} writes)");
+    // Run again: recorded, nothing to do.
+    let again = schema::post_deploy_steps(&pool, &steps, &schema::MigrateOptions::default()).await.expect("again");
+    assert_eq!((again.applied.len(), again.rewritten), (0, 0));
+}
