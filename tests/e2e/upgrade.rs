@@ -32,6 +32,25 @@ async fn ready_codes(services: &[&support::Service], settle: Duration) -> Vec<(S
     out
 }
 
+/// Records `version` as applied, declared compatible with builds of `compatible_with`, as a
+/// newer release's `--migrate` would.
+async fn newer_migration(pool: &sqlx::PgPool, version: i64, compatible_with: i64) {
+    sqlx::query("INSERT INTO _schema_compatibility (version, compatible_with) VALUES ($1, $2)")
+        .bind(version)
+        .bind(compatible_with)
+        .execute(pool)
+        .await
+        .expect("declare");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, 'a newer release', true, '\\x00', 0)",
+    )
+    .bind(version)
+    .execute(pool)
+    .await
+    .expect("a newer release's migration");
+}
+
 /// The issue's reproduction: a row for the next version in `_sqlx_migrations` — once with a
 /// declaration of compatibility (every service stays ready), once without (every service is
 /// unready, saying which versions).
@@ -50,38 +69,14 @@ async fn a_newer_compatible_schema_leaves_every_service_ready_and_an_incompatibl
     let all: Vec<&support::Service> = services.iter().collect();
     let pool = stores.pool().await;
     let next = caracal_store::expected_version() + 1;
-    sqlx::query("INSERT INTO _schema_compatibility (version, compatible_with) VALUES ($1, $1 - 1)")
-        .bind(next)
-        .execute(&pool)
-        .await
-        .expect("declare");
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES ($1, 'next release', true, '\\x00', 0)",
-    )
-    .bind(next)
-    .execute(&pool)
-    .await
-    .expect("the next release's migration");
+    newer_migration(&pool, next, next - 1).await;
     // Check intervals are 200 ms: 2 s is ten evaluations.
     for (base, code, body) in ready_codes(&all, Duration::from_secs(2)).await {
         assert_eq!(code, 200, "{base} turned unready on a compatible schema: {body}");
     }
 
     // The release after it, which needs builds of `next`: this build is past its window.
-    sqlx::query("INSERT INTO _schema_compatibility (version, compatible_with) VALUES ($1 + 1, $1)")
-        .bind(next)
-        .execute(&pool)
-        .await
-        .expect("declare");
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES ($1 + 1, 'the release after', true, '\\x00', 0)",
-    )
-    .bind(next)
-    .execute(&pool)
-    .await
-    .expect("the release after's migration");
+    newer_migration(&pool, next + 1, next).await;
     let named = format!("schema at version {}, this build expects {}", next + 1, next - 1);
     for (base, code, body) in ready_codes(&all, Duration::from_secs(2)).await {
         assert_eq!(code, 503, "{base} stayed ready past its window: {body}");
