@@ -159,9 +159,10 @@ fn start(database_url: &str, redis_url: &str, port: u16) -> Child {
 }
 
 async fn wait_for_page(http: &reqwest::Client, base: &str) {
+    // The page lists 100 targets a page: the last one is found by searching for it.
     let last = format!("id=\"t-svc-{TARGETS:04}\"");
     for _ in 0..600 {
-        if let Ok(response) = http.get(format!("{base}/")).send().await
+        if let Ok(response) = http.get(format!("{base}/status?q=svc-{TARGETS:04}")).send().await
             && response.status() == 200
             && response.text().await.is_ok_and(|body| body.contains(&last))
         {

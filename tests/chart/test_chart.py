@@ -179,6 +179,47 @@ def test_the_outbound_policy_and_the_gateways_credentials_render_where_they_belo
         render(bad)
 
 
+def test_retention_is_written_only_when_set_and_a_ledger_shorter_than_the_outbox_stops_the_audit():
+    """retention.history and retention.ledger reach [store.retention] and [audit] of the shared
+    file only when set (a previous release reading the file during a roll never sees them);
+    the real audit binary starts with a valid pair and exits 2 naming audit.retention when the
+    ledger would keep less than the outbox (24h)."""
+    config_of = lambda values: next(
+        d for d in documents(render(values)) if d["kind"] == "ConfigMap" and "caracal.toml" in d["data"]
+    )["data"]["caracal.toml"]
+    plain = config_of(dict(URLS))
+    assert "[store.retention]" not in plain and "[audit]" not in plain, plain
+    binary = ROOT / "target" / "debug" / "caracal-audit"
+    assert binary.exists(), "build the binaries first (cargo build --bins)"
+
+    def start(config):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+            f.write(config)
+            f.flush()
+            env = {"CARACAL_CONFIG": f.name, "DATABASE_URL": "postgres://x@127.0.0.1:1/x", "REDIS_URL": "redis://127.0.0.1:1/",
+                   "CARACAL_MODE": "dev", "PORT": "0"}
+            process = subprocess.Popen([str(binary)], env=env, stderr=subprocess.PIPE, text=True)
+            try:
+                process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
+            code = process.poll()
+            process.terminate()
+            _, stderr = process.communicate(timeout=30)
+            return code, stderr
+
+    good = config_of(dict(URLS, retention={"history": "7d", "ledger": "90d"}))
+    assert '[store.retention]\n    history = "7d"'.replace("    ", "") in good.replace("    ", ""), good
+    assert '[audit]\nretention = "90d"' in good.replace("    ", ""), good
+    code, stderr = start(good)
+    assert code is None and "invalid configuration" not in stderr, stderr
+    code, stderr = start(config_of(dict(URLS, retention={"ledger": "1h"})))
+    assert code == 2, stderr
+    assert "audit.retention" in stderr and "coordinator.relay.retention" in stderr, stderr
+    with pytest.raises(helm_python.HelmError):
+        render(dict(URLS, retention={"history": "a month"}))
+
+
 def test_the_control_section_loads_in_the_real_control():
     """caracal-control reads [control]: with the rendered file it starts (a bad key exits 2 at once)."""
     values = dict(URLS, targets=[{"name": "shop", "instances": ["http://10.0.0.7:9100"]}], control={"nameservers": ["127.0.0.1:53"]})

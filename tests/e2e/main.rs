@@ -8,6 +8,7 @@ mod failover;
 mod ledger;
 mod outbound;
 mod pipeline;
+mod retention;
 mod sentinel;
 mod support;
 mod tokens;

@@ -16,10 +16,10 @@ use caracal_core::Status;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::ApiState;
 use crate::error::ApiError;
 use crate::monitoring::{Alerts, Tsdb};
 use crate::platform::Fleet;
+use crate::state::ApiState;
 
 /// A component's state as a status page shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

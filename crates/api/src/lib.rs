@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`config`]: [`ApiConfig`], the `[api]` settings.
 //! - [`target`]: the target document, its validation and defaults (from `caracal-store`).
-//! - `targets` (private): the `/v1/targets` handlers and their SQL.
+//! - `targets` (private): the `/v1/targets` handlers (their reads and writes are the store's).
 //! - `status` (private): `/v1/status` and `/v1/targets/{name}/history`.
 //! - `healthchecks` (private): the public aggregate, in the console's shape at
 //!   `/healthchecks` and in Caracal's at `/v1/healthchecks`.
@@ -15,6 +15,8 @@
 //!   for them.
 //! - `platform` (private): registering the platform's own services as targets, and the cached
 //!   view of their status.
+//! - [`state`]: [`ApiState`], what the handlers share; the ground floor every handler module
+//!   imports (never `lib.rs`).
 //! - [`error`]: [`ApiError`], the one place errors become HTTP answers.
 //! - `openapi` (private): `/openapi.json`, generated from the handlers and types.
 //! - `page` (private): the live status page at `/` and `/status`.
@@ -26,6 +28,7 @@ mod monitoring;
 mod openapi;
 mod page;
 mod platform;
+pub mod state;
 mod status;
 mod targets;
 
@@ -38,43 +41,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use caracal_core::{App, Mode, Readiness};
-use caracal_tokens::{Access, Guard, Scope};
+use caracal_core::App;
+use caracal_tokens::{Guard, Scope};
 
 pub use config::ApiConfig;
 pub use error::ApiError;
+pub use state::ApiState;
 
 /// The default port.
 pub const PORT: u16 = 3000;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    /// The registry's database.
-    pub pool: sqlx::PgPool,
-    /// Who may call `/v1/*`: the admin token, or an STS token with `targets:read`/`targets:write`.
-    pub access: Access,
-    /// The deployment mode (reads of `/v1/*` are open in `dev`).
-    pub mode: Mode,
-    /// The ladder's latest results, for `/healthchecks`.
-    pub readiness: Readiness,
-    /// The latest known status of the platform's own services.
-    pub platform: Arc<platform::PlatformView>,
-    /// The latest read of Alertmanager and Prometheus.
-    pub monitoring: Arc<monitoring::MonitoringView>,
-    /// Settings.
-    pub config: Arc<ApiConfig>,
-    /// The outbound address policy: a registered address literal it denies is refused.
-    pub outbound: Arc<caracal_core::outbound::Policy>,
-    /// Where targets' client certificates may be read from (`coordinator.tls.client_dir`).
-    pub client_files: Arc<caracal_store::tls::ClientFiles>,
-    /// The status page's live feed.
-    feed: Arc<page::live::Feed>,
-    /// The status page's sign-in sessions.
-    sessions: Arc<page::session::Sessions>,
-    /// Draining ends the status page's open event streams.
-    lifecycle: Arc<caracal_core::Lifecycle>,
-}
 
 /// The API's routes: `/v1/*` behind the admin token or a scoped STS token, plus
 /// `/healthchecks`, `/openapi.json` and the status page.

@@ -23,8 +23,8 @@ use utoipa::{Modify, OpenApi};
         crate::healthchecks::aggregate,
     ),
     components(schemas(
-        crate::target::TargetSpec,
-        crate::target::Target,
+        caracal_store::target::TargetSpec,
+        caracal_store::target::Target,
         caracal_store::discovery::Discovery,
         caracal_store::discovery::DnsDiscovery,
         caracal_store::discovery::RecordType,
@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         caracal_store::target::InstanceDegraded,
         caracal_store::target::DegradedSpec,
         caracal_store::target::Detector,
+        caracal_store::status::Status,
     )),
     tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
     modifiers(&Shapes)

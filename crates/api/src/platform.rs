@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::ApiConfig;
+use crate::config::ApiConfig;
 
 /// A summary of the platform's own instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,18 +99,9 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
     Ok(())
 }
 
-async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
-    let (total, up, live): (i64, i64, i64) = sqlx::query_as(
-        // Instances not probed yet (no status row, or only a certificate recorded ahead of the
-        // first status) count neither way. A degraded instance serves, slowly or flakily: the
-        // service is degraded, not down.
-        "SELECT count(*) FILTER (WHERE s.status <> 'unknown'), count(*) FILTER (WHERE s.status = 'up'), \
-         count(*) FILTER (WHERE s.status IN ('up', 'degraded')) FROM instances i \
-         JOIN targets t ON t.id = i.target_id LEFT JOIN instance_status s ON s.instance_id = i.id \
-         WHERE t.labels @> '{\"caracal\": \"platform\"}'",
-    )
-    .fetch_one(pool)
-    .await?;
+async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, caracal_store::Error> {
+    let counts = caracal_store::status::platform(pool).await?;
+    let (total, up, live) = (counts.probed, counts.up, counts.serving);
     Ok(match (total, up, live) {
         (0, _, _) => Fleet::Empty,
         (t, u, _) if u == t => Fleet::AllUp,

@@ -3,11 +3,12 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use caracal_store::rfc3339;
+use caracal_store::status::{self as store, Status};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{ApiError, ApiState};
+use crate::error::ApiError;
+use crate::state::ApiState;
 
 /// One instance's current status.
 #[derive(Debug, Serialize, ToSchema)]
@@ -16,7 +17,7 @@ pub(crate) struct InstanceStatus {
     instance: String,
     /// `unknown` (not probed yet), `up`, `degraded` (live and ready, but slow, flaky or
     /// flapping), `unready` (live but not ready) or `down`.
-    status: String,
+    status: Status,
     /// Since when (RFC 3339), once probed.
     since: Option<String>,
     last_error: Option<String>,
@@ -48,69 +49,27 @@ pub(crate) struct StatusPage {
     instances: Vec<InstanceStatus>,
 }
 
-/// Target, instance, status, since, last error, paused, certificate expiry, unverified,
-/// degraded reason and detail.
-type StatusRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    bool,
-    Option<String>,
-    bool,
-    Option<String>,
-    Option<String>,
-);
-/// Id, instance, from, to, reason, occurred at.
-type TransitionRow = (i64, String, String, String, Option<String>, String);
-
 /// The current status of every registered instance.
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = StatusPage),
     (status = 401, description = "No valid token"), (status = 403, description = "The token lacks targets:read")))]
 pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<StatusPage>, ApiError> {
-    let rows: Vec<StatusRow> = sqlx::query_as(concat!(
-        "SELECT t.name, i.url, COALESCE(s.status, 'unknown'), ",
-        rfc3339!("s.since"),
-        ", s.last_error, t.paused_at IS NOT NULL, ",
-        rfc3339!("s.certificate_expires_at"),
-        ", COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
-         s.degraded->>'reason', s.degraded->>'detail' \
-         FROM instances i JOIN targets t ON t.id = i.target_id \
-         LEFT JOIN instance_status s ON s.instance_id = i.id ORDER BY t.name, i.url"
-    ))
-    .fetch_all(&state.pool)
-    .await?;
-    let instances = rows
+    let instances = store::current(&state.pool)
+        .await?
         .into_iter()
         .map(|row| {
-            let (
-                target,
-                instance,
-                status,
-                since,
-                last_error,
-                paused,
-                certificate_expires_at,
-                insecure_skip_verify,
-                reason,
-                detail,
-            ) = row;
-            let degraded = match (status.as_str(), reason, detail, &since) {
-                ("degraded", Some(reason), Some(detail), Some(since)) => {
-                    Some(Degraded { reason, detail, since: since.clone() })
-                }
+            let degraded = match (row.degraded, &row.since) {
+                (Some((reason, detail)), Some(since)) => Some(Degraded { reason, detail, since: since.clone() }),
                 _ => None,
             };
             InstanceStatus {
-                target,
-                instance,
-                status,
-                since,
-                last_error,
-                paused,
-                certificate_expires_at,
-                insecure_skip_verify,
+                target: row.target,
+                instance: row.instance,
+                status: row.status,
+                since: row.since,
+                last_error: row.last_error,
+                paused: row.paused,
+                certificate_expires_at: row.certificate_expires_at,
+                insecure_skip_verify: row.insecure_skip_verify,
                 degraded,
             }
         })
@@ -135,8 +94,8 @@ pub(crate) struct HistoryParams {
 pub(crate) struct Transition {
     id: i64,
     instance: String,
-    from: String,
-    to: String,
+    from: Status,
+    to: Status,
     reason: Option<String>,
     occurred_at: String,
 }
@@ -147,6 +106,10 @@ pub(crate) struct HistoryPage {
     transitions: Vec<Transition>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     next_cursor: Option<String>,
+    /// When the oldest transition still kept (of any target) occurred (RFC 3339): history
+    /// before it was purged (`store.retention.history`). `null` when none is kept.
+    #[schema(format = DateTime)]
+    oldest: Option<String>,
 }
 
 /// A target's status transitions, newest first, paginated (kept after the target is deleted).
@@ -162,7 +125,7 @@ pub(crate) async fn history(
     // A repeated or malformed parameter: the same answer as a bad value.
     let Query(params) = params.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     // No target ever had a name outside the registry's pattern: no such history.
-    if !crate::target::valid_name(&name) {
+    if !caracal_store::target::valid_name(&name) {
         return Err(ApiError::NotFound(name));
     }
     let max = state.config.max_page;
@@ -183,29 +146,23 @@ pub(crate) async fn history(
                 .ok_or_else(|| ApiError::invalid("cursor", "a cursor from a previous page"))?,
         ),
     };
-    let rows: Vec<TransitionRow> = sqlx::query_as(concat!(
-        "SELECT id, instance_url, from_status, to_status, reason, ",
-        rfc3339!("occurred_at"),
-        " FROM status_transitions WHERE target_name = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(&name)
-    .bind(cursor)
-    .bind(limit)
-    .fetch_all(&state.pool)
-    .await?;
-    if rows.is_empty() && cursor.is_none() {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM targets WHERE name = $1)")
-            .bind(&name)
-            .fetch_one(&state.pool)
-            .await?;
-        if !exists {
-            return Err(ApiError::NotFound(name));
-        }
+    let rows = store::history(&state.pool, &name, cursor, limit).await?;
+    if rows.is_empty() && cursor.is_none() && !caracal_store::registry::exists(&state.pool, &name).await? {
+        return Err(ApiError::NotFound(name));
     }
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.0.to_string())).flatten();
+    let oldest =
+        caracal_store::retention::oldest_rfc3339(&state.pool, caracal_store::retention::Table::History).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
     let transitions = rows
         .into_iter()
-        .map(|(id, instance, from, to, reason, occurred_at)| Transition { id, instance, from, to, reason, occurred_at })
+        .map(|t| Transition {
+            id: t.id,
+            instance: t.instance,
+            from: t.from,
+            to: t.to,
+            reason: t.reason,
+            occurred_at: t.occurred_at,
+        })
         .collect();
-    Ok(Json(HistoryPage { transitions, next_cursor }))
+    Ok(Json(HistoryPage { transitions, next_cursor, oldest }))
 }

@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use caracal_store::registry::{self, Writer};
 use caracal_tokens::{Caller, Scope};
 
-use crate::target::{Target, TargetSpec};
-use crate::{ApiError, ApiState};
+use crate::error::ApiError;
+use crate::state::ApiState;
+use caracal_store::target::{Target, TargetSpec};
 
 /// List every target.
 #[utoipa::path(get, path = "/v1/targets", tag = "targets",

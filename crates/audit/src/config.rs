@@ -29,6 +29,49 @@ pub struct AuditConfig {
     pub consumer: Option<String>,
     /// Reconciling the ledger with the outbox (`[audit.ledger]`).
     pub ledger: LedgerConfig,
+    /// How long the ledger keeps an event (`0`: forever). Never shorter than the outbox's
+    /// retention (`coordinator.relay.retention`): start-up fails if it is. Default 400 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+/// The one value of `[coordinator.relay]` the audit service checks its retention against.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OutboxRetention {
+    /// `coordinator.relay.retention`.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for OutboxRetention {
+    fn default() -> Self {
+        Self { retention: caracal_store::outbox::DEFAULT_RETENTION }
+    }
+}
+
+impl AuditConfig {
+    /// Checks `audit.retention` against the outbox's: the ledger must keep an event at least as
+    /// long as the outbox keeps its row, or the ledger would drop what it could still heal.
+    ///
+    /// # Errors
+    /// Naming `audit.retention` when it is shorter.
+    pub fn validate(&self, outbox: &OutboxRetention) -> Result<(), caracal_core::ConfigError> {
+        if !self.retention.is_zero() && self.retention < outbox.retention {
+            return Err(caracal_core::ConfigError {
+                key: "audit.retention".into(),
+                origin: "`CARACAL_AUDIT__RETENTION` or the config file".into(),
+                message: format!(
+                    "{} is shorter than the outbox's retention (coordinator.relay.retention, {}): the ledger keeps every \
+                     event at least as long as the outbox does; use 0 (forever) or at least {}",
+                    humantime::format_duration(self.retention),
+                    humantime::format_duration(outbox.retention),
+                    humantime::format_duration(outbox.retention),
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// How the ledger is kept complete when the stream loses entries.
@@ -64,6 +107,28 @@ impl Default for AuditConfig {
             max_page: 500,
             consumer: None,
             ledger: LedgerConfig::default(),
+            retention: Duration::from_secs(400 * 86_400),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{AuditConfig, OutboxRetention};
+
+    #[test]
+    fn the_ledger_may_not_keep_less_than_the_outbox() {
+        let outbox = OutboxRetention { retention: Duration::from_secs(2 * 86_400) };
+        let short = AuditConfig { retention: Duration::from_secs(86_400), ..AuditConfig::default() };
+        let refused = short.validate(&outbox).expect_err("shorter than the outbox's");
+        assert_eq!(refused.key, "audit.retention");
+        assert!(refused.message.contains("coordinator.relay.retention, 2days"), "{}", refused.message);
+        for keep in [Duration::ZERO, Duration::from_secs(2 * 86_400), Duration::from_secs(400 * 86_400)] {
+            let config = AuditConfig { retention: keep, ..AuditConfig::default() };
+            assert!(config.validate(&outbox).is_ok(), "{keep:?}");
+        }
+        assert!(AuditConfig::default().validate(&OutboxRetention::default()).is_ok(), "the defaults agree");
     }
 }

@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use caracal_core::error_response;
-use caracal_store::rfc3339;
+use caracal_store::ledger::{self, PageQuery};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -36,7 +36,8 @@ pub(crate) struct Params {
     #[serde(rename = "type")]
     #[param(rename = "type", pattern = "^[^\\x00]*$")]
     event_type: Option<String>,
-    /// RFC 3339; events that occurred at or after it.
+    /// RFC 3339; events that occurred at or after it (one before the ledger's `oldest` is
+    /// answered with what the ledger holds).
     #[param(format = DateTime)]
     since: Option<String>,
     /// `next_cursor` of the previous page.
@@ -73,37 +74,12 @@ pub(crate) struct Page {
     events: Vec<EventOut>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     next_cursor: Option<String>,
+    /// When the oldest event the ledger still holds occurred (RFC 3339): older events were
+    /// purged (`audit.retention`). A `since` before it is answered from it. `null` while the
+    /// ledger is empty.
+    #[schema(format = DateTime)]
+    oldest: Option<String>,
 }
-
-/// One page of the ledger: `$1` the cursor, `$2` target, `$3` type, `$4` since (local time,
-/// `$6` its offset in minutes), `$5` the page size.
-///
-/// With `since`, the page starts at the first outbox id that occurred at or after it (the
-/// `CASE`), found through the ledger's BRIN index on `occurred_at`: only the block ranges that
-/// can hold later times are read. Without that bound PostgreSQL walked the primary key from
-/// the cursor and filtered on the time, betting that matches come early: on a 1,000,000-row
-/// ledger, "since ten minutes ago" read every older row first (0.9–1.25 s). The time filter
-/// stays, for rows recorded out of order. `min(outbox_id + 0)` keeps the planner from turning
-/// the `min` into that same walk. The bound costs the rows since `since`, so a time before
-/// the ledger's first row skips it (every row matches; the walk finds them at once); a time
-/// early in a long ledger still reads most of it. Sent unprepared, so each request is planned
-/// with its own `since` (a generic plan cannot tell a recent time from an old one).
-pub const PAGE: &str = concat!(
-    "SELECT outbox_id, event_type, target, instance, payload, ",
-    rfc3339!("occurred_at"),
-    ", trace_id FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
-     AND ($3::text IS NULL OR event_type = $3) \
-     AND ($4::text IS NULL OR occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') \
-     AND outbox_id >= CASE WHEN $4::text IS NULL THEN 0 \
-       WHEN ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC' \
-            <= (SELECT occurred_at FROM audit_events ORDER BY outbox_id LIMIT 1) THEN 0 \
-       ELSE (SELECT min(outbox_id + 0) FROM audit_events \
-             WHERE occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') END \
-     ORDER BY outbox_id LIMIT $5"
-);
-
-/// Outbox id, type, target, instance, payload, occurred at, trace id.
-type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
 
 /// The ledger, oldest first, paginated by outbox id.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(Params),
@@ -139,25 +115,29 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
         Some(Some(parts)) => Some(parts),
         Some(None) => return invalid("since", "an RFC 3339 time, such as 2026-11-21T14:00:00Z"),
     };
-    let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(PAGE)
-        // Planned for each request's own values, as `PAGE` needs (see there).
-        .persistent(false)
-        .bind(cursor)
-        .bind(params.target)
-        .bind(params.event_type)
-        .bind(since.as_ref().map(|(local, _)| local.as_str()))
-        .bind(limit)
-        .bind(since.as_ref().map_or(0, |(_, offset)| *offset))
-        .fetch_all(&state.pool)
-        .instrument(caracal_core::telemetry::db_span("postgresql", "SELECT", "audit_events"))
-        .await;
-    let rows = match rows {
-        Ok(rows) => rows,
+    let query = PageQuery {
+        after: cursor,
+        target: params.target.as_deref(),
+        event_type: params.event_type.as_deref(),
+        since_local: since.as_ref().map(|(local, _)| local.as_str()),
+        since_offset_mins: since.as_ref().map_or(0, |(_, offset)| *offset),
+        limit,
+    };
+    let read = async {
+        Ok::<_, caracal_store::Error>((
+            ledger::page(&state.pool, &query).await?,
+            caracal_store::retention::oldest_rfc3339(&state.pool, caracal_store::retention::Table::Ledger).await?,
+        ))
+    }
+    .instrument(caracal_core::telemetry::db_span("postgresql", "SELECT", "audit_events"))
+    .await;
+    let (rows, oldest) = match read {
+        Ok(read) => read,
         // PostgreSQL refused a value (a date with a month 13, say): the caller's mistake.
-        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
+        Err(e) if ledger::is_data_error(&e) => {
             return invalid("since", "an RFC 3339 time, such as 2026-11-21T14:00:00Z");
         }
-        Err(e) if caracal_core::unavailable::postgres_unavailable(&e) => {
+        Err(caracal_store::Error::Database(e)) if caracal_core::unavailable::postgres_unavailable(&e) => {
             tracing::warn!(error = %e, "reading the ledger failed; answered 503");
             return caracal_core::unavailable::unavailable_response();
         }
@@ -166,20 +146,20 @@ pub(crate) async fn list(State(state): State<EventsState>, params: Result<Query<
             return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
         }
     };
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.0.to_string())).flatten();
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
     let events = rows
         .into_iter()
-        .map(|(id, event_type, target, instance, payload, occurred_at, trace_id)| EventOut {
-            id,
-            event_type,
-            target,
-            instance,
-            payload,
-            occurred_at,
-            trace_id,
+        .map(|r| EventOut {
+            id: r.id,
+            event_type: r.event_type,
+            target: r.target,
+            instance: r.instance,
+            payload: r.payload,
+            occurred_at: r.occurred_at,
+            trace_id: r.trace_id,
         })
         .collect();
-    Json(Page { events, next_cursor }).into_response()
+    Json(Page { events, next_cursor, oldest }).into_response()
 }
 
 /// `since` ([`SINCE_PATTERN`]) as its local date-time and its offset east of UTC in minutes;

@@ -22,10 +22,11 @@ use axum::routing::get;
 use caracal_core::RedisConnection;
 use caracal_core::checks::{self, StreamGroup};
 use caracal_core::{App, Check, Failure, Observed, Rung};
+use caracal_store::retention::{RetentionConfig, Table};
 use caracal_store::stream;
 
-pub use config::{AuditConfig, LedgerConfig};
-pub use events::PAGE as EVENTS_PAGE;
+pub use caracal_store::ledger::PAGE as EVENTS_PAGE;
+pub use config::{AuditConfig, LedgerConfig, OutboxRetention};
 
 /// The default port.
 pub const PORT: u16 = 9090;
@@ -38,12 +39,16 @@ pub const GROUP: &str = "audit";
 /// Configuration errors (missing URLs, bad `[audit]` settings, an unusable admin token).
 pub fn build(app: App) -> Result<App, caracal_core::Error> {
     let config: AuditConfig = app.config().section("audit")?;
+    config.validate(&app.config().section("coordinator.relay")?)?;
+    let retention = RetentionConfig::load(&app)?;
     let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     // The consumer blocks in XREADGROUP; its own connection keeps the checks' PING prompt.
     let consumer_redis = app.redis()?;
     let (mut app, access) = caracal_tokens::install(app, pool.clone())?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_audit"));
+    let retention_metrics = caracal_store::retention::Metrics::register(app.registry_mut());
+    let (purge_pool, keep) = (pool.clone(), config.retention);
     let lag = checks::stream_group(
         redis.clone(),
         app.metrics(),
@@ -69,7 +74,11 @@ pub fn build(app: App) -> Result<App, caracal_core::Error> {
         .check(gap)
         .routes(routes)
         .worker("consumer", move |stop| consumer.run(stop))
-        .worker("reconciler", move |stop| reconciler.run(stop)))
+        .worker("reconciler", move |stop| reconciler.run(stop))
+        // The ledger's writer purges it: `audit.retention`.
+        .worker("retention", move |stop| {
+            caracal_store::retention::run(purge_pool, Table::Ledger, keep, retention, retention_metrics, stop)
+        }))
 }
 
 /// `dlq:length` (delivery rung, not required): the DLQ is empty; records

@@ -274,6 +274,7 @@ async fn database(url: &str) -> Vec<Finding> {
     out.push(signing_keys(&pool).await);
     out.push(ledger(&pool).await);
     out.push(discovery(&pool).await);
+    out.extend(retention(&pool).await);
     let backlog = caracal_store::outbox::figures(&pool).await;
     match backlog {
         Ok((pending, age, dead)) => {
@@ -332,11 +333,7 @@ async fn ledger(pool: &sqlx::PgPool) -> Finding {
 
 /// DNS-discovered targets: how many, and which were not resolved within three refreshes.
 async fn discovery(pool: &sqlx::PgPool) -> Finding {
-    let found: Result<(i64, Vec<String>), _> = sqlx::query_as(
-        "SELECT count(*), COALESCE(array_agg(t.name ORDER BY t.name) FILTER (WHERE d.resolved_at IS NULL                 OR d.resolved_at < now() - make_interval(secs => 3 * (t.discovery->'dns'->>'refresh_ms')::float8 / 1000)), '{}')          FROM targets t LEFT JOIN discovery_status d ON d.target_id = t.id WHERE t.discovery IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await;
+    let found = caracal_store::discovery::stale(pool).await;
     match found {
         Ok((0, _)) => finding("discovery", Severity::Ok, "no DNS-discovered targets", ""),
         Ok((n, stale)) if stale.is_empty() => {
@@ -356,14 +353,52 @@ async fn discovery(pool: &sqlx::PgPool) -> Finding {
     }
 }
 
+/// The tables kept for a retention: their size, the oldest row they hold (the horizon) and
+/// what the purge last did. A horizon well past the retention means the purge is behind.
+async fn retention(pool: &sqlx::PgPool) -> Vec<Finding> {
+    let reports = match caracal_store::retention::report(pool).await {
+        Ok(reports) => reports,
+        Err(e) => return vec![finding("retention", Severity::Warn, format!("cannot read: {e}"), "run the migrations")],
+    };
+    reports.into_iter().map(|r| retention_finding(&r)).collect()
+}
+
+fn retention_finding(r: &caracal_store::retention::Report) -> Finding {
+    let days = |secs: f64| {
+        if secs >= 86_400.0 { format!("{:.1} d", secs / 86_400.0) } else { format!("{secs:.0} s") }
+    };
+    let size = format!("{:.1} MiB, about {} rows", r.bytes as f64 / (1024.0 * 1024.0), r.rows_estimate);
+    let horizon = r.oldest_age_secs.map_or_else(|| "empty".to_string(), |age| format!("oldest row {} old", days(age)));
+    let kept = match (r.keep_secs, r.purged_ago_secs) {
+        (None, _) | (_, None) => "no purge has run yet (the coordinator and the audit service run it)".to_string(),
+        (Some(0.0), Some(ago)) => format!("kept forever (last checked {} ago)", days(ago)),
+        (Some(keep), Some(ago)) => {
+            format!("kept {}, last purge {} ago, {} rows purged so far", days(keep), days(ago), r.rows_purged)
+        }
+    };
+    // A day of slack: the purge runs every minute, but rows may stay a while behind a long
+    // transaction, and the ledger's behind the outbox's own retention.
+    let behind = match (r.keep_secs, r.oldest_age_secs) {
+        (Some(keep), Some(age)) => keep > 0.0 && age > keep + 86_400.0,
+        _ => false,
+    };
+    let name = format!("retention {}", r.table.name());
+    let summary = format!("{size}, {horizon}; {kept}");
+    if behind {
+        finding(
+            &name,
+            Severity::Warn,
+            summary,
+            "the purge is behind: see the coordinator's (history) or the audit's (ledger) log; a dead outbox row holds the ledger's back",
+        )
+    } else {
+        finding(&name, Severity::Ok, summary, "")
+    }
+}
+
 /// The STS's signing keys: how long signing is covered by the keys made so far.
 async fn signing_keys(pool: &sqlx::PgPool) -> Finding {
-    let coverage: Result<(i64, Option<f64>), _> = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM max(signs_until) - now())::float8 \
-         FROM sts_signing_keys WHERE published_until > now()",
-    )
-    .fetch_one(pool)
-    .await;
+    let coverage = caracal_sts::ring::coverage(pool).await;
     match coverage {
         Ok((0, _)) => {
             finding("sts signing keys", Severity::Warn, "no signing key yet", "start caracal-sts; it makes one")

@@ -116,18 +116,7 @@ impl Health {
     }
 }
 
-/// One resolution's outcome, as `discovery_status` stores it.
-#[derive(Debug, Clone)]
-struct StatusRow {
-    id: i64,
-    at: f64,
-    outcome: &'static str,
-    resolved: bool,
-    records: i32,
-    ttl_s: Option<i32>,
-    empty_streak: i32,
-    error: Option<String>,
-}
+use caracal_store::discovery::Outcome as StatusRow;
 
 /// Resolves the discovered targets and writes their instances.
 pub struct Discoverer {
@@ -186,7 +175,7 @@ impl Discoverer {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
-        let rows = match read(&self.pool, names.as_deref()).await {
+        let rows = match registry::read(&self.pool, names.as_deref(), registry::Filter::Discovered).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the discovered targets failed; will retry");
@@ -194,8 +183,10 @@ impl Discoverer {
             }
         };
         let mut fresh: HashMap<String, Entry> = HashMap::new();
-        for (id, name, discovery, known, empty_streak) in rows {
-            let Ok(discovery) = serde_json::from_value::<caracal_store::discovery::Discovery>(discovery) else {
+        for target in rows {
+            let (id, empty_streak, name, known) =
+                (target.id, target.empty_streak, target.spec.name, target.spec.instances);
+            let Some(discovery) = target.spec.discovery else {
                 tracing::warn!(target = %name, "a stored discovery document does not parse; skipping it");
                 continue;
             };
@@ -335,50 +326,11 @@ impl Discoverer {
             return;
         }
         let rows = std::mem::take(pending);
-        let written = sqlx::query(
-            "INSERT INTO discovery_status (target_id, attempted_at, outcome, resolved_at, records, ttl_s, empty_streak, error) \
-             SELECT u.id, to_timestamp(u.at), u.outcome, CASE WHEN u.resolved THEN to_timestamp(u.at) END, u.records, u.ttl_s, \
-                    u.empty_streak, u.error \
-             FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::bool[], $5::int[], $6::int[], $7::int[], $8::text[]) \
-                  AS u(id, at, outcome, resolved, records, ttl_s, empty_streak, error) \
-             JOIN targets t ON t.id = u.id \
-             ON CONFLICT (target_id) DO UPDATE SET attempted_at = excluded.attempted_at, outcome = excluded.outcome, \
-                resolved_at = COALESCE(excluded.resolved_at, discovery_status.resolved_at), \
-                records = CASE WHEN excluded.resolved_at IS NULL THEN discovery_status.records ELSE excluded.records END, \
-                ttl_s = CASE WHEN excluded.resolved_at IS NULL THEN discovery_status.ttl_s ELSE excluded.ttl_s END, \
-                empty_streak = excluded.empty_streak, error = excluded.error",
-        )
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.resolved).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.records).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ttl_s).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.empty_streak).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
-        .execute(&self.pool)
-        .await;
+        let written = caracal_store::discovery::record_outcomes(&self.pool, &rows).await;
         if let Err(e) = written {
             tracing::warn!(error = %e, rows = rows.len(), "writing resolution outcomes failed; they show at the next resolution");
         }
     }
-}
-
-/// A discovered target as read: id, name, discovery document, instances (sorted), empty streak.
-type Row = (i64, String, serde_json::Value, Vec<String>, i32);
-
-/// Reads every discovered target, or those of `names`.
-async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Row>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT t.id, t.name, t.discovery, \
-                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}'), \
-                COALESCE(max(d.empty_streak), 0) \
-         FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN discovery_status d ON d.target_id = t.id \
-         WHERE t.discovery IS NOT NULL AND ($1::text[] IS NULL OR t.name = ANY($1)) GROUP BY t.id",
-    )
-    .bind(names)
-    .fetch_all(pool)
-    .await
 }
 
 /// A target's refresh interval, at least [`FLOOR`].

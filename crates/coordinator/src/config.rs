@@ -69,9 +69,13 @@ pub struct RelayConfig {
     pub max_lag: Duration,
     /// Approximate length the stream is trimmed to.
     pub stream_max_len: usize,
-    /// Dispatched rows are deleted after this long.
+    /// Dispatched rows are deleted after this long (once the ledger holds them). The ledger
+    /// keeps its rows at least this long (`audit.retention` may not be shorter).
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How often dispatched rows past `retention` are purged.
+    #[serde(with = "humantime_serde")]
+    pub purge_every: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -110,7 +114,8 @@ impl Default for RelayConfig {
             max_attempts: 10,
             max_lag: Duration::from_secs(60),
             stream_max_len: 1_000_000,
-            retention: Duration::from_secs(24 * 3600),
+            retention: caracal_store::outbox::DEFAULT_RETENTION,
+            purge_every: Duration::from_secs(60),
         }
     }
 }

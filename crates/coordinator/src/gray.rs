@@ -54,14 +54,8 @@ pub struct Sample {
     pub changed: bool,
 }
 
-/// Why an instance is degraded: the detector and a sentence with its figures.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    /// The detector that fired.
-    pub reason: Detector,
-    /// What it saw ("p50 154 ms over the last 12 probes against its own 4.1 ms ...").
-    pub detail: String,
-}
+/// Why an instance is degraded: the store's type, recorded beside the status.
+pub use caracal_store::status::Verdict;
 
 /// A change of verdict.
 #[derive(Debug, Clone, PartialEq)]

@@ -31,21 +31,26 @@ use std::time::Duration;
 
 use caracal_core::{App, Check, Failure, Observed, Rung};
 use caracal_store::invalidations;
+use caracal_store::retention::{RetentionConfig, Table};
 
 pub use config::CoordinatorConfig;
 
 /// The default port.
 pub const PORT: u16 = 4000;
 
-/// Adds the coordinator to `app`: its checks, the membership, prober and relay workers.
+/// Adds the coordinator to `app`: its checks, the membership, prober and relay workers, and the
+/// status history's retention purge.
 ///
 /// # Errors
 /// Configuration errors (missing URLs, bad `[coordinator]` settings).
 pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     let config: CoordinatorConfig = app.config().section("coordinator")?;
+    let retention = RetentionConfig::load(&app)?;
     let pool = caracal_store::pool(&app)?;
     let redis = app.redis()?;
     let metrics = metrics::Metrics::register(app.registry_mut().sub_registry_with_prefix("caracal_coordinator"));
+    let retention_metrics = caracal_store::retention::Metrics::register(app.registry_mut());
+    let purge_pool = pool.clone();
     metrics.register_target_families(app.registry_mut());
     let members = membership::Membership::new(membership::replica_id());
     let outbound = caracal_core::outbound::Policy::new(app.config().core.outbound.clone());
@@ -69,7 +74,12 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
         .worker("membership", move |stop| membership::run(members, membership_redis, membership_config, stop))
         .worker("invalidations", move |stop| follower.run(notices, stop))
         .worker("prober", move |stop| prober.run(received, stop))
-        .worker("relay", move |stop| relay.run(stop)))
+        .worker("relay", move |stop| relay.run(stop))
+        // The history's writer purges it: `store.retention.history`.
+        .worker("retention", move |stop| {
+            let keep = retention.history;
+            caracal_store::retention::run(purge_pool, Table::History, keep, retention, retention_metrics, stop)
+        }))
 }
 
 /// `prober:heartbeat` (service rung, required): the prober's reconcile loop ran recently.

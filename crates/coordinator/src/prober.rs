@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use caracal_core::telemetry;
 use caracal_store::invalidations::Notice;
+use caracal_store::registry::Filter;
+use caracal_store::status::{self as store_status, Change as StoreChange, Recorded};
 use caracal_store::target::{DegradedSpec, Detector, Scheme, TlsSpec};
-use caracal_store::{NewEvent, outbox};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,44 +23,8 @@ use crate::metrics::{CertificateLabels, InstanceLabels, Metrics, ResultLabels};
 use crate::protocols::{self, Address, Seen};
 use crate::tls::{Presented, TlsClient};
 
-/// What an instance is, as far as probes can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    /// Not probed yet.
-    Unknown,
-    /// `/health` fails: the process is not serving.
-    Down,
-    /// Live, but `/ready` fails.
-    Unready,
-    /// Live and ready, but slow, flaky or flapping (the `gray` detectors' verdict; never
-    /// given to the consecutive-failure judge).
-    Degraded,
-    /// Live and ready.
-    Up,
-}
-
-impl Status {
-    /// The name stored and published.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Unknown => "unknown",
-            Status::Down => "down",
-            Status::Unready => "unready",
-            Status::Degraded => "degraded",
-            Status::Up => "up",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "down" => Status::Down,
-            "unready" => Status::Unready,
-            "degraded" => Status::Degraded,
-            "up" => Status::Up,
-            _ => Status::Unknown,
-        }
-    }
-}
+/// What an instance is, as far as probes can tell: the store's one status type.
+pub use caracal_store::status::Status;
 
 /// Hysteresis: a status changes only after `failure_threshold` consecutive observations of a
 /// worse one, or `success_threshold` of a better one. The first observation decides at once.
@@ -316,51 +281,37 @@ impl Prober {
 
     /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
     /// the ids of instances that are new or changed by a `Changed` notice.
-    async fn load(&self, notice: Notice, registry: &mut HashMap<i64, Instance>) -> Result<HashSet<i64>, sqlx::Error> {
-        type Row = (
-            i64,
-            String,
-            String,
-            String,
-            String,
-            i32,
-            i32,
-            Option<serde_json::Value>,
-            Option<String>,
-            Option<serde_json::Value>,
-        );
+    async fn load(
+        &self,
+        notice: Notice,
+        registry: &mut HashMap<i64, Instance>,
+    ) -> Result<HashSet<i64>, caracal_store::Error> {
         let names = match &notice {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT i.id, t.name, i.url, t.health_path, t.ready_path, t.interval_ms, t.timeout_ms, t.tls, t.grpc_service, t.degraded \
-             FROM instances i JOIN targets t ON t.id = i.target_id \
-             WHERE t.paused_at IS NULL AND ($1::text[] IS NULL OR t.name = ANY($1))",
-        )
-        .bind(&names)
-        .fetch_all(&self.pool)
-        .await?;
-        let loaded: HashMap<i64, Instance> = rows
-            .into_iter()
-            .map(|(id, target, url, health_path, ready_path, interval_ms, timeout_ms, tls, grpc_service, degraded)| {
-                let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
+        let targets = caracal_store::registry::read(&self.pool, names.as_deref(), Filter::Probed).await?;
+        let mut loaded: HashMap<i64, Instance> = HashMap::new();
+        for target in targets {
+            let spec = target.spec;
+            let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
+            for (id, url) in target.instance_ids.into_iter().zip(spec.instances) {
                 let instance = Instance {
                     scheme: Scheme::of(&url).unwrap_or(Scheme::Http),
-                    tls: tls.and_then(|t| serde_json::from_value(t).ok()),
-                    grpc_service: grpc_service.unwrap_or_default(),
-                    degraded: degraded.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default(),
+                    tls: spec.tls.clone(),
+                    grpc_service: spec.grpc_service.clone().unwrap_or_default(),
+                    degraded: spec.degraded.clone().unwrap_or_default(),
                     id,
-                    target,
+                    target: spec.name.clone(),
                     url,
-                    health_path,
-                    ready_path,
-                    interval: ms(interval_ms),
-                    timeout: ms(timeout_ms),
+                    health_path: spec.health_path.clone(),
+                    ready_path: spec.ready_path.clone(),
+                    interval: ms(spec.interval_ms),
+                    timeout: ms(spec.timeout_ms),
                 };
-                (id, instance)
-            })
-            .collect();
+                loaded.insert(id, instance);
+            }
+        }
         let Some(names) = names else {
             *registry = loaded;
             return Ok(HashSet::new());
@@ -410,9 +361,9 @@ impl Prober {
         let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
         // The status as recorded (by whoever owned it before), so a new owner does not
         // re-announce it. Read once per task: tasks start only when something changed.
-        let (stored, presented, verdict) = loop {
-            match self.stored_status(instance.id).await {
-                Ok(stored) => break stored,
+        let Recorded { status: stored, certificate: presented, verdict } = loop {
+            match store_status::recorded(&self.pool, instance.id).await {
+                Ok(recorded) => break recorded,
                 Err(e) => {
                     tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
                     tokio::select! {
@@ -523,10 +474,10 @@ impl Prober {
                 Ok(false) => {
                     // Another replica recorded a change first (an ownership hand-over): follow
                     // what it recorded.
-                    if let Ok((stored, _, verdict)) = self.stored_status(instance.id).await {
-                        published = stored;
-                        judge.adopt(judged(stored));
-                        gray.adopt(verdict);
+                    if let Ok(recorded) = store_status::recorded(&self.pool, instance.id).await {
+                        published = recorded.status;
+                        judge.adopt(judged(recorded.status));
+                        gray.adopt(recorded.verdict);
                     }
                 }
                 Err(e) => {
@@ -558,28 +509,6 @@ impl Prober {
                 None
             }
         }
-    }
-
-    /// The instance's recorded status (`unknown` when it has none), certificate and verdict
-    /// (while degraded).
-    async fn stored_status(&self, id: i64) -> Result<(Status, Option<Presented>, Option<Verdict>), sqlx::Error> {
-        /// Status, certificate expiry and fingerprint, verdict reason and detail.
-        type Row = (String, Option<i64>, Option<String>, Option<String>, Option<String>);
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
-             degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((status, expires_at, sha256, reason, detail)) = row else { return Ok((Status::Unknown, None, None)) };
-        let presented = expires_at.zip(sha256).map(|(expires_at, sha256)| Presented { expires_at, sha256 });
-        let status = Status::parse(&status);
-        let verdict = (status == Status::Degraded).then(|| Verdict {
-            reason: reason.as_deref().and_then(Detector::parse).unwrap_or(Detector::Latency),
-            detail: detail.unwrap_or_default(),
-        });
-        Ok((status, presented, verdict))
     }
 
     /// Probes the instance as its scheme says; the status, why when not up, and the certificate
@@ -680,47 +609,21 @@ impl Prober {
     }
 
     /// Records a certificate the instance presents for the first time, or a new one (a
-    /// renewal): its expiry and fingerprint on the status row, and a `target.certificate_changed`
-    /// event, in one transaction. Nothing is written while the certificate stays the same.
+    /// renewal); nothing is written while the certificate stays the same.
     async fn record_certificate(
         &self,
         instance: &Instance,
         previous: Option<&Presented>,
         presented: &Presented,
     ) -> Result<(), caracal_store::Error> {
-        let mut tx = self.pool.begin().await?;
-        let expires_at: String = sqlx::query_scalar(concat!(
-            "INSERT INTO instance_status (instance_id, status, certificate_expires_at, certificate_sha256) \
-             VALUES ($1, 'unknown', to_timestamp($2), $3) \
-             ON CONFLICT (instance_id) DO UPDATE SET certificate_expires_at = excluded.certificate_expires_at, \
-             certificate_sha256 = excluded.certificate_sha256 RETURNING ",
-            caracal_store::rfc3339!("certificate_expires_at")
-        ))
-        .bind(instance.id)
-        .bind(presented.expires_at as f64)
-        .bind(&presented.sha256)
-        .fetch_one(&mut *tx)
-        .await?;
-        let payload = serde_json::json!({
-            "expires_at": expires_at,
-            "sha256": presented.sha256,
-            "previous_sha256": previous.map(|p| p.sha256.as_str()),
-        });
-        let event = NewEvent {
-            event_type: "target.certificate_changed".into(),
-            target: Some(instance.target.clone()),
-            instance: Some(instance.url.clone()),
-            payload,
-        };
-        outbox::enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
+        let at = (instance.id, instance.target.as_str(), instance.url.as_str());
+        let expires_at = store_status::record_certificate(&self.pool, at, previous, presented).await?;
         tracing::info!(target = %instance.target, instance = %instance.url, expires_at, "certificate recorded");
         Ok(())
     }
 
-    /// Records a change in one transaction: the status row (only if it still holds `from`, so
-    /// two replicas never record the same change twice), the transition and its outbox event.
-    /// A change to `degraded` carries the verdict: its reason word and sentence.
+    /// Records a change: the status row (only if it still holds `from`, so two replicas never
+    /// record the same change twice), the transition and its outbox event, in one transaction.
     /// `Ok(false)` when the stored status had moved on already.
     async fn record(
         &self,
@@ -730,53 +633,16 @@ impl Prober {
         error: Option<&str>,
         verdict: Option<&Verdict>,
     ) -> Result<bool, caracal_store::Error> {
-        let degraded = verdict.map(|v| serde_json::json!({ "reason": v.reason.as_str(), "detail": v.detail }));
-        // The history and `last_error` say why in one line: the failure, or the verdict.
-        let reason = match verdict {
-            Some(v) => Some(format!("{}: {}", v.reason.as_str(), v.detail)),
-            None => error.map(str::to_string),
+        let change = StoreChange {
+            instance_id: instance.id,
+            target: &instance.target,
+            instance: &instance.url,
+            from,
+            to,
+            error,
+            verdict,
         };
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "INSERT INTO instance_status (instance_id, status, last_error, degraded) VALUES ($1, $2, $3, $5) \
-             ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, since = now(), last_error = excluded.last_error, \
-             degraded = excluded.degraded \
-             WHERE instance_status.status = $4",
-        )
-        .bind(instance.id)
-        .bind(to.as_str())
-        .bind(reason.as_deref())
-        .bind(from.as_str())
-        .bind(&degraded)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(false);
-        }
-        sqlx::query("INSERT INTO status_transitions (target_name, instance_url, from_status, to_status, reason) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&instance.target)
-            .bind(&instance.url)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(reason.as_deref())
-            .execute(&mut *tx)
-            .await?;
-        let payload = match verdict {
-            Some(v) => {
-                serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": v.reason.as_str(), "detail": v.detail })
-            }
-            None => serde_json::json!({ "from": from.as_str(), "to": to.as_str(), "reason": error }),
-        };
-        let event = NewEvent {
-            event_type: "instance.status_changed".into(),
-            target: Some(instance.target.clone()),
-            instance: Some(instance.url.clone()),
-            payload,
-        };
-        outbox::enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(true)
+        store_status::record(&self.pool, &change).await
     }
 }
 

@@ -42,8 +42,6 @@ use crate::metrics::Metrics;
 
 /// The channel the outbox trigger notifies (migration 0005).
 pub const OUTBOX_CHANNEL: &str = "caracal_outbox";
-/// How often dispatched rows past their retention are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How often the outbox's floor is moved up while rows are flowing: the sooner it follows
 /// them, the fewer dispatched rows a claim walking up from it reads (right after a backlog,
 /// every row of it until the floor passes them).
@@ -108,7 +106,7 @@ impl Relay {
                     tracing::warn!(error = %e, "moving the outbox floor up failed");
                 }
             }
-            if last_purge.elapsed() >= PURGE_EVERY {
+            if last_purge.elapsed() >= self.config.purge_every {
                 last_purge = Instant::now();
                 match outbox::purge(&self.pool, self.config.retention, 10_000).await {
                     Ok(0) => {}

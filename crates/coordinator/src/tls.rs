@@ -12,15 +12,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-/// The certificate a server presented: the earliest `notAfter` of its chain and the leaf's
-/// SHA-256 (hex), which tells a renewal from the same certificate seen again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presented {
-    /// Seconds since the Unix epoch.
-    pub expires_at: i64,
-    /// The leaf certificate's SHA-256, hex.
-    pub sha256: String,
-}
+/// The certificate a server presented (the store's type, recorded on the status row).
+pub use caracal_store::status::Certificate as Presented;
 
 /// ring: the provider sqlx's rustls already builds.
 fn provider() -> Arc<CryptoProvider> {

@@ -46,9 +46,6 @@ pub struct Registry {
     writing: tokio::sync::Mutex<()>,
 }
 
-/// A target row: name, labels, metrics path, timeout (ms), instance URLs, credential.
-type Row = (String, serde_json::Value, String, i32, Vec<String>, Option<String>);
-
 impl Registry {
     /// An empty registry read from `pool`, counting what it holds in `gauge`.
     pub fn new(pool: sqlx::PgPool, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
@@ -64,7 +61,7 @@ impl Registry {
     ///
     /// # Errors
     /// When nothing is held and PostgreSQL fails.
-    pub async fn targets(&self) -> Result<Targets, sqlx::Error> {
+    pub async fn targets(&self) -> Result<Targets, caracal_store::Error> {
         if let Some(held) = self.held.load_full() {
             return Ok(held);
         }
@@ -81,7 +78,7 @@ impl Registry {
     ///
     /// # Errors
     /// When the target is not held and PostgreSQL fails.
-    pub async fn target(&self, name: &str) -> Result<Option<Arc<TargetInfo>>, sqlx::Error> {
+    pub async fn target(&self, name: &str) -> Result<Option<Arc<TargetInfo>>, caracal_store::Error> {
         let targets = self.targets().await?;
         if let Ok(i) = targets.binary_search_by(|t| t.name.as_str().cmp(name)) {
             return Ok(Some(Arc::clone(&targets[i])));
@@ -99,7 +96,7 @@ impl Registry {
     ///
     /// # Errors
     /// When PostgreSQL fails (the copy held stays as it was).
-    pub async fn apply(&self, notice: &Notice) -> Result<(), sqlx::Error> {
+    pub async fn apply(&self, notice: &Notice) -> Result<(), caracal_store::Error> {
         let _writing = self.writing.lock().await;
         match notice {
             Notice::Resync => {
@@ -151,26 +148,19 @@ impl Registry {
 }
 
 /// Reads every target, or those of `names`, by name.
-async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<TargetInfo>>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.name, t.labels, t.metrics_path, t.timeout_ms, \
-                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}'), t.credential \
-         FROM targets t LEFT JOIN instances i ON i.target_id = t.id \
-         WHERE ($1::text[] IS NULL OR t.name = ANY($1)) GROUP BY t.id ORDER BY t.name",
-    )
-    .bind(names)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<TargetInfo>>, caracal_store::Error> {
+    let targets = caracal_store::registry::read(pool, names, caracal_store::registry::Filter::All).await?;
+    Ok(targets
         .into_iter()
-        .map(|(name, labels, metrics_path, timeout_ms, instances, credential)| {
+        .map(|target| {
+            let spec = target.spec;
             Arc::new(TargetInfo {
-                name,
-                labels: serde_json::from_value(labels).unwrap_or_default(),
-                metrics_path,
-                timeout: Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(1000)),
-                instances,
-                credential,
+                name: spec.name,
+                labels: spec.labels,
+                metrics_path: spec.metrics_path,
+                timeout: Duration::from_millis(u64::try_from(spec.timeout_ms).unwrap_or(1000)),
+                instances: spec.instances,
+                credential: spec.credential,
             })
         })
         .collect())

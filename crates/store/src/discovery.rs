@@ -169,6 +169,74 @@ pub struct DiscoveryStatus {
     pub error: Option<String>,
 }
 
+/// One resolution's outcome, as `discovery_status` stores it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `targets.id`.
+    pub id: i64,
+    /// When it was attempted (Unix seconds).
+    pub at: f64,
+    /// `ok`, `empty`, `nxdomain`, `timeout`, `servfail`, `refused` or `error`.
+    pub outcome: &'static str,
+    /// Whether it resolved (its records replace the last known ones).
+    pub resolved: bool,
+    /// Records in the answer.
+    pub records: i32,
+    /// The lowest TTL among them, in seconds.
+    pub ttl_s: Option<i32>,
+    /// Authoritative empty answers in a row.
+    pub empty_streak: i32,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Writes resolution outcomes in one statement (rows of targets deleted meanwhile are
+/// skipped); a failed attempt keeps the last resolution's records and TTL.
+///
+/// # Errors
+/// When the statement fails.
+pub async fn record_outcomes(pool: &sqlx::PgPool, rows: &[Outcome]) -> Result<(), crate::Error> {
+    sqlx::query(
+        "INSERT INTO discovery_status (target_id, attempted_at, outcome, resolved_at, records, ttl_s, empty_streak, error) \
+         SELECT u.id, to_timestamp(u.at), u.outcome, CASE WHEN u.resolved THEN to_timestamp(u.at) END, u.records, u.ttl_s, \
+                u.empty_streak, u.error \
+         FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::bool[], $5::int[], $6::int[], $7::int[], $8::text[]) \
+              AS u(id, at, outcome, resolved, records, ttl_s, empty_streak, error) \
+         JOIN targets t ON t.id = u.id \
+         ON CONFLICT (target_id) DO UPDATE SET attempted_at = excluded.attempted_at, outcome = excluded.outcome, \
+            resolved_at = COALESCE(excluded.resolved_at, discovery_status.resolved_at), \
+            records = CASE WHEN excluded.resolved_at IS NULL THEN discovery_status.records ELSE excluded.records END, \
+            ttl_s = CASE WHEN excluded.resolved_at IS NULL THEN discovery_status.ttl_s ELSE excluded.ttl_s END, \
+            empty_streak = excluded.empty_streak, error = excluded.error",
+    )
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.resolved).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.records).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.ttl_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.empty_streak).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Discovered targets not resolved within three refresh intervals: how many, and their names
+/// (for `caracal doctor`).
+///
+/// # Errors
+/// When the query fails.
+pub async fn stale(pool: &sqlx::PgPool) -> Result<(i64, Vec<String>), crate::Error> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), COALESCE(array_agg(t.name ORDER BY t.name) FILTER (WHERE d.resolved_at IS NULL \
+                OR d.resolved_at < now() - make_interval(secs => 3 * (t.discovery->'dns'->>'refresh_ms')::float8 / 1000)), '{}') \
+         FROM targets t LEFT JOIN discovery_status d ON d.target_id = t.id WHERE t.discovery IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,14 +25,16 @@ macro_rules! insert_batch {
         concat!(
             "INSERT INTO audit_events (outbox_id, event_type, target, instance, payload, occurred_at, trace_id) \
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
-                                  $6::text[]::timestamptz[], $7::text[])",
+                                  $6::text[]::timestamptz[], $7::text[]) AS u(id, t, tg, i, p, o, tr) \
+             WHERE u.id > coalesce((SELECT purged_through FROM retention WHERE table_name = 'audit_events'), 0)",
             $tail
         )
     };
 }
 
 /// Inserts `events` into the ledger, each at most once (keyed on the outbox id); returns how
-/// many were new. One statement for the whole batch.
+/// many were new. One statement for the whole batch. An event at or below the highest id the
+/// retention purge deleted (a late redelivery) is skipped: a purged row is never written back.
 ///
 /// Almost every batch is new rows, so it goes in as a plain insert first: `ON CONFLICT`'s
 /// speculative insertion costs about 15 % more per row (measured on a 2,000-row batch). Only
@@ -238,6 +240,101 @@ pub async fn heal(pool: &sqlx::PgPool, watermark: i64, grace: Duration, limit: i
 /// When the query fails.
 pub async fn watermark(pool: &sqlx::PgPool) -> Result<i64, Error> {
     Ok(sqlx::query_scalar("SELECT outbox_id FROM ledger_watermark").fetch_one(pool).await?)
+}
+
+/// One page of the ledger: `$1` the cursor, `$2` target, `$3` type, `$4` since (local time,
+/// `$6` its offset in minutes), `$5` the page size.
+///
+/// With `since`, the page starts at the first outbox id that occurred at or after it (the
+/// `CASE`), found through the ledger's BRIN index on `occurred_at`: only the block ranges that
+/// can hold later times are read. Without that bound PostgreSQL walked the primary key from
+/// the cursor and filtered on the time, betting that matches come early: on a 1,000,000-row
+/// ledger, "since ten minutes ago" read every older row first (0.9–1.25 s). The time filter
+/// stays, for rows recorded out of order. `min(outbox_id + 0)` keeps the planner from turning
+/// the `min` into that same walk. The bound costs the rows since `since`, so a time before
+/// the ledger's first row skips it (every row matches; the walk finds them at once); a time
+/// early in a long ledger still reads most of it. Sent unprepared, so each request is planned
+/// with its own `since` (a generic plan cannot tell a recent time from an old one).
+pub const PAGE: &str = concat!(
+    "SELECT outbox_id, event_type, target, instance, payload, ",
+    crate::rfc3339!("occurred_at"),
+    ", trace_id FROM audit_events WHERE outbox_id > $1 AND ($2::text IS NULL OR target = $2) \
+     AND ($3::text IS NULL OR event_type = $3) \
+     AND ($4::text IS NULL OR occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') \
+     AND outbox_id >= CASE WHEN $4::text IS NULL THEN 0 \
+       WHEN ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC' \
+            <= (SELECT occurred_at FROM audit_events ORDER BY outbox_id LIMIT 1) THEN 0 \
+       ELSE (SELECT min(outbox_id + 0) FROM audit_events \
+             WHERE occurred_at >= ($4::timestamp - make_interval(mins => $6)) AT TIME ZONE 'UTC') END \
+     ORDER BY outbox_id LIMIT $5"
+);
+
+/// What one page of the ledger asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PageQuery<'a> {
+    /// Outbox ids above this.
+    pub after: i64,
+    /// Only events about this target.
+    pub target: Option<&'a str>,
+    /// Only events of this type.
+    pub event_type: Option<&'a str>,
+    /// Events that occurred at or after this local time (`YYYY-MM-DD HH:MM:SS[.f]`) ...
+    pub since_local: Option<&'a str>,
+    /// ... whose offset east of UTC is this many minutes.
+    pub since_offset_mins: i32,
+    /// The page size.
+    pub limit: i64,
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// The outbox id: one ledger row per id.
+    pub id: i64,
+    /// The event's type.
+    pub event_type: String,
+    /// The target it is about.
+    pub target: Option<String>,
+    /// The instance it is about.
+    pub instance: Option<String>,
+    /// Everything else.
+    pub payload: serde_json::Value,
+    /// When it happened (RFC 3339).
+    pub occurred_at: String,
+    /// The trace of the request that made the change.
+    pub trace_id: Option<String>,
+}
+
+/// One page of the ledger, oldest first ([`PAGE`]).
+///
+/// # Errors
+/// When the query fails; a value PostgreSQL refuses (a `since` with a month 13) is
+/// [`is_data_error`].
+pub async fn page(pool: &sqlx::PgPool, query: &PageQuery<'_>) -> Result<Vec<Recorded>, Error> {
+    type Row = (i64, String, Option<String>, Option<String>, serde_json::Value, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(PAGE)
+        // Planned for each request's own values, as `PAGE` needs (see there).
+        .persistent(false)
+        .bind(query.after)
+        .bind(query.target)
+        .bind(query.event_type)
+        .bind(query.since_local)
+        .bind(query.limit)
+        .bind(query.since_offset_mins)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, event_type, target, instance, payload, occurred_at, trace_id)| Recorded {
+            id,
+            event_type,
+            target,
+            instance,
+            payload,
+            occurred_at,
+            trace_id,
+        })
+        .collect())
 }
 
 #[cfg(test)]

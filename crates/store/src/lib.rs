@@ -1,5 +1,8 @@
-//! `caracal-store`: the PostgreSQL schema and the outbox and stream primitives the services
-//! share.
+//! `caracal-store`: the PostgreSQL schema and every table more than one service touches —
+//! targets, instances, their status and history, the outbox, the ledger, revocations and
+//! invalidations — with the outbox and stream primitives the services share. Services call
+//! functions here; they keep SQL only for tables that are theirs alone (the STS's keys and
+//! clients, the api's page sessions) and core's generic checks.
 //!
 //! # Layout
 //! - [`schema`]: the embedded sqlx migrations (`migrations/`), applied only on request
@@ -13,14 +16,20 @@
 //! - [`outbox`]: writing events in the caller's transaction, claiming them for relay, marking
 //!   them dispatched or failed, purging old rows the ledger holds.
 //! - [`stream`]: stream names and publishing a batch with `XADD`.
-//! - [`ledger`]: the audit ledger's idempotent batch insert, and the watermark, gap and heal
-//!   queries that keep it complete when the stream loses entries.
+//! - [`status`]: the one [`status::Status`] type; recording a change (status row, transition
+//!   and outbox event in one transaction) and a certificate; `/v1/status`, history, the status
+//!   page's fleet and the platform's summary.
+//! - [`ledger`]: the audit ledger's idempotent batch insert, its pages (`/v1/events`), and the
+//!   watermark, gap and heal queries that keep it complete when the stream loses entries.
+//! - [`retention`]: purging the history and the ledger past their retention, in batches that
+//!   never stall writers; its metrics and `caracal doctor`'s report.
 //! - [`revocation`]: token revocations, written with their outbox event, and the set in force.
 //! - [`invalidations`]: following `caracal.invalidations` (which targets changed), with a
 //!   full re-read as the safety net, and its `stream:invalidations` check.
 //! - [`target`]: the target document and its validation; [`discovery`]: its DNS discovery;
 //!   [`registry`]: reading and writing targets, each write with its events and a
-//!   `registry.changed` for the followers of `caracal.invalidations`.
+//!   `registry.changed` for the followers of `caracal.invalidations`, and the one read those
+//!   followers share ([`registry::read`]).
 //! - [`schema_check`]: the `postgres:schema_version` readiness check; [`storage_checks`]: it
 //!   with the PostgreSQL and Redis connectivity checks, the storage rung of every service.
 //!
@@ -35,9 +44,11 @@ pub mod invalidations;
 pub mod ledger;
 pub mod outbox;
 pub mod registry;
+pub mod retention;
 pub mod revocation;
 pub mod schema;
 pub mod schema_rules;
+pub mod status;
 pub mod stream;
 pub mod target;
 pub mod tls;

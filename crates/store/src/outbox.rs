@@ -210,6 +210,16 @@ pub async fn figures(pool: &sqlx::PgPool) -> Result<(i64, f64, i64), Error> {
     Ok(figures)
 }
 
+/// The highest outbox id written so far (0 for none): a change anywhere in the store moves
+/// it, so a reader holding a copy of the fleet (the status page's feed) re-reads only then.
+///
+/// # Errors
+/// When the query fails.
+pub async fn last_id(pool: &sqlx::PgPool) -> Result<i64, Error> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM outbox").fetch_one(pool).await?;
+    Ok(max.unwrap_or(0))
+}
+
 /// Undoes [`claim`]'s mark for rows that were not sent, inside the claiming transaction.
 ///
 /// # Errors
@@ -254,6 +264,10 @@ pub async fn record_failure(tx: &mut PgConnection, id: i64, error: &str, retry: 
     .await?;
     Ok(dead.unwrap_or(false))
 }
+
+/// How long dispatched rows are kept by default (`coordinator.relay.retention`); the ledger's
+/// retention may never be shorter.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// The purge's statement (`$1` the retention in seconds, `$2` the batch), kept as one constant
 /// so a test can show its plan. The old rows are found through `outbox_created_idx`: a row is

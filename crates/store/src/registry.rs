@@ -78,9 +78,11 @@ impl Refused {
     }
 }
 
-/// A target row with its instances and discovery status, as [`select!`] reads it.
+/// The columns of a target document, read by both [`select!`] and [`read`] (the document's
+/// JSON columns are written by the store from validated documents, so one that does not parse
+/// reads as absent rather than failing the read).
 #[derive(sqlx::FromRow)]
-struct Row {
+struct SpecColumns {
     name: String,
     labels: serde_json::Value,
     health_path: String,
@@ -88,17 +90,44 @@ struct Row {
     metrics_path: String,
     interval_ms: i32,
     timeout_ms: i32,
-    created_at: String,
-    updated_at: String,
-    paused_at: Option<String>,
-    managed_by: String,
-    declared_in: Option<String>,
     discovery: Option<serde_json::Value>,
     tls: Option<serde_json::Value>,
     grpc_service: Option<String>,
     credential: Option<String>,
     degraded: Option<serde_json::Value>,
     instances: Vec<String>,
+}
+
+impl From<SpecColumns> for TargetSpec {
+    fn from(c: SpecColumns) -> Self {
+        TargetSpec {
+            name: c.name,
+            instances: c.instances,
+            discovery: c.discovery.and_then(|d| serde_json::from_value(d).ok()),
+            health_path: c.health_path,
+            ready_path: c.ready_path,
+            metrics_path: c.metrics_path,
+            interval_ms: c.interval_ms,
+            timeout_ms: c.timeout_ms,
+            labels: serde_json::from_value(c.labels).unwrap_or_default(),
+            tls: c.tls.and_then(|t| serde_json::from_value(t).ok()),
+            grpc_service: c.grpc_service,
+            credential: c.credential,
+            degraded: c.degraded.and_then(|d| serde_json::from_value(d).ok()),
+        }
+    }
+}
+
+/// A target row with its instances and discovery status, as [`select!`] reads it.
+#[derive(sqlx::FromRow)]
+struct Row {
+    #[sqlx(flatten)]
+    spec: SpecColumns,
+    created_at: String,
+    updated_at: String,
+    paused_at: Option<String>,
+    managed_by: String,
+    declared_in: Option<String>,
     certificates: serde_json::Value,
     degraded_instances: serde_json::Value,
     attempted_at: Option<String>,
@@ -154,21 +183,7 @@ impl From<Row> for Target {
             _ => None,
         };
         Target {
-            spec: TargetSpec {
-                name: row.name,
-                instances: row.instances,
-                discovery: row.discovery.and_then(|d| serde_json::from_value(d).ok()),
-                health_path: row.health_path,
-                ready_path: row.ready_path,
-                metrics_path: row.metrics_path,
-                interval_ms: row.interval_ms,
-                timeout_ms: row.timeout_ms,
-                labels: serde_json::from_value(row.labels).unwrap_or_default(),
-                tls: row.tls.and_then(|t| serde_json::from_value(t).ok()),
-                grpc_service: row.grpc_service,
-                credential: row.credential,
-                degraded: row.degraded.and_then(|d| serde_json::from_value(d).ok()),
-            },
+            spec: row.spec.into(),
             certificates: serde_json::from_value(row.certificates).unwrap_or_default(),
             degraded_instances: serde_json::from_value(row.degraded_instances).unwrap_or_default(),
             created_at: row.created_at,
@@ -481,6 +496,90 @@ pub async fn set_discovered(
     announce(&mut tx, &name).await?;
     tx.commit().await?;
     Ok(Some(change))
+}
+
+/// Whether a target of that name is registered.
+///
+/// # Errors
+/// When the query fails.
+pub async fn exists(pool: &sqlx::PgPool, name: &str) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM targets WHERE name = $1)").bind(name).fetch_one(pool).await?)
+}
+
+/// Which targets a follower of the registry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Every target (the gateway federates them all).
+    All,
+    /// Targets being probed: not paused (the coordinator).
+    Probed,
+    /// Targets discovered from DNS (control resolves them).
+    Discovered,
+}
+
+/// A target as the followers of `caracal.invalidations` hold it: its document (instances
+/// sorted by URL), the instances' ids, and what the followers need beyond the document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// `targets.id`.
+    pub id: i64,
+    /// The document; `spec.instances` sorted by URL.
+    pub spec: TargetSpec,
+    /// `instances.id` of each of `spec.instances`, in the same order.
+    pub instance_ids: Vec<i64>,
+    /// Whether probing it is paused.
+    pub paused: bool,
+    /// Consecutive empty DNS answers (discovered targets; 0 otherwise).
+    pub empty_streak: i32,
+}
+
+/// The followers' read row.
+#[derive(sqlx::FromRow)]
+struct FollowerRow {
+    id: i64,
+    #[sqlx(flatten)]
+    spec: SpecColumns,
+    paused: bool,
+    instance_ids: Vec<i64>,
+    empty_streak: i32,
+}
+
+/// Reads the targets `filter` selects, every one or only those named in `names` (what a
+/// `registry.changed` announced), by name. The one read of the registry the coordinator, the
+/// gateway and control share.
+///
+/// # Errors
+/// When the query fails.
+pub async fn read(pool: &sqlx::PgPool, names: Option<&[String]>, filter: Filter) -> Result<Vec<Registered>, Error> {
+    let rows: Vec<FollowerRow> = sqlx::query_as(
+        "SELECT t.id, t.name, t.labels, t.health_path, t.ready_path, t.metrics_path, t.interval_ms, t.timeout_ms, \
+                t.discovery, t.tls, t.grpc_service, t.credential, t.degraded, t.paused_at IS NOT NULL AS paused, \
+                COALESCE(array_agg(i.id ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}') AS instance_ids, \
+                COALESCE(array_agg(i.url ORDER BY i.url) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances, \
+                COALESCE(max(d.empty_streak), 0) AS empty_streak \
+         FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN discovery_status d ON d.target_id = t.id \
+         WHERE ($1::text[] IS NULL OR t.name = ANY($1)) \
+           AND ($2 <> 'probed' OR t.paused_at IS NULL) AND ($2 <> 'discovered' OR t.discovery IS NOT NULL) \
+         GROUP BY t.id ORDER BY t.name",
+    )
+    .bind(names)
+    .bind(match filter {
+        Filter::All => "all",
+        Filter::Probed => "probed",
+        Filter::Discovered => "discovered",
+    })
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Registered {
+            id: row.id,
+            spec: row.spec.into(),
+            instance_ids: row.instance_ids,
+            paused: row.paused,
+            empty_streak: row.empty_streak,
+        })
+        .collect())
 }
 
 /// Runs `work` in `span` (a database span, or a disabled one).

@@ -241,3 +241,18 @@ impl KeyRing {
         self.config.algorithm
     }
 }
+
+/// How far signing is covered by the keys made so far: keys published now, and seconds until
+/// the last of them stops signing (for `caracal doctor`, which reads the STS's table only
+/// through here).
+///
+/// # Errors
+/// When the query fails.
+pub async fn coverage(pool: &sqlx::PgPool) -> Result<(i64, Option<f64>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM max(signs_until) - now())::float8 \
+         FROM sts_signing_keys WHERE published_until > now()",
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 
-/// The timeline's window, in seconds.
-pub(crate) const WINDOW_SECS: f64 = 24.0 * 3600.0;
+use caracal_store::status::{FleetSnapshot, Status};
+
+/// The timeline's window, in seconds: what the store reads.
+pub(crate) const WINDOW_SECS: f64 = caracal_store::status::FLEET_WINDOW_SECS;
 /// Transitions kept per target for its timeline (a flapping target keeps its latest).
 const MAX_POINTS: usize = 500;
 
@@ -15,6 +17,9 @@ pub(crate) struct Fleet {
     pub targets: Vec<TargetView>,
     /// The store's clock at the read (Unix seconds): the timelines' right edge.
     pub as_of: f64,
+    /// When the oldest transition the store still keeps occurred (Unix seconds): before it,
+    /// history was purged (`store.retention.history`) or never recorded.
+    pub oldest: Option<f64>,
 }
 
 /// One target.
@@ -34,22 +39,10 @@ pub(crate) struct TargetView {
     pub transitions: Vec<Point>,
 }
 
-/// One instance's current status.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct InstanceView {
-    pub url: String,
-    /// `unknown`, `up`, `degraded`, `unready` or `down`.
-    pub status: &'static str,
-    /// Since when (Unix seconds), once probed.
-    pub since: Option<f64>,
-    /// Why it is not up; shown only to a caller who may see errors.
-    pub last_error: Option<String>,
-    /// When the certificate it presented expires (Unix seconds), for TLS instances.
-    pub certificate_expires: Option<f64>,
-    /// While degraded: the reason word and the sentence with its figures (ours, from numbers
-    /// only: nothing the instance answered).
-    pub degraded: Option<(String, String)>,
-}
+/// One instance's current status, as the store reads it for the fleet (its `last_error` is
+/// shown only to a caller who may see errors; its verdict's sentence is ours, from numbers
+/// only: nothing the instance answered).
+pub(crate) type InstanceView = caracal_store::status::FleetInstance;
 
 /// One recorded transition. Small on purpose: a fleet holds tens of thousands, read again on
 /// every change.
@@ -57,8 +50,8 @@ pub(crate) struct InstanceView {
 pub(crate) struct Point {
     /// The instance's index in its target's `instances`.
     pub instance: usize,
-    pub from: &'static str,
-    pub to: &'static str,
+    pub from: Status,
+    pub to: Status,
     /// Unix seconds.
     pub at: f64,
 }
@@ -69,14 +62,14 @@ impl TargetView {
         if self.paused_since.is_some() {
             return "paused";
         }
-        let has = |s: &str| self.instances.iter().any(|i| i.status == s);
+        let has = |s: Status| self.instances.iter().any(|i| i.status == s);
         if self.instances.is_empty() {
             "unknown"
-        } else if self.instances.iter().all(|i| i.status == "down") {
+        } else if self.instances.iter().all(|i| i.status == Status::Down) {
             "down"
-        } else if has("down") || has("unready") || has("degraded") {
+        } else if has(Status::Down) || has(Status::Unready) || has(Status::Degraded) {
             "degraded"
-        } else if has("unknown") {
+        } else if has(Status::Unknown) {
             "unknown"
         } else {
             "up"
@@ -84,99 +77,51 @@ impl TargetView {
     }
 }
 
-/// Target, platform, paused since, created, unverified TLS, instance url, status, since, last
-/// error, certificate expiry, degraded reason and detail.
-type Row = (
-    String,
-    bool,
-    Option<f64>,
-    f64,
-    bool,
-    Option<String>,
-    Option<String>,
-    Option<f64>,
-    Option<String>,
-    Option<f64>,
-    Option<String>,
-    Option<String>,
-);
-/// Target, instance, from, to, at.
-type PointRow = (String, String, String, String, f64);
+/// Reads the whole fleet from one snapshot of the store: targets, instances and statuses, and
+/// the last 24 hours of transitions.
+pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, caracal_store::Error> {
+    let snapshot = caracal_store::status::fleet(pool).await?;
+    Ok(assemble(snapshot))
+}
 
-/// Reads the whole fleet: targets, instances and statuses in one query, the last 24 hours of
-/// transitions in another (through `status_transitions_occurred_brin`).
-pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // One snapshot for both reads, so a transition and the status it led to agree.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let as_of: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8").fetch_one(&mut *tx).await?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
-         extract(epoch FROM t.created_at)::float8, COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
-         i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error, \
-         extract(epoch FROM s.certificate_expires_at)::float8, s.degraded->>'reason', s.degraded->>'detail' \
-         FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
-         ORDER BY t.name, i.url",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let points: Vec<PointRow> = sqlx::query_as(
-        "SELECT target_name, instance_url, from_status, to_status, extract(epoch FROM occurred_at)::float8 \
-         FROM status_transitions WHERE occurred_at > now() - interval '24 hours' ORDER BY id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-
+/// Groups the snapshot's rows into targets and hangs each transition on its instance.
+fn assemble(snapshot: FleetSnapshot) -> Fleet {
+    let FleetSnapshot { as_of, rows, transitions, oldest } = snapshot;
     let mut targets: Vec<TargetView> = Vec::new();
     for row in rows {
-        let (
-            name,
-            platform,
-            paused_since,
-            created,
-            insecure,
-            url,
-            status,
-            since,
-            last_error,
-            certificate_expires,
-            reason,
-            detail,
-        ) = row;
-        if targets.last().is_none_or(|t| t.name != name) {
-            let (instances, transitions) = (Vec::new(), Vec::new());
-            targets.push(TargetView { name, platform, paused_since, created, instances, insecure, transitions });
+        if targets.last().is_none_or(|t| t.name != row.target) {
+            targets.push(TargetView {
+                name: row.target,
+                platform: row.platform,
+                paused_since: row.paused_since,
+                created: row.created,
+                instances: Vec::new(),
+                insecure: row.insecure,
+                transitions: Vec::new(),
+            });
         }
-        if let (Some(url), Some(target)) = (url, targets.last_mut()) {
-            let status = known(status.as_deref().unwrap_or("unknown"));
-            let degraded = reason.zip(detail).filter(|_| status == "degraded");
-            target.instances.push(InstanceView { url, status, since, last_error, certificate_expires, degraded });
+        if let (Some(instance), Some(target)) = (row.instance, targets.last_mut()) {
+            target.instances.push(instance);
         }
     }
     let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    for (target, url, from, to, at) in points {
+    for point in transitions {
         // A deleted target's (or instance's) history stays in the store but not on the page.
-        let Some(&i) = index.get(&target) else { continue };
-        let Some(instance) = targets[i].instances.iter().position(|x| x.url == url) else { continue };
-        targets[i].transitions.push(Point { instance, from: known(&from), to: known(&to), at });
+        let Some(&i) = index.get(&point.target) else { continue };
+        let Some(instance) = targets[i].instances.iter().position(|x| x.url == point.instance) else { continue };
+        targets[i].transitions.push(Point { instance, from: point.from, to: point.to, at: point.at });
     }
     for target in &mut targets {
         let excess = target.transitions.len().saturating_sub(MAX_POINTS);
         target.transitions.drain(..excess);
     }
-    Ok(Fleet { targets, as_of })
-}
-
-/// A status as one of those the coordinator writes (anything else reads as `unknown`).
-fn known(status: &str) -> &'static str {
-    ["up", "degraded", "unready", "down"].into_iter().find(|s| *s == status).unwrap_or("unknown")
+    Fleet { targets, as_of, oldest }
 }
 
 /// A stretch of time one instance spent in one status, within the window.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Segment {
-    pub status: &'static str,
+    pub status: Status,
     pub start: f64,
     pub end: f64,
 }
@@ -227,11 +172,10 @@ pub(crate) fn segments(target: &TargetView, as_of: f64) -> Vec<(String, Vec<Segm
 
 /// The target's 24 hours summed up.
 pub(crate) fn summary(target: &TargetView, as_of: f64) -> Summary {
-    let bad = |s: &str| s == "down" || s == "unready";
     let mut summary = Summary { changes: target.transitions.len(), ..Summary::default() };
-    summary.outages = target.transitions.iter().filter(|p| p.from == "up" && bad(p.to)).count();
+    summary.outages = target.transitions.iter().filter(|p| p.from == Status::Up && p.to.is_outage()).count();
     for (_, segments) in segments(target, as_of) {
-        for s in segments.iter().filter(|s| bad(s.status)) {
+        for s in segments.iter().filter(|s| s.status.is_outage()) {
             summary.downtime += s.end - s.start;
             // An outage reaching the window's right edge is still going on: no end.
             let end = (s.end < as_of).then_some(s.end);
@@ -247,7 +191,8 @@ pub(crate) fn summary(target: &TargetView, as_of: f64) -> Summary {
 mod tests {
     use super::*;
 
-    fn target(status: &'static str, points: &[(&'static str, &'static str, f64)]) -> TargetView {
+    fn target(status: &str, points: &[(&str, &str, f64)]) -> TargetView {
+        let status = Status::from_word(status);
         TargetView {
             name: "shop".into(),
             platform: false,
@@ -262,7 +207,15 @@ mod tests {
                 degraded: None,
             }],
             insecure: false,
-            transitions: points.iter().map(|(from, to, at)| Point { instance: 0, from, to, at: *at }).collect(),
+            transitions: points
+                .iter()
+                .map(|(from, to, at)| Point {
+                    instance: 0,
+                    from: Status::from_word(from),
+                    to: Status::from_word(to),
+                    at: *at,
+                })
+                .collect(),
         }
     }
 
@@ -270,7 +223,7 @@ mod tests {
     fn a_quiet_instance_is_one_segment_in_its_status() {
         let t = target("up", &[]);
         let segs = segments(&t, WINDOW_SECS);
-        assert_eq!(segs[0].1, vec![Segment { status: "up", start: 0.0, end: WINDOW_SECS }]);
+        assert_eq!(segs[0].1, vec![Segment { status: Status::Up, start: 0.0, end: WINDOW_SECS }]);
         assert_eq!(summary(&t, WINDOW_SECS), Summary::default());
     }
 
@@ -288,7 +241,7 @@ mod tests {
         assert_eq!(s.last_outage, Some((5000.0, Some(5060.0))));
         let segs = &segments(&t, now)[0].1;
         assert_eq!(segs.len(), 5);
-        assert_eq!(segs[1], Segment { status: "down", start: 1000.0, end: 1600.0 });
+        assert_eq!(segs[1], Segment { status: Status::Down, start: 1000.0, end: 1600.0 });
     }
 
     #[test]
@@ -300,7 +253,7 @@ mod tests {
         young.created = 150.0;
         assert_eq!(segments(&young, now)[0].1[0].start, 150.0, "nothing is drawn before its registration");
         let segs = &segments(&t, now)[0].1;
-        assert_eq!(segs[0], Segment { status: "down", start: 100.0, end: 200.0 });
+        assert_eq!(segs[0], Segment { status: Status::Down, start: 100.0, end: 200.0 });
         let s = summary(&t, now);
         assert_eq!(s.last_outage, Some((300.0, None)));
         assert_eq!(s.outages, 1);

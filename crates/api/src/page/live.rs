@@ -208,16 +208,16 @@ pub(crate) async fn run(
     loop {
         let mut changes = Vec::new();
         let mut new_fleet = None;
-        let mark = sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM outbox").fetch_one(&pool).await;
+        let mark = caracal_store::outbox::last_id(&pool).await;
         let moved = match &mark {
-            Ok(mark) => last_mark != Some(mark.unwrap_or(0)),
+            Ok(mark) => last_mark != Some(*mark),
             Err(_) => false,
         };
         if fleet.is_none() || moved || settle || tick.is_multiple_of(FULL_EVERY) {
             match fleet::load(&pool).await {
                 Ok(loaded) => {
                     if let Ok(mark) = mark {
-                        last_mark = Some(mark.unwrap_or(0));
+                        last_mark = Some(mark);
                     }
                     changes.extend(fleet_changes(fleet.as_deref(), &loaded));
                     new_fleet = Some(Arc::new(loaded));
@@ -411,6 +411,7 @@ mod tests {
                 })
                 .collect(),
             as_of: 0.0,
+            oldest: None,
         }
     }
 

@@ -26,7 +26,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::{ApiError, ApiState};
+use crate::error::ApiError;
+use crate::state::ApiState;
 use render::View;
 
 /// The page's `Content-Security-Policy`: only its own script, styles and images; no inline
@@ -212,7 +213,7 @@ async fn control(
     if viewer.view != View::Operator {
         return problem(StatusCode::FORBIDDEN, "insufficient_scope", "Pausing probing needs targets:write.");
     }
-    if !crate::target::valid_name(&name) {
+    if !caracal_store::target::valid_name(&name) {
         return problem(StatusCode::NOT_FOUND, "not_found", "No such target.");
     }
     match crate::targets::set_paused(&state.pool, &name, paused).await {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use caracal_store::status::Status;
 use maud::{DOCTYPE, Markup, html};
 
 use super::fleet::{self, Fleet, TargetView, WINDOW_SECS};
@@ -155,7 +156,7 @@ impl Listing {
 /// with every target on its page must start over.
 pub(crate) fn main_content(page: &Page<'_>, view: View, listing: &Listing) -> Markup {
     let all = &page.fleet.targets;
-    let has_degraded = |t: &TargetView| t.instances.iter().any(|i| i.status == "degraded");
+    let has_degraded = |t: &TargetView| t.instances.iter().any(|i| i.status == Status::Degraded);
     let matching: Vec<&TargetView> = all
         .iter()
         .filter(|t| listing.query.is_empty() || t.name.contains(&listing.query))
@@ -225,7 +226,7 @@ pub(crate) fn summary(fleet: &Fleet) -> Markup {
         .collect();
     let n = fleet.targets.len();
     // Instances live and ready but slow, flaky or flapping, with a filter to their targets.
-    let degraded = fleet.targets.iter().flat_map(|t| &t.instances).filter(|i| i.status == "degraded").count();
+    let degraded = fleet.targets.iter().flat_map(|t| &t.instances).filter(|i| i.status == Status::Degraded).count();
     html! {
         p #summary {
             (n) (if n == 1 { " target" } else { " targets" })
@@ -234,6 +235,14 @@ pub(crate) fn summary(fleet: &Fleet) -> Markup {
                 " · "
                 a #degraded-filter-link href="/status?only=degraded" {
                     (degraded) (if degraded == 1 { " instance degraded" } else { " instances degraded" })
+                }
+            }
+            // Where the timelines' history starts when it is younger than their 24 hours:
+            // older transitions were purged (`store.retention.history`) or never recorded.
+            @if let Some(oldest) = fleet.oldest.filter(|o| *o > fleet.as_of - WINDOW_SECS) {
+                " · "
+                span #horizon title="Transitions before this were purged (store.retention.history) or never recorded" {
+                    "history since " (time_el(oldest))
                 }
             }
         }
@@ -349,7 +358,7 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                         // Signed out, no address: instances by number.
                         @if view.details() { span.url { (instance.url) } } @else { span.url { "Instance " (i + 1) } }
                         " "
-                        (badge(instance.status, instance.status))
+                        (badge(instance.status.as_str(), instance.status.as_str()))
                         @if let Some(since) = instance.since {
                             span.since { " since " (time_el(since)) " (" (duration(as_of - since)) ")" }
                         }
@@ -359,7 +368,7 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                         @if let Some((reason, detail)) = &instance.degraded {
                             p.degraded { span.label { "Degraded (" (reason) "): " } (detail) }
                         }
-                        @if view.details() && instance.status != "up" && instance.status != "degraded" {
+                        @if view.details() && !instance.status.serves() {
                             @if let Some(error) = &instance.last_error {
                                 p.error { span.label { "Last error: " } code { (error) } }
                             }

@@ -93,6 +93,8 @@ async fn the_public_page_shows_names_and_status_and_only_a_signed_in_caller_sees
 
     let public = page_shows(&served, Auth::None, "id=\"t-shop\"").await;
     assert!(public.contains("✖</span> down"), "status in text and glyph:\n{public}");
+    // The only transition is seconds old: the timelines' history starts there, and says so.
+    assert!(public.contains("id=\"horizon\""), "the horizon is stated:\n{public}");
     assert!(!public.contains("db password"), "the public page shows no error text");
     assert!(!public.contains("127.0.0.1:9"), "nor an instance's address: {public}");
     assert!(public.contains("Instance 1"), "instances by number");

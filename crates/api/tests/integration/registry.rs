@@ -86,6 +86,23 @@ async fn history_pages_newest_first_and_survives_deletion() {
         served.get("/v1/targets/gone/history?limit=2&cursor=2").await.json().await.expect("json");
     assert_eq!(last["transitions"].as_array().map(Vec::len), Some(1));
     assert!(last["next_cursor"].is_null());
+    // The horizon: the oldest transition kept, on every page.
+    assert_eq!(last["oldest"], last["transitions"][0]["occurred_at"], "{last}");
+    assert_eq!(first["oldest"], last["oldest"]);
+    // Once the retention purge took it all, the history says so and still answers.
+    let mut conn = pool.acquire().await.expect("conn");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let purged = caracal_store::retention::purge(
+        &mut conn,
+        caracal_store::retention::Table::History,
+        std::time::Duration::from_millis(10),
+        2,
+    )
+    .await
+    .expect("purge");
+    assert_eq!(purged.rows, 5);
+    let response = served.get("/v1/targets/gone/history").await;
+    assert_eq!(response.status(), 404, "a deleted target with no history left is gone");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,6 +110,11 @@ async fn the_openapi_document_describes_the_routes() {
     let (served, _) = support::api(Mode::Dev).await;
     let doc: serde_json::Value = served.get("/openapi.json").await.json().await.expect("json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    // One status type, the store's, with every word the coordinator records.
+    let words = doc["components"]["schemas"]["Status"]["enum"].as_array().cloned().unwrap_or_default();
+    for word in ["unknown", "down", "unready", "degraded", "up"] {
+        assert!(words.contains(&serde_json::json!(word)), "{word} in {words:?}");
+    }
     for path in [
         "/v1/targets",
         "/v1/targets/{name}",

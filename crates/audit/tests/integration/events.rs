@@ -47,6 +47,53 @@ async fn filters_pages_and_guards() {
     }
 }
 
+/// Where the ledger's horizon is: `oldest` is the oldest event it still holds; once the
+/// retention purge took everything before a time, a `since` before it is answered (not an
+/// error), and a late redelivery of a purged event is not written back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_horizon_is_stated_and_a_purged_event_stays_purged() {
+    let audit = support::audit(Mode::Dev, serde_json::json!({ "block": "100ms" })).await;
+    for id in 1..=3 {
+        audit.publish(id, "shop");
+    }
+    assert_eq!(audit.wait_rows(3).await, 3);
+    let served = &audit.served;
+    let page = |path: &'static str| async move {
+        let response = served.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        response.json::<serde_json::Value>().await.expect("json")
+    };
+    let all = page("/v1/events").await;
+    assert_eq!(all["oldest"], "2026-11-21T14:00:00.000000Z", "{all}");
+    assert_eq!(all["events"][0]["occurred_at"], all["oldest"]);
+
+    // Everything is past a one-second retention and below the watermark: purged.
+    sqlx::query("UPDATE ledger_watermark SET outbox_id = 3").execute(&audit.pool).await.expect("watermark");
+    let mut conn = audit.pool.acquire().await.expect("conn");
+    let purged = caracal_store::retention::purge(
+        &mut conn,
+        caracal_store::retention::Table::Ledger,
+        std::time::Duration::from_secs(1),
+        2,
+    )
+    .await
+    .expect("purge");
+    assert_eq!(purged.rows, 3);
+    let empty = page("/v1/events?since=2020-01-01T00:00:00Z").await;
+    assert_eq!(empty["events"].as_array().map(Vec::len), Some(0), "{empty}");
+    assert_eq!(empty["oldest"], serde_json::Value::Null);
+
+    // A redelivery of event 2 stays out; a new event 4 goes in and is the new horizon.
+    audit.publish(2, "shop");
+    audit.publish(4, "shop");
+    assert_eq!(audit.wait_rows(1).await, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = page("/v1/events").await;
+    let ids: Vec<i64> = after["events"].as_array().expect("events").iter().filter_map(|e| e["id"].as_i64()).collect();
+    assert_eq!(ids, [4], "{after}");
+    assert_eq!(after["oldest"], "2026-11-21T14:00:00.000000Z");
+}
+
 /// `since` starts the page at the first event at or after it, found from the BRIN summaries of
 /// `occurred_at`: a long ledger's older rows are not read one by one first (as they were when
 /// the page walked the primary key from the cursor and filtered on the time); a time before
