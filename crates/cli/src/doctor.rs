@@ -367,7 +367,8 @@ fn retention_finding(r: &caracal_store::retention::Report) -> Finding {
     let days = |secs: f64| {
         if secs >= 86_400.0 { format!("{:.1} d", secs / 86_400.0) } else { format!("{secs:.0} s") }
     };
-    let size = format!("{:.1} MiB, about {} rows", r.bytes as f64 / (1024.0 * 1024.0), r.rows_estimate);
+    let rows = r.rows_estimate.map_or_else(|| "rows not yet estimated".to_string(), |n| format!("about {n} rows"));
+    let size = format!("{:.1} MiB, {rows}", r.bytes as f64 / (1024.0 * 1024.0));
     let horizon = r.oldest_age_secs.map_or_else(|| "empty".to_string(), |age| format!("oldest row {} old", days(age)));
     let kept = match (r.keep_secs, r.purged_ago_secs) {
         (None, _) | (_, None) => "no purge has run yet (the coordinator and the audit service run it)".to_string(),
@@ -511,4 +512,43 @@ pub fn render(findings: &[Finding]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use caracal_store::retention::{Report, Table};
+
+    use super::{Severity, retention_finding};
+
+    fn report(keep_secs: Option<f64>, oldest_age_secs: Option<f64>) -> Report {
+        Report {
+            table: Table::History,
+            bytes: 3 * 1024 * 1024,
+            rows_estimate: Some(1_200),
+            oldest_age_secs,
+            keep_secs,
+            purged_ago_secs: keep_secs.map(|_| 40.0),
+            rows_purged: 77,
+        }
+    }
+
+    #[test]
+    fn a_horizon_a_day_past_the_retention_is_a_warning() {
+        let fine = retention_finding(&report(Some(30.0 * 86_400.0), Some(29.0 * 86_400.0)));
+        assert_eq!(fine.severity, Severity::Ok);
+        assert_eq!(fine.subject, "retention status_transitions");
+        assert!(
+            fine.message.contains("3.0 MiB, about 1200 rows, oldest row 29.0 d old; kept 30.0 d"),
+            "{}",
+            fine.message
+        );
+        let behind = retention_finding(&report(Some(30.0 * 86_400.0), Some(32.0 * 86_400.0)));
+        assert_eq!(behind.severity, Severity::Warn);
+        assert!(behind.remedy.contains("the purge is behind"), "{}", behind.remedy);
+        let forever = retention_finding(&report(Some(0.0), Some(900.0 * 86_400.0)));
+        assert_eq!(forever.severity, Severity::Ok, "kept forever is never behind");
+        assert!(forever.message.contains("kept forever"), "{}", forever.message);
+        let never = retention_finding(&report(None, None));
+        assert!(never.message.contains("empty; no purge has run yet"), "{}", never.message);
+    }
 }

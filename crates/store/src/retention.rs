@@ -267,8 +267,9 @@ pub struct Report {
     pub table: Table,
     /// Bytes on disk, indexes and TOAST included.
     pub bytes: i64,
-    /// Rows, as PostgreSQL's statistics estimate them (counting would read the table).
-    pub rows_estimate: i64,
+    /// Rows, as PostgreSQL's statistics estimate them (counting would read the table); `None`
+    /// before the table was first analyzed.
+    pub rows_estimate: Option<i64>,
     /// Seconds since the oldest row it holds occurred.
     pub oldest_age_secs: Option<f64>,
     /// The retention the purger last applied (`Some(0.0)`: forever); `None` before its first
@@ -288,9 +289,9 @@ pub async fn report(pool: &sqlx::PgPool) -> Result<Vec<Report>, Error> {
     let mut conn = pool.acquire().await?;
     let mut out = Vec::new();
     for table in Table::ALL {
-        let (bytes, rows_estimate, keep_secs, purged_ago_secs, rows_purged): (i64, i64, Option<f64>, Option<f64>, i64) =
+        let (bytes, rows_estimate, keep_secs, purged_ago_secs, rows_purged): (i64, Option<i64>, Option<f64>, Option<f64>, i64) =
             sqlx::query_as(
-                "SELECT pg_total_relation_size(c.oid), greatest(c.reltuples, 0)::bigint, r.keep_secs, \
+                "SELECT pg_total_relation_size(c.oid), CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END, r.keep_secs, \
                         extract(epoch FROM now() - r.purged_at)::float8, coalesce(r.rows_purged, 0) \
                  FROM pg_class c LEFT JOIN retention r ON r.table_name = c.relname \
                  WHERE c.oid = to_regclass($1)",
