@@ -13,11 +13,18 @@ use axum::routing::get;
 const CARACAL: &str = env!("CARGO_BIN_EXE_caracal");
 
 fn caracal(dir: &Path, args: &[&str]) -> Output {
+    caracal_with(dir, args, &[])
+}
+
+/// As [`caracal`], with `env` exported to it.
+fn caracal_with(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(CARACAL)
         .arg("--dir")
         .arg(dir)
         .args(args)
         .env_remove("METRICS_BEARER_FILE")
+        .env_remove("CARACAL_CONTROL__TARGETS_DIR")
+        .envs(env.iter().copied())
         .output()
         .expect("run caracal")
 }
@@ -166,12 +173,38 @@ async fn up_status_doctor_down_leave_nothing_behind() {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || caracal(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
     };
-    let up = run(up_args.clone()).await.expect("join");
+    // The caller keeps declared targets elsewhere: what they exported wins over `up`'s default.
+    let declared_dir = dir.join("declared-elsewhere");
+    let up = {
+        let (dir, declared_dir) = (dir.clone(), declared_dir.clone());
+        let args: Vec<String> = up_args.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            caracal_with(&dir, &args, &[("CARACAL_CONTROL__TARGETS_DIR", &declared_dir)])
+        })
+        .await
+        .expect("join")
+    };
     assert_eq!(code(&up), Some(0), "up failed:\n{}", String::from_utf8_lossy(&up.stderr));
     let stdout = String::from_utf8_lossy(&up.stdout);
     assert!(
         stdout.contains("Caracal is up (mode rc)") && stdout.contains(&format!("http://127.0.0.1:{}", ports[0])),
         "{stdout}"
+    );
+    // When `up` returns, the platform's own view agrees: /healthchecks is 200, every entry
+    // Operational (not 218 while the coordinator's first probes of the services catch up).
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthchecks", ports[0])).await.expect("healthchecks");
+    assert_eq!(health.status(), 200);
+    let entries: Vec<serde_json::Value> = health.json().await.expect("json");
+    assert!(!entries.is_empty() && entries.iter().all(|e| e["status"] == "Operational"), "{entries:?}");
+    assert!(
+        stdout.lines().any(|l| l.contains("targets") && l.contains(&declared_dir.display().to_string())),
+        "up says where control reads declared targets: {stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&up.stderr).contains("CARACAL_CONTROL__TARGETS_DIR from your environment"),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
     );
     // `up` names the status page, and it is there.
     let page = format!("http://127.0.0.1:{}/", ports[0]);
@@ -238,8 +271,18 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     assert_eq!(get("applied").await.expect("get").status(), 200);
     let again = apply(&[]).await.expect("join");
     assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "no changes");
-    // A file in .caracal/targets is control's: it registers it as a target it manages.
-    let declared = dir.join(".caracal/targets/declared.yaml");
+    // The platform's own targets are not deleted: it would register them again.
+    let refused =
+        http.delete(format!("{api}/v1/targets/coordinator")).bearer_auth(admin.trim()).send().await.expect("delete");
+    assert_eq!(refused.status(), 409);
+    let error: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["code"], "platform_target", "{error}");
+    // A file where the caller pointed control is control's: it registers it as a target it
+    // manages (and one in the default .caracal/targets is not read).
+    std::fs::create_dir_all(dir.join(".caracal/targets")).expect("mkdir");
+    std::fs::write(dir.join(".caracal/targets/ignored.yaml"), format!("name: ignored\ninstances: [\"{api}\"]\n"))
+        .expect("write");
+    let declared = declared_dir.join("declared.yaml");
     std::fs::write(&declared, format!("name: declared\ninstances: [\"{api}\"]\n")).expect("write");
     let managed = caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(200), || async {
         let body: serde_json::Value = get("declared").await.ok()?.json().await.ok()?;
@@ -248,6 +291,7 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     .await
     .expect("control registers the declared target");
     assert_eq!(managed["declared_in"], declared.display().to_string());
+    assert_eq!(get("ignored").await.expect("get").status(), 404, "control reads only the caller's directory");
 
     let before = pids(&dir.join(".caracal"));
     assert_eq!(before.len(), 8, "six services, Redis and PostgreSQL: {before:?}");

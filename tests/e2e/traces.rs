@@ -166,8 +166,12 @@ async fn a_registration_is_one_trace_from_the_api_through_the_relay_to_the_ledge
     assert_eq!(get.attribute("http.request.method"), Some("GET"));
     assert!(get.attribute("url.full").is_some_and(|u| u.starts_with(&target)), "{get:#?}");
     assert_eq!(get.attribute("http.response.status_code"), Some("200"));
-    span(&collector, "the probe", |s| s.trace_id == probe_trace && s.name == "probe shop" && s.kind == "INTERNAL")
-        .await;
+    // One name for every probe (the fleet's size must not grow the set of span names): the
+    // target and the instance are attributes.
+    let probe = span(&collector, "the probe", |s| s.trace_id == probe_trace && s.kind == "INTERNAL").await;
+    assert_eq!(probe.name, "probe", "{probe:#?}");
+    assert_eq!(probe.attribute("caracal.target"), Some("shop"));
+    assert!(probe.attribute("caracal.instance").is_some_and(|u| u.starts_with(&target)), "{probe:#?}");
 
     // A federation scrape carries the trace of the request that asked for it.
     let federation = "5c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f";
@@ -197,7 +201,26 @@ async fn a_registration_is_one_trace_from_the_api_through_the_relay_to_the_ledge
     let not_found = span(&collector, "a 404", |s| s.name == "GET /v1/targets/{name}" && s.kind == "SERVER").await;
     assert_eq!(not_found.status, "UNSET");
     assert_eq!(not_found.attribute("http.response.status_code"), Some("404"));
+    // No span name holds a value: neither a registered target's name nor an instance's URL.
+    let registered: Vec<String> = http
+        .get(format!("{}/v1/targets", api.base))
+        .send()
+        .await
+        .expect("targets")
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .expect("json")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect();
+    assert!(registered.contains(&"shop".to_string()), "{registered:?}");
     for s in collector.spans() {
+        let words: Vec<&str> = s.name.split(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c))).collect();
+        assert!(
+            !registered.iter().any(|name| words.contains(&name.as_str())),
+            "a span name holds a target's name: {s:#?}"
+        );
+        assert!(!s.name.contains("://"), "a span name holds a URL: {s:#?}");
         assert_ne!(s.name, "request", "{s:#?}");
         assert!(!s.attributes.keys().any(|k| k.starts_with("code.") || k.starts_with("thread.")), "{s:#?}");
         assert!(!s.attributes.values().any(|v| v.contains("/.cargo/") || v.contains("/src/")), "{s:#?}");

@@ -7,6 +7,7 @@ ledger, and the ledger must show its trace id."""
 import json
 import os
 import pathlib
+import re
 import secrets
 import time
 
@@ -75,3 +76,30 @@ def test_no_span_carries_a_build_path_or_a_generic_name():
         assert span["name"] != "request", span
         assert not any(k.startswith(("code.", "thread.")) for k in span["attributes"]), span
         assert not any(isinstance(v, str) and "/.cargo/" in v for v in span["attributes"].values()), span
+
+
+def test_no_span_name_holds_a_target_name():
+    """A span name is the same for every target (`probe`, a route template): a name per target
+    would grow without bound with the fleet. The platform's own targets and one registered here
+    are probed while the collector listens; no span name may hold any of their names."""
+    name = f"spanned-{secrets.token_hex(4)}"
+    body = json.dumps({"name": name, "instances": [f"{API}/"], "interval_ms": 500}).encode()
+    status, _, answer = call("POST", f"{API}/v1/targets", body,
+                             {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"})
+    assert status == 201, answer
+    try:
+        probe = wait_span("a probe of the new target", lambda s: s["attributes"].get("caracal.target") == name
+                          and s["kind"] == "INTERNAL")
+        assert probe["name"] == "probe", probe
+        assert probe["attributes"]["caracal.instance"].startswith(API), probe
+        status, _, listed = call("GET", f"{API}/v1/targets", headers={"authorization": f"Bearer {ADMIN}"})
+        assert status == 200, listed
+        platform = {t["name"] for t in json.loads(listed) if t["managed_by"] == "platform"}
+        assert {"api", "coordinator"} <= platform, platform
+        names = platform | {name}
+        for span in received():
+            words = set(re.split(r"[^A-Za-z0-9._-]+", span["name"]))
+            assert not words & names, f"a span name holds a target's name: {span}"
+            assert "://" not in span["name"], span
+    finally:
+        call("DELETE", f"{API}/v1/targets/{name}", headers={"authorization": f"Bearer {ADMIN}"})

@@ -32,8 +32,9 @@ pub enum ApiError {
     /// The target exists already (409, `conflict`).
     #[error("a target named `{0}` exists already")]
     Conflict(String),
-    /// The target is control's to change (409, `managed_by_control`), or its instances are
-    /// (409, `discovered_instances`).
+    /// The target is control's to change (409, `managed_by_control`), one of the platform's own
+    /// services (409, `platform_target`), or its instances are discovered (409,
+    /// `discovered_instances`).
     #[error("{0}")]
     Owned(caracal_store::registry::Refused),
     /// No valid admin bearer (401, `unauthorized`).

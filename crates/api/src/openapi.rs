@@ -108,8 +108,11 @@ fn answered(mut spec: Object) -> Object {
     spec.properties.insert("paused_at".into(), paused.into());
     let owner = ObjectBuilder::new()
         .schema_type(Type::String)
-        .enum_values(Some(["api", "control"]))
-        .description(Some("Who owns it: `api`, or `control` (declared in a file)"));
+        .enum_values(Some(["api", "control", "platform"]))
+        .description(Some(
+            "Who owns it: `api`, `control` (declared in a file), or `platform` (one of the platform's own services, \
+             registered from `api.platform`; it cannot be deleted)",
+        ));
     spec.properties.insert("managed_by".into(), owner.build().into());
     let mut file = ObjectBuilder::new().description(Some("The file declaring it, for a target control owns")).build();
     file.schema_type = utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]);

@@ -52,7 +52,8 @@ pub(crate) async fn run(
     stop: CancellationToken,
     every: Duration,
 ) {
-    let mut registered = config.platform.is_empty();
+    // Even with no platform configured: settling releases targets an earlier configuration named.
+    let mut registered = false;
     loop {
         if !registered {
             match register(&pool, &config).await {
@@ -64,8 +65,12 @@ pub(crate) async fn run(
             Ok(fleet) => view.set(fleet),
             Err(e) => tracing::debug!(error = %e, "reading the platform's status failed"),
         }
+        // While some service is not up (a start, a roll), look every second, so `/healthchecks`
+        // turns 200 within a second of the coordinator seeing the last one up; the read is of
+        // the platform's few instances only (a partial index), never the fleet.
+        let next = if view.fleet() == Fleet::AllUp { every } else { every.min(Duration::from_secs(1)) };
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(next) => {}
             () = stop.cancelled() => return,
         }
     }
@@ -89,14 +94,15 @@ async fn register(pool: &sqlx::PgPool, config: &ApiConfig) -> Result<(), caracal
             credential: None,
             degraded: None,
         };
-        match registry::create(pool, &spec, &Writer::Api).await {
+        match registry::create(pool, &spec, &Writer::Platform).await {
             Ok(_) => tracing::info!(target = %name, "registered a platform service as a target"),
             // An existing target of that name is left as the operator has it.
             Err(caracal_store::Error::Refused(Refused::Conflict(_))) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    let names: Vec<String> = config.platform.keys().cloned().collect();
+    registry::settle_platform(pool, &names).await
 }
 
 async fn summary(pool: &sqlx::PgPool) -> Result<Fleet, caracal_store::Error> {

@@ -111,11 +111,12 @@ async fn admit(state: &ApiState, spec: &TargetSpec) -> Result<(), ApiError> {
     }
 }
 
-/// Delete a target and its instances (its history is kept).
+/// Delete a target and its instances (its history is kept). The platform's own services
+/// (`api.platform`) are refused: a delete of one would not last.
 #[utoipa::path(delete, path = "/v1/targets/{name}", tag = "targets", params(("name" = String, Path, description = "Target name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token"),
               (status = 403, description = "The token lacks targets:write, or targets:admin for `tls.insecure_skip_verify`"), (status = 404, description = "No such target"),
-              (status = 409, description = "The target is declared in a file caracal-control manages (`managed_by_control`)")))]
+              (status = 409, description = "The target is declared in a file caracal-control manages (`managed_by_control`), or it is one of the platform's own services, registered again at every start (`platform_target`): take it out of `api.platform` instead")))]
 pub(crate) async fn remove(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     registry::delete(&state.pool, &name, &Writer::Api).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -106,8 +106,8 @@ pub enum ModeArg {
 /// `up`'s options; ports default to the last `up` here, else Caracal's defaults.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// The services' mode.
-    #[arg(long, value_enum)]
+    /// The services' mode (default: the last `up` here, else dev).
+    #[arg(long, value_enum, env = "CARACAL_MODE")]
     pub mode: Option<ModeArg>,
     /// Port of caracal-api.
     #[arg(long)]

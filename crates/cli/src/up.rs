@@ -1,6 +1,7 @@
 //! `caracal up` and `caracal down`.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::CliError;
@@ -20,17 +21,32 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     let redis = LocalRedis::new(home, state.ports.redis);
     home.save(&state)?;
     home.ensure_secrets()?;
-    let targets = home.targets_dir();
+    let env = services::environment(home, &state, &postgres.url(), &redis.url(), |k| std::env::var(k).ok());
+    for key in &env.from_caller {
+        eprintln!("  {key} from your environment: {}", without_password(env.get(key).unwrap_or_default()));
+    }
+    let targets = PathBuf::from(env.get(services::TARGETS_DIR).unwrap_or_default());
     std::fs::create_dir_all(&targets).map_err(CliError::io(format!("create {}", targets.display())))?;
-    step("PostgreSQL", || postgres.start(home))?;
-    step("Redis", || redis.start())?;
-    let env = services::environment(home, &state, &postgres.url(), &redis.url());
+    // A store the caller named is theirs to run: the local one is not started for nothing.
+    let theirs = |key: &str| env.from_caller.iter().any(|k| k == key);
+    if !theirs("DATABASE_URL") {
+        step("PostgreSQL", || postgres.start(home))?;
+    }
+    if !theirs("REDIS_URL") {
+        step("Redis", || redis.start())?;
+    }
     step("migrations", || services::migrate(&bin, &env))?;
     for service in SERVICES {
         let started = services::start(home, &bin, service, &state, &env)?;
         eprintln!("  {:<12} {}", service.name, if started { "started" } else { "already running" });
     }
-    let probes = wait_ready(home, &state, timeout).await?;
+    let bearer = env.get("METRICS_BEARER_FILE").and_then(|file| read_secret(Path::new(file)));
+    let deadline = Instant::now() + timeout;
+    let probes = wait_ready(home, &state, bearer.as_deref(), timeout).await?;
+    // Every service answers ready; the platform's own view of itself (the coordinator's probes
+    // of it, as `/healthchecks` shows them) follows a few probes later. `up` returns only once
+    // that view agrees, so `caracal up && curl -f …/healthchecks` holds.
+    wait_fleet_view(home, &format!("http://127.0.0.1:{}", state.ports.api), deadline, timeout).await?;
     print!("{}", crate::status::render_table(&probes, std::io::stdout().is_terminal()));
     println!();
     println!("Caracal is up (mode {}) in {}", state.mode, home.root.display());
@@ -40,16 +56,35 @@ pub async fn up(home: &Home, state: State, timeout: Duration) -> Result<(), CliE
     for service in SERVICES {
         println!("  {:<12} http://127.0.0.1:{}", service.name, service.port(&state.ports));
     }
-    println!("  {:<12} {}", "postgres", postgres.url());
-    println!("  {:<12} {}", "redis", redis.url());
-    println!("  secrets      {} and {}", home.metrics_bearer().display(), home.admin_token().display());
-    println!("  targets      {} (YAML or JSON files; caracal-control keeps the registry in step)", targets.display());
+    println!("  {:<12} {}", "postgres", without_password(env.get("DATABASE_URL").unwrap_or_default()));
+    println!("  {:<12} {}", "redis", without_password(env.get("REDIS_URL").unwrap_or_default()));
+    let var = |key: &str| env.get(key).unwrap_or_default().to_string();
+    println!("  secrets      {} and {}", var("METRICS_BEARER_FILE"), var("CARACAL_ADMIN_TOKEN_FILE"));
+    println!(
+        "  targets      {} (caracal-control reads declared targets here, YAML or JSON files; {} moves it)",
+        targets.display(),
+        services::TARGETS_DIR
+    );
     println!(
         "  credentials  {} (a bearer file per name a target may give as `credential`; the gateway presents nothing else)",
-        home.credentials().display()
+        var("CARACAL_GATEWAY__CREDENTIALS_DIR")
     );
     println!("Next: `caracal status --ready`, `caracal doctor`, `caracal down` (add -v to delete the data)");
     Ok(())
+}
+
+/// `value` with a URL's password masked (`postgres://me:****@db/x`): a URL the caller exported
+/// may hold one, and the terminal is no place for it.
+fn without_password(value: &str) -> String {
+    let Some(scheme_end) = value.find("://").map(|i| i + 3) else { return value.to_string() };
+    let rest = &value[scheme_end..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:****{}", &value[..scheme_end], &authority[..colon], &rest[at..])
+        }
+        _ => value.to_string(),
+    }
 }
 
 fn step(what: &str, run: impl FnOnce() -> Result<(), CliError>) -> Result<(), CliError> {
@@ -65,15 +100,19 @@ fn step(what: &str, run: impl FnOnce() -> Result<(), CliError>) -> Result<(), Cl
 
 /// Polls every service's `/ready` (with the metrics bearer, for details) until all pass,
 /// showing each service's rungs as they come up.
-async fn wait_ready(home: &Home, state: &State, timeout: Duration) -> Result<Vec<Probe>, CliError> {
+async fn wait_ready(
+    home: &Home,
+    state: &State,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Probe>, CliError> {
     let targets: Vec<(String, String)> =
         SERVICES.iter().map(|s| (s.name.to_string(), format!("http://127.0.0.1:{}", s.port(&state.ports)))).collect();
-    let bearer = read_secret(&home.metrics_bearer());
     let tty = std::io::stderr().is_terminal();
     let deadline = Instant::now() + timeout;
     let mut shown: Vec<String> = Vec::new();
     loop {
-        let probes = probe::probe_all(&targets, Endpoint::Ready, Duration::from_millis(1500), bearer.as_deref()).await;
+        let probes = probe::probe_all(&targets, Endpoint::Ready, Duration::from_millis(1500), bearer).await;
         let lines: Vec<String> = probes.iter().map(progress_line).collect();
         if tty {
             let mut err = std::io::stderr();
@@ -104,6 +143,61 @@ async fn wait_ready(home: &Home, state: &State, timeout: Duration) -> Result<Vec
             return Err(CliError::NotReady {
                 seconds: timeout.as_secs(),
                 detail,
+                logs: home.logs().display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The entries of `/healthchecks` that the platform decides for itself: its stores, its
+/// outbox and its own services. (`TSDB` and `General` report an operator's Prometheus and
+/// Alertmanager when configured: shown, but not waited for.)
+const OWN_ENTRIES: [&str; 4] = ["Database", "Cache", "MessagingSystem", "Service"];
+
+/// Polls the API's `/healthchecks` until every entry the platform decides for itself is
+/// `Operational`, saying once what it waits for.
+async fn wait_fleet_view(home: &Home, api: &str, deadline: Instant, timeout: Duration) -> Result<(), CliError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(rename = "type")]
+        kind: String,
+        name: String,
+        status: String,
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
+    let mut said = false;
+    loop {
+        let entries: Result<Vec<Entry>, String> = match client.get(format!("{api}/healthchecks")).send().await {
+            Ok(answer) => answer.json().await.map_err(|e| format!("unreadable /healthchecks: {e}")),
+            Err(e) => Err(format!("/healthchecks: {e}")),
+        };
+        let waiting: Vec<String> = match &entries {
+            Ok(entries) => entries
+                .iter()
+                .filter(|e| OWN_ENTRIES.contains(&e.kind.as_str()) && e.status != "Operational")
+                .map(|e| format!("{} {}", e.name, e.status))
+                .collect(),
+            Err(why) => vec![why.clone()],
+        };
+        if waiting.is_empty() {
+            for e in entries.iter().flatten().filter(|e| e.status != "Operational") {
+                eprintln!("  note: /healthchecks shows {} ({}) {}", e.name, e.kind, e.status);
+            }
+            return Ok(());
+        }
+        if !said {
+            eprintln!("  the platform's own view (/healthchecks): waiting for {}", waiting.join(", "));
+            said = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::NotReady {
+                seconds: timeout.as_secs(),
+                detail: format!("/healthchecks shows {}", waiting.join(", ")),
                 logs: home.logs().display().to_string(),
             });
         }
@@ -153,4 +247,18 @@ pub fn down(home: &Home, delete: bool) -> Result<(), CliError> {
         eprintln!("  removed {}", home.root.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_password_in_a_url_is_masked_and_nothing_else_changes() {
+        assert_eq!(without_password("postgres://me:s3cret@db:5432/x"), "postgres://me:****@db:5432/x");
+        assert_eq!(without_password("redis://:pw@127.0.0.1:6379/0"), "redis://:****@127.0.0.1:6379/0");
+        assert_eq!(without_password("postgres://me@db/x"), "postgres://me@db/x");
+        assert_eq!(without_password("/tmp/targets"), "/tmp/targets");
+        assert_eq!(without_password("http://127.0.0.1:3000/a@b"), "http://127.0.0.1:3000/a@b");
+    }
 }

@@ -26,6 +26,9 @@ pub enum Writer {
         /// The file that declares the target.
         file: String,
     },
+    /// The API registering the platform's own services (`api.platform`) as targets: deleting
+    /// one through the API is refused, as it would be registered again.
+    Platform,
 }
 
 impl Writer {
@@ -33,12 +36,13 @@ impl Writer {
         match self {
             Writer::Api => "api",
             Writer::Control { .. } => "control",
+            Writer::Platform => "platform",
         }
     }
 
     fn file(&self) -> Option<&str> {
         match self {
-            Writer::Api => None,
+            Writer::Api | Writer::Platform => None,
             Writer::Control { file } => Some(file),
         }
     }
@@ -64,6 +68,13 @@ pub enum Refused {
         /// The file declaring it.
         file: String,
     },
+    /// The target is one of the platform's own services: a delete would not last (the API
+    /// registers it again), so it is refused; take it out of `api.platform` instead.
+    #[error(
+        "target `{0}` is one of the platform's own services and is registered again at every start; \
+         take it out of `api.platform` to stop watching it"
+    )]
+    PlatformTarget(String),
 }
 
 impl Refused {
@@ -74,6 +85,7 @@ impl Refused {
             Refused::Conflict(_) => "conflict",
             Refused::Discovered(_) => "discovered_instances",
             Refused::ManagedByControl { .. } => "managed_by_control",
+            Refused::PlatformTarget(_) => "platform_target",
         }
     }
 }
@@ -387,11 +399,16 @@ pub async fn replace(pool: &sqlx::PgPool, spec: &TargetSpec, writer: &Writer) ->
 /// Deletes `name` and its instances (history is kept) on behalf of `writer`.
 ///
 /// # Errors
-/// As [`replace`]'s ownership refusals; a database error.
+/// As [`replace`]'s ownership refusals; [`Refused::PlatformTarget`] for one of the platform's
+/// own services; a database error.
 pub async fn delete(pool: &sqlx::PgPool, name: &str, writer: &Writer) -> Result<(), Error> {
     traced(telemetry::db_span("postgresql", "DELETE", "targets"), async move {
         let mut tx = pool.begin().await?;
-        let id = lock_for(&mut tx, name, writer).await?.id;
+        let owner = lock_for(&mut tx, name, writer).await?;
+        if owner.managed_by == Writer::Platform.managed_by() {
+            return Err(Refused::PlatformTarget(name.into()).into());
+        }
+        let id = owner.id;
         sqlx::query("DELETE FROM targets WHERE id = $1").bind(id).execute(&mut *tx).await?;
         let event = NewEvent {
             event_type: "target.deleted".into(),
@@ -405,6 +422,26 @@ pub async fn delete(pool: &sqlx::PgPool, name: &str, writer: &Writer) -> Result<
         Ok(())
     })
     .await
+}
+
+/// Settles which targets are the platform's own after the API registered `names`
+/// (`api.platform`): a target of such a name labelled `caracal=platform` that the API holds
+/// (registered by a release before ownership was recorded) becomes the platform's, and a
+/// platform target no longer configured becomes an ordinary API target, deletable again.
+/// Reads only targets labelled `caracal=platform` (a partial index), never the fleet.
+///
+/// # Errors
+/// A database error.
+pub async fn settle_platform(pool: &sqlx::PgPool, names: &[String]) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE targets SET managed_by = CASE WHEN name = ANY($1) THEN 'platform' ELSE 'api' END \
+         WHERE labels @> '{\"caracal\": \"platform\"}' \
+           AND ((name = ANY($1) AND managed_by = 'api') OR (name <> ALL($1) AND managed_by = 'platform'))",
+    )
+    .bind(names)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Pauses or resumes probing `name`, with its outbox event (`target.paused` or

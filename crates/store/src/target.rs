@@ -439,7 +439,8 @@ pub struct Target {
     pub updated_at: String,
     /// Since when probing is paused (RFC 3339); `null` while it is probed.
     pub paused_at: Option<String>,
-    /// Who owns it: `api` (created through the API) or `control` (declared in a file).
+    /// Who owns it: `api` (created through the API), `control` (declared in a file) or
+    /// `platform` (one of the platform's own services, registered from `api.platform`).
     pub managed_by: String,
     /// The file that declares it, for a target control owns.
     pub declared_in: Option<String>,

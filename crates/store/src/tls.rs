@@ -20,8 +20,10 @@ pub const SERVER_NAME_PATTERN: &str = "^[A-Za-z0-9.:_-]{1,253}$";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
-    /// PEM CA certificates trusted in addition to the system's roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// PEM CA certificates (one or more `-----BEGIN CERTIFICATE-----` blocks) trusted in
+    /// addition to the system's roots. An empty (or blank) string is the same as none: a
+    /// template that renders `ca_pem: ""` for "no CA of my own" means just that.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "blank_is_none")]
     #[schema(max_length = 49_152)]
     pub ca_pem: Option<String>,
     /// The name the certificate must be valid for, when not the instance's host.
@@ -154,6 +156,11 @@ impl ClientFiles {
 
 /// `tls` as a JSON object (or null) only: serde's derive would also take a list for a struct
 /// whose fields are all optional (`[null]`), which the schema does not allow.
+/// An optional string where a blank one means none.
+fn blank_is_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.filter(|s| !s.trim().is_empty()))
+}
+
 pub(crate) fn object<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<TlsSpec>, D::Error> {
     struct Object;
     impl<'de> serde::de::Visitor<'de> for Object {
@@ -233,6 +240,11 @@ mod tests {
 
     #[test]
     fn bad_pem_and_half_a_client_pair_are_named() {
+        for blank in ["", "  \n"] {
+            let tls: TlsSpec = serde_json::from_value(serde_json::json!({ "ca_pem": blank })).expect("blank");
+            assert_eq!(tls, TlsSpec::default(), "a blank ca_pem is none");
+            assert_eq!(tls.validate(), Ok(()));
+        }
         let tls = TlsSpec { ca_pem: Some("not a certificate".into()), ..TlsSpec::default() };
         assert_eq!(tls.validate().expect_err("no PEM").field, "tls.ca_pem");
         let garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";

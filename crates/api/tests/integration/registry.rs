@@ -257,3 +257,109 @@ async fn tls_and_grpc_targets_read_back_with_their_certificates() {
     assert_eq!(lab["insecure_skip_verify"], true, "unverified TLS is shown");
     assert_eq!(lab["certificate_expires_at"], serde_json::Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_platforms_own_targets_cannot_be_deleted_until_unconfigured() {
+    let shared = support::shared();
+    let url = shared.postgres.fresh_database("platform").expect("database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    caracal_store::migrate(&pool).await.expect("migrate");
+    // Before this API starts: `sts` as an earlier release registered it (the platform's label,
+    // held by the API), and `retired`, a platform service no longer configured.
+    let create = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let spec: caracal_store::target::TargetSpec = serde_json::from_value(
+                json!({"name": name, "instances": ["http://127.0.0.1:9/"], "labels": {"caracal": "platform"}}),
+            )
+            .expect("spec");
+            caracal_store::registry::create(&pool, &spec, &caracal_store::registry::Writer::Api).await.expect("create")
+        }
+    };
+    create("sts").await;
+    create("retired").await;
+    sqlx::query("UPDATE targets SET managed_by = 'platform' WHERE name = 'retired'").execute(&pool).await.expect("own");
+
+    let sections =
+        json!({"api": {"platform": {"coordinator": ["http://127.0.0.1:9/c"], "sts": ["http://127.0.0.1:9/"]}}});
+    let mut core = caracal_testkit::app::core_config(Mode::Dev);
+    core.database_url = Some(caracal_core::config::Secret::new(url));
+    core.redis_url = Some(caracal_core::config::Secret::new(shared.redis.url()));
+    core.admin_token = Some(caracal_core::config::Secret::new(ADMIN));
+    let app = caracal_testkit::app::app("api", core, sections);
+    let served = caracal_testkit::app::serve(caracal_api::build(app).expect("build the api")).await;
+    let owners = || async {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, managed_by FROM targets ORDER BY name").fetch_all(&pool).await.ok()?;
+        Some(rows)
+    };
+    let settled = caracal_testkit::wait_for(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(100),
+        || async {
+            let rows = owners().await?;
+            (rows.len() == 3 && rows.iter().all(|(n, m)| (n == "retired") == (m == "api"))).then_some(rows)
+        },
+    )
+    .await;
+    assert!(settled.is_ok(), "coordinator registered, sts claimed, retired released: {:?}", owners().await);
+
+    let http = &served.http;
+    for name in ["coordinator", "sts"] {
+        let refused =
+            http.delete(served.url(&format!("/v1/targets/{name}"))).bearer_auth(ADMIN).send().await.expect("delete");
+        assert_eq!(refused.status(), 409, "{name}");
+        let error: serde_json::Value = refused.json().await.expect("json");
+        assert_eq!(error["error"]["code"], "platform_target", "{error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("api.platform")), "{error}");
+        assert_eq!(served.get(&format!("/v1/targets/{name}")).await.status(), 200, "{name} is still there");
+    }
+    // Changing one lasts (the API never overwrites it), so it is allowed, as is pausing one.
+    let replaced = http
+        .put(served.url("/v1/targets/coordinator"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"instances": ["http://127.0.0.1:9/c"], "interval_ms": 7000, "labels": {"caracal": "platform"}}))
+        .send()
+        .await
+        .expect("replace");
+    assert_eq!(replaced.status(), 200);
+    let paused = http.post(served.url("/v1/targets/sts/pause")).bearer_auth(ADMIN).send().await.expect("pause");
+    assert_eq!(paused.status(), 200);
+    // No longer configured: an ordinary target again.
+    let deleted = http.delete(served.url("/v1/targets/retired")).bearer_auth(ADMIN).send().await.expect("delete");
+    assert_eq!(deleted.status(), 204);
+    // The document says so.
+    let doc: serde_json::Value = served.get("/openapi.json").await.json().await.expect("json");
+    let delete = &doc["paths"]["/v1/targets/{name}"]["delete"]["responses"]["409"]["description"];
+    assert!(delete.as_str().is_some_and(|d| d.contains("platform_target")), "{delete}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_ca_pem_means_no_ca_of_its_own() {
+    let (served, _pool) = support::api(Mode::Dev).await;
+    let http = &served.http;
+    let body = json!({"name": "plain-tls", "instances": ["https://127.0.0.1:9/"], "tls": {"ca_pem": ""}});
+    let created = http.post(served.url("/v1/targets")).bearer_auth(ADMIN).json(&body).send().await.expect("create");
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let target: serde_json::Value = served.get("/v1/targets/plain-tls").await.json().await.expect("json");
+    assert!(target["tls"].get("ca_pem").is_none(), "{target}");
+    let replaced = http
+        .put(served.url("/v1/targets/plain-tls"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"instances": ["https://127.0.0.1:9/"], "tls": {"ca_pem": " \n", "server_name": "shop.internal"}}))
+        .send()
+        .await
+        .expect("replace");
+    assert_eq!(replaced.status(), 200);
+    // Anything else that is no certificate is still refused, naming the field.
+    let refused = http
+        .post(served.url("/v1/targets"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "bad-tls", "instances": ["https://127.0.0.1:9/"], "tls": {"ca_pem": "x"}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(refused.status(), 422);
+    let error: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["field"], "tls.ca_pem", "{error}");
+}
