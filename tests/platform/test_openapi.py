@@ -1,9 +1,12 @@
 """Every `/v1` API against its own OpenAPI document, by schemathesis (PyPI): every check, every
 phase (examples, coverage, fuzzing, stateful), a fixed seed, bounded examples and two workers
-(`--checks all --max-examples 80 --seed 1 --workers 2`). A failure prints schemathesis's
-report, with a curl line per failing case. What is configured apart from that, each with its
-reason, is in schemathesis.toml (one OAuth check narrowed by name) and schemathesis_hooks.py
-(bodies no schema can judge)."""
+(`--max-examples 80 --seed 1 --workers 2`, with every check enabled by schemathesis.toml: the
+same as `--checks all`, except that a check named on the command line would override the
+per-operation settings below). A failure prints schemathesis's report, with a curl line per
+failing case. What is configured apart from that, each by name with its reason, is in
+schemathesis.toml (`use_after_free` for a target's history, which outlives the target by
+design; `positive_data_acceptance` at the OAuth token endpoint, which RFC 6749 answers with
+400) and schemathesis_hooks.py (bodies no schema can judge)."""
 
 import json
 import os
@@ -25,7 +28,7 @@ def test_the_api_matches_its_openapi_document(name, base):
     schemathesis = pathlib.Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
         [str(schemathesis), "--no-color", "--config-file", str(CONFIG), "run", f"{base}/openapi.json",
-         "--checks", "all", "--max-examples", "80", "--seed", "1", "--workers", "2",
+         "--max-examples", "80", "--seed", "1", "--workers", "2",
          "-H", f"Authorization: Bearer {ADMIN}"],
         capture_output=True, text=True, timeout=600,
         # What no schema can say (a PEM that parses, a file that exists) is left to other tests.

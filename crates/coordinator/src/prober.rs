@@ -95,20 +95,31 @@ impl Judge {
 /// Removes an instance's series (`instance_up`, `instance_degraded`, its latencies, its
 /// certificate) and its place among its target's peers when its probe task ends (ownership
 /// moved).
+/// The labels are built again when it is dropped rather than kept: the task holds the
+/// instance already, and every byte an idle task keeps is multiplied by the fleet.
 struct Exported<'a> {
     metrics: &'a Metrics,
     peers: &'a Peers,
-    id: i64,
-    labels: InstanceLabels,
-    certificate: CertificateLabels,
+    instance: &'a Instance,
 }
 
 impl Drop for Exported<'_> {
     fn drop(&mut self) {
-        self.metrics.forget_instance(&self.labels);
-        self.metrics.certificate_expiry.remove(&self.certificate);
-        self.peers.forget(&self.labels.target, self.id);
+        self.metrics.forget_instance(&instance_labels(self.instance));
+        self.metrics.certificate_expiry.remove(&certificate_labels(self.instance));
+        self.peers.forget(&self.instance.target, self.instance.id);
     }
+}
+
+/// An instance's `instance_up` labels.
+fn instance_labels(instance: &Instance) -> InstanceLabels {
+    InstanceLabels { target: instance.target.clone(), url: instance.url.clone() }
+}
+
+/// An instance's certificate expiry labels (built when a certificate is seen: most instances
+/// never present one).
+fn certificate_labels(instance: &Instance) -> CertificateLabels {
+    CertificateLabels { target: instance.target.clone(), instance: instance.url.clone() }
 }
 
 /// When the reconcile loop last ran, for the `prober:heartbeat` check.
@@ -149,10 +160,23 @@ struct Instance {
 
 /// One running instance task: what it probes, how to stop it, and how to make it probe now.
 struct Running {
-    instance: Instance,
+    instance: Arc<Instance>,
     stop: CancellationToken,
     nudge: Arc<Notify>,
 }
+
+/// An instance task about to start: what it probes, whether at once, how to stop it and how
+/// to make it probe now.
+#[derive(Clone)]
+struct Starting {
+    instance: Arc<Instance>,
+    at_once: bool,
+    stop: CancellationToken,
+    nudge: Arc<Notify>,
+}
+
+/// How many starting instances' recorded statuses are read in one query.
+const START_BATCH: usize = 5_000;
 
 /// How one instance task probes: its address, and its TLS client when it speaks TLS (built
 /// once per task; `Err` holds why it could not be, reported by every probe).
@@ -174,6 +198,10 @@ pub struct Prober {
     /// The outbound address policy every probe connects through.
     outbound: caracal_core::outbound::Policy,
     permits: Arc<Semaphore>,
+    /// Status changes being written at once, at most the pool's connections: thousands of
+    /// instances changing together (a start, a network blip) queue here holding nothing, not
+    /// each a transaction's future waiting for a connection.
+    recording: Arc<Semaphore>,
     heartbeat: Arc<Heartbeat>,
     user_agent: String,
     /// Each target's instances on this replica, for the outlier detector.
@@ -201,12 +229,14 @@ impl Prober {
             .no_proxy()
             .dns_resolver(outbound.resolver())
             .build()?;
+        let recording = usize::try_from(pool.options().get_max_connections()).unwrap_or(10).max(1);
         let user_agent = format!("caracal-coordinator/{} ({})", env!("CARGO_PKG_VERSION"), members.id());
         Ok(Self {
             pool,
             members,
             metrics,
             permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            recording: Arc::new(Semaphore::new(recording)),
             config,
             client,
             outbound,
@@ -227,8 +257,14 @@ impl Prober {
     /// follower's periodic safety net, after a Redis error) and one target at a time as
     /// `caracal.invalidations` announces changes. Every `refresh` the membership is looked at
     /// (in memory) and ownership reconciled; nothing is read from PostgreSQL on that timer.
-    pub async fn run(self, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
-        let mut registry: HashMap<i64, Instance> = HashMap::new();
+    pub async fn run(self, notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
+        // One prober shared by every instance task (an `Arc`, not a copy each).
+        Arc::new(self).follow(notices, stop).await;
+    }
+
+    /// [`Prober::run`]'s loop.
+    async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
+        let mut registry: HashMap<i64, Arc<Instance>> = HashMap::new();
         let mut running: HashMap<i64, Running> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut members = Vec::new();
@@ -265,8 +301,9 @@ impl Prober {
             // idle tick costs nothing however large the fleet.
             let now = self.members.members();
             if !now.is_empty() && (changed || now != members) {
-                self.reconcile(&registry, &fresh, &mut running, &mut tasks, &stop);
+                let starting = self.reconcile(&registry, &fresh, &mut running, &stop);
                 fresh.clear();
+                self.start(starting, &mut tasks).await;
                 self.metrics.members.set(now.len() as i64);
                 members = now;
             }
@@ -284,14 +321,14 @@ impl Prober {
     async fn load(
         &self,
         notice: Notice,
-        registry: &mut HashMap<i64, Instance>,
+        registry: &mut HashMap<i64, Arc<Instance>>,
     ) -> Result<HashSet<i64>, caracal_store::Error> {
         let names = match &notice {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
         let targets = caracal_store::registry::read(&self.pool, names.as_deref(), Filter::Probed).await?;
-        let mut loaded: HashMap<i64, Instance> = HashMap::new();
+        let mut loaded: HashMap<i64, Arc<Instance>> = HashMap::new();
         for target in targets {
             let spec = target.spec;
             let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
@@ -309,7 +346,7 @@ impl Prober {
                     interval: ms(spec.interval_ms),
                     timeout: ms(spec.timeout_ms),
                 };
-                loaded.insert(id, instance);
+                loaded.insert(id, Arc::new(instance));
             }
         }
         let Some(names) = names else {
@@ -322,18 +359,18 @@ impl Prober {
         Ok(fresh)
     }
 
-    /// Starts and stops instance tasks so this replica runs exactly the instances it owns.
-    /// An instance in `fresh` (announced as changed) is probed at once: a new task starts
-    /// without the spread, and a running one is nudged, since the announcement can arrive
-    /// after a full re-read already started its task with a spread first probe.
+    /// Stops the instance tasks this replica should no longer run and lists those it should
+    /// start (see [`Prober::start`]), so it runs exactly the instances it owns. An instance in
+    /// `fresh` (announced as changed) is probed at once: a new task starts without the spread,
+    /// and a running one is nudged, since the announcement can arrive after a full re-read
+    /// already started its task with a spread first probe.
     fn reconcile(
         &self,
-        registry: &HashMap<i64, Instance>,
+        registry: &HashMap<i64, Arc<Instance>>,
         fresh: &HashSet<i64>,
         running: &mut HashMap<i64, Running>,
-        tasks: &mut JoinSet<()>,
         stop: &CancellationToken,
-    ) {
+    ) -> Vec<Starting> {
         running.retain(|id, task| {
             let keep = registry.get(id).is_some_and(|now| *now == task.instance && self.members.owns(*id));
             if !keep {
@@ -343,36 +380,59 @@ impl Prober {
             }
             keep
         });
+        let mut starting = Vec::new();
         for (id, instance) in registry {
             if running.contains_key(id) || !self.members.owns(*id) {
                 continue;
             }
-            let task = Running { instance: instance.clone(), stop: stop.child_token(), nudge: Arc::new(Notify::new()) };
-            let this = self.clone();
-            let (instance, at_once) = (instance.clone(), fresh.contains(id));
-            let (token, nudge) = (task.stop.clone(), Arc::clone(&task.nudge));
+            let task =
+                Running { instance: Arc::clone(instance), stop: stop.child_token(), nudge: Arc::new(Notify::new()) };
+            starting.push(Starting {
+                instance: Arc::clone(instance),
+                at_once: fresh.contains(id),
+                stop: task.stop.clone(),
+                nudge: Arc::clone(&task.nudge),
+            });
             running.insert(*id, task);
-            tasks.spawn(async move { this.probe_loop(instance, at_once, nudge, token).await });
         }
         self.metrics.instances_owned.set(running.len() as i64);
+        starting
     }
 
-    async fn probe_loop(self, instance: Instance, at_once: bool, nudge: Arc<Notify>, stop: CancellationToken) {
-        let labels = InstanceLabels { target: instance.target.clone(), url: instance.url.clone() };
-        // The status as recorded (by whoever owned it before), so a new owner does not
-        // re-announce it. Read once per task: tasks start only when something changed.
-        let Recorded { status: stored, certificate: presented, verdict } = loop {
-            match store_status::recorded(&self.pool, instance.id).await {
-                Ok(recorded) => break recorded,
+    /// Starts a task for each of `starting`, with what is recorded for it read in bulk first
+    /// (a start or a takeover of thousands of instances is a few queries, not one per task; a
+    /// task whose read failed reads its own).
+    async fn start(self: &Arc<Self>, starting: Vec<Starting>, tasks: &mut JoinSet<()>) {
+        for batch in starting.chunks(START_BATCH) {
+            let ids: Vec<i64> = batch.iter().map(|s| s.instance.id).collect();
+            let mut recorded = match store_status::recorded_many(&self.pool, &ids).await {
+                Ok(recorded) => Some(recorded),
                 Err(e) => {
-                    tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = stop.cancelled() => return,
-                    }
+                    tracing::warn!(error = %e, "reading the recorded statuses failed; each instance will read its own");
+                    None
                 }
+            };
+            for s in batch {
+                let known = recorded.as_mut().map(|r| r.remove(&s.instance.id).unwrap_or(Recorded::NONE));
+                let (this, s) = (Arc::clone(self), s.clone());
+                tasks.spawn(async move { this.probe_loop(s, known).await });
             }
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, starting: Starting, known: Option<Recorded>) {
+        let Starting { instance, at_once, stop, nudge } = starting;
+        let labels = instance_labels(&instance);
+        // The status as recorded (by whoever owned it before), so a new owner does not
+        // re-announce it: read for it when it started, or here when that read failed.
+        let recorded = match known {
+            Some(known) => known,
+            None => match Box::pin(self.read_recorded(&instance, &stop)).await {
+                Some(recorded) => recorded,
+                None => return,
+            },
         };
+        let Recorded { status: stored, certificate: presented, verdict } = recorded;
         // What is recorded (and shown); the judge sees only up, unready and down, and the
         // detectors keep a recorded verdict until their windows are full.
         let mut published = stored;
@@ -380,17 +440,10 @@ impl Prober {
         let mut gray = Gray::new();
         gray.adopt(verdict);
         // While this replica owns the instance it exports its status; the series goes with it.
-        let certificate = CertificateLabels { target: instance.target.clone(), instance: instance.url.clone() };
-        let _exported = Exported {
-            metrics: &self.metrics,
-            peers: &self.peers,
-            id: instance.id,
-            labels: labels.clone(),
-            certificate: certificate.clone(),
-        };
+        let _exported = Exported { metrics: &self.metrics, peers: &self.peers, instance: &instance };
         let mut series = self.metrics.instance_series(&labels);
         if let Some(p) = &presented {
-            self.metrics.certificate_expiry.get_or_create(&certificate).set(p.expires_at);
+            self.metrics.certificate_expiry.get_or_create(&certificate_labels(&instance)).set(p.expires_at);
         }
         let mut probing = Probing {
             address: Address::parse(&instance.url, instance.scheme),
@@ -417,7 +470,10 @@ impl Prober {
             let Ok(permit) = self.permits.acquire().await else { return };
             let started = Instant::now();
             let span = probe_span(&instance);
-            let (observed, error, presented) = self.probe(&instance, &probing).instrument(span.clone()).await;
+            // The futures a probe and a recording build are boxed: they exist only while they
+            // run, so an idle task (nearly all of them, nearly always) holds only its state,
+            // not room for the largest of them (about 18 KB unboxed; see docs/benchmarks.md).
+            let (observed, error, presented) = Box::pin(self.probe(&instance, &probing)).instrument(span.clone()).await;
             let took = started.elapsed();
             drop(permit);
             span.record("caracal.probe.result", observed.as_str());
@@ -425,10 +481,10 @@ impl Prober {
                 telemetry::record_client_error(&span, why);
             }
             if let Some(presented) = presented {
-                self.metrics.certificate_expiry.get_or_create(&certificate).set(presented.expires_at);
+                self.metrics.certificate_expiry.get_or_create(&certificate_labels(&instance)).set(presented.expires_at);
                 if probing.presented.as_ref().is_none_or(|p| p.sha256 != presented.sha256) {
-                    match self
-                        .record_certificate(&instance, probing.presented.as_ref(), &presented)
+                    let Ok(_recording) = self.recording.acquire().await else { return };
+                    match Box::pin(self.record_certificate(&instance, probing.presented.as_ref(), &presented))
                         .instrument(span.clone())
                         .await
                     {
@@ -464,7 +520,11 @@ impl Prober {
                 continue;
             }
             let verdict = if now == Status::Degraded { gray.verdict() } else { None };
-            match self.record(&instance, published, now, error.as_deref(), verdict).instrument(span.clone()).await {
+            let Ok(_recording) = self.recording.acquire().await else { return };
+            match Box::pin(self.record(&instance, published, now, error.as_deref(), verdict))
+                .instrument(span.clone())
+                .await
+            {
                 Ok(true) => {
                     self.metrics.transitions.inc();
                     tracing::info!(target = %instance.target, instance = %instance.url, from = published.as_str(), to = now.as_str(),
@@ -474,7 +534,7 @@ impl Prober {
                 Ok(false) => {
                     // Another replica recorded a change first (an ownership hand-over): follow
                     // what it recorded.
-                    if let Ok(recorded) = store_status::recorded(&self.pool, instance.id).await {
+                    if let Ok(recorded) = Box::pin(store_status::recorded(&self.pool, instance.id)).await {
                         published = recorded.status;
                         judge.adopt(judged(recorded.status));
                         gray.adopt(recorded.verdict);
@@ -483,6 +543,23 @@ impl Prober {
                 Err(e) => {
                     // The next probe tries again while the change still holds.
                     tracing::warn!(error = %e, instance = %instance.url, "recording a transition failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Reads what is recorded for `instance`, retrying every second until it can, or `None`
+    /// once `stop` is cancelled.
+    async fn read_recorded(&self, instance: &Instance, stop: &CancellationToken) -> Option<Recorded> {
+        loop {
+            match store_status::recorded(&self.pool, instance.id).await {
+                Ok(recorded) => return Some(recorded),
+                Err(e) => {
+                    tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => return None,
+                    }
                 }
             }
         }

@@ -97,30 +97,51 @@ pub struct Recorded {
     pub verdict: Option<Verdict>,
 }
 
+impl Recorded {
+    /// Nothing recorded yet: `unknown`, no certificate, no verdict.
+    pub const NONE: Recorded = Recorded { status: Status::Unknown, certificate: None, verdict: None };
+}
+
 /// The instance's recorded status, certificate and verdict (so a new owner adopts them).
 ///
 /// # Errors
 /// When the query fails.
 pub async fn recorded(pool: &sqlx::PgPool, instance_id: i64) -> Result<Recorded, Error> {
-    /// Status, certificate expiry and fingerprint, verdict reason and detail.
-    type Row = (String, Option<i64>, Option<String>, Option<String>, Option<String>);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
-         degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = $1",
+    let mut all = recorded_many(pool, &[instance_id]).await?;
+    Ok(all.remove(&instance_id).unwrap_or(Recorded::NONE))
+}
+
+/// [`recorded`] for many instances in one query (a coordinator starting or taking over
+/// thousands of instances reads them at once, not one query each); an instance with no status
+/// row is left out (it is [`Recorded::NONE`]).
+///
+/// # Errors
+/// When the query fails.
+pub async fn recorded_many(
+    pool: &sqlx::PgPool,
+    instance_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Recorded>, Error> {
+    /// Instance, status, certificate expiry and fingerprint, verdict reason and detail.
+    type Row = (i64, String, Option<i64>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT instance_id, status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
+         degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = ANY($1)",
     )
-    .bind(instance_id)
-    .fetch_optional(pool)
+    .bind(instance_ids)
+    .fetch_all(pool)
     .await?;
-    let Some((status, expires_at, sha256, reason, detail)) = row else {
-        return Ok(Recorded { status: Status::Unknown, certificate: None, verdict: None });
-    };
-    let status = Status::from_word(&status);
-    let verdict = (status == Status::Degraded).then(|| Verdict {
-        reason: reason.as_deref().and_then(Detector::parse).unwrap_or(Detector::Latency),
-        detail: detail.unwrap_or_default(),
-    });
-    let certificate = expires_at.zip(sha256).map(|(expires_at, sha256)| Certificate { expires_at, sha256 });
-    Ok(Recorded { status, certificate, verdict })
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, expires_at, sha256, reason, detail)| {
+            let status = Status::from_word(&status);
+            let verdict = (status == Status::Degraded).then(|| Verdict {
+                reason: reason.as_deref().and_then(Detector::parse).unwrap_or(Detector::Latency),
+                detail: detail.unwrap_or_default(),
+            });
+            let certificate = expires_at.zip(sha256).map(|(expires_at, sha256)| Certificate { expires_at, sha256 });
+            (id, Recorded { status, certificate, verdict })
+        })
+        .collect())
 }
 
 /// One observed change of an instance's status, as the coordinator records it.

@@ -495,3 +495,35 @@ async fn the_horizon_never_passes_an_id_an_open_transaction_holds() {
     }
     assert_eq!(settled, visible, "once the holder ended, every id up to the one read is final");
 }
+
+/// What is recorded for many instances comes back in one query, keyed by instance; an
+/// instance with nothing recorded is left out (and reads as `unknown` one at a time).
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_statuses_read_in_bulk() {
+    use caracal_store::status::{self, Recorded, Status};
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    postgres
+        .psql(
+            &db,
+            "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+             VALUES ('shop', '/health', '/ready', '/metrics', 1000, 500); \
+             INSERT INTO instances (target_id, url) SELECT id, 'http://a/' || g FROM targets, generate_series(1, 3) g; \
+             INSERT INTO instance_status (instance_id, status, degraded) \
+               SELECT id, CASE WHEN url = 'http://a/1' THEN 'up' ELSE 'degraded' END, \
+                      '{\"reason\": \"latency\", \"detail\": \"slow\"}'::jsonb \
+               FROM instances WHERE url <> 'http://a/3'",
+        )
+        .expect("seed");
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM instances ORDER BY url").fetch_all(&pool).await.expect("ids");
+    let all = status::recorded_many(&pool, &ids).await.expect("bulk");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[&ids[0]].status, Status::Up);
+    assert_eq!(all[&ids[0]].verdict, None);
+    assert_eq!(all[&ids[1]].status, Status::Degraded);
+    assert_eq!(all[&ids[1]].verdict.as_ref().map(|v| v.detail.as_str()), Some("slow"));
+    assert_eq!(status::recorded(&pool, ids[2]).await.expect("one"), Recorded::NONE);
+    assert_eq!(status::recorded(&pool, ids[1]).await.expect("one"), all[&ids[1]]);
+}
