@@ -46,9 +46,9 @@ fn main() {
         let probed: Probed = Arc::default();
         let instances = responder(Arc::clone(&probed)).await;
         println!(
-            "| targets | PostgreSQL rows read / min | by table | api | coordinator | gateway | all six services |"
+            "| targets | PostgreSQL rows read / min | by table | api | coordinator | gateway | all six services | RSS MiB: api / coordinator / gateway |"
         );
-        println!("|---:|---:|---|---:|---:|---:|---:|");
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|");
         let last = sizes.len().saturating_sub(1);
         for (i, &n) in sizes.iter().enumerate() {
             let platform = Platform::up().await;
@@ -57,12 +57,16 @@ fn main() {
             // Past the start-up burst: every new instance is probed once, at once.
             tokio::time::sleep(Duration::from_secs(20)).await;
             let (rows, by_table, cores) = idle(&platform, window).await;
+            let rss = |service: &str| rss_mib_of(platform.pid(service));
             println!(
-                "| {n} | {rows:.0} | {by_table} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                "| {n} | {rows:.0} | {by_table} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1} / {:.1} / {:.1} |",
                 cores["api"],
                 cores["coordinator"],
                 cores["gateway"],
-                cores.values().sum::<f64>()
+                cores.values().sum::<f64>(),
+                rss("api"),
+                rss("coordinator"),
+                rss("gateway"),
             );
             if i == last {
                 let latencies = registrations(&platform, &instances, &probed).await;

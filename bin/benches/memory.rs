@@ -2,9 +2,11 @@
 //! membership) watching N targets of one instance each, probed once an hour, nothing changing.
 //! Each size runs in a process of its own, so what an earlier size allocated is not counted.
 //!
-//! For each N: the process's memory before the prober starts, once it runs a task per instance
-//! (its first probes spread over the hour, so none has probed yet), and after every instance
-//! was probed once and its status recorded (announced as changed, so all are probed at once).
+//! For each N: the process's memory before the prober starts, once it watches every instance
+//! (its first probes spread over the hour, so none has probed yet), after every instance was
+//! probed once and its status recorded (announced as changed, so all are probed at once), and
+//! after `MEMORY_PROBES` (12) such rounds, when the gray-failure detector's recent window is
+//! full and everything an idle instance keeps for good exists.
 //! Two measures, each as growth over the baseline divided by N: the **live heap** (bytes
 //! allocated and not freed, counted by this harness's global allocator: what the instances
 //! hold) and the **RSS** (what the kernel charges, which also keeps what the allocator freed
@@ -76,10 +78,11 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    let rounds = std::env::var("MEMORY_PROBES").unwrap_or_else(|_| "12".into());
     println!(
-        "| instances | live heap per instance: started, none probed | after one probe each | RSS per instance: started | after one probe each | RSS at the end (MiB) |"
+        "| instances | live heap per instance: started, none probed | after one probe each | after {rounds} | RSS per instance: started | after one probe each | after {rounds} | RSS at the end (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         let out = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args(["--one", &n.to_string()])
@@ -97,7 +100,8 @@ fn one(n: usize) {
     let port = ports[0];
     let postgres = Postgres::start_default().expect("PostgreSQL (apt-get install -y postgresql)");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (base, started, probed) = runtime.block_on(async {
+    let rounds: usize = std::env::var("MEMORY_PROBES").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let (base, started, probed, steady) = runtime.block_on(async {
         let reading = || (live_mib(), rss_mib_of(std::process::id()));
         let url = postgres.fresh_database("bench").expect("database");
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&url).await.expect("connect");
@@ -139,19 +143,35 @@ fn one(n: usize) {
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let probed = reading();
+        // More rounds, each instance probed at once again, until the gray-failure detector's
+        // recent window is full (its latency series exported, its peers reported to): what
+        // an idle instance holds for good.
+        for round in 2..=rounds {
+            for chunk in names.chunks(1000) {
+                prober.notices.send(Notice::Changed(chunk.to_vec())).await.expect("send");
+            }
+            wait_until(Duration::from_secs(600), || async {
+                counter(&prober.registry, "caracal_coordinator_probes_total") >= (n * round) as f64
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let steady = reading();
         prober.stop().await;
-        (base, started, probed)
+        (base, started, probed, steady)
     });
     let _ = fleet.kill();
     let _ = fleet.wait();
     let per = |now: f64, base: f64| (now - base) * 1024.0 / n as f64;
     println!(
-        "| {n} | {:.2} KiB | **{:.2} KiB** | {:.2} KiB | {:.2} KiB | {:.1} |",
+        "| {n} | {:.2} KiB | {:.2} KiB | **{:.2} KiB** | {:.2} KiB | {:.2} KiB | {:.2} KiB | {:.1} |",
         per(started.0, base.0),
         per(probed.0, base.0),
+        per(steady.0, base.0),
         per(started.1, base.1),
         per(probed.1, base.1),
-        probed.1
+        per(steady.1, base.1),
+        steady.1
     );
 }
 
@@ -161,6 +181,16 @@ async fn wait_until<F: std::future::Future<Output = bool>>(limit: Duration, mut 
         assert!(Instant::now() < deadline, "not reached within {limit:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The sum of a counter's labelled series.
+fn counter(registry: &prometheus_client::registry::Registry, name: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn gauge(registry: &prometheus_client::registry::Registry, name: &str) -> f64 {

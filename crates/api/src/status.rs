@@ -57,7 +57,7 @@ pub(crate) async fn current(State(state): State<ApiState>) -> Result<Json<Status
         .await?
         .into_iter()
         .map(|row| {
-            let degraded = match (row.degraded, &row.since) {
+            let degraded = match (row.degraded.map(|b| *b), &row.since) {
                 (Some((reason, detail)), Some(since)) => Some(Degraded { reason, detail, since: since.clone() }),
                 _ => None,
             };

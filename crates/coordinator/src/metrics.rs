@@ -1,5 +1,7 @@
 //! `caracal_coordinator_*` metrics, declared once.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,18 +20,18 @@ pub struct ResultLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     /// The target's name.
-    pub target: String,
+    pub target: Arc<str>,
     /// The instance's base URL (not `instance`, which Prometheus gives the scrape target).
-    pub url: String,
+    pub url: Arc<str>,
 }
 
 /// Labels of `caracal_coordinator_instance_latency_seconds`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     /// The target's name.
-    pub target: String,
+    pub target: Arc<str>,
     /// The instance's base URL.
-    pub url: String,
+    pub url: Arc<str>,
     /// `recent` (the median of the last 12 successful probes) or `baseline` (of the 48
     /// before: what the latency detector compares it with).
     pub window: &'static str,
@@ -50,9 +52,9 @@ pub(crate) struct InstanceSeries {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
     /// The target's name.
-    pub target: String,
+    pub target: Arc<str>,
     /// The instance's URL.
-    pub instance: String,
+    pub instance: Arc<str>,
 }
 
 /// Labels of `caracal_coordinator_relay_stage_seconds_total`.
@@ -102,7 +104,8 @@ impl Metrics {
     /// Sets an instance's series from its shown status and its detector's medians (µs).
     pub(crate) fn export_instance(
         &self,
-        labels: &InstanceLabels,
+        target: &Arc<str>,
+        url: &Arc<str>,
         series: &mut InstanceSeries,
         status: crate::prober::Status,
         medians: [Option<u32>; 2],
@@ -113,7 +116,7 @@ impl Metrics {
         for (i, (window, median)) in [("recent", medians[0]), ("baseline", medians[1])].into_iter().enumerate() {
             let Some(us) = median else { continue };
             if !series.exported[i] {
-                let labels = LatencyLabels { target: labels.target.clone(), url: labels.url.clone(), window };
+                let labels = LatencyLabels { target: Arc::clone(target), url: Arc::clone(url), window };
                 let gauge = self.instance_latency.get_or_create(&labels).clone();
                 if i == 0 {
                     series.recent = gauge

@@ -1,8 +1,12 @@
-//! The prober: one task per owned instance probes `/health` and `/ready` on the target's
-//! interval, judges the result with hysteresis, and records each change (status, transition
-//! and outbox event) in one transaction.
+//! The prober: every owned instance is probed (`/health` and `/ready`, or its protocol's
+//! check) on its target's interval, the result judged with hysteresis and each change recorded
+//! (status, transition and outbox event) in one transaction.
+//!
+//! Three parts: the reconcile loop ([`Prober::run`]) follows the registry and ownership; the
+//! scheduler keeps each watched instance's state between probes ([`Watch`]) and one timer
+//! queue for all of them; a task exists for an instance only while its probe runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,15 +15,16 @@ use caracal_store::invalidations::Notice;
 use caracal_store::registry::Filter;
 use caracal_store::status::{self as store_status, Change as StoreChange, Recorded};
 use caracal_store::target::{DegradedSpec, Detector, Scheme, TlsSpec};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::Instrument;
 
 use crate::config::CoordinatorConfig;
-use crate::gray::{Change, Gray, Peers, Sample, Verdict};
+use crate::gray::{Change, Gray, MIN_PEERS, Peers, Sample, Verdict};
 use crate::membership::Membership;
-use crate::metrics::{CertificateLabels, InstanceLabels, Metrics, ResultLabels};
+use crate::metrics::{CertificateLabels, InstanceLabels, InstanceSeries, Metrics, ResultLabels};
 use crate::protocols::{self, Address, Seen};
 use crate::tls::{Presented, TlsClient};
 
@@ -92,34 +97,15 @@ impl Judge {
     }
 }
 
-/// Removes an instance's series (`instance_up`, `instance_degraded`, its latencies, its
-/// certificate) and its place among its target's peers when its probe task ends (ownership
-/// moved).
-/// The labels are built again when it is dropped rather than kept: the task holds the
-/// instance already, and every byte an idle task keeps is multiplied by the fleet.
-struct Exported<'a> {
-    metrics: &'a Metrics,
-    peers: &'a Peers,
-    instance: &'a Instance,
-}
-
-impl Drop for Exported<'_> {
-    fn drop(&mut self) {
-        self.metrics.forget_instance(&instance_labels(self.instance));
-        self.metrics.certificate_expiry.remove(&certificate_labels(self.instance));
-        self.peers.forget(&self.instance.target, self.instance.id);
-    }
-}
-
 /// An instance's `instance_up` labels.
 fn instance_labels(instance: &Instance) -> InstanceLabels {
-    InstanceLabels { target: instance.target.clone(), url: instance.url.clone() }
+    InstanceLabels { target: Arc::clone(&instance.target), url: Arc::clone(&instance.url) }
 }
 
 /// An instance's certificate expiry labels (built when a certificate is seen: most instances
 /// never present one).
 fn certificate_labels(instance: &Instance) -> CertificateLabels {
-    CertificateLabels { target: instance.target.clone(), instance: instance.url.clone() }
+    CertificateLabels { target: Arc::clone(&instance.target), instance: Arc::clone(&instance.url) }
 }
 
 /// When the reconcile loop last ran, for the `prober:heartbeat` check.
@@ -145,8 +131,9 @@ impl Heartbeat {
 #[derive(Debug, Clone, PartialEq)]
 struct Instance {
     id: i64,
-    target: String,
-    url: String,
+    /// Shared with its series' labels (and, for the name, its target's other instances).
+    target: Arc<str>,
+    url: Arc<str>,
     health_path: String,
     ready_path: String,
     interval: Duration,
@@ -156,35 +143,115 @@ struct Instance {
     grpc_service: String,
     /// How it is judged `degraded` (the target's block, or every default).
     degraded: DegradedSpec,
+    /// Whether its target has instances enough ([`MIN_PEERS`]) for the outlier detector to
+    /// compare: a lone instance keeps no place among peers it cannot have. (Crossing the
+    /// threshold makes the target's instances watched anew, so each joins or leaves its group.)
+    peers: bool,
 }
 
-/// One running instance task: what it probes, how to stop it, and how to make it probe now.
-struct Running {
-    instance: Arc<Instance>,
-    stop: CancellationToken,
-    nudge: Arc<Notify>,
-}
-
-/// An instance task about to start: what it probes, whether at once, how to stop it and how
-/// to make it probe now.
-#[derive(Clone)]
+/// An instance the reconcile loop hands to the scheduler: what it probes, and whether its
+/// first probe comes at once (it was announced as changed) or spread over an interval.
 struct Starting {
     instance: Arc<Instance>,
     at_once: bool,
-    stop: CancellationToken,
-    nudge: Arc<Notify>,
 }
+
+/// What the reconcile loop tells the scheduler.
+enum Command {
+    /// Watch an instance, with what is recorded for it (`None` when that read failed: the
+    /// scheduler reads it before the first probe).
+    Start(Starting, Option<Recorded>),
+    /// Stop watching an instance (its ownership moved, it changed, or it is gone).
+    Stop(i64),
+    /// Probe an instance now (announced as changed while it was watched).
+    Nudge(i64),
+}
+
+/// Probe tasks running at once, at most this many times `max_concurrency` (which bounds the
+/// probes themselves; a task also waits to record): when thousands of instances are due
+/// together (a start, everything announced as changed), the rest wait in a backlog as the
+/// state they already hold, not as thousands of tasks.
+const MAX_TASKS_PER_PROBE: usize = 2;
+
+/// Instances started at once from which their start counts as a burst (see
+/// [`caracal_core::memory`]).
+const BURST: usize = 1_000;
 
 /// How many starting instances' recorded statuses are read in one query.
 const START_BATCH: usize = 5_000;
 
-/// How one instance task probes: its address, and its TLS client when it speaks TLS (built
-/// once per task; `Err` holds why it could not be, reported by every probe).
+/// How one instance is probed: its TLS client when it speaks TLS (built once per instance;
+/// `Err` holds why it could not be, reported by every probe; boxed, as most instances speak
+/// plain HTTP and an idle one should not hold room for it). Its address is parsed from the
+/// URL at each probe instead of kept: a few string operations, against two allocations per
+/// instance held for good.
 struct Probing {
-    address: Option<Address>,
-    tls: Option<Result<TlsClient, String>>,
+    tls: Option<Box<Result<TlsClient, String>>>,
     /// The certificate last presented (as recorded), to tell a renewal from the same one.
     presented: Option<Presented>,
+}
+
+/// An instance's state between probes: its judge, its gray-failure detector, what is recorded
+/// and its series. This is all an idle instance holds (no task of its own: see
+/// [`Prober::schedule`]); it moves into a task only while a probe runs.
+///
+/// Dropping it removes the instance's series (`instance_up`, `instance_degraded`, its
+/// latencies, its certificate) and its place among its target's peers: its ownership moved, it
+/// changed, or it is gone. The labels are built again then rather than kept, as every byte an
+/// idle instance keeps is multiplied by the fleet.
+struct Watch {
+    prober: Arc<Prober>,
+    instance: Arc<Instance>,
+    /// What is recorded (and shown); the judge sees only up, unready and down.
+    published: Status,
+    judge: Judge,
+    gray: Gray,
+    series: InstanceSeries,
+    probing: Probing,
+    /// Whether dropping it removes its series: not when a newer watch of the same instance
+    /// (same labels) took them over while this one was still probing.
+    exported: bool,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.exported {
+            return;
+        }
+        let (metrics, instance) = (&self.prober.metrics, &*self.instance);
+        metrics.forget_instance(&instance_labels(instance));
+        metrics.certificate_expiry.remove(&certificate_labels(instance));
+        self.prober.peers.forget(&instance.target, instance.id);
+    }
+}
+
+/// One watched instance in the scheduler: which watch it is (a restart makes a new one), what
+/// it probes, and where it is.
+struct Slot {
+    generation: u64,
+    instance: Arc<Instance>,
+    phase: Phase,
+}
+
+/// Where a watched instance is.
+enum Phase {
+    /// Between probes: its state, and its entry in the timer queue.
+    Waiting(Box<Watch>, delay_queue::Key),
+    /// Its turn came while [`MAX_TASKS`] probes were running: it waits in the backlog.
+    Queued(Box<Watch>),
+    /// A probe (or the read of its recorded status) runs in a task that holds its state;
+    /// `again` when it was nudged meanwhile, so the next probe comes at once.
+    Busy { again: bool },
+    /// What is recorded for it could not be read yet: read again when the entry expires.
+    Unread { at_once: bool, key: delay_queue::Key },
+}
+
+/// What a scheduler task hands back.
+enum Done {
+    /// A probe ran: the state, to wait for the next one.
+    Probed(Box<Watch>),
+    /// What is recorded was read (the state, ready for its first probe), or could not be.
+    Read(Option<Box<Watch>>),
 }
 
 /// Probes the instances this replica owns.
@@ -262,11 +329,13 @@ impl Prober {
         Arc::new(self).follow(notices, stop).await;
     }
 
-    /// [`Prober::run`]'s loop.
+    /// [`Prober::run`]'s loop: follows the registry and ownership, and tells the scheduler
+    /// (a task of its own, so a long registry read never delays a probe) what to watch.
     async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
+        let (commands, received) = mpsc::unbounded_channel();
+        let scheduler = tokio::spawn(Arc::clone(&self).schedule(received, stop.clone()));
         let mut registry: HashMap<i64, Arc<Instance>> = HashMap::new();
-        let mut running: HashMap<i64, Running> = HashMap::new();
-        let mut tasks = JoinSet::new();
+        let mut running: HashMap<i64, Arc<Instance>> = HashMap::new();
         let mut members = Vec::new();
         // A registry read that failed is retried at the next tick.
         let mut retry: Option<Notice> = None;
@@ -285,9 +354,13 @@ impl Prober {
             // Instances announced as changed are probed at once; the rest spread their first
             // probe over an interval, so a start or a takeover does not probe in a burst.
             let mut changed = false;
+            // Whether this round read or started a fleet's worth (see `BURST`).
+            let mut burst = false;
             if let Some(notice) = notice {
+                let whole = matches!(notice, Notice::Resync);
                 match self.load(notice.clone(), &mut registry).await {
                     Ok(ids) => {
+                        burst = if whole { registry.len() } else { ids.len() } >= BURST;
                         fresh.extend(ids);
                         changed = true;
                     }
@@ -301,19 +374,23 @@ impl Prober {
             // idle tick costs nothing however large the fleet.
             let now = self.members.members();
             if !now.is_empty() && (changed || now != members) {
-                let starting = self.reconcile(&registry, &fresh, &mut running, &stop);
+                let starting = self.reconcile(&registry, &fresh, &mut running, &commands);
                 fresh.clear();
-                self.start(starting, &mut tasks).await;
+                burst |= starting.len() >= BURST;
+                self.start(starting, &commands).await;
                 self.metrics.members.set(now.len() as i64);
                 members = now;
             }
+            if burst {
+                // What the read (and the statuses read for new instances) allocated was
+                // transient; what the instances keep stays.
+                caracal_core::memory::release_freed();
+            }
             self.heartbeat.beat();
-            while tasks.try_join_next().is_some() {}
         }
-        for (_, task) in running.drain() {
-            task.stop.cancel();
-        }
-        while tasks.join_next().await.is_some() {}
+        // The scheduler ends with the channel (or `stop`), once its running probes finish.
+        drop(commands);
+        let _ = scheduler.await;
     }
 
     /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
@@ -332,6 +409,8 @@ impl Prober {
         for target in targets {
             let spec = target.spec;
             let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            let peers = spec.instances.len() >= MIN_PEERS;
             for (id, url) in target.instance_ids.into_iter().zip(spec.instances) {
                 let instance = Instance {
                     scheme: Scheme::of(&url).unwrap_or(Scheme::Http),
@@ -339,44 +418,53 @@ impl Prober {
                     grpc_service: spec.grpc_service.clone().unwrap_or_default(),
                     degraded: spec.degraded.clone().unwrap_or_default(),
                     id,
-                    target: spec.name.clone(),
-                    url,
+                    target: Arc::clone(&name),
+                    url: url.into(),
                     health_path: spec.health_path.clone(),
                     ready_path: spec.ready_path.clone(),
                     interval: ms(spec.interval_ms),
                     timeout: ms(spec.timeout_ms),
+                    peers,
                 };
-                loaded.insert(id, Arc::new(instance));
+                // An unchanged instance keeps the `Arc` its state already holds: a copy per
+                // re-read (every `full_resync`) would double what the fleet holds.
+                let instance = match registry.get(&id) {
+                    Some(known) if **known == instance => Arc::clone(known),
+                    _ => Arc::new(instance),
+                };
+                loaded.insert(id, instance);
             }
         }
         let Some(names) = names else {
             *registry = loaded;
             return Ok(HashSet::new());
         };
-        registry.retain(|_, i| !names.contains(&i.target));
+        let named: HashSet<&str> = names.iter().map(String::as_str).collect();
+        registry.retain(|_, i| !named.contains(&*i.target));
         let fresh = loaded.keys().copied().collect();
         registry.extend(loaded);
         Ok(fresh)
     }
 
-    /// Stops the instance tasks this replica should no longer run and lists those it should
-    /// start (see [`Prober::start`]), so it runs exactly the instances it owns. An instance in
-    /// `fresh` (announced as changed) is probed at once: a new task starts without the spread,
-    /// and a running one is nudged, since the announcement can arrive after a full re-read
-    /// already started its task with a spread first probe.
+    /// Stops watching the instances this replica should no longer probe and lists those it
+    /// should start (see [`Prober::start`]), so it watches exactly the instances it owns. An
+    /// instance in `fresh` (announced as changed) is probed at once: a new one without the
+    /// spread, and a watched one is nudged, since the announcement can arrive after a full
+    /// re-read already started it with a spread first probe.
     fn reconcile(
         &self,
         registry: &HashMap<i64, Arc<Instance>>,
         fresh: &HashSet<i64>,
-        running: &mut HashMap<i64, Running>,
-        stop: &CancellationToken,
+        running: &mut HashMap<i64, Arc<Instance>>,
+        commands: &mpsc::UnboundedSender<Command>,
     ) -> Vec<Starting> {
-        running.retain(|id, task| {
-            let keep = registry.get(id).is_some_and(|now| *now == task.instance && self.members.owns(*id));
+        running.retain(|id, instance| {
+            let keep = registry.get(id).is_some_and(|now| now == instance && self.members.owns(*id));
+            // A send fails only once the scheduler has ended (shutting down): nothing to tell.
             if !keep {
-                task.stop.cancel();
+                let _ = commands.send(Command::Stop(*id));
             } else if fresh.contains(id) {
-                task.nudge.notify_one();
+                let _ = commands.send(Command::Nudge(*id));
             }
             keep
         });
@@ -385,24 +473,17 @@ impl Prober {
             if running.contains_key(id) || !self.members.owns(*id) {
                 continue;
             }
-            let task =
-                Running { instance: Arc::clone(instance), stop: stop.child_token(), nudge: Arc::new(Notify::new()) };
-            starting.push(Starting {
-                instance: Arc::clone(instance),
-                at_once: fresh.contains(id),
-                stop: task.stop.clone(),
-                nudge: Arc::clone(&task.nudge),
-            });
-            running.insert(*id, task);
+            starting.push(Starting { instance: Arc::clone(instance), at_once: fresh.contains(id) });
+            running.insert(*id, Arc::clone(instance));
         }
         self.metrics.instances_owned.set(running.len() as i64);
         starting
     }
 
-    /// Starts a task for each of `starting`, with what is recorded for it read in bulk first
-    /// (a start or a takeover of thousands of instances is a few queries, not one per task; a
-    /// task whose read failed reads its own).
-    async fn start(self: &Arc<Self>, starting: Vec<Starting>, tasks: &mut JoinSet<()>) {
+    /// Hands each of `starting` to the scheduler with what is recorded for it, read in bulk
+    /// first (a start or a takeover of thousands of instances is a few queries, not one per
+    /// instance; one whose read failed is read on its own before its first probe).
+    async fn start(&self, starting: Vec<Starting>, commands: &mpsc::UnboundedSender<Command>) {
         for batch in starting.chunks(START_BATCH) {
             let ids: Vec<i64> = batch.iter().map(|s| s.instance.id).collect();
             let mut recorded = match store_status::recorded_many(&self.pool, &ids).await {
@@ -414,160 +495,191 @@ impl Prober {
             };
             for s in batch {
                 let known = recorded.as_mut().map(|r| r.remove(&s.instance.id).unwrap_or(Recorded::NONE));
-                let (this, s) = (Arc::clone(self), s.clone());
-                tasks.spawn(async move { this.probe_loop(s, known).await });
+                let starting = Starting { instance: Arc::clone(&s.instance), at_once: s.at_once };
+                let _ = commands.send(Command::Start(starting, known));
             }
         }
     }
 
-    async fn probe_loop(self: Arc<Self>, starting: Starting, known: Option<Recorded>) {
-        let Starting { instance, at_once, stop, nudge } = starting;
-        let labels = instance_labels(&instance);
-        // The status as recorded (by whoever owned it before), so a new owner does not
-        // re-announce it: read for it when it started, or here when that read failed.
-        let recorded = match known {
-            Some(known) => known,
-            None => match Box::pin(self.read_recorded(&instance, &stop)).await {
-                Some(recorded) => recorded,
-                None => return,
-            },
-        };
+    /// The scheduler: every watched instance's state between probes, and one timer queue for
+    /// all of them. When an instance's turn comes its state moves into a task for that one
+    /// probe and comes back with the result, so an idle instance costs its state and a queue
+    /// entry, not a task (see docs/benchmarks.md, "Coordinator memory per instance"). Ends
+    /// when `commands` closes or `stop` is cancelled, once the probes running then finish.
+    async fn schedule(self: Arc<Self>, mut commands: mpsc::UnboundedReceiver<Command>, stop: CancellationToken) {
+        let mut slots: HashMap<i64, Slot> = HashMap::new();
+        let mut queue: DelayQueue<i64> = DelayQueue::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        // Which instance (and which watch of it) each running task is for.
+        let mut busy: HashMap<tokio::task::Id, (i64, u64)> = HashMap::new();
+        let mut generation = 0_u64;
+        // Instances whose turn came while `max_tasks` tasks ran, in the order it came.
+        let mut backlog: VecDeque<i64> = VecDeque::new();
+        let max_tasks = self.config.max_concurrency.max(1) * MAX_TASKS_PER_PROBE;
+        // Whether instances waited in the backlog since the last time it ran dry.
+        let mut burst = false;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Start(starting, known)) => {
+                        generation += 1;
+                        let id = starting.instance.id;
+                        if let Some(old) = slots.remove(&id) {
+                            drop_slot(old, &mut queue);
+                        }
+                        let spread = if starting.at_once { Duration::from_millis(50) } else { starting.instance.interval };
+                        let first = spread.mul_f64(fastrand::f64());
+                        let phase = match known {
+                            Some(recorded) => {
+                                let watch = self.watch(Arc::clone(&starting.instance), recorded);
+                                Phase::Waiting(watch, queue.insert(id, first))
+                            }
+                            None => Phase::Unread { at_once: starting.at_once, key: queue.insert(id, Duration::ZERO) },
+                        };
+                        slots.insert(id, Slot { generation, instance: starting.instance, phase });
+                    }
+                    Some(Command::Stop(id)) => {
+                        if let Some(old) = slots.remove(&id) {
+                            drop_slot(old, &mut queue);
+                        }
+                    }
+                    Some(Command::Nudge(id)) => match slots.get_mut(&id).map(|s| &mut s.phase) {
+                        Some(Phase::Waiting(_, key) | Phase::Unread { key, .. }) => queue.reset(key, Duration::ZERO),
+                        Some(Phase::Busy { again }) => *again = true,
+                        // Its turn has come already.
+                        Some(Phase::Queued(_)) | None => {}
+                    },
+                    None => break,
+                },
+                Some(due) = std::future::poll_fn(|cx| queue.poll_expired(cx)) => {
+                    let id = due.into_inner();
+                    let Some(slot) = slots.get_mut(&id) else { continue };
+                    let task = match std::mem::replace(&mut slot.phase, Phase::Busy { again: false }) {
+                        Phase::Waiting(watch, _) if busy.len() >= max_tasks => {
+                            slot.phase = Phase::Queued(watch);
+                            backlog.push_back(id);
+                            burst = true;
+                            continue;
+                        }
+                        Phase::Waiting(watch, _) | Phase::Queued(watch) => tasks.spawn(probe_task(watch)),
+                        Phase::Unread { at_once, .. } => {
+                            slot.phase = Phase::Busy { again: at_once };
+                            let (this, instance) = (Arc::clone(&self), Arc::clone(&slot.instance));
+                            tasks.spawn(async move { Done::Read(this.read_recorded(instance).await) })
+                        }
+                        Phase::Busy { .. } => continue,
+                    };
+                    busy.insert(task.id(), (id, slot.generation));
+                }
+                Some(done) = tasks.join_next_with_id() => {
+                    let (task, done) = match done {
+                        Ok((task, done)) => (task, Some(done)),
+                        Err(e) => (e.id(), None),
+                    };
+                    let Some((id, of)) = busy.remove(&task) else { continue };
+                    // A task ended: the backlog's first (still queued) instance takes its place.
+                    // (An id whose slot was stopped or started anew meanwhile is skipped.)
+                    while let Some(next) = backlog.pop_front() {
+                        let Some(slot) = slots.get_mut(&next).filter(|s| matches!(s.phase, Phase::Queued(_))) else {
+                            continue;
+                        };
+                        if let Phase::Queued(watch) = std::mem::replace(&mut slot.phase, Phase::Busy { again: false }) {
+                            busy.insert(tasks.spawn(probe_task(watch)).id(), (next, slot.generation));
+                        }
+                        break;
+                    }
+                    let Some(slot) = slots.get_mut(&id).filter(|s| s.generation == of) else {
+                        // A watch that ended while it probed: its series stay if a newer watch
+                        // of the same instance (same labels) now keeps them.
+                        if let (Some(Done::Probed(mut watch) | Done::Read(Some(mut watch))), Some(now)) = (done, slots.get(&id)) {
+                            watch.exported = watch.instance.target != now.instance.target || watch.instance.url != now.instance.url;
+                        }
+                        continue;
+                    };
+                    let again = matches!(slot.phase, Phase::Busy { again: true });
+                    slot.phase = match done {
+                        Some(Done::Probed(watch)) => {
+                            let wait = if again { Duration::ZERO } else { jittered(watch.instance.interval) };
+                            Phase::Waiting(watch, queue.insert(id, wait))
+                        }
+                        Some(Done::Read(Some(watch))) => {
+                            let spread = if again { Duration::from_millis(50) } else { watch.instance.interval };
+                            Phase::Waiting(watch, queue.insert(id, spread.mul_f64(fastrand::f64())))
+                        }
+                        // The read failed, or the task panicked (a bug: its state is gone, so
+                        // it starts over from what is recorded): again in a second.
+                        Some(Done::Read(None)) | None => {
+                            if done.is_none() {
+                                tracing::error!(instance = %slot.instance.url, "a probe task failed; starting the instance over");
+                            }
+                            Phase::Unread { at_once: again, key: queue.insert(id, Duration::from_secs(1)) }
+                        }
+                    };
+                    // A burst (more due at once than tasks may run) is over: what its probes
+                    // allocated and freed goes back to the system, the states stay.
+                    if burst && backlog.is_empty() && busy.is_empty() {
+                        burst = false;
+                        caracal_core::memory::release_freed();
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+        // Every state is dropped (its series with it); running probes finish first.
+        drop(slots);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// An instance's state from what is recorded for it (by whoever owned it before, so a new
+    /// owner does not re-announce it): its judge, detectors, series and TLS client.
+    fn watch(self: &Arc<Self>, instance: Arc<Instance>, recorded: Recorded) -> Box<Watch> {
         let Recorded { status: stored, certificate: presented, verdict } = recorded;
-        // What is recorded (and shown); the judge sees only up, unready and down, and the
-        // detectors keep a recorded verdict until their windows are full.
-        let mut published = stored;
-        let mut judge = Judge::new(judged(stored), self.config.failure_threshold, self.config.success_threshold);
         let mut gray = Gray::new();
         gray.adopt(verdict);
-        // While this replica owns the instance it exports its status; the series goes with it.
-        let _exported = Exported { metrics: &self.metrics, peers: &self.peers, instance: &instance };
-        let mut series = self.metrics.instance_series(&labels);
+        // While this replica owns the instance it exports its status; the series go with it.
+        let series = self.metrics.instance_series(&instance_labels(&instance));
         if let Some(p) = &presented {
             self.metrics.certificate_expiry.get_or_create(&certificate_labels(&instance)).set(p.expires_at);
         }
-        let mut probing = Probing {
-            address: Address::parse(&instance.url, instance.scheme),
+        let probing = Probing {
             tls: instance.scheme.is_tls().then(|| {
                 let alpn: &[u8] = if instance.scheme == Scheme::Grpcs { b"h2" } else { b"http/1.1" };
-                let client = TlsClient::new(instance.tls.as_ref(), alpn, &self.config.tls)?;
-                client.remember(presented.clone());
-                Ok(client)
+                let client = TlsClient::new(instance.tls.as_ref(), alpn, &self.config.tls);
+                if let Ok(client) = &client {
+                    client.remember(presented.clone());
+                }
+                Box::new(client)
             }),
             presented,
         };
-        // The group's view is refreshed at most twice per interval.
-        let peer_view_age = instance.interval / 2;
-        // A new instance is probed at once; otherwise first probes spread over one interval.
-        let spread = if at_once { Duration::from_millis(50) } else { instance.interval };
-        let mut wait = spread.mul_f64(fastrand::f64());
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = nudge.notified() => {}
-                () = stop.cancelled() => return,
-            }
-            wait = instance.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
-            let Ok(permit) = self.permits.acquire().await else { return };
-            let started = Instant::now();
-            let span = probe_span(&instance);
-            // The futures a probe and a recording build are boxed: they exist only while they
-            // run, so an idle task (nearly all of them, nearly always) holds only its state,
-            // not room for the largest of them (about 18 KB unboxed; see docs/benchmarks.md).
-            let (observed, error, presented) = Box::pin(self.probe(&instance, &probing)).instrument(span.clone()).await;
-            let took = started.elapsed();
-            drop(permit);
-            span.record("caracal.probe.result", observed.as_str());
-            if let Some(why) = &error {
-                telemetry::record_client_error(&span, why);
-            }
-            if let Some(presented) = presented {
-                self.metrics.certificate_expiry.get_or_create(&certificate_labels(&instance)).set(presented.expires_at);
-                if probing.presented.as_ref().is_none_or(|p| p.sha256 != presented.sha256) {
-                    let Ok(_recording) = self.recording.acquire().await else { return };
-                    match Box::pin(self.record_certificate(&instance, probing.presented.as_ref(), &presented))
-                        .instrument(span.clone())
-                        .await
-                    {
-                        Ok(()) => probing.presented = Some(presented),
-                        Err(e) => {
-                            tracing::warn!(error = %e, instance = %instance.url, "recording a new certificate failed; will retry")
-                        }
-                    }
-                }
-            }
-            self.metrics.probe_duration.observe(took.as_secs_f64());
-            self.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
-            let changed = judge.observe(observed).is_some();
-            let up = judge.status() == Status::Up;
-            let sample = Sample {
-                latency: (observed == Status::Up).then_some(took),
-                failed: observed != Status::Up,
-                up,
-                changed,
-            };
-            let peers = self.peer_view(&instance, &gray, up, peer_view_age);
-            if let Some(Change::Entered(Verdict { reason, detail })) =
-                gray.observe(&sample, &instance.degraded, peers.as_ref())
-            {
-                tracing::debug!(target = %instance.target, instance = %instance.url, reason = reason.as_str(), detail, "gray failure detected");
-            }
-            let now = match (judge.status(), gray.verdict()) {
-                (Status::Up, Some(_)) => Status::Degraded,
-                (status, _) => status,
-            };
-            self.metrics.export_instance(&labels, &mut series, now, [gray.recent_us(), gray.baseline_us()]);
-            if now == published {
-                continue;
-            }
-            let verdict = if now == Status::Degraded { gray.verdict() } else { None };
-            let Ok(_recording) = self.recording.acquire().await else { return };
-            match Box::pin(self.record(&instance, published, now, error.as_deref(), verdict))
-                .instrument(span.clone())
-                .await
-            {
-                Ok(true) => {
-                    self.metrics.transitions.inc();
-                    tracing::info!(target = %instance.target, instance = %instance.url, from = published.as_str(), to = now.as_str(),
-                        reason = verdict.map(|v| v.detail.as_str()).or(error.as_deref()), "status changed");
-                    published = now;
-                }
-                Ok(false) => {
-                    // Another replica recorded a change first (an ownership hand-over): follow
-                    // what it recorded.
-                    if let Ok(recorded) = Box::pin(store_status::recorded(&self.pool, instance.id)).await {
-                        published = recorded.status;
-                        judge.adopt(judged(recorded.status));
-                        gray.adopt(recorded.verdict);
-                    }
-                }
-                Err(e) => {
-                    // The next probe tries again while the change still holds.
-                    tracing::warn!(error = %e, instance = %instance.url, "recording a transition failed; will retry");
-                }
-            }
-        }
+        Box::new(Watch {
+            prober: Arc::clone(self),
+            instance,
+            published: stored,
+            // The detectors keep a recorded verdict until their windows are full.
+            judge: Judge::new(judged(stored), self.config.failure_threshold, self.config.success_threshold),
+            gray,
+            series,
+            probing,
+            exported: true,
+        })
     }
 
-    /// Reads what is recorded for `instance`, retrying every second until it can, or `None`
-    /// once `stop` is cancelled.
-    async fn read_recorded(&self, instance: &Instance, stop: &CancellationToken) -> Option<Recorded> {
-        loop {
-            match store_status::recorded(&self.pool, instance.id).await {
-                Ok(recorded) => return Some(recorded),
-                Err(e) => {
-                    tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = stop.cancelled() => return None,
-                    }
-                }
+    /// Reads what is recorded for `instance` (its start's bulk read failed) and builds its
+    /// state; `None` when the read fails too (the scheduler tries again in a second).
+    async fn read_recorded(self: Arc<Self>, instance: Arc<Instance>) -> Option<Box<Watch>> {
+        match store_status::recorded(&self.pool, instance.id).await {
+            Ok(recorded) => Some(self.watch(instance, recorded)),
+            Err(e) => {
+                tracing::warn!(error = %e, instance = %instance.url, "reading the recorded status failed; will retry");
+                None
             }
         }
     }
 
     /// Reports the instance to its target's group and returns the group's view, while the
     /// outlier detector judges it and it is up with a full recent window; otherwise takes it
-    /// out of the group.
+    /// out of the group. Nothing for an instance whose target has too few to compare.
     fn peer_view(
         &self,
         instance: &Instance,
@@ -576,6 +688,9 @@ impl Prober {
         max_age: Duration,
     ) -> Option<crate::gray::PeerView> {
         let window = u32::try_from(instance.degraded.error_window).unwrap_or(20);
+        if !instance.peers {
+            return None;
+        }
         match (instance.degraded.uses(Detector::Outlier) && up, gray.recent_us()) {
             (true, Some(median)) => {
                 let failed = gray.failed_share(window).unwrap_or(0.0);
@@ -591,7 +706,7 @@ impl Prober {
     /// Probes the instance as its scheme says; the status, why when not up, and the certificate
     /// a TLS server presented.
     async fn probe(&self, instance: &Instance, probing: &Probing) -> (Status, Option<String>, Option<Presented>) {
-        let Some(address) = &probing.address else {
+        let Some(address) = &Address::parse(&instance.url, instance.scheme) else {
             return (Status::Down, Some("the instance URL is not usable".into()), None);
         };
         // An address literal is judged here (names are judged as they resolve): a denied one
@@ -599,7 +714,7 @@ impl Prober {
         if let Err(refused) = self.outbound.check_host(address.connect_host()) {
             return (Status::Down, Some(refused.word().into()), None);
         }
-        let tls = match &probing.tls {
+        let tls = match probing.tls.as_deref() {
             None => None,
             Some(Ok(client)) => {
                 if client.insecure {
@@ -693,7 +808,7 @@ impl Prober {
         previous: Option<&Presented>,
         presented: &Presented,
     ) -> Result<(), caracal_store::Error> {
-        let at = (instance.id, instance.target.as_str(), instance.url.as_str());
+        let at = (instance.id, &*instance.target, &*instance.url);
         let expires_at = store_status::record_certificate(&self.pool, at, previous, presented).await?;
         tracing::info!(target = %instance.target, instance = %instance.url, expires_at, "certificate recorded");
         Ok(())
@@ -721,6 +836,110 @@ impl Prober {
         };
         store_status::record(&self.pool, &change).await
     }
+}
+
+impl Watch {
+    /// One probe: observes the instance, judges the result, exports it, and records a change
+    /// of what is shown (status, transition and outbox event in one transaction).
+    async fn probe_once(&mut self) {
+        let prober = Arc::clone(&self.prober);
+        let instance = Arc::clone(&self.instance);
+        let Ok(permit) = prober.permits.acquire().await else { return };
+        let started = Instant::now();
+        let span = probe_span(&instance);
+        // The futures a probe and a recording build are boxed: the task that runs this holds
+        // them only while they run.
+        let (observed, error, presented) =
+            Box::pin(prober.probe(&instance, &self.probing)).instrument(span.clone()).await;
+        let took = started.elapsed();
+        drop(permit);
+        span.record("caracal.probe.result", observed.as_str());
+        if let Some(why) = &error {
+            telemetry::record_client_error(&span, why);
+        }
+        if let Some(presented) = presented {
+            prober.metrics.certificate_expiry.get_or_create(&certificate_labels(&instance)).set(presented.expires_at);
+            if self.probing.presented.as_ref().is_none_or(|p| p.sha256 != presented.sha256) {
+                let Ok(_recording) = prober.recording.acquire().await else { return };
+                match Box::pin(prober.record_certificate(&instance, self.probing.presented.as_ref(), &presented))
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(()) => self.probing.presented = Some(presented),
+                    Err(e) => {
+                        tracing::warn!(error = %e, instance = %instance.url, "recording a new certificate failed; will retry")
+                    }
+                }
+            }
+        }
+        prober.metrics.probe_duration.observe(took.as_secs_f64());
+        prober.metrics.probes.get_or_create(&ResultLabels { result: observed.as_str() }).inc();
+        let changed = self.judge.observe(observed).is_some();
+        let up = self.judge.status() == Status::Up;
+        let sample =
+            Sample { latency: (observed == Status::Up).then_some(took), failed: observed != Status::Up, up, changed };
+        let peers = prober.peer_view(&instance, &self.gray, up, instance.interval / 2);
+        if let Some(Change::Entered(Verdict { reason, detail })) =
+            self.gray.observe(&sample, &instance.degraded, peers.as_ref())
+        {
+            tracing::debug!(target = %instance.target, instance = %instance.url, reason = reason.as_str(), detail, "gray failure detected");
+        }
+        let now = match (self.judge.status(), self.gray.verdict()) {
+            (Status::Up, Some(_)) => Status::Degraded,
+            (status, _) => status,
+        };
+        let medians = [self.gray.recent_us(), self.gray.baseline_us()];
+        prober.metrics.export_instance(&instance.target, &instance.url, &mut self.series, now, medians);
+        if now == self.published {
+            return;
+        }
+        let verdict = if now == Status::Degraded { self.gray.verdict() } else { None };
+        let Ok(_recording) = prober.recording.acquire().await else { return };
+        match Box::pin(prober.record(&instance, self.published, now, error.as_deref(), verdict))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(true) => {
+                prober.metrics.transitions.inc();
+                tracing::info!(target = %instance.target, instance = %instance.url, from = self.published.as_str(), to = now.as_str(),
+                    reason = verdict.map(|v| v.detail.as_str()).or(error.as_deref()), "status changed");
+                self.published = now;
+            }
+            Ok(false) => {
+                // Another replica recorded a change first (an ownership hand-over): follow
+                // what it recorded.
+                if let Ok(recorded) = Box::pin(store_status::recorded(&prober.pool, instance.id)).await {
+                    self.published = recorded.status;
+                    self.judge.adopt(judged(recorded.status));
+                    self.gray.adopt(recorded.verdict);
+                }
+            }
+            Err(e) => {
+                // The next probe tries again while the change still holds.
+                tracing::warn!(error = %e, instance = %instance.url, "recording a transition failed; will retry");
+            }
+        }
+    }
+}
+
+/// The task of one probe of `watch`, handing the state back.
+async fn probe_task(mut watch: Box<Watch>) -> Done {
+    Box::pin(watch.probe_once()).await;
+    Done::Probed(watch)
+}
+
+/// Drops a slot's state and takes its entry out of the timer queue (a probe running for it
+/// finishes, and its state is dropped when it comes back).
+fn drop_slot(slot: Slot, queue: &mut DelayQueue<i64>) {
+    if let Phase::Waiting(_, key) | Phase::Unread { key, .. } = &slot.phase {
+        queue.remove(key);
+    }
+}
+
+/// The wait before an instance's next probe: its interval, give or take a tenth, so instances
+/// that started together drift apart.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
 /// The status the consecutive-failure judge starts from: a recorded `degraded` is up to it.

@@ -50,6 +50,7 @@ mod ladder;
 mod layers;
 pub mod lifecycle;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 mod metrics_json;
 pub mod outbound;

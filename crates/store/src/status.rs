@@ -285,8 +285,9 @@ pub struct Current {
     pub certificate_expires_at: Option<String>,
     /// Whether its target skips certificate verification.
     pub insecure_skip_verify: bool,
-    /// The verdict's reason word and sentence, while degraded.
-    pub degraded: Option<(String, String)>,
+    /// The verdict's reason word and sentence, while degraded (boxed: most instances are not,
+    /// and a fleet holds one of these per instance).
+    pub degraded: Option<Box<(String, String)>>,
 }
 
 /// Every registered instance's current status, by target and URL.
@@ -334,7 +335,7 @@ pub async fn current(pool: &sqlx::PgPool) -> Result<Vec<Current>, Error> {
                 detail,
             )| {
                 let status = status.as_deref().map_or(Status::Unknown, Status::from_word);
-                let degraded = reason.zip(detail).filter(|_| status == Status::Degraded);
+                let degraded = reason.zip(detail).filter(|_| status == Status::Degraded).map(Box::new);
                 Current {
                     target,
                     instance,
@@ -434,8 +435,9 @@ pub struct FleetInstance {
     pub last_error: Option<String>,
     /// When its certificate expires (Unix seconds).
     pub certificate_expires: Option<f64>,
-    /// The verdict's reason word and sentence, while degraded.
-    pub degraded: Option<(String, String)>,
+    /// The verdict's reason word and sentence, while degraded (boxed: most instances are not,
+    /// and a fleet holds one of these per instance).
+    pub degraded: Option<Box<(String, String)>>,
 }
 
 /// One transition as the fleet's timelines hold it.
@@ -453,31 +455,40 @@ pub struct FleetPoint {
     pub at: f64,
 }
 
-/// The fleet as of one snapshot of the store.
-#[derive(Debug, Clone, Default)]
-pub struct FleetSnapshot {
+/// What [`fleet`] reads besides its items.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FleetClock {
     /// The store's clock at the read (Unix seconds).
     pub as_of: f64,
-    /// Every target and instance, by target name and instance URL.
-    pub rows: Vec<FleetRow>,
-    /// The transitions of the last 24 hours, oldest first.
-    pub transitions: Vec<FleetPoint>,
     /// When the oldest transition still kept occurred (Unix seconds): history before it was
     /// purged (`store.retention.history`) or never recorded.
     pub oldest: Option<f64>,
 }
 
+/// One item of the fleet as [`fleet`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetItem {
+    /// A target and one of its instances (or none), by target name in byte order (`COLLATE
+    /// "C"`, as Rust compares strings), then instance URL; all of them come first.
+    Row(FleetRow),
+    /// A transition of the last 24 hours, oldest first.
+    Point(FleetPoint),
+}
+
 /// How far back [`fleet`] reads transitions: the status page's timelines, in seconds.
 pub const FLEET_WINDOW_SECS: f64 = 24.0 * 3600.0;
 
-/// Reads the whole fleet in one snapshot, so a transition and the status it led to agree:
-/// targets, instances and statuses in one query, the transitions of the last 24 hours
-/// ([`FLEET_WINDOW_SECS`]) in another (through `status_transitions_occurred_brin`: the window is
-/// written into the statement, so PostgreSQL estimates it from `now()` even in a generic plan).
+/// Reads the whole fleet in one snapshot, so a transition and the status it led to agree,
+/// handing each row to `each` as it arrives (a fleet of 50,000 targets is never held twice, as
+/// rows and as what the caller builds of them): targets, instances and statuses in one query,
+/// the transitions of the last 24 hours ([`FLEET_WINDOW_SECS`]) in another (through
+/// `status_transitions_occurred_brin`: the window is written into the statement, so PostgreSQL
+/// estimates it from `now()` even in a generic plan).
 ///
 /// # Errors
-/// When a query fails.
-pub async fn fleet(pool: &sqlx::PgPool) -> Result<FleetSnapshot, Error> {
+/// When a query fails (`each` may have seen part of the fleet).
+pub async fn fleet(pool: &sqlx::PgPool, mut each: impl FnMut(FleetItem)) -> Result<FleetClock, Error> {
+    use futures_util::TryStreamExt as _;
     type Row = (
         String,
         bool,
@@ -496,28 +507,18 @@ pub async fn fleet(pool: &sqlx::PgPool) -> Result<FleetSnapshot, Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     let as_of: f64 = sqlx::query_scalar("SELECT extract(epoch FROM now())::float8").fetch_one(&mut *tx).await?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
-         extract(epoch FROM t.created_at)::float8, COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
-         i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error, \
-         extract(epoch FROM s.certificate_expires_at)::float8, s.degraded->>'reason', s.degraded->>'detail' \
-         FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
-         ORDER BY t.name, i.url",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let points: Vec<PointRow> = sqlx::query_as(
-        "SELECT target_name, instance_url, from_status, to_status, extract(epoch FROM occurred_at)::float8 \
-         FROM status_transitions WHERE occurred_at > now() - interval '24 hours' ORDER BY id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let oldest = crate::retention::oldest(&mut tx, crate::retention::Table::History).await?;
-    tx.commit().await?;
-    let rows = rows
-        .into_iter()
-        .map(
-            |(
+    {
+        let mut rows = sqlx::query_as::<_, Row>(
+            "SELECT t.name, COALESCE(t.labels->>'caracal' = 'platform', false), extract(epoch FROM t.paused_at)::float8, \
+             extract(epoch FROM t.created_at)::float8, COALESCE((t.tls->>'insecure_skip_verify')::boolean, false), \
+             i.url, s.status, extract(epoch FROM s.since)::float8, s.last_error, \
+             extract(epoch FROM s.certificate_expires_at)::float8, s.degraded->>'reason', s.degraded->>'detail' \
+             FROM targets t LEFT JOIN instances i ON i.target_id = t.id LEFT JOIN instance_status s ON s.instance_id = i.id \
+             ORDER BY t.name COLLATE \"C\", i.url",
+        )
+        .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            let (
                 target,
                 platform,
                 paused_since,
@@ -530,27 +531,29 @@ pub async fn fleet(pool: &sqlx::PgPool) -> Result<FleetSnapshot, Error> {
                 cert,
                 reason,
                 detail,
-            )| {
-                let instance = url.map(|url| {
-                    let status = status.as_deref().map_or(Status::Unknown, Status::from_word);
-                    let degraded = reason.zip(detail).filter(|_| status == Status::Degraded);
-                    FleetInstance { url, status, since, last_error, certificate_expires: cert, degraded }
-                });
-                FleetRow { target, platform, paused_since, created, insecure, instance }
-            },
+            ) = row;
+            let instance = url.map(|url| {
+                let status = status.as_deref().map_or(Status::Unknown, Status::from_word);
+                let degraded = reason.zip(detail).filter(|_| status == Status::Degraded).map(Box::new);
+                FleetInstance { url, status, since, last_error, certificate_expires: cert, degraded }
+            });
+            each(FleetItem::Row(FleetRow { target, platform, paused_since, created, insecure, instance }));
+        }
+    }
+    {
+        let mut points = sqlx::query_as::<_, PointRow>(
+            "SELECT target_name, instance_url, from_status, to_status, extract(epoch FROM occurred_at)::float8 \
+             FROM status_transitions WHERE occurred_at > now() - interval '24 hours' ORDER BY id",
         )
-        .collect();
-    let transitions = points
-        .into_iter()
-        .map(|(target, instance, from, to, at)| FleetPoint {
-            target,
-            instance,
-            from: Status::from_word(&from),
-            to: Status::from_word(&to),
-            at,
-        })
-        .collect();
-    Ok(FleetSnapshot { as_of, rows, transitions, oldest: oldest.map(|o| o.at) })
+        .fetch(&mut *tx);
+        while let Some((target, instance, from, to, at)) = points.try_next().await? {
+            let (from, to) = (Status::from_word(&from), Status::from_word(&to));
+            each(FleetItem::Point(FleetPoint { target, instance, from, to, at }));
+        }
+    }
+    let oldest = crate::retention::oldest(&mut tx, crate::retention::Table::History).await?;
+    tx.commit().await?;
+    Ok(FleetClock { as_of, oldest: oldest.map(|o| o.at) })
 }
 
 /// How the platform's own services stand: instances probed, up, and serving (up or degraded).

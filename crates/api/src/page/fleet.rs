@@ -1,9 +1,7 @@
 //! The fleet as the status page shows it: every target with its instances, their current
 //! status and the last 24 hours of transitions, read from the store in two queries.
 
-use std::collections::HashMap;
-
-use caracal_store::status::{FleetSnapshot, Status};
+use caracal_store::status::{FleetClock, FleetItem, Status};
 
 /// The timeline's window, in seconds: what the store reads.
 pub(crate) const WINDOW_SECS: f64 = caracal_store::status::FLEET_WINDOW_SECS;
@@ -78,44 +76,63 @@ impl TargetView {
 }
 
 /// Reads the whole fleet from one snapshot of the store: targets, instances and statuses, and
-/// the last 24 hours of transitions.
-pub(crate) async fn load(pool: &sqlx::PgPool) -> Result<Fleet, caracal_store::Error> {
-    let snapshot = caracal_store::status::fleet(pool).await?;
-    Ok(assemble(snapshot))
-}
-
-/// Groups the snapshot's rows into targets and hangs each transition on its instance.
-fn assemble(snapshot: FleetSnapshot) -> Fleet {
-    let FleetSnapshot { as_of, rows, transitions, oldest } = snapshot;
-    let mut targets: Vec<TargetView> = Vec::new();
-    for row in rows {
-        if targets.last().is_none_or(|t| t.name != row.target) {
-            targets.push(TargetView {
-                name: row.target,
-                platform: row.platform,
-                paused_since: row.paused_since,
-                created: row.created,
-                instances: Vec::new(),
-                insecure: row.insecure,
-                transitions: Vec::new(),
-            });
-        }
-        if let (Some(instance), Some(target)) = (row.instance, targets.last_mut()) {
-            target.instances.push(instance);
-        }
-    }
-    let index: HashMap<String, usize> = targets.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    for point in transitions {
-        // A deleted target's (or instance's) history stays in the store but not on the page.
-        let Some(&i) = index.get(&point.target) else { continue };
-        let Some(instance) = targets[i].instances.iter().position(|x| x.url == point.instance) else { continue };
-        targets[i].transitions.push(Point { instance, from: point.from, to: point.to, at: point.at });
-    }
+/// the last 24 hours of transitions, built as the rows arrive. `hint` is how many targets to
+/// expect (the last read's count), so the list is allocated once rather than grown.
+pub(crate) async fn load(pool: &sqlx::PgPool, hint: usize) -> Result<Fleet, caracal_store::Error> {
+    let mut builder = Builder { targets: Vec::with_capacity(hint) };
+    let FleetClock { as_of, oldest } = caracal_store::status::fleet(pool, |item| builder.add(item)).await?;
+    let mut targets = builder.targets;
     for target in &mut targets {
         let excess = target.transitions.len().saturating_sub(MAX_POINTS);
         target.transitions.drain(..excess);
+        // A vector's first push makes room for four: most targets have one instance and a
+        // transition or two, and the fleet is held until the next read.
+        target.instances.shrink_to_fit();
+        target.transitions.shrink_to_fit();
     }
-    Fleet { targets, as_of, oldest }
+    Ok(Fleet { targets, as_of, oldest })
+}
+
+/// The fleet as its rows arrive: targets in name order (bytes, as the store sorts them), each
+/// transition hung on its instance.
+struct Builder {
+    targets: Vec<TargetView>,
+}
+
+impl Builder {
+    fn add(&mut self, item: FleetItem) {
+        match item {
+            FleetItem::Row(row) => {
+                if self.targets.last().is_none_or(|t| t.name != row.target) {
+                    self.targets.push(TargetView {
+                        name: row.target,
+                        platform: row.platform,
+                        paused_since: row.paused_since,
+                        created: row.created,
+                        instances: Vec::new(),
+                        insecure: row.insecure,
+                        transitions: Vec::new(),
+                    });
+                }
+                if let (Some(instance), Some(target)) = (row.instance, self.targets.last_mut()) {
+                    target.instances.push(instance);
+                }
+            }
+            FleetItem::Point(point) => {
+                // A deleted target's (or instance's) history stays in the store but not on
+                // the page.
+                let Ok(i) = self.targets.binary_search_by(|t| t.name.as_str().cmp(&point.target)) else { return };
+                let target = &mut self.targets[i];
+                let Some(instance) = target.instances.iter().position(|x| x.url == point.instance) else { return };
+                // A flapping target keeps its latest: trimmed as it goes, so it never holds
+                // thousands.
+                if target.transitions.len() >= 2 * MAX_POINTS {
+                    target.transitions.drain(..MAX_POINTS);
+                }
+                target.transitions.push(Point { instance, from: point.from, to: point.to, at: point.at });
+            }
+        }
+    }
 }
 
 /// A stretch of time one instance spent in one status, within the window.

@@ -36,6 +36,11 @@ const FULL_EVERY: u32 = 1200;
 const LADDERS_EVERY: u32 = 4;
 /// Changes kept for reconnects (a card is a few KiB per view: this bounds them to a few MiB).
 const KEPT: usize = 256;
+/// More changed targets than this in one read are published as one `reset` (every page starts
+/// over from the current state) instead of a card each: a page could not be sent more than
+/// [`KEPT`] changes anyway, and rendering a card per view for each of 50,000 targets that
+/// changed at once (a fleet's first probes, a network blip) held hundreds of MB at a time.
+const BULK: usize = KEPT / 2;
 /// A live page hears something this often, so it can tell a silent feed from a lost one.
 pub(crate) const PING: Duration = Duration::from_secs(5);
 /// A connection is closed after this long; the browser reconnects at once (resuming), and its
@@ -71,7 +76,7 @@ pub(crate) struct Current {
 #[derive(Debug)]
 pub(crate) struct Change {
     seq: u64,
-    /// `target`, `removed`, `platform` or `summary`.
+    /// `target`, `removed`, `platform`, `summary` or `reset` (start over).
     kind: &'static str,
     /// The event's JSON data, per view.
     data: Variants,
@@ -214,7 +219,9 @@ pub(crate) async fn run(
             Err(_) => false,
         };
         if fleet.is_none() || moved || settle || tick.is_multiple_of(FULL_EVERY) {
-            match fleet::load(&pool).await {
+            // Room for the last read's count and a little growth, so the list is not regrown.
+            let hint = fleet.as_ref().map_or(0, |f| f.targets.len() + f.targets.len() / 16 + 16);
+            match fleet::load(&pool, hint).await {
                 Ok(loaded) => {
                     if let Ok(mark) = mark {
                         last_mark = Some(mark);
@@ -241,13 +248,21 @@ pub(crate) async fn run(
             });
             changes.push(("platform", data));
         }
+        let reloaded = new_fleet.is_some();
         if let Some(loaded) = new_fleet {
-            fleet = Some(loaded);
+            // Nothing the page shows changed: keep the fleet it shows, so one copy is held.
+            let shown = feed.current().filter(|_| changes.is_empty()).map(|c| Arc::clone(&c.fleet));
+            fleet = Some(shown.unwrap_or(loaded));
         }
         if let Some(fleet) = &fleet
             && (!changes.is_empty() || feed.current().is_none())
         {
             feed.publish(Arc::clone(fleet), ladders.clone(), alerts.clone(), changes);
+        }
+        if reloaded {
+            // Reading the fleet allocated it anew and freed the last copy: without this, the
+            // RSS of a 50,000-target page stays at the reads' peak (docs/benchmarks.md).
+            caracal_core::memory::release_freed();
         }
         tick = tick.wrapping_add(1);
         tokio::select! {
@@ -286,22 +301,28 @@ async fn read_ladders(
 }
 
 /// The changes from `old` to `new`: each new or changed target's card, each removed name,
-/// and the summary line when anything changed.
+/// and the summary line when anything changed; one `reset` when more than [`BULK`] targets
+/// changed.
 fn fleet_changes(old: Option<&Fleet>, new: &Fleet) -> Vec<(&'static str, Variants)> {
     let Some(old) = old else { return Vec::new() };
     let before: HashMap<&str, &fleet::TargetView> = old.targets.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut changes = Vec::new();
-    for target in &new.targets {
-        if before.get(target.name.as_str()) != Some(&target) {
-            let data = render::variants(|view| {
-                let card = render::card(target, new.as_of, view).into_string();
-                serde_json::json!({ "name": target.name, "html": card }).to_string()
-            });
-            changes.push(("target", data));
-        }
-    }
+    let changed: Vec<&fleet::TargetView> =
+        new.targets.iter().filter(|t| before.get(t.name.as_str()) != Some(t)).collect();
     let after: std::collections::HashSet<&str> = new.targets.iter().map(|t| t.name.as_str()).collect();
-    for name in before.keys().filter(|n| !after.contains(*n)) {
+    let removed: Vec<&str> = before.keys().copied().filter(|n| !after.contains(n)).collect();
+    if changed.len() + removed.len() > BULK {
+        // Rendered for each page when it is sent (`over`), from the state published with it.
+        return vec![(RESET, render::same(String::new()))];
+    }
+    let mut changes = Vec::new();
+    for target in changed {
+        let data = render::variants(|view| {
+            let card = render::card(target, new.as_of, view).into_string();
+            serde_json::json!({ "name": target.name, "html": card }).to_string()
+        });
+        changes.push(("target", data));
+    }
+    for name in removed {
         changes.push(("removed", render::same(serde_json::json!({ "name": name }).to_string())));
     }
     if !changes.is_empty() {
@@ -314,9 +335,16 @@ fn fleet_changes(old: Option<&Fleet>, new: &Fleet) -> Vec<(&'static str, Variant
     changes
 }
 
-fn event(feed: &Feed, change: &Change, view: View) -> Event {
+/// The kind of a change that makes every page start over (see [`BULK`]).
+const RESET: &str = "reset";
+
+/// The event a page with `view` is sent for `change`: a `reset` is the whole current state.
+fn event(feed: &Feed, change: &Change, view: View, version: &str) -> Option<Event> {
+    if change.kind == RESET {
+        return feed.current().map(|current| over(feed, &current, view, version));
+    }
     let index = View::ALL.iter().position(|v| *v == view).unwrap_or(0);
-    Event::default().id(feed.id(change.seq)).event(change.kind).data(&change.data[index])
+    Some(Event::default().id(feed.id(change.seq)).event(change.kind).data(&change.data[index]))
 }
 
 /// The whole `<main>` and summary, for a page that must start over.
@@ -358,7 +386,7 @@ pub(crate) fn stream(
     };
     let (start, receiver) = feed.subscribe(last.as_deref()).ok_or(Refused::Starting)?;
     let first: Vec<Event> = match start {
-        Start::Resume(changes) => changes.iter().map(|c| event(&feed, c, view)).collect(),
+        Start::Resume(changes) => changes.iter().filter_map(|c| event(&feed, c, view, version)).collect(),
         Start::Over(current) => vec![over(&feed, &current, view, version)],
     };
     let live_feed = Arc::clone(&feed);
@@ -367,7 +395,7 @@ pub(crate) fn stream(
         // Live as long as the stream: dropped when the page goes away.
         let (_open, _public) = (&open, &public);
         let event = match item {
-            Ok(change) => Some(event(&live_feed, &change, view)),
+            Ok(change) => event(&live_feed, &change, view, version),
             // Too slow to keep up: start over from the current state.
             Err(BroadcastStreamRecvError::Lagged(_)) => {
                 live_feed.current().map(|c| over(&live_feed, &c, view, version))
@@ -434,5 +462,31 @@ mod tests {
         }
         let removed = fleet_changes(Some(&fleet_of(&["a", "b"])), &fleet_of(&["b"]));
         assert_eq!(removed.iter().map(|c| c.0).collect::<Vec<_>>(), ["removed", "summary"]);
+    }
+
+    /// A fleet's first probes change every target at once: one `reset`, sent to each page as
+    /// the whole current state, not a card per target held for every view.
+    #[test]
+    fn a_bulk_change_is_one_reset_that_pages_receive_as_the_whole_state() {
+        let names: Vec<String> = (0..=BULK).map(|i| format!("t{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (few, many) = (fleet_of(&names[..BULK]), fleet_of(&names));
+        let changes = fleet_changes(Some(&fleet_of(&[])), &few);
+        assert_eq!(changes.len(), BULK + 1, "up to {BULK} changed targets are sent card by card");
+        let changes = fleet_changes(Some(&fleet_of(&[])), &many);
+        assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), [RESET]);
+        let changes = fleet_changes(Some(&many), &fleet_of(&[]));
+        assert_eq!(changes.iter().map(|c| c.0).collect::<Vec<_>>(), [RESET], "and so are bulk removals");
+
+        let feed = Feed::new(Default::default(), MAX_PUBLIC_STREAMS);
+        feed.publish(Arc::new(fleet_of(&[])), Vec::new(), Vec::new(), Vec::new());
+        let first = feed.id(0);
+        feed.publish(Arc::new(many), Vec::new(), Vec::new(), changes);
+        let Some((Start::Resume(missed), _)) = feed.subscribe(Some(&first)) else { panic!("resume") };
+        assert_eq!(missed.len(), 1);
+        let sent = event(&feed, &missed[0], View::Public, "test").expect("an event");
+        let text = format!("{sent:?}");
+        let whole = text.contains("event: reset") && text.contains("129 targets");
+        assert!(whole, "the whole state, not {}", &text[..text.len().min(300)]);
     }
 }

@@ -365,7 +365,7 @@ pub(crate) fn card(target: &TargetView, as_of: f64, view: View) -> Markup {
                         @if let Some(expires) = instance.certificate_expires {
                             (certificate(expires, as_of))
                         }
-                        @if let Some((reason, detail)) = &instance.degraded {
+                        @if let Some((reason, detail)) = instance.degraded.as_deref() {
                             p.degraded { span.label { "Degraded (" (reason) "): " } (detail) }
                         }
                         @if view.details() && !instance.status.serves() {

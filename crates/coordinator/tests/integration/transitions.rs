@@ -138,3 +138,84 @@ async fn one_path_for_both_is_asked_once_per_probe() {
     assert!((done..=done + 1).contains(&asked), "{asked} requests for {done} probes");
     replica.stop().await;
 }
+
+/// An instance whose target changes is watched anew; when the change lands while its probe
+/// runs, the old watch comes back after the new one took its series over, and must leave them
+/// (same labels). A removed instance's series go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_during_a_probe_keeps_the_series_and_a_removal_drops_them() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    // Every answer takes 120 ms, so at a 50 ms interval a probe is running most of the time.
+    let slow = || async {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        "ok"
+    };
+    let app = axum::Router::new().route("/health", axum::routing::get(slow)).route("/ready", axum::routing::get(slow));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    support::register(&pool, "slow", std::slice::from_ref(&url), 50).await;
+    sqlx::query("UPDATE targets SET timeout_ms = 1000").execute(&pool).await.expect("timeout");
+    let replica =
+        Replica::start(&pool, &shared.redis.url(), &support::config(&caracal_testkit::unique_name("members"))).await;
+    let up = |replica: &Replica| {
+        replica
+            .exposition()
+            .lines()
+            .find(|l| l.starts_with("instance_up{") && l.contains("target=\"slow\""))
+            .map(|l| l.ends_with(" 1"))
+    };
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        (up(&replica) == Some(true)).then_some(())
+    })
+    .await
+    .expect("exported up");
+
+    // Each change is seen at the next full re-read (every 500 ms): the instance is watched
+    // anew, most likely while a probe runs.
+    for timeout in 1001..1007 {
+        sqlx::query("UPDATE targets SET timeout_ms = $1").bind(timeout).execute(&pool).await.expect("change");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up(&replica), Some(true), "the series outlived the changes:\n{}", replica.exposition());
+
+    sqlx::query("DELETE FROM instances").execute(&pool).await.expect("remove");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
+        up(&replica).is_none().then_some(())
+    })
+    .await
+    .expect("a removed instance's series go");
+    replica.stop().await;
+}
+
+/// With more instances due at once than probe tasks may run (`max_concurrency` 1: two tasks),
+/// the rest wait in the backlog and every one is still probed, recorded and probed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_due_together_beyond_the_task_cap_are_all_probed() {
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let fleet = Fleet::start().await;
+    let urls: Vec<String> = (1..=40).map(|n| fleet.url(n)).collect();
+    support::register(&pool, "many", &urls, 100).await;
+    let mut config = support::config(&caracal_testkit::unique_name("members"));
+    config.max_concurrency = 1;
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
+        let up: i64 = sqlx::query_scalar("SELECT count(*) FROM instance_status WHERE status = 'up'")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (up == 40).then_some(())
+    })
+    .await
+    .expect("all 40 recorded up");
+    fleet.reset();
+    caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
+        ((1..=40).all(|n| fleet.probed_by().contains_key(&n))).then_some(())
+    })
+    .await
+    .expect("and each probed again");
+    replica.stop().await;
+}
