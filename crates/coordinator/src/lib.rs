@@ -6,9 +6,11 @@
 //! - [`config`]: [`CoordinatorConfig`], the `[coordinator]` settings.
 //! - [`membership`]: replicas announce themselves in Redis; rendezvous hashing gives each
 //!   instance exactly one owner, and a dead replica's instances move within a bounded time.
-//! - [`prober`]: one task per owned instance: probe, judge with thresholds, record changes. It
-//!   holds the registry in memory, kept current by `caracal.invalidations` (store's
-//!   `invalidations` follower), with a full re-read every `full_resync` as the safety net.
+//! - [`prober`]: every owned instance probed on its interval (a scheduler holds each one's
+//!   state and a task runs only while a probe does): probe, judge with thresholds, record
+//!   changes. It holds the registry in memory, kept current by `caracal.invalidations`
+//!   (store's `invalidations` follower), with a full re-read every `full_resync` as the
+//!   safety net.
 //! - [`gray`]: gray failure: the four detectors that judge a live, ready instance `degraded`
 //!   (latency against its own baseline, errors over a window, outlier among its peers,
 //!   flapping), with hysteresis of their own.

@@ -318,14 +318,14 @@ impl Prober {
         Arc::clone(&self.heartbeat)
     }
 
-    /// Keeps one task per owned instance of a target that is not paused, until `stop`.
+    /// Probes every owned instance of a target that is not paused, until `stop`.
     ///
     /// The registry is held in memory: read whole when `notices` says so (start-up, the
     /// follower's periodic safety net, after a Redis error) and one target at a time as
     /// `caracal.invalidations` announces changes. Every `refresh` the membership is looked at
     /// (in memory) and ownership reconciled; nothing is read from PostgreSQL on that timer.
     pub async fn run(self, notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
-        // One prober shared by every instance task (an `Arc`, not a copy each).
+        // One prober shared by the scheduler and every instance's state (an `Arc`, not a copy each).
         Arc::new(self).follow(notices, stop).await;
     }
 
