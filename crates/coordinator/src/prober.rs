@@ -615,9 +615,11 @@ impl Prober {
                             Phase::Unread { at_once: again, key: queue.insert(id, Duration::from_secs(1)) }
                         }
                     };
-                    // A burst (more due at once than tasks may run) is over: what its probes
-                    // allocated and freed goes back to the system, the states stay.
-                    if burst && backlog.is_empty() && busy.is_empty() {
+                    // A burst (more due at once than tasks may run) is over once its backlog
+                    // drained: what its probes allocated and freed goes back to the system,
+                    // the states stay. (Not "once nothing runs": a large fleet always has
+                    // probes running.)
+                    if burst && backlog.is_empty() {
                         burst = false;
                         caracal_core::memory::release_freed();
                     }
