@@ -26,6 +26,9 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--serve-fleet") {
         return serve_fleet();
     }
+    if std::env::args().nth(1).as_deref() == Some("--in-process") {
+        return in_process();
+    }
     let (mut fleet, ports) = spawn_self("--serve-fleet");
     let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     assert_eq!(urls.len(), INSTANCES);
@@ -83,6 +86,9 @@ fn main() {
             p99.as_secs_f64() * 1000.0
         );
     }
+    // A gateway that merged nothing (every scrape refused) would look fast: its answer holds
+    // every body's samples, with identity labels, so it is larger than the bodies together.
+    assert!(rows[1].5 > rows[0].5, "the gateway answered {} bytes for {} bytes of bodies", rows[1].5, rows[0].5);
     println!("| **gateway ratio to the limit (series/s per core)** | | | **{:.2}** | | | |", rows[1].3 / rows[0].3);
     println!("| peak RSS of the process (gateway, limit and client) | {:.0} MiB | | | | | |", peak_rss_mib());
 }
@@ -98,9 +104,13 @@ async fn serve(postgres: &Postgres, redis: &Redis, urls: &[String]) -> (String, 
     let database = postgres.fresh_database("bench").expect("database");
     let pool = sqlx::PgPool::connect(&database).await.expect("connect");
     caracal_store::migrate(&pool).await.expect("migrate");
+    // The fleet wants a bearer: the target names a credential the gateway reads from its
+    // credentials directory, as an operator binds one.
+    let credentials = tempfile::tempdir().expect("a credentials directory");
+    std::fs::write(credentials.path().join("fleet-bearer"), BEARER).expect("credential");
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-         VALUES ('fleet', '{\"team\": \"bench\"}', '/health', '/ready', '/metrics', 1000, 10000) RETURNING id",
+        "INSERT INTO targets (name, labels, health_path, ready_path, metrics_path, interval_ms, timeout_ms, credential) \
+         VALUES ('fleet', '{\"team\": \"bench\"}', '/health', '/ready', '/metrics', 1000, 10000, 'fleet-bearer') RETURNING id",
     )
     .fetch_one(&pool)
     .await
@@ -116,7 +126,10 @@ async fn serve(postgres: &Postgres, redis: &Redis, urls: &[String]) -> (String, 
     core.database_url = Some(Secret::new(&database));
     core.redis_url = Some(Secret::new(redis.url()));
     core.metrics.bearer = Some(Secret::new(BEARER));
-    let config = Config::from_core(core, serde_json::json!({})).expect("config");
+    let config = Config::from_core(core, serde_json::json!({"gateway": {"credentials_dir": credentials.path()}}))
+        .expect("config");
+    // The directory lives as long as the gateway, which runs until the process ends.
+    std::mem::forget(credentials);
     let app = caracal_core::App::new("gateway", "0.0.0", config).expect("app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
@@ -154,6 +167,74 @@ async fn serve(postgres: &Postgres, redis: &Redis, urls: &[String]) -> (String, 
     let limit = format!("http://{}", limit_listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(limit_listener, limit_app).await });
     (gateway, limit)
+}
+
+/// What the gateway's own work costs, on one thread and without HTTP: parsing the 50 bodies
+/// (fed in 16 KiB chunks, as they arrive) and merging them into one answer, best of 20 rounds
+/// each, per 100,000 series. `--in-process` prints only this.
+#[allow(clippy::print_stdout)] // the table on stdout is this harness's output
+fn in_process() {
+    use caracal_gateway::exposition::{Format, Parser};
+    use caracal_gateway::registry::TargetInfo;
+    use caracal_gateway::render::{InstanceResult, Options, Scraped, identity, render};
+    let target = Arc::new(TargetInfo {
+        name: "fleet".into(),
+        labels: [("team".to_string(), "bench".to_string())].into(),
+        metrics_path: "/metrics".into(),
+        timeout: Duration::from_secs(10),
+        instances: Vec::new(),
+        credential: None,
+    });
+    let bodies: Vec<String> = (0..INSTANCES).map(body).collect();
+    let names: Vec<String> = identity(&target, "127.0.0.1:1").into_iter().map(|(k, _)| k).collect();
+    let parse = || {
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut parser = Parser::new(Format::Text, &names);
+                for chunk in text.as_bytes().chunks(16 * 1024) {
+                    parser.feed(chunk).expect("parse");
+                }
+                InstanceResult {
+                    target: Arc::clone(&target),
+                    instance: format!("127.0.0.1:{}", 10_000 + i),
+                    scraped: Scraped { outcome: Ok(parser.finish().expect("parse")), duration: Duration::ZERO },
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let best = |f: &mut dyn FnMut()| {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default()
+    };
+    let parsing = best(&mut || drop(std::hint::black_box(parse())));
+    let results = parse();
+    let options = Options { format: Format::Text, only_target_metrics: false, matchers: Vec::new() };
+    let merging = best(&mut || drop(std::hint::black_box(render(&results, &options))));
+    // A digest of the answer, so a faster parser or writer is seen to answer the same bytes.
+    let (answer, _) = render(&results, &options);
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        answer.hash(&mut hasher);
+        hasher.finish()
+    };
+    let per = 100_000.0 / (INSTANCES * SERIES) as f64;
+    println!("| in-process, one thread, per 100,000 series | parse | merge and write | answer (bytes, digest) |");
+    println!("|---|---:|---:|---|");
+    println!(
+        "| best of 20 | {:.1} ms | {:.1} ms | {}, {digest:016x} |",
+        parsing.as_secs_f64() * 1000.0 * per,
+        merging.as_secs_f64() * 1000.0 * per,
+        answer.len()
+    );
 }
 
 /// 2,000 series: 100 counters, 80 gauges with 10 label sets each, and 2 histograms.

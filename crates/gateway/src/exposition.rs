@@ -102,8 +102,44 @@ pub struct Family {
     pub help: Option<String>,
     /// `# UNIT` (OpenMetrics).
     pub unit: Option<String>,
-    /// Its sample lines, in the order read.
-    pub lines: Vec<Line>,
+    /// Where its samples lie in [`Body::lines`]: one run, usually (a family's samples are
+    /// written together); more only when another family's samples came between.
+    first: std::ops::Range<u32>,
+    more: Vec<std::ops::Range<u32>>,
+}
+
+impl Family {
+    fn new(name: String, kind: Kind, help: Option<String>) -> Self {
+        Self { name, kind, help, unit: None, first: 0..0, more: Vec::new() }
+    }
+
+    /// How many samples it holds.
+    pub fn len(&self) -> usize {
+        self.first.len() + self.more.iter().map(ExactSizeIterator::len).sum::<usize>()
+    }
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty()
+    }
+
+    /// Its sample lines in `body` (the body it was read from), in the order read.
+    pub fn lines<'a>(&'a self, body: &'a Body) -> impl Iterator<Item = &'a Line> + 'a {
+        std::iter::once(&self.first).chain(&self.more).flat_map(|run| &body.lines[run.start as usize..run.end as usize])
+    }
+
+    /// Records that line `at` of the body is one of its samples.
+    fn add(&mut self, at: u32) {
+        if self.first.is_empty() {
+            self.first = at..at + 1;
+        } else if let Some(last) = self.more.last_mut().filter(|r| r.end == at) {
+            last.end += 1;
+        } else if self.more.is_empty() && self.first.end == at {
+            self.first.end += 1;
+        } else {
+            self.more.push(at..at + 1);
+        }
+    }
 }
 
 /// A parsed body: the bytes, once, and its families indexing into them.
@@ -113,6 +149,9 @@ pub struct Body {
     pub bytes: Vec<u8>,
     /// Its families in the order they first appear.
     pub families: Vec<Family>,
+    /// Every sample line, in the order read (a family's are found by [`Family::lines`]): one
+    /// vector for the body rather than one per family, which grows as often as it has families.
+    pub lines: Vec<Line>,
     /// How many samples it holds.
     pub samples: usize,
 }
@@ -126,6 +165,11 @@ impl Body {
     /// The series name of `line`.
     pub fn name(&self, line: &Line) -> &str {
         self.text(line.start, line.name_end)
+    }
+
+    /// The series name of `line`, as bytes (ASCII: a name is checked when parsed).
+    pub fn name_bytes(&self, line: &Line) -> &[u8] {
+        &self.bytes[line.start as usize..line.name_end as usize]
     }
 }
 
@@ -209,6 +253,7 @@ pub struct Parser {
     scanned: usize,
     line: usize,
     families: Vec<Family>,
+    lines: Vec<Line>,
     by_name: HashMap<String, usize>,
     /// The family the last `# TYPE` opened.
     current: Option<usize>,
@@ -220,6 +265,8 @@ pub struct Parser {
     /// Label names whose presence on a sample is recorded in [`Line::clash`].
     identity: Vec<String>,
     limits: Limits,
+    /// Where the bytes checked as UTF-8 end: a line reaching past it is not UTF-8.
+    valid_to: usize,
 }
 
 impl Parser {
@@ -232,6 +279,7 @@ impl Parser {
             scanned: 0,
             line: 0,
             families: Vec::new(),
+            lines: Vec::new(),
             by_name: HashMap::new(),
             current: None,
             help: HashMap::new(),
@@ -240,6 +288,7 @@ impl Parser {
             samples: 0,
             identity: identity.iter().take(64).cloned().collect(),
             limits: Limits::NONE,
+            valid_to: 0,
         }
     }
 
@@ -269,12 +318,28 @@ impl Parser {
             return Err(self.error("the body is too large to index"));
         }
         self.bytes.extend_from_slice(chunk);
-        while let Some(newline) = memchr::memchr(b'\n', &self.bytes[self.scanned..]) {
+        // The complete lines this chunk adds are checked as UTF-8 at once (a newline is never
+        // inside a character), not line by line.
+        let Some(last) = memchr::memrchr(b'\n', &self.bytes[self.scanned..]) else { return Ok(()) };
+        let complete = self.scanned + last + 1;
+        self.valid_to = match std::str::from_utf8(&self.bytes[self.scanned..complete]) {
+            Ok(_) => complete,
+            Err(e) => self.scanned + e.valid_up_to(),
+        };
+        while let Some(newline) = memchr::memchr(b'\n', &self.bytes[self.scanned..complete]) {
             let (from, to) = (self.scanned, self.scanned + newline);
             self.scanned = to + 1;
             self.parse_line(from, to)?;
         }
         Ok(())
+    }
+
+    /// Makes room for `additional` more bytes at once (a body's announced length), so a large
+    /// body is not copied as it grows.
+    pub fn reserve(&mut self, additional: usize) {
+        self.bytes.reserve(additional);
+        // Sample lines are rarely shorter than 32 bytes.
+        self.lines.reserve(additional / 32);
     }
 
     /// Parses what is left and returns the body with its families.
@@ -284,10 +349,14 @@ impl Parser {
     pub fn finish(mut self) -> Result<Body, ParseError> {
         if self.scanned < self.bytes.len() {
             let (from, to) = (self.scanned, self.bytes.len());
+            self.valid_to = match std::str::from_utf8(&self.bytes[from..to]) {
+                Ok(_) => to,
+                Err(e) => from + e.valid_up_to(),
+            };
             self.scanned = to;
             self.parse_line(from, to)?;
         }
-        Ok(Body { bytes: self.bytes, families: self.families, samples: self.samples })
+        Ok(Body { bytes: self.bytes, families: self.families, lines: self.lines, samples: self.samples })
     }
 
     fn error(&self, message: impl Into<String>) -> ParseError {
@@ -310,6 +379,18 @@ impl Parser {
         if end > from && self.bytes[end - 1] == b'\r' {
             end -= 1;
         }
+        if to > self.valid_to {
+            return Err(self.error("not UTF-8"));
+        }
+        if !self.eof
+            && let Some(line) = self.fast_sample(from, end)
+        {
+            if over(self.samples + 1, self.limits.samples) {
+                return Err(self.limit_error(Limit::Samples));
+            }
+            self.add_sample(line);
+            return Ok(());
+        }
         let Ok(line) = std::str::from_utf8(&self.bytes[from..end]) else { return Err(self.error("not UTF-8")) };
         if self.eof {
             return if line.trim().is_empty() { Ok(()) } else { Err(self.error("content after # EOF")) };
@@ -318,8 +399,13 @@ impl Parser {
             return Ok(());
         }
         if let Some(comment) = line.strip_prefix('#') {
-            let comment = comment.trim_start().to_string();
-            return self.parse_comment(&comment);
+            // The comment borrows the body while its family is updated: the body is set aside
+            // meanwhile (a move, not a copy).
+            let range = from + 1 + (comment.len() - comment.trim_start().len())..end;
+            let bytes = std::mem::take(&mut self.bytes);
+            let result = self.parse_comment(std::str::from_utf8(&bytes[range]).unwrap_or(""));
+            self.bytes = bytes;
+            return result;
         }
         if over(self.samples + 1, self.limits.samples) {
             return Err(self.limit_error(Limit::Samples));
@@ -329,12 +415,13 @@ impl Parser {
         Ok(())
     }
 
-    fn family_index(&mut self, name: &str, kind: Kind) -> usize {
+    /// The family named `name`, created with `kind` and `help` when there is none yet.
+    fn family_index(&mut self, name: &str, kind: Kind, help: impl FnOnce(&Self) -> Option<String>) -> usize {
         if let Some(i) = self.by_name.get(name) {
             return *i;
         }
-        let help = self.help.get(name).cloned();
-        self.families.push(Family { name: name.to_string(), kind, help, unit: None, lines: Vec::new() });
+        let help = help(self);
+        self.families.push(Family::new(name.to_string(), kind, help));
         self.by_name.insert(name.to_string(), self.families.len() - 1);
         self.families.len() - 1
     }
@@ -377,11 +464,13 @@ impl Parser {
                     (Kind::Counter, Some(base)) if self.format == Format::Text => base,
                     _ => name,
                 };
-                let help = self.help.get(name).or_else(|| self.help.get(family_name)).cloned();
-                let unit = self.unit.get(name).cloned();
-                let index = self.family_index(family_name, kind);
+                // The family takes them: no later line asks for them by this name again.
+                let help = self.help.remove(name).or_else(|| self.help.remove(family_name));
+                let unit = self.unit.remove(name);
+                // The help was taken above; a new family needs no second look.
+                let index = self.family_index(family_name, kind, |_| None);
                 let family = &mut self.families[index];
-                if family.kind != kind && !family.lines.is_empty() {
+                if family.kind != kind && !family.is_empty() {
                     return Err(self.error(format!("`{family_name}` is typed twice")));
                 }
                 family.kind = kind;
@@ -462,34 +551,136 @@ impl Parser {
 
     fn add_sample(&mut self, line: Line) {
         let range = line.start as usize..line.name_end as usize;
-        let known = self.family_of(std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or(""));
+        let known = self.family_of(&self.bytes[range.clone()]);
         let index = match known {
             Some(index) => index,
             None => {
                 // Only a family not seen yet costs an allocation.
                 let name = String::from_utf8_lossy(&self.bytes[range]).into_owned();
-                self.family_index(&name, Kind::Unknown)
+                self.family_index(&name, Kind::Unknown, |parser| parser.help.get(&name).cloned())
             }
         };
-        self.families[index].lines.push(line);
+        self.families[index].add(self.lines.len() as u32);
+        self.lines.push(line);
         self.samples += 1;
     }
 
     /// The family a sample named `name` belongs to: the open family when the name is its own
     /// or one of its kind's suffixed names, else the family of that name if one exists.
-    fn family_of(&self, name: &str) -> Option<usize> {
+    fn family_of(&self, name: &[u8]) -> Option<usize> {
         if let Some(current) = self.current {
             let family = &self.families[current];
-            if name == family.name {
-                return Some(current);
-            }
-            if let Some(suffix) = name.strip_prefix(family.name.as_str())
-                && family.kind.suffixes().contains(&suffix)
+            if let Some(suffix) = name.strip_prefix(family.name.as_bytes())
+                && (suffix.is_empty() || family.kind.suffixes().iter().any(|s| s.as_bytes() == suffix))
             {
                 return Some(current);
             }
         }
-        self.by_name.get(name).copied()
+        self.by_name.get(std::str::from_utf8(name).ok()?).copied()
+    }
+
+    /// Reads a sample line of `bytes[from..end]` in one pass over its bytes, for the lines
+    /// nearly every body is made of: a name, a label block without surprises, a plain value and
+    /// perhaps a timestamp. `None` for anything else — an exemplar, odd spacing, a bad escape,
+    /// a limit reached, any error — which [`Parser::parse_sample`] then reads (or refuses, with
+    /// its message) as before; the two agree on every line this one accepts (see the tests).
+    fn fast_sample(&self, from: usize, end: usize) -> Option<Line> {
+        let b = &self.bytes[from..end];
+        if !NAME_START[usize::from(*b.first()?)] {
+            return None;
+        }
+        let mut i = 1;
+        while i < b.len() && NAME[usize::from(b[i])] {
+            i += 1;
+        }
+        let name_end = i;
+        let (mut labels_end, mut has_labels, mut clash) = (name_end, false, 0u64);
+        if b.get(i) == Some(&b'{') {
+            i += 1;
+            let mut count = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'}' => break,
+                    c if LABEL_START[usize::from(c)] => {}
+                    _ => return None,
+                }
+                let label_start = i;
+                i += 1;
+                while i < b.len() && LABEL[usize::from(b[i])] {
+                    i += 1;
+                }
+                let label = &b[label_start..i];
+                if b.get(i) != Some(&b'=') || b.get(i + 1) != Some(&b'"') {
+                    return None;
+                }
+                i += 2;
+                let value_start = i;
+                let mut escapes = 0;
+                loop {
+                    let at = i + memchr::memchr2(b'"', b'\\', &b[i..])?;
+                    if b[at] == b'"' {
+                        i = at;
+                        break;
+                    }
+                    if !matches!(b.get(at + 1), Some(b'n' | b'\\' | b'"')) {
+                        return None;
+                    }
+                    escapes += 1;
+                    i = at + 2;
+                }
+                count += 1;
+                let value_length = i - value_start - escapes;
+                if over(count, self.limits.labels)
+                    || over(label.len(), self.limits.label_name_length)
+                    || over(value_length, self.limits.label_value_length)
+                {
+                    return None;
+                }
+                has_labels = true;
+                if let Some(k) = self.identity.iter().position(|n| n.as_bytes() == label) {
+                    clash |= 1 << k;
+                }
+                i += 1;
+                match *b.get(i)? {
+                    b',' => i += 1,
+                    b'}' => {}
+                    _ => return None,
+                }
+            }
+            labels_end = i;
+            i += 1;
+        }
+        // One space, the value, and perhaps one space and a timestamp: anything else (tabs,
+        // runs of spaces, an exemplar) is the careful reader's.
+        if b.get(i) != Some(&b' ') {
+            return None;
+        }
+        let value_start = i + 1;
+        let value_end = value_start + memchr::memchr(b' ', &b[value_start..]).unwrap_or(b.len() - value_start);
+        let value = &b[value_start..value_end];
+        if !(plain_decimal(value) || is_special(value) || is_number(std::str::from_utf8(value).ok()?)) {
+            return None;
+        }
+        let timestamp = if value_end == b.len() {
+            None
+        } else {
+            let t = &b[value_end + 1..];
+            if t.is_empty() || t.iter().any(|c| c.is_ascii_whitespace() || *c == b'#') {
+                return None;
+            }
+            let n = parse_number(std::str::from_utf8(t).ok()?).filter(|n| n.is_finite())?;
+            Some(if self.format == Format::Text { n / 1000.0 } else { n })
+        };
+        let at = |offset: usize| (from + offset) as u32;
+        Some(Line {
+            start: at(0),
+            name_end: at(name_end),
+            labels_end: at(labels_end),
+            has_labels,
+            value: (at(value_start), at(value_end)),
+            timestamp,
+            clash,
+        })
     }
 }
 
@@ -572,7 +763,7 @@ impl Body {
     pub fn samples(&self) -> Vec<SampleText> {
         self.families
             .iter()
-            .flat_map(|f| f.lines.iter())
+            .flat_map(|f| f.lines(self))
             .map(|l| {
                 let labels = if l.labels_end > l.name_end {
                     label_pairs(self.text(l.name_end, l.labels_end + 1))
@@ -596,6 +787,9 @@ pub fn label_names(block: &str) -> Vec<String> {
 }
 
 fn unescape(text: &str, quotes: bool) -> Result<String, String> {
+    if !text.contains('\\') {
+        return Ok(text.to_string());
+    }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -636,6 +830,35 @@ pub fn parse_number(s: &str) -> Option<f64> {
         }
     }
 }
+
+/// `NaN`, `+Inf`, `-Inf`, `Inf`: valid without parsing.
+fn is_special(b: &[u8]) -> bool {
+    matches!(b, b"NaN" | b"+Inf" | b"-Inf" | b"Inf")
+}
+
+/// A byte class, as a table indexed by the byte.
+type Class = [bool; 256];
+
+/// Builds the class of letters and `_`, with digits and `:` when asked.
+const fn class(digits: bool, colon: bool) -> Class {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphabetic() || c == b'_' || (digits && c.is_ascii_digit()) || (colon && c == b':');
+        b += 1;
+    }
+    table
+}
+
+/// The first byte of a metric name: `[a-zA-Z_:]`.
+static NAME_START: Class = class(false, true);
+/// The rest of a metric name: `[a-zA-Z0-9_:]`.
+static NAME: Class = class(true, true);
+/// The first byte of a label name: `[a-zA-Z_]`.
+static LABEL_START: Class = class(false, false);
+/// The rest of a label name: `[a-zA-Z0-9_]`.
+static LABEL: Class = class(true, false);
 
 /// `-?digits[.digits]`: valid without parsing.
 fn plain_decimal(b: &[u8]) -> bool {

@@ -117,7 +117,7 @@ pub fn render_to(
     for (index, result) in results.iter().enumerate() {
         let Ok(body) = &result.scraped.outcome else { continue };
         for family in &body.families {
-            if family.lines.is_empty() || (!options.matchers.is_empty() && !matches(&options.matchers, family)) {
+            if family.is_empty() || (!options.matchers.is_empty() && !matches(&options.matchers, family)) {
                 continue;
             }
             let merged = families.entry(family.name.as_str()).or_insert_with(|| Merged {
@@ -301,18 +301,17 @@ fn write_family(
     results: &[InstanceResult],
     identities: &[Identity],
 ) -> usize {
-    let body = |i: usize| results[i].scraped.outcome.as_ref().ok();
     let lines = || {
         family
             .parts
             .iter()
-            .flat_map(move |(i, f)| f.lines.iter().map(move |l| (*i, l)))
-            .filter_map(move |(i, l)| Some((body(i)?, i, l)))
+            .filter_map(|(i, f)| Some((*i, f, results[*i].scraped.outcome.as_ref().ok()?)))
+            .flat_map(|(i, f, body)| f.lines(body).map(move |l| (body, i, l)))
     };
     let mut kind = family.kind;
     // A counter's samples must be `_total`/`_created` in OpenMetrics; one from a text body that
     // is not is passed on as `unknown` rather than renamed.
-    let all_fit = lines().all(|(b, _, l)| sample_fits(name, family.kind, b.name(l)));
+    let all_fit = lines().all(|(b, _, l)| sample_fits(name.as_bytes(), family.kind, b.name_bytes(l)));
     if format == Format::OpenMetrics && !all_fit {
         kind = Kind::Unknown;
     }
@@ -322,7 +321,7 @@ fn write_family(
     let mut written = 0;
     for (body, instance, line) in lines() {
         // `_created` is OpenMetrics' own; text has no place for it.
-        if drop_created && body.name(line).ends_with("_created") {
+        if drop_created && body.name_bytes(line).ends_with(b"_created") {
             continue;
         }
         write_line(chunks.out, format, body, line, &identities[instance]);
@@ -334,12 +333,12 @@ fn write_family(
     written
 }
 
-fn sample_fits(family: &str, kind: Kind, sample: &str) -> bool {
+fn sample_fits(family: &[u8], kind: Kind, sample: &[u8]) -> bool {
     let suffix = sample.strip_prefix(family);
     match kind {
-        Kind::Counter => matches!(suffix, Some("_total" | "_created")),
-        Kind::Gauge | Kind::Unknown | Kind::StateSet => suffix == Some(""),
-        _ => suffix.is_some_and(|s| s.is_empty() || s.starts_with('_')),
+        Kind::Counter => matches!(suffix, Some(b"_total" | b"_created")),
+        Kind::Gauge | Kind::Unknown | Kind::StateSet => suffix == Some(b""),
+        _ => suffix.is_some_and(|s| s.is_empty() || s.starts_with(b"_")),
     }
 }
 

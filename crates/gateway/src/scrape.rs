@@ -190,6 +190,9 @@ pub struct Scraper {
 }
 
 /// What to accept from instances: OpenMetrics first, text as fallback.
+/// The most room made up front for a body from its `Content-Length`.
+const RESERVED_AT_MOST: usize = 8 << 20;
+
 const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 impl Scraper {
@@ -286,6 +289,12 @@ impl Scraper {
             .and_then(|v| v.to_str().ok())
             .map_or(Format::Text, Format::from_content_type);
         let mut parser = Parser::new(format, identity).with_limits(self.limits);
+        // The announced length (already checked against the cap) is room made once — up to
+        // 8 MiB: a target announcing more than it sends must not make the gateway set aside
+        // its whole cap for every instance at once; a larger body grows as it arrives.
+        if let Some(length) = response.content_length() {
+            parser.reserve((length as usize).min(RESERVED_AT_MOST));
+        }
         let mut read = 0usize;
         loop {
             let chunk = match response.chunk().await {
