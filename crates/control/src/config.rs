@@ -22,8 +22,9 @@ pub struct ControlConfig {
     /// A directory of declared targets (YAML or JSON files, one target or a list each) that
     /// control reconciles into the registry; none when unset.
     pub targets_dir: Option<PathBuf>,
-    /// How often the directory is checked for changed files (a check reads only file metadata
-    /// and contents, never the registry, unless something changed).
+    /// How often the directory is checked for changed files. A check reads only the files'
+    /// metadata (names, sizes, change times, inodes); the files are read when that changed, and
+    /// the registry only at start and every `full_resync`.
     #[serde(with = "humantime_serde")]
     pub targets_poll: Duration,
     /// The safety net: the discovered targets and the declared ones are re-read from the
@@ -42,7 +43,7 @@ impl Default for ControlConfig {
             resolve_timeout: Duration::from_secs(2),
             resolve_concurrency: 64,
             targets_dir: None,
-            targets_poll: Duration::from_secs(2),
+            targets_poll: Duration::from_millis(250),
             full_resync: Duration::from_secs(600),
             invalidations_max_age: Duration::from_secs(10),
         }

@@ -3,7 +3,7 @@
 //! to what they declare. Control applies the plan for `control.targets_dir`; `caracal apply`
 //! prints and applies it through the API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use caracal_store::target::{Target, TargetSpec};
@@ -56,24 +56,145 @@ fn declares(path: &Path) -> bool {
     !hidden && matches!(ext, "yaml" | "yml" | "json")
 }
 
-/// Reads `path`: a file, or every declaring file directly in a directory (in name order).
-pub fn read(path: &Path) -> Files {
-    let mut files = Files::default();
-    let paths: Vec<PathBuf> = if path.is_dir() {
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                let mut paths: Vec<PathBuf> =
-                    entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && declares(p)).collect();
-                paths.sort();
-                paths
-            }
-            Err(e) => {
-                files.problems.push(Problem { file: path.display().to_string(), line: 0, message: e.to_string() });
-                return files;
+/// The declaring files of `path` (itself, or those directly in the directory), in name order.
+fn paths(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && declares(p))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// A hash of what the file system says of `path`'s declaring files — names, sizes, change
+/// times and inodes (a ConfigMap's swapped link shows as another inode) — without reading
+/// them: what a poll costs while nothing changes, however many targets they declare.
+pub fn stamp(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = std::hash::DefaultHasher::new();
+    match paths(path) {
+        Ok(paths) => {
+            for path in paths {
+                path.hash(&mut hasher);
+                if let Ok(m) = std::fs::metadata(&path) {
+                    (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec(), m.ino(), m.dev()).hash(&mut hasher);
+                }
             }
         }
-    } else {
-        vec![path.to_path_buf()]
+        Err(e) => e.kind().hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
+/// Reads `path`: a file, or every declaring file directly in a directory (in name order).
+pub fn read(path: &Path) -> Files {
+    Reader::default().read(path)
+}
+
+/// A reader that remembers the items of the lists it read, so reading a file again after one
+/// of its 50,000 items changed parses that item, not the file (see [`Reader::read`]).
+#[derive(Debug, Default)]
+pub struct Reader {
+    /// Valid documents by a hash of the text of the list item they were read from.
+    items: HashMap<u64, TargetSpec>,
+}
+
+impl Reader {
+    /// As [`read`], parsing only the list items whose text it has not read before.
+    ///
+    /// A YAML file that is a block list (its items start at column 0 with `- `) is cut at its
+    /// items and each item not seen before is read on its own. When any item does not read on
+    /// its own or does not validate (an alias to another item's anchor, a second document,
+    /// anything unusual), the whole file is read as before, so what a file means and the
+    /// problems it reports never depend on this.
+    pub fn read(&mut self, path: &Path) -> Files {
+        let mut kept = HashMap::with_capacity(self.items.len());
+        let files = read_with(path, &mut |file, text| match self.items_of(file, text, &mut kept) {
+            Some(specs) => Ok(specs),
+            None => parse(file, text),
+        });
+        self.items = kept;
+        files
+    }
+
+    /// The documents of a block list's items, from memory or read one by one; `None` when the
+    /// file is not such a list or an item does not read alone.
+    fn items_of(&mut self, file: &str, text: &str, kept: &mut HashMap<u64, TargetSpec>) -> Option<Vec<TargetSpec>> {
+        if file.ends_with(".json") {
+            return None;
+        }
+        let mut specs = Vec::new();
+        for item in list_items(text)? {
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                item.hash(&mut hasher);
+                hasher.finish()
+            };
+            // Moved from the last read's memory into this one's: one copy per item, for the
+            // caller.
+            let spec = match self.items.remove(&key).or_else(|| kept.get(&key).cloned()) {
+                Some(spec) => spec,
+                None => {
+                    let mut one = serde_yaml_ng::from_str::<Vec<TargetSpec>>(item).ok()?;
+                    let spec = one.pop().filter(|_| one.is_empty())?;
+                    spec.validate().ok()?;
+                    spec
+                }
+            };
+            specs.push(spec.clone());
+            kept.insert(key, spec);
+        }
+        Some(specs)
+    }
+}
+
+/// The items of a YAML block list at column 0, each with its text (`- ` and what follows up to
+/// the next item); `None` when the text is not such a list (its first content is not an item,
+/// or a line at column 0 is neither an item, a comment nor blank, such as a second document).
+fn list_items(text: &str) -> Option<Vec<&str>> {
+    let mut items = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let item = content == "-" || content.starts_with("- ");
+        if item {
+            if let Some(from) = start {
+                items.push(&text[from..offset]);
+            }
+            start = Some(offset);
+        } else if start.is_none() {
+            // Before the first item: comments, blanks and one leading `---` only.
+            let trimmed = content.trim();
+            if !(trimmed.is_empty() || trimmed.starts_with('#') || (trimmed == "---" && offset == 0)) {
+                return None;
+            }
+        } else if !(content.is_empty() || content.starts_with([' ', '#'])) {
+            return None;
+        }
+        offset += line.len();
+    }
+    items.push(&text[start?..]);
+    Some(items)
+}
+
+/// Reads a file's documents from its name and text.
+type Documents<'a> = dyn FnMut(&str, &str) -> Result<Vec<TargetSpec>, Problem> + 'a;
+
+/// Reads every declaring file of `path`, each file's documents from `documents`.
+fn read_with(path: &Path, documents: &mut Documents<'_>) -> Files {
+    let mut files = Files::default();
+    let paths = match paths(path) {
+        Ok(paths) => paths,
+        Err(e) => {
+            files.problems.push(Problem { file: path.display().to_string(), line: 0, message: e.to_string() });
+            return files;
+        }
     };
     let mut hasher = std::hash::DefaultHasher::new();
     let mut first: BTreeMap<String, String> = BTreeMap::new();
@@ -87,7 +208,7 @@ pub fn read(path: &Path) -> Files {
             }
         };
         std::hash::Hash::hash(&(&file, &text), &mut hasher);
-        match parse(&file, &text) {
+        match documents(&file, &text) {
             Ok(specs) => {
                 for spec in specs {
                     if let Some(other) = first.get(&spec.name) {
@@ -126,14 +247,32 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<TargetSpec>, Problem> {
         };
         parsed.map_err(|e| problem(e.line(), e.to_string()))?
     } else {
-        let value: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?;
-        let parsed = if value.is_sequence() {
+        // Read once, as the list or the single document its first line shows; only when that
+        // fails is the text read again, generically, to tell which it is and where it breaks
+        // (a file of 50,000 targets was read twice on every change before).
+        let first = text
+            .lines()
+            .map(str::trim_start)
+            .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("---") && !l.starts_with('%'));
+        let list = first.is_some_and(|l| l.starts_with('-') || l.starts_with('['));
+        let quick = if list {
             serde_yaml_ng::from_str::<Vec<TargetSpec>>(text)
         } else {
             serde_yaml_ng::from_str::<TargetSpec>(text).map(|s| vec![s])
         };
-        parsed.map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?
+        match quick {
+            Ok(specs) => specs,
+            Err(_) => {
+                let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+                    .map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?;
+                let parsed = if value.is_sequence() {
+                    serde_yaml_ng::from_str::<Vec<TargetSpec>>(text)
+                } else {
+                    serde_yaml_ng::from_str::<TargetSpec>(text).map(|s| vec![s])
+                };
+                parsed.map_err(|e| problem(e.location().map_or(0, |l| l.line()), e.to_string()))?
+            }
+        }
     };
     for spec in &specs {
         if let Err(invalid) = spec.validate() {

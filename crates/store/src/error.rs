@@ -21,6 +21,9 @@ pub enum Error {
     /// A Redis command failed.
     #[error("redis command failed")]
     Redis(#[from] redis::RedisError),
+    /// A batch of registry writes that cannot be applied as given (too many, a name twice).
+    #[error("{0}")]
+    Batch(String),
     /// A registry write was refused (not found, a clash, a target someone else owns).
     #[error(transparent)]
     Refused(#[from] crate::registry::Refused),

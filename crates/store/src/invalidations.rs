@@ -144,17 +144,35 @@ impl Follower {
         self.freshness.mark();
         let mut newest = None;
         let mut names: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for entry in entries {
             // An entry that names no target is skipped, never fatal: the periodic re-read
             // from PostgreSQL, the record, covers whatever it meant.
-            match Event::from_entry(&entry).ok().and_then(|e| e.target) {
-                Some(name) if !names.contains(&name) => names.push(name),
-                Some(_) => {}
-                None => tracing::warn!(entry = %entry.id, "skipping an unreadable entry of {}", stream::INVALIDATIONS),
+            let named = Event::from_entry(&entry).ok().map(changed_names).unwrap_or_default();
+            if named.is_empty() {
+                tracing::warn!(entry = %entry.id, "skipping an unreadable entry of {}", stream::INVALIDATIONS);
+            }
+            for name in named {
+                if seen.insert(name.clone()) {
+                    names.push(name);
+                }
             }
             newest = Some(entry.id);
         }
         Ok((newest, names))
+    }
+}
+
+/// The targets a `registry.changed` event names: its target, or a batch's `{"names": [...]}`
+/// (see [`crate::registry::batch`]).
+fn changed_names(event: Event) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        names: Vec<String>,
+    }
+    match event.target {
+        Some(name) => vec![name],
+        None => serde_json::from_str::<Batch>(event.payload.get()).map(|b| b.names).unwrap_or_default(),
     }
 }
 
@@ -190,4 +208,30 @@ pub fn check(freshness: std::sync::Arc<Freshness>, max_age: Duration) -> Check {
         }
     })
     .component_type("component")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(target: Option<&str>, payload: &str) -> Event {
+        Event {
+            id: 1,
+            event_type: crate::registry::CHANGED.into(),
+            target: target.map(str::to_owned),
+            instance: None,
+            payload: serde_json::value::RawValue::from_string(payload.into()).expect("json"),
+            occurred_at: "2026-12-07T00:00:00Z".into(),
+            trace_context: None,
+        }
+    }
+
+    #[test]
+    fn an_event_names_its_target_or_its_batch() {
+        assert_eq!(changed_names(event(Some("a"), r#"{"name": "a"}"#)), ["a"]);
+        assert_eq!(changed_names(event(None, r#"{"names": ["a", "b"]}"#)), ["a", "b"]);
+        // Neither: nothing, and the follower warns and goes on.
+        assert!(changed_names(event(None, r#"{"names": 3}"#)).is_empty());
+        assert!(changed_names(event(None, "{}")).is_empty());
+    }
 }

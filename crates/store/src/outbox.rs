@@ -35,6 +35,33 @@ pub async fn enqueue(tx: &mut PgConnection, event: &NewEvent) -> Result<i64, Err
     Ok(id)
 }
 
+/// Writes `events` in `tx` with one statement (a batch of registry writes); the trace context is
+/// the current one for all.
+///
+/// # Errors
+/// A database error.
+pub async fn enqueue_many(tx: &mut PgConnection, events: &[NewEvent]) -> Result<(), Error> {
+    let span = telemetry::db_span("postgresql", "INSERT", "outbox");
+    let trace_context = telemetry::current_traceparent();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let targets: Vec<Option<&str>> = events.iter().map(|e| e.target.as_deref()).collect();
+    let instances: Vec<Option<&str>> = events.iter().map(|e| e.instance.as_deref()).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_type, target, instance, payload, trace_context) \
+         SELECT e.*, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS e",
+    )
+    .bind(&types)
+    .bind(&targets)
+    .bind(&instances)
+    .bind(&payloads)
+    .bind(trace_context)
+    .execute(tx)
+    .instrument(span)
+    .await?;
+    Ok(())
+}
+
 /// An outbox row as selected for relay: id, type, target, instance, payload, created at,
 /// trace context.
 type EventRow = (i64, String, Option<String>, Option<String>, Json<Box<RawValue>>, String, Option<String>);

@@ -8,6 +8,8 @@ use caracal_core::telemetry;
 use sqlx::PgConnection;
 use tracing::Instrument;
 
+pub mod batch;
+
 use crate::discovery::DiscoveryStatus;
 use crate::target::{Target, TargetSpec};
 use crate::{Error, NewEvent, outbox, rfc3339};

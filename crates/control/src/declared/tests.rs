@@ -119,3 +119,70 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         ]
     );
 }
+
+/// The poll's stamp changes with any change of a declaring file — content of the same size, a
+/// new file, a removed one — and not otherwise; other files do not count.
+#[test]
+fn the_stamp_follows_the_declaring_files_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("a.yaml");
+    std::fs::write(&file, "- name: a\n").expect("write");
+    let first = stamp(dir.path());
+    assert_eq!(stamp(dir.path()), first, "nothing changed");
+    std::fs::write(dir.path().join("notes.txt"), "not a declaration").expect("write");
+    assert_eq!(stamp(dir.path()), first, "a file that declares nothing");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(&file, "- name: b\n").expect("write");
+    let edited = stamp(dir.path());
+    assert_ne!(edited, first, "the same size, other content");
+    std::fs::write(dir.path().join("b.json"), "[]").expect("write");
+    let added = stamp(dir.path());
+    assert_ne!(added, edited, "a new file");
+    std::fs::remove_file(dir.path().join("b.json")).expect("remove");
+    assert_ne!(stamp(dir.path()), added, "a removed file");
+}
+
+/// A list or a single document, read at once; a broken one still names its line.
+#[test]
+fn a_file_is_read_once_and_a_broken_one_names_its_line() {
+    let list = parse("f.yaml", "# fleet\n---\n- name: a\n  instances: [\"http://127.0.0.1:1\"]\n").expect("a list");
+    assert_eq!(list.len(), 1);
+    let one = parse("f.yaml", "name: a\ninstances: [\"http://127.0.0.1:1\"]\n").expect("one document");
+    assert_eq!(one[0].name, "a");
+    let broken = parse("f.yaml", "- name: a\n  instances: [\"http://127.0.0.1:1\"\n").expect_err("broken");
+    assert!(broken.line >= 2, "{broken}");
+    let mistyped = parse("f.yaml", "- name: a\n  interval_ms: soon\n").expect_err("a field of the wrong type");
+    assert_eq!(mistyped.line, 2, "{mistyped}");
+}
+
+/// Reading a list item by item (and from memory) means what reading the file means: the same
+/// documents for lists with comments, blank lines and a leading `---`; the whole file read
+/// when items lean on each other (an alias) or the text is not a plain list; an edit seen.
+#[test]
+fn reading_by_items_means_what_reading_the_file_means() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("fleet.yaml");
+    let texts = [
+        "---\n# the fleet\n- name: a\n  instances: [\"http://127.0.0.1:1\"]\n\n# b next\n- name: b\n  labels: {team: x}\n  instances:\n    - http://127.0.0.1:2\n",
+        "- &base\n  name: a\n  instances: [\"http://127.0.0.1:1\"]\n- <<: *base\n  name: b\n",
+        "[{name: a, instances: [\"http://127.0.0.1:1\"]}]\n",
+        "- name: a\n  instances: [\"http://127.0.0.1:1\"]\n---\n- name: b\n",
+        "- name: a\n  description: |\n    two\n    lines\n  instances: [\"http://127.0.0.1:1\"]\n",
+    ];
+    let mut reader = Reader::default();
+    for text in texts {
+        std::fs::write(&file, text).expect("write");
+        let whole = read(dir.path());
+        let itemwise = reader.read(dir.path());
+        assert_eq!(itemwise.targets, whole.targets, "{text:?}");
+        assert_eq!(itemwise.problems, whole.problems, "{text:?}");
+    }
+    // One item edited: the new document is read, the other comes from memory.
+    std::fs::write(&file, texts[0]).expect("write");
+    let before = reader.read(dir.path());
+    std::fs::write(&file, texts[0].replace("team: x", "team: y")).expect("write");
+    let after = reader.read(dir.path());
+    assert_eq!(after.targets[0], before.targets[0]);
+    assert_eq!(after.targets[1].spec.labels["team"], "y");
+    assert_eq!(reader.items.len(), 2, "what the file no longer holds is forgotten");
+}

@@ -98,3 +98,46 @@ async fn files_create_update_prune_and_leave_api_targets_alone() {
     assert_eq!(all, 1, "the API's target is all that is left");
     served.running.drain();
 }
+
+/// Between full re-reads of the registry (an hour apart here), changes of the files are planned
+/// against what control last read and wrote: each edit lands, and when the registry turns out
+/// otherwise (a declared target deleted behind control's back) the next round reads it again
+/// and puts the target back.
+#[tokio::test(flavor = "multi_thread")]
+async fn edits_between_full_reads_land_and_a_surprise_sends_control_back_to_the_registry() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("fleet.yaml");
+    let fleet = |interval: u32, names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("- name: {n}\n  instances: [\"http://127.0.0.2:8080/{n}\"]\n  interval_ms: {interval}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(&file, fleet(1000, &["a", "b", "c"])).expect("write");
+    let pool = database().await;
+    let _served = support::control(
+        &pool,
+        serde_json::json!({ "targets_dir": dir.path(), "targets_poll": "50ms", "full_resync": "1h" }),
+    )
+    .await;
+    wait_declared(&pool, "the first round (a full one) creates all three", |t| t.len() == 3).await;
+
+    // An edit of one field, then a removal and an addition: each lands without a full read.
+    std::fs::write(&file, fleet(2000, &["a", "b", "c"])).expect("write");
+    wait_declared(&pool, "every interval is 2000", |t| t.len() == 3 && t.iter().all(|t| t.spec.interval_ms == 2000))
+        .await;
+    std::fs::write(&file, fleet(2000, &["a", "c", "d"])).expect("write");
+    wait_declared(&pool, "b is deleted and d created", |t| {
+        t.iter().map(|t| t.spec.name.as_str()).collect::<Vec<_>>() == ["a", "c", "d"]
+    })
+    .await;
+
+    // Behind control's back: `c` is deleted. The next edit of `c` is refused as not found, and
+    // the round after reads the registry and creates `c` again.
+    registry::delete(&pool, "c", &Writer::Control { file: file.display().to_string() }).await.expect("delete");
+    std::fs::write(&file, fleet(3000, &["a", "c", "d"])).expect("write");
+    wait_declared(&pool, "c is back, at the new interval", |t| {
+        t.len() == 3 && t.iter().all(|t| t.spec.interval_ms == 3000)
+    })
+    .await;
+}

@@ -20,10 +20,12 @@ pub async fn database() -> sqlx::PgPool {
 }
 
 /// Control (rc mode) on `pool`'s database with `[control]` settings; the registry is re-read
-/// every 300 ms (no relay runs here to announce changes).
+/// every 300 ms unless they say otherwise (no relay runs here to announce changes).
 pub async fn control(pool: &sqlx::PgPool, mut settings: serde_json::Value) -> Served {
     let url = pool.connect_options().get_database().map(|db| shared().postgres.url_for(db)).expect("database name");
-    settings["full_resync"] = serde_json::json!("300ms");
+    if settings.get("full_resync").is_none() {
+        settings["full_resync"] = serde_json::json!("300ms");
+    }
     let mut core = core_config(Mode::Rc);
     core.database_url = Some(Secret::new(url));
     core.redis_url = Some(Secret::new(shared().redis.url()));

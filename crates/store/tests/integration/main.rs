@@ -1,6 +1,7 @@
 //! caracal-store's integration tests on a real PostgreSQL: migrations, the outbox's
 //! transactional guarantees and the plans of its hot queries.
 
+mod batch;
 mod retention;
 mod schema;
 
