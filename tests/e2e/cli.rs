@@ -292,6 +292,23 @@ async fn up_status_doctor_down_leave_nothing_behind() {
     .expect("control registers the declared target");
     assert_eq!(managed["declared_in"], declared.display().to_string());
     assert_eq!(get("ignored").await.expect("get").status(), 404, "control reads only the caller's directory");
+    // `apply` sends its plan as one batch; a change the API refuses is reported on its line,
+    // the others are made, and the exit code says something was refused.
+    std::fs::write(
+        &file,
+        format!(
+            "- name: applied\n  instances: [\"{api}\"]\n  labels: {{team: ops}}\n\
+             - name: declared\n  instances: [\"{api}\"]\n  interval_ms: 1000\n"
+        ),
+    )
+    .expect("write");
+    let partly = apply(&[]).await.expect("join");
+    let said = String::from_utf8_lossy(&partly.stdout);
+    assert_eq!(code(&partly), Some(1), "{said}");
+    assert!(said.contains("update declared") && said.contains("refused, managed_by_control"), "{said}");
+    assert!(said.lines().any(|l| l.starts_with("update applied") && !l.contains("refused")), "{said}");
+    let applied: serde_json::Value = get("applied").await.expect("get").json().await.expect("json");
+    assert_eq!(applied["labels"]["team"], "ops");
 
     let before = pids(&dir.join(".caracal"));
     assert_eq!(before.len(), 8, "six services, Redis and PostgreSQL: {before:?}");

@@ -136,6 +136,7 @@ impl From<caracal_store::Error> for ApiError {
             caracal_store::Error::Refused(Refused::Conflict(name)) => ApiError::Conflict(name),
             caracal_store::Error::Refused(refused) => ApiError::Owned(refused),
             caracal_store::Error::Database(e) => e.into(),
+            caracal_store::Error::Batch(message) => ApiError::Validation { field: "(body)".into(), message },
             other => ApiError::Internal(Box::new(other)),
         }
     }

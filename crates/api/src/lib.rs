@@ -21,6 +21,7 @@
 //! - `openapi` (private): `/openapi.json`, generated from the handlers and types.
 //! - `page` (private): the live status page at `/` and `/status`.
 
+mod batch;
 pub mod config;
 pub mod error;
 mod healthchecks;
@@ -63,6 +64,12 @@ fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status::current))
         // Target documents are small; a larger body is answered 413 with the API's error shape.
         .layer(DefaultBodyLimit::max(64 * 1024))
+        // A batch holds up to 1,000 documents.
+        .merge(
+            Router::new()
+                .route("/v1/targets/_batch", post(batch::apply))
+                .layer(DefaultBodyLimit::max(batch::BODY_LIMIT)),
+        )
         .layer(state.access.layer(Guard { read: Scope::TargetsRead, write: Scope::TargetsWrite }));
     Router::new()
         .merge(v1)

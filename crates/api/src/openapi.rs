@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
         crate::targets::create,
         crate::targets::replace,
         crate::targets::remove,
+        crate::batch::apply,
         crate::targets::pause,
         crate::targets::resume,
         crate::status::current,
@@ -35,6 +36,10 @@ use utoipa::{Modify, OpenApi};
         caracal_store::target::DegradedSpec,
         caracal_store::target::Detector,
         caracal_store::status::Status,
+        crate::batch::Batch,
+        crate::batch::BatchOutcome,
+        crate::batch::BatchItem,
+        crate::batch::BatchRefusal,
     )),
     tags((name = "targets", description = "The targets registry"), (name = "status", description = "Current status and history")),
     modifiers(&Shapes)

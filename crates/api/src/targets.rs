@@ -32,7 +32,7 @@ pub(crate) async fn get_one(State(state): State<ApiState>, Path(name): Path<Stri
 
 /// Turning certificate verification off is an administrator's decision: the admin token or a
 /// token with `targets:admin`, never `targets:write` alone.
-fn allowed(caller: Option<&Caller>, spec: &TargetSpec) -> Result<(), ApiError> {
+pub(crate) fn allowed(caller: Option<&Caller>, spec: &TargetSpec) -> Result<(), ApiError> {
     let insecure = spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
     // The guard puts the caller on every write; none is refused (fail closed).
     if insecure && !caller.is_some_and(|c| c.holds(Scope::TargetsAdmin)) {
@@ -91,7 +91,7 @@ pub(crate) async fn replace(
 /// literal against the outbound policy (a name is judged each time it is resolved); and its
 /// client certificate files, read on a blocking thread within a bound so no file a caller names
 /// can hold a worker or the request.
-async fn admit(state: &ApiState, spec: &TargetSpec) -> Result<(), ApiError> {
+pub(crate) async fn admit(state: &ApiState, spec: &TargetSpec) -> Result<(), ApiError> {
     spec.validate()?;
     for (i, url) in spec.instances.iter().enumerate() {
         let host = caracal_core::outbound::host_of(url).unwrap_or("");

@@ -363,3 +363,85 @@ async fn an_empty_ca_pem_means_no_ca_of_its_own() {
     let error: serde_json::Value = refused.json().await.expect("json");
     assert_eq!(error["error"]["field"], "tls.ca_pem", "{error}");
 }
+
+/// `POST /v1/targets/_batch`: creates, replaces and deletes in one transaction with one
+/// invalidation; a refused change is reported alone; an invalid document, too many changes or
+/// a name twice refuse the batch and write nothing; a token without `targets:write` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_one_transaction_with_refusals_reported_alone() {
+    let (served, pool) = support::api(Mode::Dev).await;
+    let http = &served.http;
+    let send =
+        |body: serde_json::Value| http.post(served.url("/v1/targets/_batch")).bearer_auth(ADMIN).json(&body).send();
+    let created = http
+        .post(served.url("/v1/targets"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "old", "instances": ["http://127.0.0.1:7001"]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    sqlx::query("DELETE FROM outbox").execute(&pool).await.expect("clear");
+
+    let answer = send(json!({
+        "create": [{"name": "a", "instances": ["http://127.0.0.1:7002"]}, {"name": "old", "instances": ["http://127.0.0.1:7003"]}],
+        "replace": [{"name": "old", "instances": ["http://127.0.0.1:7004"], "interval_ms": 1000}],
+        "delete": ["nothing-here"],
+    }))
+    .await
+    .expect("batch");
+    assert_eq!(answer.status(), 422, "`old` twice in one batch");
+    let answer = send(json!({
+        "create": [{"name": "a", "instances": ["http://127.0.0.1:7002"]}, {"name": "old", "instances": ["http://127.0.0.1:7003"]}],
+        "replace": [{"name": "b", "instances": ["http://127.0.0.1:7004"]}],
+        "delete": ["nothing-here"],
+    }))
+    .await
+    .expect("batch");
+    assert_eq!(answer.status(), 200);
+    let outcome: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(outcome["done"], json!([{"action": "create", "name": "a"}]));
+    let codes: Vec<(&str, &str)> = outcome["refused"]
+        .as_array()
+        .expect("refused")
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap_or(""), r["code"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(codes, [("old", "conflict"), ("b", "not_found"), ("nothing-here", "not_found")]);
+    let events: Vec<(String, Option<String>, serde_json::Value)> =
+        sqlx::query_as("SELECT event_type, target, payload FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].0.as_str(), events[0].1.as_deref()), ("target.created", Some("a")));
+    assert_eq!((events[1].0.as_str(), &events[1].2), ("registry.changed", &json!({"names": ["a"]})));
+
+    // Replace and delete, read back through the API.
+    let answer = send(json!({"replace": [{"name": "a", "instances": ["http://127.0.0.1:7005"], "interval_ms": 1000}], "delete": ["old"]}))
+        .await
+        .expect("batch");
+    assert_eq!(answer.status(), 200);
+    let a: serde_json::Value = served.get("/v1/targets/a").await.json().await.expect("json");
+    assert_eq!((a["interval_ms"].clone(), a["instances"].clone()), (json!(1000), json!(["http://127.0.0.1:7005"])));
+    assert_eq!(served.get("/v1/targets/old").await.status(), 404);
+
+    // Refused whole, nothing written: an invalid document (named by its place), too many.
+    let before = support::counts(&pool).await;
+    let answer = send(json!({"create": [{"name": "c", "instances": ["http://127.0.0.1:7006"]}, {"name": "d", "instances": ["ftp://x"]}]}))
+        .await
+        .expect("batch");
+    assert_eq!(answer.status(), 422);
+    let error: serde_json::Value = answer.json().await.expect("json");
+    assert!(error["error"]["field"].as_str().is_some_and(|f| f.starts_with("create[1].instances")), "{error}");
+    let many: Vec<String> = (0..=1000).map(|i| format!("gone-{i}")).collect();
+    assert_eq!(send(json!({"delete": many})).await.expect("batch").status(), 422);
+    assert_eq!(send(json!({"create": [], "rename": []})).await.expect("batch").status(), 422, "unknown field");
+    assert_eq!(send(json!({"delete": [""]})).await.expect("batch").status(), 422, "not a target name");
+    assert_eq!(support::counts(&pool).await, before, "nothing written");
+    let unauthenticated =
+        http.post(served.url("/v1/targets/_batch")).json(&json!({"delete": ["a"]})).send().await.expect("batch");
+    assert_eq!(unauthenticated.status(), 401);
+    let doc: serde_json::Value = served.get("/openapi.json").await.json().await.expect("json");
+    assert!(doc["paths"]["/v1/targets/_batch"]["post"]["responses"].get("422").is_some());
+}
