@@ -67,6 +67,7 @@ impl Reconciler {
         let mut applied: Option<u64> = None;
         let mut known: Option<(Vec<Target>, Instant)> = None;
         let mut reader = declared::Reader::default();
+        let mut failures: u32 = 0;
         loop {
             let stamp = declared::stamp(&self.dir);
             let full = known.as_ref().is_none_or(|(_, at)| at.elapsed() >= full_every);
@@ -77,9 +78,11 @@ impl Reconciler {
                         Ok(()) => {
                             applied = Some(files.fingerprint);
                             watched = Some(stamp);
+                            failures = 0;
                         }
                         Err(e) => {
                             known = None;
+                            failures = failures.saturating_add(1);
                             tracing::warn!(error = %e, "reconciling declared targets failed; will retry");
                         }
                     }
@@ -88,7 +91,7 @@ impl Reconciler {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(retry_pause(poll, failures)) => {}
                 () = stop.cancelled() => return,
             }
         }
@@ -214,6 +217,13 @@ impl Reconciler {
     }
 }
 
+/// How long to wait before the next look: `poll`, doubled after each failed round in a row
+/// (a failed round reads the registry again: an error that persists must not turn into a read
+/// of the fleet every poll), at most 30 s.
+fn retry_pause(poll: Duration, failures: u32) -> Duration {
+    poll.saturating_mul(1 << failures.min(16)).min(Duration::from_secs(30).max(poll))
+}
+
 /// Brings `existing` up to date with the steps written.
 fn remember(existing: &mut Vec<Target>, written: &[&Step]) {
     let mut at: HashMap<String, usize> = existing.iter().enumerate().map(|(i, t)| (t.spec.name.clone(), i)).collect();
@@ -258,4 +268,18 @@ fn remember(existing: &mut Vec<Target>, written: &[&Step]) {
 
 fn writer(file: &str) -> Writer {
     Writer::Control { file: file.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_rounds_back_off_to_thirty_seconds() {
+        let poll = Duration::from_millis(250);
+        let pauses: Vec<u128> =
+            [0, 1, 2, 3, 7, 8, 40, u32::MAX].iter().map(|f| retry_pause(poll, *f).as_millis()).collect();
+        assert_eq!(pauses, [250, 500, 1_000, 2_000, 30_000, 30_000, 30_000, 30_000]);
+        assert_eq!(retry_pause(Duration::from_secs(60), 3), Duration::from_secs(60), "never below the poll itself");
+    }
 }
