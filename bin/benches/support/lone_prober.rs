@@ -36,8 +36,7 @@ impl LoneProber {
             metrics,
             CoordinatorConfig::default(),
             caracal_core::outbound::Policy::default(),
-        )
-        .expect("prober");
+        );
         let stop = CancellationToken::new();
         let (notices, received) = tokio::sync::mpsc::channel(1);
         notices.send(Notice::Resync).await.expect("send");

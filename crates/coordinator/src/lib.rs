@@ -14,17 +14,23 @@
 //! - [`gray`]: gray failure: the four detectors that judge a live, ready instance `degraded`
 //!   (latency against its own baseline, errors over a window, outlier among its peers,
 //!   flapping), with hysteresis of their own.
-//! - [`protocols`]: the HTTPS, TCP and gRPC probes (plain HTTP stays in the prober, pooled).
+//! - [`http`]: plain HTTP probes over kept-alive connections, by address, driven in the
+//!   probe's task and bounded in number ([`http::IDLE_AT_MOST`]).
+//! - [`protocols`]: the HTTPS, TCP and gRPC probes.
 //! - [`tls`]: TLS clients for probes, the presented chain's expiry, failures as stable words.
+//! - [`recorder`]: status changes written in groups, one transaction (one commit) for every
+//!   change that waited while the previous group was written.
 //! - [`relay`]: outbox → stream, with `FOR UPDATE SKIP LOCKED`, capped backoff and dead rows.
 //! - [`metrics`]: the `caracal_coordinator_*` families.
 
 pub mod config;
 pub mod gray;
+pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod prober;
 pub mod protocols;
+pub mod recorder;
 pub mod relay;
 pub mod tls;
 
@@ -56,8 +62,7 @@ pub fn build(mut app: App) -> Result<App, caracal_core::Error> {
     metrics.register_target_families(app.registry_mut());
     let members = membership::Membership::new(membership::replica_id());
     let outbound = caracal_core::outbound::Policy::new(app.config().core.outbound.clone());
-    let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone(), outbound)
-        .map_err(|e| caracal_core::Error::startup("build the probe HTTP client", e))?;
+    let prober = prober::Prober::new(pool.clone(), members.clone(), metrics.clone(), config.clone(), outbound);
     let heartbeat = prober.heartbeat();
     let [outbox_age, outbox_dead] = caracal_store::outbox::checks(pool.clone(), app.metrics(), config.relay.max_lag);
     let relay = relay::Relay::new(pool.clone(), redis.clone(), metrics, config.relay.clone());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use caracal_core::telemetry;
 use caracal_store::invalidations::Notice;
 use caracal_store::registry::Filter;
-use caracal_store::status::{self as store_status, Change as StoreChange, Recorded};
+use caracal_store::status::{self as store_status, Recorded};
 use caracal_store::target::{DegradedSpec, Detector, Scheme, TlsSpec};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -23,9 +23,11 @@ use tracing::Instrument;
 
 use crate::config::CoordinatorConfig;
 use crate::gray::{Change, Gray, MIN_PEERS, Peers, Sample, Verdict};
+use crate::http;
 use crate::membership::Membership;
 use crate::metrics::{CertificateLabels, InstanceLabels, InstanceSeries, Metrics, ResultLabels};
 use crate::protocols::{self, Address, Seen};
+use crate::recorder::{self, Recorder};
 use crate::tls::{Presented, TlsClient};
 
 /// What an instance is, as far as probes can tell: the store's one status type.
@@ -149,6 +151,44 @@ struct Instance {
     peers: bool,
 }
 
+/// The registry as the prober holds it: every instance it may probe, by id, and each target's
+/// instance ids (so a change to a target finds its instances without a walk of the fleet).
+#[derive(Default)]
+struct Registry {
+    instances: HashMap<i64, Arc<Instance>>,
+    by_target: HashMap<Arc<str>, Ids>,
+}
+
+/// A target's instance ids: most targets have one, kept without an allocation of its own
+/// (the index costs about 50 bytes a target).
+enum Ids {
+    One(i64),
+    Many(Box<[i64]>),
+}
+
+impl Ids {
+    fn of(ids: &[i64]) -> Self {
+        match ids {
+            [one] => Ids::One(*one),
+            many => Ids::Many(many.into()),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<i64> {
+        match self {
+            Ids::One(id) => vec![*id],
+            Ids::Many(ids) => ids.to_vec(),
+        }
+    }
+}
+
+/// What a registry read changed: the instances new or changed (probed at once), and those
+/// taken away.
+struct Loaded {
+    fresh: HashSet<i64>,
+    gone: Vec<i64>,
+}
+
 /// An instance the reconcile loop hands to the scheduler: what it probes, and whether its
 /// first probe comes at once (it was announced as changed) or spread over an interval.
 struct Starting {
@@ -176,6 +216,10 @@ const MAX_TASKS_PER_PROBE: usize = 2;
 /// Instances started at once from which their start counts as a burst (see
 /// [`caracal_core::memory`]).
 const BURST: usize = 1_000;
+
+/// Transactions writing status changes at once (each a group of them: see
+/// [`crate::recorder`]).
+const RECORDING_WRITERS: usize = 2;
 
 /// How many starting instances' recorded statuses are read in one query.
 const START_BATCH: usize = 5_000;
@@ -261,14 +305,17 @@ pub struct Prober {
     members: Membership,
     metrics: Metrics,
     config: CoordinatorConfig,
-    client: reqwest::Client,
+    /// Kept-alive connections for plain HTTP probes, by address.
+    connections: Arc<http::Connections>,
     /// The outbound address policy every probe connects through.
     outbound: caracal_core::outbound::Policy,
     permits: Arc<Semaphore>,
-    /// Status changes being written at once, at most the pool's connections: thousands of
-    /// instances changing together (a start, a network blip) queue here holding nothing, not
-    /// each a transaction's future waiting for a connection.
+    /// New certificates being written at once, at most the pool's connections: thousands of
+    /// instances presenting one together (a start) queue here holding nothing, not each a
+    /// transaction's future waiting for a connection.
     recording: Arc<Semaphore>,
+    /// Status changes, written in groups (see [`crate::recorder`]).
+    recorder: Recorder,
     heartbeat: Arc<Heartbeat>,
     user_agent: String,
     /// Each target's instances on this replica, for the outlier detector.
@@ -276,41 +323,34 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// A prober for `members`' share of the registry in `pool`.
-    ///
-    /// # Errors
-    /// When the HTTP client cannot be built.
+    /// A prober for `members`' share of the registry in `pool` (within a Tokio runtime: its
+    /// recorder's writers start here). Every connection goes
+    /// through `outbound` (names resolved under it, to the address it checked); redirects are
+    /// never followed (they would pick the next address).
     pub fn new(
         pool: sqlx::PgPool,
         members: Membership,
         metrics: Metrics,
         config: CoordinatorConfig,
         outbound: caracal_core::outbound::Policy,
-    ) -> Result<Self, reqwest::Error> {
-        // Every name is resolved under the address policy and the connection goes to the
-        // address it checked; redirects are never followed (they would pick the next address).
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(4)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(outbound.resolver())
-            .build()?;
+    ) -> Self {
         let recording = usize::try_from(pool.options().get_max_connections()).unwrap_or(10).max(1);
         let user_agent = format!("caracal-coordinator/{} ({})", env!("CARGO_PKG_VERSION"), members.id());
-        Ok(Self {
+        let recorder = Recorder::start(pool.clone(), RECORDING_WRITERS);
+        Self {
             pool,
             members,
             metrics,
             permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             recording: Arc::new(Semaphore::new(recording)),
+            recorder,
             config,
-            client,
+            connections: Arc::new(http::Connections::default()),
             outbound,
             heartbeat: Arc::new(Heartbeat { last: Mutex::new(Instant::now()) }),
             user_agent,
             peers: Arc::new(Peers::default()),
-        })
+        }
     }
 
     /// The reconcile loop's heartbeat.
@@ -334,7 +374,7 @@ impl Prober {
     async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, stop: CancellationToken) {
         let (commands, received) = mpsc::unbounded_channel();
         let scheduler = tokio::spawn(Arc::clone(&self).schedule(received, stop.clone()));
-        let mut registry: HashMap<i64, Arc<Instance>> = HashMap::new();
+        let mut registry = Registry::default();
         let mut running: HashMap<i64, Arc<Instance>> = HashMap::new();
         let mut members = Vec::new();
         // A registry read that failed is retried at the next tick.
@@ -342,6 +382,11 @@ impl Prober {
         // Instances announced as changed and not yet reconciled (the members may not be known
         // yet when the announcement arrives): they are still probed at once when they start.
         let mut fresh = HashSet::new();
+        // What the next reconcile looks at: everything (after a whole read), or the instances
+        // of the targets announced as changed, before and after (a change costs what it
+        // touches, not the fleet).
+        let mut whole = true;
+        let mut touched: HashSet<i64> = HashSet::new();
         loop {
             let notice = tokio::select! {
                 notice = notices.recv() => match notice {
@@ -353,16 +398,18 @@ impl Prober {
             };
             // Instances announced as changed are probed at once; the rest spread their first
             // probe over an interval, so a start or a takeover does not probe in a burst.
-            let mut changed = false;
             // Whether this round read or started a fleet's worth (see `BURST`).
             let mut burst = false;
             if let Some(notice) = notice {
-                let whole = matches!(notice, Notice::Resync);
+                let read_whole = matches!(notice, Notice::Resync);
                 match self.load(notice.clone(), &mut registry).await {
-                    Ok(ids) => {
-                        burst = if whole { registry.len() } else { ids.len() } >= BURST;
+                    Ok(Loaded { fresh: ids, gone }) => {
+                        burst = if read_whole { registry.instances.len() } else { ids.len() } >= BURST;
+                        whole |= read_whole;
+                        if !whole {
+                            touched.extend(ids.iter().copied().chain(gone));
+                        }
                         fresh.extend(ids);
-                        changed = true;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the registry failed; keeping the current probes");
@@ -373,9 +420,13 @@ impl Prober {
             // Ownership is worked out again only when the registry or the members changed: an
             // idle tick costs nothing however large the fleet.
             let now = self.members.members();
-            if !now.is_empty() && (changed || now != members) {
-                let starting = self.reconcile(&registry, &fresh, &mut running, &commands);
-                fresh.clear();
+            if !now.is_empty() && (whole || now != members || !touched.is_empty()) {
+                let starting = if whole || now != members {
+                    self.reconcile(&registry.instances, &fresh, &mut running, &commands)
+                } else {
+                    self.reconcile_some(&registry.instances, &touched, &fresh, &mut running, &commands)
+                };
+                (whole, fresh, touched) = (false, HashSet::new(), HashSet::new());
                 burst |= starting.len() >= BURST;
                 self.start(starting, &commands).await;
                 self.metrics.members.set(now.len() as i64);
@@ -386,6 +437,11 @@ impl Prober {
                 // transient; what the instances keep stays.
                 caracal_core::memory::release_freed();
             }
+            // Kept connections past their time are closed (a walk of those kept, at most
+            // `http::IDLE_AT_MOST`; none while nothing is kept).
+            if !self.connections.is_empty() {
+                self.connections.sweep();
+            }
             self.heartbeat.beat();
         }
         // The scheduler ends with the channel (or `stop`), once its running probes finish.
@@ -394,23 +450,22 @@ impl Prober {
     }
 
     /// Applies `notice` to `registry` (every instance of a target that is not paused); returns
-    /// the ids of instances that are new or changed by a `Changed` notice.
-    async fn load(
-        &self,
-        notice: Notice,
-        registry: &mut HashMap<i64, Arc<Instance>>,
-    ) -> Result<HashSet<i64>, caracal_store::Error> {
+    /// the ids of instances that are new or changed by a `Changed` notice, and those it took
+    /// away (the named targets' instances that are no more).
+    async fn load(&self, notice: Notice, registry: &mut Registry) -> Result<Loaded, caracal_store::Error> {
         let names = match &notice {
             Notice::Resync => None,
             Notice::Changed(names) => Some(names.clone()),
         };
         let targets = caracal_store::registry::read(&self.pool, names.as_deref(), Filter::Probed).await?;
         let mut loaded: HashMap<i64, Arc<Instance>> = HashMap::new();
+        let mut by_target: HashMap<Arc<str>, Ids> = HashMap::new();
         for target in targets {
             let spec = target.spec;
             let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(1000));
             let name: Arc<str> = Arc::from(spec.name.as_str());
             let peers = spec.instances.len() >= MIN_PEERS;
+            by_target.insert(Arc::clone(&name), Ids::of(&target.instance_ids));
             for (id, url) in target.instance_ids.into_iter().zip(spec.instances) {
                 let instance = Instance {
                     scheme: Scheme::of(&url).unwrap_or(Scheme::Http),
@@ -428,7 +483,7 @@ impl Prober {
                 };
                 // An unchanged instance keeps the `Arc` its state already holds: a copy per
                 // re-read (every `full_resync`) would double what the fleet holds.
-                let instance = match registry.get(&id) {
+                let instance = match registry.instances.get(&id) {
                     Some(known) if **known == instance => Arc::clone(known),
                     _ => Arc::new(instance),
                 };
@@ -436,14 +491,24 @@ impl Prober {
             }
         }
         let Some(names) = names else {
-            *registry = loaded;
-            return Ok(HashSet::new());
+            *registry = Registry { instances: loaded, by_target };
+            return Ok(Loaded { fresh: HashSet::new(), gone: Vec::new() });
         };
-        let named: HashSet<&str> = names.iter().map(String::as_str).collect();
-        registry.retain(|_, i| !named.contains(&*i.target));
+        // The named targets' instances as they were, through the index: a change costs what
+        // it touches, not a walk of the fleet.
+        let mut gone = Vec::new();
+        for name in &names {
+            for id in registry.by_target.remove(name.as_str()).iter().flat_map(Ids::to_vec) {
+                registry.instances.remove(&id);
+                if !loaded.contains_key(&id) {
+                    gone.push(id);
+                }
+            }
+        }
         let fresh = loaded.keys().copied().collect();
-        registry.extend(loaded);
-        Ok(fresh)
+        registry.instances.extend(loaded);
+        registry.by_target.extend(by_target);
+        Ok(Loaded { fresh, gone })
     }
 
     /// Stops watching the instances this replica should no longer probe and lists those it
@@ -475,6 +540,41 @@ impl Prober {
             }
             starting.push(Starting { instance: Arc::clone(instance), at_once: fresh.contains(id) });
             running.insert(*id, Arc::clone(instance));
+        }
+        self.metrics.instances_owned.set(running.len() as i64);
+        starting
+    }
+
+    /// [`Prober::reconcile`] for `touched` alone (instances of targets announced as changed,
+    /// before and after), with the members unchanged.
+    fn reconcile_some(
+        &self,
+        registry: &HashMap<i64, Arc<Instance>>,
+        touched: &HashSet<i64>,
+        fresh: &HashSet<i64>,
+        running: &mut HashMap<i64, Arc<Instance>>,
+        commands: &mpsc::UnboundedSender<Command>,
+    ) -> Vec<Starting> {
+        let mut starting = Vec::new();
+        for id in touched {
+            let now = registry.get(id).filter(|_| self.members.owns(*id));
+            match (running.get(id), now) {
+                (Some(was), Some(now)) if was == now => {
+                    if fresh.contains(id) {
+                        let _ = commands.send(Command::Nudge(*id));
+                    }
+                    continue;
+                }
+                (Some(_), _) => {
+                    let _ = commands.send(Command::Stop(*id));
+                    running.remove(id);
+                }
+                (None, _) => {}
+            }
+            if let Some(now) = now {
+                starting.push(Starting { instance: Arc::clone(now), at_once: fresh.contains(id) });
+                running.insert(*id, Arc::clone(now));
+            }
         }
         self.metrics.instances_owned.set(running.len() as i64);
         starting
@@ -729,17 +829,21 @@ impl Prober {
         let seen = match (instance.scheme, tls) {
             // One path for both (a service with a single health endpoint): one GET answers both.
             (Scheme::Http, _) if instance.health_path == instance.ready_path => {
-                let health = self.get(instance, &instance.health_path).await;
+                let health = self.get(instance, address, &instance.health_path).await;
                 Seen { ready: health.clone(), health, presented: None }
             }
             (Scheme::Http, _) => {
-                let (health, ready) =
-                    tokio::join!(self.get(instance, &instance.health_path), self.get(instance, &instance.ready_path));
+                let (health, ready) = tokio::join!(
+                    self.get(instance, address, &instance.health_path),
+                    self.get(instance, address, &instance.ready_path)
+                );
                 Seen { health, ready, presented: None }
             }
             (Scheme::Https, Some(client)) => {
                 let paths = [instance.health_path.as_str(), instance.ready_path.as_str()];
-                protocols::https(&self.outbound, address, client, paths, instance.timeout, &self.user_agent).await
+                let keep = (instance.interval <= http::KEEP_WHEN_EVERY).then_some(&*self.connections);
+                protocols::https(&self.outbound, address, client, (paths, &self.user_agent), instance.timeout, keep)
+                    .await
             }
             (Scheme::Tcp, _) => {
                 let health = protocols::tcp(&self.outbound, address, instance.timeout).await;
@@ -760,46 +864,17 @@ impl Prober {
         (status, why, seen.presented)
     }
 
-    /// One GET of `path` on the instance: `Ok` for a 2xx, else a short reason (no body, no
-    /// headers: it ends up in events and the public history).
-    async fn get(&self, instance: &Instance, path: &str) -> Result<(), String> {
-        let url = format!("{}{path}", instance.url.trim_end_matches('/'));
-        let span = telemetry::http_client_span("GET", &url);
-        let mut headers = reqwest::header::HeaderMap::new();
-        telemetry::inject_span_context(&span, &mut headers);
-        let request = self
-            .client
-            .get(url)
-            .timeout(instance.timeout)
-            .header(reqwest::header::USER_AGENT, &self.user_agent)
-            .headers(headers);
-        match request.send().instrument(span.clone()).await {
-            Ok(r) => {
-                let status = r.status();
-                telemetry::record_client_status(&span, status.as_u16());
-                // Reading a small body lets the connection carry the next probe; a larger one
-                // is cut at the cap and its connection closed (the status is the verdict).
-                protocols::drain_capped(r).await;
-                if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
-            }
-            Err(e) if e.is_timeout() => {
-                telemetry::record_client_error(&span, "timeout");
-                Err(format!("{path} timed out"))
-            }
-            Err(e) if caracal_core::outbound::refused_in(&e).is_some() => {
-                let word = caracal_core::outbound::refused_in(&e).map_or("address_denied", |r| r.word());
-                telemetry::record_client_error(&span, word);
-                Err(word.to_string())
-            }
-            Err(e) if e.is_connect() => {
-                telemetry::record_client_error(&span, "connection_refused");
-                Err(format!("{path}: connection refused or unreachable"))
-            }
-            Err(_) => {
-                telemetry::record_client_error(&span, "request_failed");
-                Err(format!("{path}: request failed"))
-            }
-        }
+    /// One GET of `path` on the instance at `address` (see [`crate::http`]).
+    async fn get(&self, instance: &Instance, address: &Address, path: &str) -> Result<(), String> {
+        let get = http::Get {
+            address,
+            url: instance.url.trim_end_matches('/'),
+            path,
+            user_agent: &self.user_agent,
+            keep: instance.interval <= http::KEEP_WHEN_EVERY,
+            timeout: instance.timeout,
+        };
+        self.connections.get(&self.outbound, &get).await
     }
 
     /// Records a certificate the instance presents for the first time, or a new one (a
@@ -826,8 +901,8 @@ impl Prober {
         to: Status,
         error: Option<&str>,
         verdict: Option<&Verdict>,
-    ) -> Result<bool, caracal_store::Error> {
-        let change = StoreChange {
+    ) -> Result<bool, String> {
+        let wanted = recorder::Wanted {
             instance_id: instance.id,
             target: &instance.target,
             instance: &instance.url,
@@ -836,7 +911,7 @@ impl Prober {
             error,
             verdict,
         };
-        store_status::record(&self.pool, &change).await
+        self.recorder.record(wanted).await
     }
 }
 
@@ -896,7 +971,6 @@ impl Watch {
             return;
         }
         let verdict = if now == Status::Degraded { self.gray.verdict() } else { None };
-        let Ok(_recording) = prober.recording.acquire().await else { return };
         match Box::pin(prober.record(&instance, self.published, now, error.as_deref(), verdict))
             .instrument(span.clone())
             .await

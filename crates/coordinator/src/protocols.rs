@@ -1,4 +1,4 @@
-//! The probes beyond pooled plain HTTP: HTTPS (one fresh TLS connection per probe, both paths
+//! The probes beyond plain HTTP (which is [`crate::http`]): HTTPS (one fresh TLS connection per probe, both paths
 //! over it), TCP (a connection opening) and gRPC (`grpc.health.v1.Health/Check`, over TLS for
 //! `grpcs://`). Each returns what it saw in [`Seen`]; reasons are stable words or, for HTTP
 //! answers, the path and status (`/ready answered 503`).
@@ -65,20 +65,8 @@ pub struct Seen {
 }
 
 /// The most of an answer's body a probe reads: what is beyond is never read, and the
-/// connection is closed instead of reused (the status code is the verdict).
+/// connection is closed instead of kept (the status code is the verdict).
 pub const BODY_CAP: usize = 64 * 1024;
-
-/// Reads at most [`BODY_CAP`] bytes of `response`'s body, then drops it (a body read whole
-/// leaves the pooled connection reusable; a longer one closes it).
-pub(crate) async fn drain_capped(mut response: reqwest::Response) {
-    let mut read = 0usize;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        read += chunk.len();
-        if read > BODY_CAP {
-            return;
-        }
-    }
-}
 
 /// The word for a connection that did not open.
 fn connect_reason(error: &std::io::Error) -> String {
@@ -132,7 +120,10 @@ async fn open_https(outbound: &Policy, address: &Address, client: &TlsClient) ->
 /// only for the probe, so a task of its own would only add a wake-up between two tasks for
 /// every read and write.
 /// `None` once the connection has ended.
-async fn drive<T>(connection: &mut Option<Connection>, request: impl Future<Output = T>) -> T {
+pub(crate) async fn drive<C, T>(connection: &mut Option<C>, request: impl Future<Output = T>) -> T
+where
+    C: Future + Unpin,
+{
     tokio::pin!(request);
     let Some(open) = connection else { return request.await };
     tokio::select! {
@@ -157,12 +148,24 @@ fn request_reason(error: &hyper::Error) -> String {
     if error.is_timeout() { "timeout".into() } else { "connection_closed".into() }
 }
 
-async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &str) -> Result<(), String> {
-    let mut request = hyper::Request::get(format!("{}{path}", address.prefix))
+/// What one GET over a TLS connection came to.
+struct Got {
+    verdict: Result<(), String>,
+    /// Nothing came back: the connection was closed under the request.
+    nothing_back: bool,
+    /// The answer was read whole (the connection may carry another).
+    whole: bool,
+}
+
+async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &str) -> Got {
+    let failed = |why: String| Got { verdict: Err(why), nothing_back: false, whole: false };
+    let Ok(mut request) = hyper::Request::get(format!("{}{path}", address.prefix))
         .header(hyper::header::HOST, address.authority())
         .header(hyper::header::USER_AGENT, user_agent)
         .body(Empty::new())
-        .map_err(|_| format!("{path}: request failed"))?;
+    else {
+        return failed(format!("{path}: request failed"));
+    };
     let span = if telemetry::exporting() {
         telemetry::http_client_span("GET", &format!("https://{}{}{path}", address.authority(), address.prefix))
     } else {
@@ -174,47 +177,135 @@ async fn get(sender: &mut Sender, address: &Address, path: &str, user_agent: &st
         Err(e) => {
             let why = request_reason(&e);
             telemetry::record_client_error(&span, &why);
-            return Err(why);
+            return Got { nothing_back: crate::http::nothing_back(&e), ..failed(why) };
         }
     };
     let status = response.status();
     telemetry::record_client_status(&span, status.as_u16());
     // Reading a small body lets the connection carry the next request; a larger one is cut
     // at the cap (the connection is then not reused).
-    let _ = http_body_util::Limited::new(response.into_body(), BODY_CAP).collect().await;
-    if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) }
+    let whole = http_body_util::Limited::new(response.into_body(), BODY_CAP).collect().await.is_ok();
+    let verdict = if status.is_success() { Ok(()) } else { Err(format!("{path} answered {}", status.as_u16())) };
+    Got { verdict, nothing_back: false, whole }
 }
 
-/// `https://`: both paths over one fresh TLS connection (a second one when the server closes
-/// the first after answering), all within `timeout`; one GET when the two paths are the same.
+/// How long a kept TLS connection serves its instance: the first probe after this makes a
+/// fresh handshake, so a renewed certificate (or a handshake that now fails) is seen within
+/// it. An expired certificate is seen at once: a kept connection is not used past the
+/// earliest `notAfter` of the chain it was opened with.
+pub const TLS_KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// A TLS connection its instance keeps for the next probe (see [`crate::http`]), with what
+/// the server presented when it was opened.
+pub struct Kept {
+    sender: Sender,
+    connection: Connection,
+    presented: Presented,
+    opened: std::time::Instant,
+    _place: crate::http::Place,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").field("presented", &self.presented).field("opened", &self.opened).finish()
+    }
+}
+
+impl Kept {
+    /// Whether it may still serve: younger than [`TLS_KEPT_FOR`], its chain not expired.
+    pub(crate) fn fresh(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.opened.elapsed() < TLS_KEPT_FOR && u64::try_from(self.presented.expires_at).is_ok_and(|at| at > now)
+    }
+}
+
+/// Both paths over one connection (a second, fresh one when the server closes the first after
+/// the first answer). `None` when `reused` and the connection turned out closed before
+/// anything came back: the probe is then made afresh.
+async fn over(
+    outbound: &Policy,
+    address: &Address,
+    client: &TlsClient,
+    (paths, user_agent): ([&str; 2], &str),
+    (mut sender, connection): (Sender, Connection),
+    reused: bool,
+) -> Option<Result<(Results, Option<(Sender, Connection)>), String>> {
+    let mut connection = Some(connection);
+    if reused && drive(&mut connection, sender.ready()).await.is_err() {
+        return None;
+    }
+    let health = drive(&mut connection, get(&mut sender, address, paths[0], user_agent)).await;
+    if reused && health.nothing_back {
+        return None;
+    }
+    let mut whole = health.whole;
+    let ready = if paths[0] == paths[1] {
+        health.verdict.clone()
+    } else {
+        if drive(&mut connection, sender.ready()).await.is_err() {
+            match open_https(outbound, address, client).await {
+                Ok((again, opened)) => (sender, connection) = (again, Some(opened)),
+                Err(why) => return Some(Err(why)),
+            }
+        }
+        let ready = drive(&mut connection, get(&mut sender, address, paths[1], user_agent)).await;
+        whole = ready.whole;
+        ready.verdict
+    };
+    let alive = connection.filter(|_| whole).map(|connection| (sender, connection));
+    Some(Ok(((health.verdict, ready), alive)))
+}
+
+/// The two paths' results.
+type Results = (Result<(), String>, Result<(), String>);
+
+/// `https://`: both paths over one TLS connection (a second one when the server closes the
+/// first after answering), all within `timeout`; one GET when the two paths are the same. With
+/// `keep` (its instance is probed again soon), the connection is kept in `client` for the next
+/// probe while a place among the kept is free, and a kept one is used while
+/// [`Kept::fresh`]: what it reports as presented is the chain it was opened with.
 pub async fn https(
     outbound: &Policy,
     address: &Address,
     client: &TlsClient,
-    paths: [&str; 2],
+    (paths, user_agent): ([&str; 2], &str),
     timeout: Duration,
-    user_agent: &str,
+    keep: Option<&crate::http::Connections>,
 ) -> Seen {
-    let both = async {
-        let (mut sender, connection) = open_https(outbound, address, client).await?;
-        let mut connection = Some(connection);
-        let health = drive(&mut connection, get(&mut sender, address, paths[0], user_agent)).await;
-        if paths[0] == paths[1] {
-            return Ok((health.clone(), health));
+    let probe = async {
+        let mut place = None;
+        if let Some(kept) = client.take_kept() {
+            let Kept { sender, connection, presented, opened, _place } = *kept;
+            if let Some(done) = over(outbound, address, client, (paths, user_agent), (sender, connection), true).await {
+                let (results, alive) = done?;
+                if let (Some((sender, connection)), Some(_)) = (alive, keep) {
+                    let presented = presented.clone();
+                    client.keep(Box::new(Kept { sender, connection, presented, opened, _place }));
+                }
+                return Ok((results, Some(presented)));
+            }
+            place = Some(_place);
         }
-        if drive(&mut connection, sender.ready()).await.is_err() {
-            let (again, opened) = open_https(outbound, address, client).await?;
-            (sender, connection) = (again, Some(opened));
+        let opened = std::time::Instant::now();
+        let pair = open_https(outbound, address, client).await?;
+        let presented = client.take_presented();
+        let (results, alive) = over(outbound, address, client, (paths, user_agent), pair, false)
+            .await
+            .unwrap_or_else(|| Err("connection_closed".into()))?;
+        let place = place.or_else(|| keep.and_then(crate::http::Connections::place));
+        if let (Some((sender, connection)), Some(presented), Some(_place), Some(_)) =
+            (alive, presented.clone(), place, keep)
+        {
+            client.keep(Box::new(Kept { sender, connection, presented, opened, _place }));
         }
-        let ready = drive(&mut connection, get(&mut sender, address, paths[1], user_agent)).await;
-        Ok::<_, String>((health, ready))
+        Ok::<_, String>((results, presented))
     };
-    let (health, ready) = match tokio::time::timeout(timeout, both).await {
-        Ok(Ok(results)) => results,
-        Ok(Err(why)) => (Err(why.clone()), Err(why)),
-        Err(_) => (Err("timeout".into()), Err("timeout".into())),
+    let ((health, ready), presented) = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(why)) => ((Err(why.clone()), Err(why)), None),
+        Err(_) => ((Err("timeout".into()), Err("timeout".into())), None),
     };
-    Seen { health, ready, presented: client.take_presented() }
+    Seen { health, ready, presented: presented.or_else(|| client.take_presented()) }
 }
 
 /// `grpc://` and `grpcs://`: `Check` for `service` over a fresh connection, within `timeout`.

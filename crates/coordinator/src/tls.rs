@@ -42,6 +42,8 @@ fn system_roots() -> RootCertStore {
 #[derive(Debug)]
 pub struct TlsClient {
     config: Arc<rustls::ClientConfig>,
+    /// The connection the last probe left for the next (see [`crate::protocols::https`]).
+    kept: Mutex<Option<Box<crate::protocols::Kept>>>,
     recording: Arc<Recording>,
     server_name: Option<ServerName<'static>>,
     /// Whether verification is off (`insecure_skip_verify`).
@@ -117,7 +119,13 @@ impl TlsClient {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| "tls_config: server_name".to_string())?),
             None => None,
         };
-        Ok(Self { config: Arc::new(config), recording, server_name, insecure: spec.insecure_skip_verify })
+        Ok(Self {
+            config: Arc::new(config),
+            kept: Mutex::default(),
+            recording,
+            server_name,
+            insecure: spec.insecure_skip_verify,
+        })
     }
 
     /// The name to verify for an instance whose host is `host`.
@@ -140,6 +148,18 @@ impl TlsClient {
     /// no readable one), clearing it for the next.
     pub fn take_presented(&self) -> Option<Presented> {
         self.recording.seen.lock().ok().and_then(|mut seen| seen.current.take())
+    }
+
+    /// The connection the last probe kept, while it may serve ([`crate::protocols::Kept::fresh`]).
+    pub(crate) fn take_kept(&self) -> Option<Box<crate::protocols::Kept>> {
+        self.kept.lock().ok()?.take().filter(|kept| kept.fresh())
+    }
+
+    /// Keeps `kept` for the next probe.
+    pub(crate) fn keep(&self, kept: Box<crate::protocols::Kept>) {
+        if let Ok(mut slot) = self.kept.lock() {
+            *slot = Some(kept);
+        }
     }
 
     /// Starts from what the instance presented before (as recorded), which saves parsing its

@@ -170,6 +170,36 @@ pub struct Change<'a> {
 /// # Errors
 /// When a statement fails (nothing is written then).
 pub async fn record(pool: &sqlx::PgPool, change: &Change<'_>) -> Result<bool, Error> {
+    let mut tx = pool.begin().await?;
+    let recorded = record_in(&mut tx, change).await?;
+    if recorded {
+        tx.commit().await?;
+    }
+    Ok(recorded)
+}
+
+/// Records every change in `changes` as [`record`] does, all in one transaction: one commit
+/// (one flush of PostgreSQL's log) for the lot, which is what a fleet's first probes or a
+/// network blip cost. Each answer is that change's own (`false`: its stored status had moved
+/// on, and nothing of it is written).
+///
+/// # Errors
+/// When a statement fails: nothing of any of them is written then.
+pub async fn record_many(pool: &sqlx::PgPool, changes: &[Change<'_>]) -> Result<Vec<bool>, Error> {
+    let mut tx = pool.begin().await?;
+    let mut recorded = Vec::with_capacity(changes.len());
+    for change in changes {
+        recorded.push(record_in(&mut tx, change).await?);
+    }
+    if recorded.contains(&true) {
+        tx.commit().await?;
+    }
+    Ok(recorded)
+}
+
+/// One change's writes within `tx`; `false` (and nothing written) when the stored status is
+/// not `change.from`.
+async fn record_in(tx: &mut sqlx::PgConnection, change: &Change<'_>) -> Result<bool, Error> {
     let degraded = change.verdict.map(|v| serde_json::json!({ "reason": v.reason.as_str(), "detail": v.detail }));
     // The history and `last_error` say why in one line: the failure, or the verdict.
     let reason = match change.verdict {
@@ -177,7 +207,6 @@ pub async fn record(pool: &sqlx::PgPool, change: &Change<'_>) -> Result<bool, Er
         None => change.error.map(str::to_string),
     };
     let (from, to) = (change.from.as_str(), change.to.as_str());
-    let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         "INSERT INTO instance_status (instance_id, status, last_error, degraded) VALUES ($1, $2, $3, $5) \
          ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, since = now(), last_error = excluded.last_error, \
@@ -216,8 +245,7 @@ pub async fn record(pool: &sqlx::PgPool, change: &Change<'_>) -> Result<bool, Er
         instance: Some(change.instance.to_string()),
         payload,
     };
-    outbox::enqueue(&mut tx, &event).await?;
-    tx.commit().await?;
+    outbox::enqueue(&mut *tx, &event).await?;
     Ok(true)
 }
 

@@ -81,6 +81,37 @@ async fn a_registered_target_is_probed_at_once() {
     eprintln!("write → first probe: {first:?} (create), {second:?} (an instance added)");
     assert!(first < Duration::from_secs(5) && second < Duration::from_secs(5), "{first:?} {second:?}");
 
+    // A change is applied to what it touches alone (the prober works out ownership for the
+    // named target's instances, before and after): an instance taken out, a target deleted,
+    // and the other target's instance watched throughout.
+    registry::create(&pool, &spec("other", vec![fleet.url(3)]), &Writer::Api).await.expect("create");
+    let owned = |n: usize| {
+        let line = format!("instances_owned {n}");
+        let replica = &replica;
+        async move {
+            caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(20), || async {
+                replica.exposition().lines().any(|l| l == line).then_some(())
+            })
+            .await
+        }
+    };
+    owned(3).await.expect("three instances watched");
+    registry::replace(&pool, &spec("shop", vec![fleet.url(2)]), &Writer::Api).await.expect("replace");
+    owned(2).await.expect("the instance taken out is no longer watched");
+    registry::delete(&pool, "shop", &Writer::Api).await.expect("delete");
+    owned(1).await.expect("the deleted target's instance is no longer watched");
+    fleet.reset();
+    registry::replace(&pool, &spec("other", vec![fleet.url(3), fleet.url(4)]), &Writer::Api).await.expect("replace");
+    caracal_testkit::wait_for(Duration::from_secs(10), Duration::from_millis(10), || async {
+        let probed = fleet.probed_by();
+        (probed.contains_key(&3) && probed.contains_key(&4)).then_some(())
+    })
+    .await
+    .expect("the changed target's instances are probed at once, the one it kept too");
+    owned(2).await.expect("and watched");
+    let probed = fleet.probed_by();
+    assert!(!probed.contains_key(&1) && !probed.contains_key(&2), "nothing of the deleted target: {probed:?}");
+
     relaying.stop().await;
     replica.stop().await;
 }

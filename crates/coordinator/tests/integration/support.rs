@@ -158,7 +158,7 @@ impl Replica {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut registry);
         metrics.register_target_families(&mut registry);
-        let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone(), outbound).expect("prober");
+        let prober = Prober::new(pool.clone(), membership.clone(), metrics, config.clone(), outbound);
         let stop = CancellationToken::new();
         let follower = invalidations::Follower::new(redis(redis_url).await, config.full_resync);
         let (notices, received) = tokio::sync::mpsc::channel(64);

@@ -175,6 +175,8 @@ async fn tcp_and_grpc_targets_are_probed_by_their_protocol() {
 struct TlsListener {
     tcp: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    /// Handshakes completed.
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -186,6 +188,7 @@ impl axum::serve::Listener for TlsListener {
             let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
             // A client that refuses our certificate ends its handshake; wait for the next.
             if let Ok(tls) = self.acceptor.accept(tcp).await {
+                self.handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return (tls, addr);
             }
         }
@@ -216,7 +219,8 @@ async fn grpcs_targets_are_verified_and_their_certificate_recorded() {
     let app = axum::Router::new().route_service("/grpc.health.v1.Health/{*method}", health);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = tcp.local_addr().expect("addr").port();
-    let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
+    let listener =
+        TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), handshakes: Arc::default() };
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let ca = pki.ca.pem().expect("CA PEM");
@@ -245,5 +249,79 @@ async fn grpcs_targets_are_verified_and_their_certificate_recorded() {
     .await
     .expect("the certificate a gRPCS server presents is recorded");
     assert_eq!(expires, leaf.not_after().expect("openssl's notAfter"));
+    replica.stop().await;
+}
+
+/// `YYYYMMDDHHMMSSZ` (as `openssl ca` takes dates) for `seconds` from now.
+fn openssl_date(seconds: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let at = i64::try_from(now).expect("seconds") + seconds;
+    let out = std::process::Command::new("date").args(["-u", "-d", &format!("@{at}"), "+%Y%m%d%H%M%SZ"]).output();
+    String::from_utf8(out.expect("date").stdout).expect("UTF-8").trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_tls_connection_serves_its_instance_until_the_chain_expires() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let shared = support::shared();
+    let pool = support::database(&shared.postgres).await;
+    let mut pki = Pki::new().expect("a CA from openssl");
+    // Valid for a few seconds more: long enough to be probed over one kept connection, short
+    // enough to expire while that connection is still open.
+    let leaf =
+        pki.server("DNS:localhost,IP:127.0.0.1", 0, Some((&openssl_date(-3600), &openssl_date(8)))).expect("a leaf");
+    let not_after = leaf.not_after().expect("openssl's notAfter");
+    let chain = caracal_store::tls::parse_certificates(&std::fs::read(&leaf.cert).expect("cert")).expect("PEM");
+    let key = caracal_store::tls::parse_private_key(&std::fs::read(&leaf.key).expect("key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { "ok" }
+    });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = tcp.local_addr().expect("addr").port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TlsListener { tcp, acceptor, handshakes: Arc::clone(&handshakes) };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ca = pki.ca.pem().expect("CA PEM");
+    let target = serde_json::json!({"name": "kept", "instances": [format!("https://127.0.0.1:{port}")],
+                                    "interval_ms": 200, "timeout_ms": 1000, "tls": {"ca_pem": ca}});
+    create(&pool, target).await;
+    let config = support::config(&caracal_testkit::unique_name("members"));
+    let replica = Replica::start(&pool, &shared.redis.url(), &config).await;
+    assert_eq!(settled(&pool, &["kept"]).await["kept"], ("up".into(), None));
+    let before = (handshakes.load(Ordering::SeqCst), requests.load(Ordering::SeqCst));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (handshakes.load(Ordering::SeqCst), requests.load(Ordering::SeqCst));
+    assert!(after.1 >= before.1 + 8, "probed meanwhile (two paths a probe): {before:?} → {after:?}");
+    assert!(after.0 <= before.0 + 1, "over the connection kept, not a handshake a probe: {before:?} → {after:?}");
+
+    // Past the chain's notAfter the kept connection is not used: a fresh handshake finds the
+    // certificate expired.
+    let (status, why, changed_at): (String, Option<String>, i64) =
+        caracal_testkit::wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
+            let row: (String, Option<String>, i64) = sqlx::query_as(
+                "SELECT s.status, s.last_error, extract(epoch FROM s.since)::bigint FROM instance_status s \
+                 JOIN instances i ON i.id = s.instance_id JOIN targets t ON t.id = i.target_id WHERE t.name = 'kept'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (row.0 == "down").then_some(row)
+        })
+        .await
+        .expect("down once the certificate expired");
+    assert_eq!((status.as_str(), why.as_deref()), ("down", Some("certificate_expired")));
+    assert!(changed_at >= not_after && changed_at <= not_after + 5, "seen at once: {changed_at} against {not_after}");
     replica.stop().await;
 }

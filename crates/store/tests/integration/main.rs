@@ -497,28 +497,37 @@ async fn the_horizon_never_passes_an_id_an_open_transaction_holds() {
     assert_eq!(settled, visible, "once the holder ended, every id up to the one read is final");
 }
 
+/// A fresh migrated database holding target `shop` with instances `http://a/1`, `/2` and
+/// `/3`, then `statuses` (SQL); its server (stopped when dropped), pool and the instance ids
+/// in URL order.
+async fn shop(statuses: &str) -> (Postgres, sqlx::PgPool, Vec<i64>) {
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let seed = format!(
+        "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+         VALUES ('shop', '/health', '/ready', '/metrics', 1000, 500); \
+         INSERT INTO instances (target_id, url) SELECT id, 'http://a/' || g FROM targets, generate_series(1, 3) g; \
+         {statuses}"
+    );
+    postgres.psql(&db, &seed).expect("seed");
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM instances ORDER BY url").fetch_all(&pool).await.expect("ids");
+    (postgres, pool, ids)
+}
+
 /// What is recorded for many instances comes back in one query, keyed by instance; an
 /// instance with nothing recorded is left out (and reads as `unknown` one at a time).
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_statuses_read_in_bulk() {
     use caracal_store::status::{self, Recorded, Status};
-    let postgres = Postgres::start_default().expect("postgres");
-    let (pool, db) = database(&postgres).await;
-    caracal_store::migrate(&pool).await.expect("migrate");
-    postgres
-        .psql(
-            &db,
-            "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
-             VALUES ('shop', '/health', '/ready', '/metrics', 1000, 500); \
-             INSERT INTO instances (target_id, url) SELECT id, 'http://a/' || g FROM targets, generate_series(1, 3) g; \
-             INSERT INTO instance_status (instance_id, status, degraded) \
-               SELECT id, CASE WHEN url = 'http://a/1' THEN 'up' ELSE 'degraded' END, \
-                      '{\"reason\": \"latency\", \"detail\": \"slow\"}'::jsonb \
-               FROM instances WHERE url <> 'http://a/3'",
-        )
-        .expect("seed");
-    let ids: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM instances ORDER BY url").fetch_all(&pool).await.expect("ids");
+    let (_postgres, pool, ids) = shop(
+        "INSERT INTO instance_status (instance_id, status, degraded) \
+           SELECT id, CASE WHEN url = 'http://a/1' THEN 'up' ELSE 'degraded' END, \
+                  '{\"reason\": \"latency\", \"detail\": \"slow\"}'::jsonb \
+           FROM instances WHERE url <> 'http://a/3'",
+    )
+    .await;
     let all = status::recorded_many(&pool, &ids).await.expect("bulk");
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[&ids[0]].status, Status::Up);
@@ -527,4 +536,120 @@ async fn recorded_statuses_read_in_bulk() {
     assert_eq!(all[&ids[1]].verdict.as_ref().map(|v| v.detail.as_str()), Some("slow"));
     assert_eq!(status::recorded(&pool, ids[2]).await.expect("one"), Recorded::NONE);
     assert_eq!(status::recorded(&pool, ids[1]).await.expect("one"), all[&ids[1]]);
+}
+
+/// Status changes written together (`status::record_many`) are each judged alone (one whose
+/// stored status moved on writes nothing), are committed together, and a group with a failing
+/// change writes nothing of any.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_changes_in_one_transaction_are_each_judged_alone() {
+    use caracal_store::status::{self, Change, Status};
+    let (_postgres, pool, ids) = shop(
+        "INSERT INTO instance_status (instance_id, status) \
+           SELECT id, CASE WHEN url = 'http://a/1' THEN 'up' ELSE 'degraded' END FROM instances WHERE url <> 'http://a/3'",
+    )
+    .await;
+    let change = |n: usize, from: Status, to: Status| Change {
+        instance_id: ids[n],
+        target: "shop",
+        instance: ["http://a/1", "http://a/2", "http://a/3"][n],
+        from,
+        to,
+        error: (to == Status::Down).then_some("/health answered 503"),
+        verdict: None,
+    };
+    let changes = [
+        change(0, Status::Up, Status::Down),
+        // Stored is `degraded`: another replica moved it on; nothing of this one is written.
+        change(1, Status::Up, Status::Down),
+        change(2, Status::Unknown, Status::Up),
+    ];
+    assert_eq!(status::record_many(&pool, &changes).await.expect("group"), [true, false, true]);
+    let stored: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT i.url, s.status, s.last_error FROM instance_status s JOIN instances i ON i.id = s.instance_id ORDER BY i.url",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("statuses");
+    let expected = [
+        ("http://a/1", "down", Some("/health answered 503")),
+        ("http://a/2", "degraded", None),
+        ("http://a/3", "up", None),
+    ];
+    let expected: Vec<(String, String, Option<String>)> =
+        expected.iter().map(|(u, s, e)| (u.to_string(), s.to_string(), e.map(str::to_string))).collect();
+    assert_eq!(stored, expected);
+    let history: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT instance_url, from_status, to_status FROM status_transitions ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("history");
+    let expected = [("http://a/1", "up", "down"), ("http://a/3", "unknown", "up")];
+    assert_eq!(history, expected.map(|(u, f, t)| (u.to_string(), f.to_string(), t.to_string())));
+    let events: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT instance FROM outbox WHERE event_type = 'instance.status_changed' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("events");
+    assert_eq!(events, [Some("http://a/1".to_string()), Some("http://a/3".to_string())]);
+
+    // An instance that is gone fails its statement: the whole group writes nothing.
+    let mut gone = change(1, Status::Degraded, Status::Up);
+    gone.instance_id = -1;
+    let group = [change(0, Status::Down, Status::Up), gone];
+    assert!(status::record_many(&pool, &group).await.is_err());
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM status_transitions").fetch_one(&pool).await.expect("count");
+    assert_eq!(after, 2, "nothing of a failed group is written");
+    assert_eq!(status::recorded(&pool, ids[0]).await.expect("one").status, Status::Down);
+}
+
+/// A follower's read of the targets a change named goes through the indexes even as a
+/// prepared statement's generic plan (what sqlx runs after a few executions), with statistics
+/// old or fresh: one change costs what it names, not the fleet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_of_named_targets_never_scans_the_fleet() {
+    use caracal_store::registry::{self, Filter};
+    let postgres = Postgres::start_default().expect("postgres");
+    let (pool, db) = database(&postgres).await;
+    caracal_store::migrate(&pool).await.expect("migrate");
+    let psql = |sql: &str| postgres.psql(&db, sql).expect("psql");
+    // Statistics from when the tables were empty (a fleet that grew since autovacuum last
+    // looked), then fresh ones.
+    psql("ANALYZE targets; ANALYZE instances; ANALYZE discovery_status");
+    psql(
+        "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
+         SELECT 't-' || g, '/health', '/ready', '/metrics', 5000, 1000 FROM generate_series(1, 20000) g; \
+         INSERT INTO instances (target_id, url) SELECT id, 'http://h/' || id || '/' || n FROM targets, generate_series(1, 2) n",
+    );
+    for statistics in ["as of the empty tables", "after ANALYZE"] {
+        if statistics == "after ANALYZE" {
+            psql("ANALYZE");
+        }
+        let plan = psql(&format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE named(text[], text) AS {}; \
+             EXPLAIN EXECUTE named(ARRAY['t-7', 't-19999'], 'probed')",
+            registry::READ_NAMED
+        ));
+        // (`discovery_status`, one row per discovered target, may be read whole while empty.)
+        let whole = plan.contains("Seq Scan on targets") || plan.contains("Seq Scan on instances");
+        assert!(!whole && plan.contains("Index Cond: (target_id = t.id)"), "statistics {statistics}:\n{plan}");
+    }
+    let named = ["t-7".to_string(), "t-19999".to_string()];
+    let read = registry::read(&pool, Some(&named), Filter::Probed).await.expect("read");
+    assert_eq!(read.iter().map(|r| r.spec.name.as_str()).collect::<Vec<_>>(), ["t-19999", "t-7"]);
+    let all = registry::read(&pool, None, Filter::Probed).await.expect("read");
+    assert_eq!(all.len(), 20_000);
+    // Both reads say the same of a target: its instances (ids and URLs, in URL order) and all.
+    let whole = |name: &str| {
+        let r = all.iter().find(|r| r.spec.name == name).expect("read whole");
+        (r.id, r.spec.instances.clone(), r.instance_ids.clone(), r.paused, r.empty_streak)
+    };
+    for r in &read {
+        assert_eq!(
+            (r.id, r.spec.instances.clone(), r.instance_ids.clone(), r.paused, r.empty_streak),
+            whole(&r.spec.name)
+        );
+        assert_eq!(r.spec.instances.len(), 2);
+    }
 }
