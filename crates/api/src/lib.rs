@@ -57,6 +57,7 @@ pub const PORT: u16 = 3000;
 fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/targets", get(targets::list).post(targets::create))
+        .route("/v1/targets/_digests", get(targets::digests))
         .route("/v1/targets/{name}", get(targets::get_one).put(targets::replace).delete(targets::remove))
         .route("/v1/targets/{name}/history", get(status::history))
         .route("/v1/targets/{name}/pause", post(targets::pause))

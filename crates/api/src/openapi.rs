@@ -11,6 +11,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "Caracal API", description = "Targets registry, status and history of the Caracal platform."),
     paths(
         crate::targets::list,
+        crate::targets::digests,
         crate::targets::get_one,
         crate::targets::create,
         crate::targets::replace,
@@ -26,6 +27,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         caracal_store::target::TargetSpec,
         caracal_store::target::Target,
+        caracal_store::target::TargetDigest,
         caracal_store::discovery::Discovery,
         caracal_store::discovery::DnsDiscovery,
         caracal_store::discovery::RecordType,

@@ -11,7 +11,7 @@ use caracal_tokens::{Caller, Scope};
 
 use crate::error::ApiError;
 use crate::state::ApiState;
-use caracal_store::target::{Target, TargetSpec};
+use caracal_store::target::{Target, TargetDigest, TargetSpec};
 
 /// List every target.
 #[utoipa::path(get, path = "/v1/targets", tag = "targets",
@@ -19,6 +19,15 @@ use caracal_store::target::{Target, TargetSpec};
               (status = 403, description = "The token lacks targets:read")))]
 pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<Target>>, ApiError> {
     Ok(Json(registry::list(&state.pool).await?))
+}
+
+/// Every target's digest: its name, owner, declaring file and a digest of the fields a plan
+/// compares, so `caracal apply` reads only the documents that differ from its files.
+#[utoipa::path(get, path = "/v1/targets/_digests", tag = "targets",
+    responses((status = 200, description = "Every target's digest, by name", body = [TargetDigest]), (status = 401, description = "No valid token"),
+              (status = 403, description = "The token lacks targets:read")))]
+pub(crate) async fn digests(State(state): State<ApiState>) -> Result<Json<Vec<TargetDigest>>, ApiError> {
+    Ok(Json(registry::digests(&state.pool).await?))
 }
 
 /// One target.

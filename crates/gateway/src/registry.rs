@@ -114,10 +114,7 @@ impl Registry {
     /// Replaces the held entries of `names` with `found` (a name not found was deleted).
     fn merge(&self, names: &[String], found: Vec<Arc<TargetInfo>>) {
         let Some(held) = self.held.load_full() else { return };
-        let mut next: Vec<Arc<TargetInfo>> = held.iter().filter(|t| !names.contains(&t.name)).cloned().collect();
-        next.extend(found);
-        next.sort_by(|a, b| a.name.cmp(&b.name));
-        self.hold(Arc::new(next));
+        self.hold(Arc::new(merged(&held, names, found)));
     }
 
     /// Applies the follower's notices until `stop`; a read that fails is retried a second later.
@@ -130,13 +127,19 @@ impl Registry {
                     () = stop.cancelled() => return,
                 }
             } else {
-                tokio::select! {
+                let mut notice = tokio::select! {
                     notice = notices.recv() => match notice {
                         Some(notice) => notice,
                         None => return,
                     },
                     () = stop.cancelled() => return,
+                };
+                // What waited while the last was applied goes as one: each merge copies the
+                // held list, so one a notice cost the fleet's size per registration.
+                while let Ok(more) = notices.try_recv() {
+                    notice.absorb(more);
                 }
+                notice
             };
             if let Err(e) = self.apply(&notice).await {
                 tracing::warn!(error = %e, "reading the registry failed; serving the copy held and retrying");
@@ -145,6 +148,23 @@ impl Registry {
             }
         }
     }
+}
+
+/// `held` (in name order) with the entries of `names` replaced by `found`, in name order: one
+/// pass over `held` (it was sorted again for every change, 2 ms a change at 17,000 targets).
+fn merged(held: &[Arc<TargetInfo>], names: &[String], mut found: Vec<Arc<TargetInfo>>) -> Vec<Arc<TargetInfo>> {
+    let names: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut next: Vec<Arc<TargetInfo>> = Vec::with_capacity(held.len() + found.len());
+    let mut found = found.into_iter().peekable();
+    for target in held.iter().filter(|t| !names.contains(t.name.as_str())) {
+        while let Some(new) = found.next_if(|new| new.name < target.name) {
+            next.push(new);
+        }
+        next.push(Arc::clone(target));
+    }
+    next.extend(found);
+    next
 }
 
 /// Reads every target, or those of `names`, by name.
@@ -164,4 +184,32 @@ async fn read(pool: &sqlx::PgPool, names: Option<&[String]>) -> Result<Vec<Arc<T
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, path: &str) -> Arc<TargetInfo> {
+        Arc::new(TargetInfo {
+            name: name.into(),
+            labels: Default::default(),
+            metrics_path: path.into(),
+            timeout: Duration::from_secs(1),
+            instances: Vec::new(),
+            credential: None,
+        })
+    }
+
+    #[test]
+    fn a_merge_replaces_adds_and_deletes_in_name_order() {
+        let held: Vec<_> = ["b", "d", "f"].into_iter().map(|n| info(n, "/old")).collect();
+        let names: Vec<String> = ["a", "d", "f", "g", "x"].into_iter().map(String::from).collect();
+        // `x` was named and not found: deleted (it was never held); `f` likewise.
+        let found = vec![info("g", "/new"), info("d", "/new"), info("a", "/new")];
+        let next = merged(&held, &names, found);
+        let shown: Vec<(&str, &str)> = next.iter().map(|t| (t.name.as_str(), t.metrics_path.as_str())).collect();
+        assert_eq!(shown, [("a", "/new"), ("b", "/old"), ("d", "/new"), ("g", "/new")]);
+        assert!(merged(&[], &names, Vec::new()).is_empty());
+    }
 }

@@ -34,6 +34,24 @@ pub enum Notice {
     Changed(Vec<String>),
 }
 
+impl Notice {
+    /// Folds `later` into this notice, so a service that fell behind applies what waited as
+    /// one: a resync covers everything, names are joined (each once).
+    pub fn absorb(&mut self, later: Notice) {
+        match (&mut *self, later) {
+            (Notice::Resync, _) => {}
+            (_, Notice::Resync) => *self = Notice::Resync,
+            (Notice::Changed(names), Notice::Changed(more)) => {
+                for name in more {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// When the follower last heard from the stream, for `stream:invalidations`.
 #[derive(Debug)]
 pub struct Freshness {
@@ -224,6 +242,18 @@ mod tests {
             occurred_at: "2026-12-07T00:00:00Z".into(),
             trace_context: None,
         }
+    }
+
+    #[test]
+    fn notices_that_waited_fold_into_one() {
+        let changed = |names: &[&str]| Notice::Changed(names.iter().map(|n| (*n).to_string()).collect());
+        let mut notice = changed(&["a", "b"]);
+        notice.absorb(changed(&["b", "c"]));
+        assert_eq!(notice, changed(&["a", "b", "c"]));
+        notice.absorb(Notice::Resync);
+        assert_eq!(notice, Notice::Resync);
+        notice.absorb(changed(&["d"]));
+        assert_eq!(notice, Notice::Resync, "a resync covers what follows it until it is applied");
     }
 
     #[test]

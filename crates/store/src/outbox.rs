@@ -86,6 +86,9 @@ pub const CLAIM: &str = concat!(
     ", trace_context",
 );
 
+/// The planner settings [`claim`] runs [`CLAIM`] with: the primary key walked in id order.
+pub const CLAIM_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+
 /// Claims up to `limit` undispatched rows that are due, oldest first, and marks them
 /// dispatched, inside the caller's transaction: one statement locks and marks them, skipping
 /// rows another relay holds (`FOR UPDATE SKIP LOCKED`). The caller publishes them and then
@@ -106,7 +109,7 @@ pub async fn claim(tx: &mut PgConnection, limit: i64, after: i64) -> Result<Vec<
     // (a backlog found after an outage) they still count the outbox as nearly empty, and the
     // planner then fetches *every* pending row and sorts them, once per batch: 60 ms a batch
     // at 100,000 pending instead of 2 ms. `SET LOCAL` ends with the claiming transaction.
-    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off").execute(&mut *tx).await?;
+    sqlx::raw_sql(CLAIM_SETTINGS).execute(&mut *tx).await?;
     let rows: Vec<EventRow> = sqlx::query_as(CLAIM).bind(limit).bind(after).fetch_all(tx).await?;
     let mut events: Vec<Event> = rows
         .into_iter()

@@ -11,7 +11,7 @@ use tracing::Instrument;
 pub mod batch;
 
 use crate::discovery::DiscoveryStatus;
-use crate::target::{Target, TargetSpec};
+use crate::target::{Target, TargetDigest, TargetSpec};
 use crate::{Error, NewEvent, outbox, rfc3339};
 
 /// The event type announcing that one target changed (payload `{"name"}`); the relay sends it
@@ -234,6 +234,45 @@ pub async fn list(pool: &sqlx::PgPool) -> Result<Vec<Target>, Error> {
         let rows: Vec<Row> =
             sqlx::query_as(select!(" GROUP BY t.id, d.target_id ORDER BY t.name")).fetch_all(pool).await?;
         Ok(rows.into_iter().map(Target::from).collect())
+    })
+    .await
+}
+
+/// The statement of [`digests`]: each target's document columns, owner and file, with its
+/// instances; none of the status tables the listing of documents joins.
+const DIGESTS: &str = "SELECT t.name, t.labels, t.health_path, t.ready_path, t.metrics_path, t.interval_ms, \
+       t.timeout_ms, t.discovery, t.tls, t.grpc_service, t.credential, t.degraded, t.managed_by, t.declared_in, \
+       COALESCE(array_agg(i.url ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL), '{}') AS instances \
+     FROM targets t LEFT JOIN instances i ON i.target_id = t.id GROUP BY t.id";
+
+/// A target's document columns with its owner, as [`DIGESTS`] reads them.
+#[derive(sqlx::FromRow)]
+struct DigestRow {
+    #[sqlx(flatten)]
+    spec: SpecColumns,
+    managed_by: String,
+    declared_in: Option<String>,
+}
+
+/// Every target's digest, by name ([`TargetSpec::digest`]): what a planner needs to tell which
+/// documents differ from a declared file's without reading them all.
+///
+/// # Errors
+/// When the query fails.
+pub async fn digests(pool: &sqlx::PgPool) -> Result<Vec<TargetDigest>, Error> {
+    traced(telemetry::db_span("postgresql", "SELECT", "targets"), async move {
+        let rows: Vec<DigestRow> = sqlx::query_as(DIGESTS).fetch_all(pool).await?;
+        // Sorted here rather than by the statement, whose sort of 50,000 rows spilled to disk.
+        let mut digests: Vec<TargetDigest> = rows
+            .into_iter()
+            .map(|row| {
+                let spec = TargetSpec::from(row.spec);
+                let digest = spec.digest();
+                TargetDigest { digest, name: spec.name, managed_by: row.managed_by, declared_in: row.declared_in }
+            })
+            .collect();
+        digests.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(digests)
     })
     .await
 }

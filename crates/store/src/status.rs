@@ -111,6 +111,17 @@ pub async fn recorded(pool: &sqlx::PgPool, instance_id: i64) -> Result<Recorded,
     Ok(all.remove(&instance_id).unwrap_or(Recorded::NONE))
 }
 
+/// The statement of [`recorded_many`]: one primary-key lookup per id asked for. Written as
+/// `instance_id = ANY($1)`, the prepared statement's generic plan, made while the statistics
+/// still counted a new fleet's table as nearly empty, read the whole table for every call
+/// (0.5 ms a call at 8,000 instances, each registration's first probe paying it); a `LIMIT`
+/// inside the lateral subquery keeps the planner from turning it back into a join.
+pub const RECORDED_MANY: &str = "SELECT s.instance_id, s.status, \
+       extract(epoch FROM s.certificate_expires_at)::bigint, s.certificate_sha256, \
+       s.degraded->>'reason', s.degraded->>'detail' \
+     FROM unnest($1::bigint[]) AS asked(id) CROSS JOIN LATERAL ( \
+       SELECT * FROM instance_status WHERE instance_id = asked.id LIMIT 1) s";
+
 /// [`recorded`] for many instances in one query (a coordinator starting or taking over
 /// thousands of instances reads them at once, not one query each); an instance with no status
 /// row is left out (it is [`Recorded::NONE`]).
@@ -123,13 +134,7 @@ pub async fn recorded_many(
 ) -> Result<std::collections::HashMap<i64, Recorded>, Error> {
     /// Instance, status, certificate expiry and fingerprint, verdict reason and detail.
     type Row = (i64, String, Option<i64>, Option<String>, Option<String>, Option<String>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT instance_id, status, extract(epoch FROM certificate_expires_at)::bigint, certificate_sha256, \
-         degraded->>'reason', degraded->>'detail' FROM instance_status WHERE instance_id = ANY($1)",
-    )
-    .bind(instance_ids)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<Row> = sqlx::query_as(RECORDED_MANY).bind(instance_ids).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(|(id, status, expires_at, sha256, reason, detail)| {

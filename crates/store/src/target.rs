@@ -396,6 +396,85 @@ impl TargetSpec {
         };
         named.unwrap_or(Scheme::Http)
     }
+
+    /// A digest of what a plan compares (`caracal apply`, caracal-control's declared files):
+    /// two documents a plan would leave as they are have the same digest. Instances count as a
+    /// set, and not at all for a discovered target (they are control's); no `degraded` block
+    /// and a block of defaults are alike. The name is not part of it.
+    ///
+    /// SHA-256 over a JSON rendering, as 32 hex digits: the same in every release that renders
+    /// the compared fields alike. A digest that differs only makes a planner fetch the
+    /// document and compare field by field, so a later release's digest is never wrong, only
+    /// slower.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        #[derive(Serialize)]
+        struct Compared<'a> {
+            instances: &'a [String],
+            discovery: &'a Option<Discovery>,
+            health_path: &'a str,
+            ready_path: &'a str,
+            metrics_path: &'a str,
+            interval_ms: i32,
+            timeout_ms: i32,
+            labels: &'a BTreeMap<String, String>,
+            tls: &'a Option<TlsSpec>,
+            grpc_service: &'a Option<String>,
+            credential: &'a Option<String>,
+            degraded: Option<&'a DegradedSpec>,
+        }
+        static DEFAULTS: std::sync::LazyLock<DegradedSpec> = std::sync::LazyLock::new(DegradedSpec::default);
+        // Instances as a set: in order, each once (a copy only when they are not already).
+        let sorted: Vec<String>;
+        let instances: &[String] = match self.discovery {
+            Some(_) => &[],
+            None if self.instances.is_sorted_by(|a, b| a < b) => &self.instances,
+            None => {
+                let mut copy = self.instances.clone();
+                copy.sort_unstable();
+                copy.dedup();
+                sorted = copy;
+                &sorted
+            }
+        };
+        let compared = Compared {
+            instances,
+            discovery: &self.discovery,
+            health_path: &self.health_path,
+            ready_path: &self.ready_path,
+            metrics_path: &self.metrics_path,
+            interval_ms: self.interval_ms,
+            timeout_ms: self.timeout_ms,
+            labels: &self.labels,
+            tls: &self.tls,
+            grpc_service: &self.grpc_service,
+            credential: &self.credential,
+            // No block and a block of defaults are alike: both render as `null`.
+            degraded: self.degraded.as_ref().filter(|d| **d != *DEFAULTS),
+        };
+        // Rendering plain data to JSON cannot fail.
+        let rendered = serde_json::to_vec(&compared).unwrap_or_default();
+        let mut hex = String::with_capacity(32);
+        for byte in &Sha256::digest(&rendered)[..16] {
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{byte:02x}"));
+        }
+        hex
+    }
+}
+
+/// A registered target as `GET /v1/targets/_digests` lists it: enough to plan a declared file
+/// against the registry without reading every document (see [`TargetSpec::digest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TargetDigest {
+    /// The target's name.
+    pub name: String,
+    /// Who owns it: `api`, `control` or `platform`.
+    pub managed_by: String,
+    /// The file that declares it, for a target control owns.
+    pub declared_in: Option<String>,
+    /// [`TargetSpec::digest`] of its document.
+    pub digest: String,
 }
 
 /// An instance URL ([`INSTANCE_PATTERN`]): `http(s)://host[:port][/prefix]` with no query or

@@ -292,6 +292,7 @@ async fn the_admin_bearer_guards_writes_always_and_reads_outside_dev() {
     assert_eq!(wrong.status(), 401);
     assert_eq!(stable.get("/v1/targets").await.status(), 401, "reads need the bearer in stable");
     assert_eq!(stable.get("/v1/status").await.status(), 401);
+    assert_eq!(stable.get("/v1/targets/_digests").await.status(), 401);
     assert_eq!(support::counts(&pool).await, (0, 0, 0));
     assert_eq!(stable.get("/healthchecks").await.status(), 200, "the aggregate is public");
     assert_eq!(stable.get("/v1/healthchecks").await.status(), 200, "in both shapes");

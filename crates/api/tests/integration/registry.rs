@@ -118,6 +118,7 @@ async fn the_openapi_document_describes_the_routes() {
     for path in [
         "/v1/targets",
         "/v1/targets/{name}",
+        "/v1/targets/_digests",
         "/v1/targets/{name}/history",
         "/v1/status",
         "/healthchecks",
@@ -444,4 +445,57 @@ async fn a_batch_is_one_transaction_with_refusals_reported_alone() {
     assert_eq!(unauthenticated.status(), 401);
     let doc: serde_json::Value = served.get("/openapi.json").await.json().await.expect("json");
     assert!(doc["paths"]["/v1/targets/_batch"]["post"]["responses"].get("422").is_some());
+}
+
+/// `GET /v1/targets/_digests` lists every target by name with the digest of its document (the
+/// one `caracal apply` computes from a file), its owner and file (behind `targets:read`
+/// outside dev: `the_admin_bearer_guards_writes_always_and_reads_outside_dev`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_digest_listing_matches_the_documents_and_follows_changes() {
+    let (served, _pool) = support::api(Mode::Dev).await;
+    let http = &served.http;
+    for (name, port) in [("zeta", 7001), ("alpha", 7002), ("mid", 7003)] {
+        let created = http
+            .post(served.url("/v1/targets"))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": name, "instances": [format!("http://127.0.0.1:{port}")], "labels": {"team": "a"}}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), 201);
+    }
+    let digests = || async {
+        let listed = served.get("/v1/targets/_digests").await;
+        assert_eq!(listed.status(), 200);
+        listed.json::<Vec<caracal_store::target::TargetDigest>>().await.expect("digests")
+    };
+    let listed = digests().await;
+    let documents: Vec<caracal_store::target::Target> =
+        served.get("/v1/targets").await.json().await.expect("documents");
+    let names: Vec<&str> = listed.iter().map(|d| d.name.as_str()).collect();
+    let mut expected: Vec<&str> = documents.iter().map(|t| t.spec.name.as_str()).collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "every target, by name");
+    for target in &documents {
+        let entry = listed.iter().find(|d| d.name == target.spec.name).expect("listed");
+        assert_eq!(entry.digest, target.spec.digest(), "{}", target.spec.name);
+        assert_eq!((entry.managed_by.as_str(), entry.declared_in.as_deref()), (target.managed_by.as_str(), None));
+    }
+    // The document as a file declares it (defaults left out) has the same digest.
+    let declared: caracal_store::target::TargetSpec =
+        serde_json::from_value(json!({"name": "mid", "instances": ["http://127.0.0.1:7003"], "labels": {"team": "a"}}))
+            .expect("document");
+    let mid = |listed: &[caracal_store::target::TargetDigest]| listed.iter().find(|d| d.name == "mid").cloned();
+    assert_eq!(mid(&listed).expect("mid").digest, declared.digest());
+    let replaced = http
+        .put(served.url("/v1/targets/mid"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "mid", "instances": ["http://127.0.0.1:7003"], "labels": {"team": "b"}}))
+        .send()
+        .await
+        .expect("replace");
+    assert_eq!(replaced.status(), 200);
+    let after = digests().await;
+    assert_ne!(mid(&after).expect("mid").digest, declared.digest(), "a changed label changes the digest");
+    assert_eq!(after.iter().find(|d| d.name == "zeta"), listed.iter().find(|d| d.name == "zeta"));
 }

@@ -70,8 +70,9 @@ fn a_directory_reads_its_declaring_files_and_reports_duplicates() {
     assert_ne!(read(dir.path()).fingerprint, files.fingerprint);
 }
 
-#[test]
-fn a_plan_creates_updates_and_deletes_only_what_it_may() {
+/// Declared targets and registered ones: one of each kind of step, and several that differ only
+/// in ways a plan ignores.
+fn scenario() -> (Vec<Declared>, Vec<Target>) {
     let declared =
         |spec: serde_json::Value| Declared { spec: serde_json::from_value(spec).expect("spec"), file: "t.yaml".into() };
     let want = vec![
@@ -104,20 +105,108 @@ fn a_plan_creates_updates_and_deletes_only_what_it_may() {
         target(serde_json::json!({"name": "scraped", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
         target(serde_json::json!({"name": "calm", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
         target(serde_json::json!({"name": "defaults", "instances": ["http://h:1"]}), "control", Some("t.yaml")),
+        target(serde_json::json!({"name": "elsewhere", "instances": ["http://h:1"]}), "control", Some("u.yaml")),
     ];
+    let mut want = want;
+    want.push(declared(serde_json::json!({"name": "elsewhere", "instances": ["http://h:1"]})));
+    (want, have)
+}
+
+/// What [`scenario`] plans to.
+const PLANNED: [&str; 7] = [
+    "create new (t.yaml)",
+    "update moved (t.yaml: interval_ms)",
+    "update tls (t.yaml: tls)",
+    "update scraped (t.yaml: credential)",
+    "update calm (t.yaml: degraded)",
+    "update elsewhere (t.yaml: declared_in)",
+    "delete gone",
+];
+
+#[test]
+fn a_plan_creates_updates_and_deletes_only_what_it_may() {
+    let (want, have) = scenario();
     let steps = plan(&want, &have, |t| t.managed_by == "control");
     let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        lines,
-        [
-            "create new (t.yaml)",
-            "update moved (t.yaml: interval_ms)",
-            "update tls (t.yaml: tls)",
-            "update scraped (t.yaml: credential)",
-            "update calm (t.yaml: degraded)",
-            "delete gone"
-        ]
+    assert_eq!(lines, PLANNED);
+}
+
+/// Planned against digests, the same steps come out, reading only the documents that differ
+/// (and the undeclared ones that might be pruned).
+#[test]
+fn a_plan_by_digest_reads_only_what_differs_and_plans_the_same() {
+    let (want, have) = scenario();
+    let listed: Vec<TargetDigest> = have
+        .iter()
+        .map(|t| TargetDigest {
+            name: t.spec.name.clone(),
+            managed_by: t.managed_by.clone(),
+            declared_in: t.declared_in.clone(),
+            digest: t.spec.digest(),
+        })
+        .collect();
+    let mut names = to_read(&want, &listed, |t| t.managed_by == "control");
+    names.sort();
+    assert_eq!(names, ["calm", "elsewhere", "gone", "moved", "scraped", "tls"]);
+    let read: Vec<Target> = have.iter().filter(|t| names.contains(&t.spec.name)).cloned().collect();
+    let steps = plan_by_digest(&want, &listed, &read, |t| t.managed_by == "control");
+    let lines: Vec<String> = steps.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, PLANNED);
+}
+
+/// Two documents have one digest exactly when a plan finds no difference between them: every
+/// compared field moves it, and what a plan ignores does not.
+#[test]
+fn a_digest_changes_exactly_when_a_plan_sees_a_difference() {
+    let spec = |value: serde_json::Value| -> TargetSpec { serde_json::from_value(value).expect("spec") };
+    let base = serde_json::json!({"name": "a", "instances": ["http://h:1", "http://h:2"], "labels": {"team": "x"}});
+    let with = |key: &str, value: serde_json::Value| {
+        let mut v = base.clone();
+        v[key] = value;
+        spec(v)
+    };
+    let a = spec(base.clone());
+    let alike = [
+        with("instances", serde_json::json!(["http://h:2", "http://h:1"])),
+        with("degraded", serde_json::json!({})),
+        with("name", serde_json::json!("b")),
+        with("interval_ms", serde_json::json!(5000)),
+    ];
+    let different = [
+        with("instances", serde_json::json!(["http://h:1"])),
+        with("health_path", serde_json::json!("/h")),
+        with("ready_path", serde_json::json!("/r")),
+        with("metrics_path", serde_json::json!("/m")),
+        with("interval_ms", serde_json::json!(1000)),
+        with("timeout_ms", serde_json::json!(500)),
+        with("labels", serde_json::json!({"team": "y"})),
+        with("tls", serde_json::json!({"insecure_skip_verify": true})),
+        with("grpc_service", serde_json::json!("s")),
+        with("credential", serde_json::json!("c")),
+        with("degraded", serde_json::json!({"enabled": false})),
+    ];
+    for b in &alike {
+        assert!(differences(b, &a).is_empty(), "{b:?}");
+        assert_eq!(a.digest(), b.digest(), "{b:?}");
+    }
+    for b in &different {
+        assert!(!differences(b, &a).is_empty(), "{b:?}");
+        assert_ne!(a.digest(), b.digest(), "{b:?}");
+    }
+    // A discovered target's instances are control's: they do not count.
+    let dns = |instances: serde_json::Value| {
+        spec(
+            serde_json::json!({"name": "d", "discovery": {"dns": {"name": "d.test", "port": 1}}, "instances": instances}),
+        )
+    };
+    let (x, y) = (dns(serde_json::json!([])), dns(serde_json::json!(["http://10.0.0.1:1"])));
+    assert!(differences(&x, &y).is_empty());
+    assert_eq!(x.digest(), y.digest());
+    assert_ne!(
+        x.digest(),
+        spec(serde_json::json!({"name": "d", "discovery": {"dns": {"name": "e.test", "port": 1}}})).digest()
     );
+    assert_eq!(a.digest().len(), 32);
 }
 
 /// The poll's stamp changes with any change of a declaring file — content of the same size, a

@@ -261,10 +261,17 @@ async fn the_claim_and_the_purge_never_read_the_whole_outbox() {
             psql("ANALYZE outbox");
         }
         // As `claim` runs it: with its `SET LOCAL`s, in a transaction.
-        let plan = psql(&format!(
-            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; EXPLAIN {claim}; ROLLBACK"
-        ));
+        let settings = outbox::CLAIM_SETTINGS;
+        let plan = psql(&format!("BEGIN; {settings}; EXPLAIN {claim}; ROLLBACK"));
         assert!(!reads_whole_outbox(&plan), "claim, statistics {statistics}:\n{plan}");
+        // And as a prepared statement's generic plan, which knows neither the limit nor where
+        // the walk starts (sqlx prepares every statement).
+        let plan = psql(&format!(
+            "BEGIN; {settings}; SET LOCAL plan_cache_mode = force_generic_plan; \
+             PREPARE claim(bigint, bigint) AS {}; EXPLAIN EXECUTE claim(2000, 0); ROLLBACK",
+            outbox::CLAIM
+        ));
+        assert!(!reads_whole_outbox(&plan), "claim, generic plan, statistics {statistics}:\n{plan}");
         let plan = psql(&format!("EXPLAIN {purge}"));
         assert!(!reads_whole_outbox(&plan), "purge, statistics {statistics}:\n{plan}");
         assert!(plan.contains("outbox_created_idx"), "purge, statistics {statistics}:\n{plan}");
@@ -620,12 +627,23 @@ async fn a_read_of_named_targets_never_scans_the_fleet() {
     psql(
         "INSERT INTO targets (name, health_path, ready_path, metrics_path, interval_ms, timeout_ms) \
          SELECT 't-' || g, '/health', '/ready', '/metrics', 5000, 1000 FROM generate_series(1, 20000) g; \
-         INSERT INTO instances (target_id, url) SELECT id, 'http://h/' || id || '/' || n FROM targets, generate_series(1, 2) n",
+         INSERT INTO instances (target_id, url) SELECT id, 'http://h/' || id || '/' || n FROM targets, generate_series(1, 2) n; \
+         INSERT INTO instance_status (instance_id, status) SELECT id, 'up' FROM instances",
     );
     for statistics in ["as of the empty tables", "after ANALYZE"] {
         if statistics == "after ANALYZE" {
             psql("ANALYZE");
         }
+        // A new owner's read of its instances' recorded statuses: a lookup per id, too.
+        let plan = psql(&format!(
+            "SET plan_cache_mode = force_generic_plan; PREPARE recorded(bigint[]) AS {}; \
+             EXPLAIN EXECUTE recorded(ARRAY[7, 39999]::bigint[])",
+            caracal_store::status::RECORDED_MANY
+        ));
+        assert!(
+            !plan.contains("Seq Scan on instance_status") && plan.contains("Index Cond: (instance_id = asked.id)"),
+            "statistics {statistics}:\n{plan}"
+        );
         let plan = psql(&format!(
             "SET plan_cache_mode = force_generic_plan; PREPARE named(text[], text) AS {}; \
              EXPLAIN EXECUTE named(ARRAY['t-7', 't-19999'], 'probed')",
@@ -635,6 +653,12 @@ async fn a_read_of_named_targets_never_scans_the_fleet() {
         let whole = plan.contains("Seq Scan on targets") || plan.contains("Seq Scan on instances");
         assert!(!whole && plan.contains("Index Cond: (target_id = t.id)"), "statistics {statistics}:\n{plan}");
     }
+    let some: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM instances ORDER BY id LIMIT 3").fetch_all(&pool).await.expect("ids");
+    let asked = [some[0], some[2], -1];
+    let recorded = caracal_store::status::recorded_many(&pool, &asked).await.expect("recorded");
+    assert_eq!(recorded.len(), 2, "the two that have a status; none for an unknown id");
+    assert!(recorded.values().all(|r| r.status == caracal_store::status::Status::Up));
     let named = ["t-7".to_string(), "t-19999".to_string()];
     let read = registry::read(&pool, Some(&named), Filter::Probed).await.expect("read");
     assert_eq!(read.iter().map(|r| r.spec.name.as_str()).collect::<Vec<_>>(), ["t-19999", "t-7"]);
